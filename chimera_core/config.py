@@ -1,0 +1,229 @@
+"""Configuration: one TOML file parsed into msgspec Structs, validated up front.
+
+Unknown keys and bad values are errors that name the key and what is allowed. Secrets
+never live in the TOML: they come from the environment or a ``.env`` file beside it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+import msgspec
+from dotenv import dotenv_values
+
+from chimera_core.errors import ConfigError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Lookback = Annotated[int, msgspec.Meta(ge=2, le=250)]
+
+FeedMode = Literal["LTP", "QUOTE", "SNAP_QUOTE"]
+ExchangeName = Literal["NSE_CM", "NSE_FO", "BSE_CM", "BSE_FO", "MCX_FO", "NCX_FO", "CDE_FO"]
+
+
+class FeedConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    url: str = "ws://127.0.0.1:8765/smart-stream"
+    # DEPTH (20-level) carries no trades, so the engine cannot run on it alone.
+    mode: FeedMode = "QUOTE"
+    exchange_type: ExchangeName = "NSE_CM"
+    tokens: list[str] = msgspec.field(default_factory=lambda: ["2885", "1594", "3045"])
+    reconnect_initial_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+    ping_interval_s: Positive = 10.0
+    ping_timeout_s: Positive = 20.0
+    # A token quiet for longer than this (local clock) must re-confirm before trading.
+    stale_after_s: Positive = 5.0
+
+
+class StrategyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    bar_interval_s: PositiveInt = 60
+    energy_lookback: Lookback = 20
+    z_lookback: Lookback = 60
+    band_lookback: Lookback = 140
+    band_k: Positive = 2.0
+    energy_threshold: Positive = 0.2
+    order_qty: PositiveInt = 1
+    # Exchange-time seconds: an intent with no execution report expires, then cools down.
+    execute_timeout_s: Positive = 30.0
+    cooldown_s: Positive = 60.0
+
+
+class SanityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # A trade this far (percent) from the token's previous price is treated as a bad print.
+    max_jump_pct: Positive = 10.0
+
+
+class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Which decisions are logged: every one, only those that change state, or none.
+    decisions: Literal["all", "transitions", "none"] = "transitions"
+    stats_interval_s: Positive = 5.0
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    mode: Literal["paper", "live"] = "paper"
+    data_dir: str = "data"
+    feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
+    strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
+    sanity: SanityConfig = msgspec.field(default_factory=SanityConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    """SmartAPI feed credentials; values are secrets and are registered for log redaction."""
+
+    api_key: str
+    client_code: str
+    feed_token: str
+    jwt: str
+
+    def headers(self) -> dict[str, str]:
+        auth = self.jwt if self.jwt.startswith("Bearer ") else f"Bearer {self.jwt}"
+        return {
+            "Authorization": auth,
+            "x-api-key": self.api_key,
+            "x-client-code": self.client_code,
+            "x-feed-token": self.feed_token,
+        }
+
+
+CREDENTIAL_ENV = {
+    "api_key": "CHIMERA_API_KEY",
+    "client_code": "CHIMERA_CLIENT_CODE",
+    "feed_token": "CHIMERA_FEED_TOKEN",
+    "jwt": "CHIMERA_JWT",
+}
+SECRET_ENV = (*CREDENTIAL_ENV.values(), "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
+
+
+def _allowed(root: type, path: list[str]) -> str:
+    """Describe what the field at ``path`` accepts (for error messages)."""
+    tp: typing.Any = root
+    for part in path:
+        hints = typing.get_type_hints(tp, include_extras=True)
+        if part not in hints:
+            return ""
+        tp = hints[part]
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is Literal:
+        return "allowed: " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return "allowed keys: " + ", ".join(tp.__struct_fields__)
+    return ""
+
+
+def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
+    text = str(exc)
+    m = re.search(r" - at `\$((?:\.\w+|\[\d+\])*)`$", text)
+    path = [p for p in re.split(r"[.\[\]]", m.group(1)) if p] if m else []
+    what = text[: m.start()] if m else text
+    key = ".".join(path) or "(top level)"
+    unknown = re.match(r"Object contains unknown field `(\w+)`", what)
+    if unknown:
+        key = ".".join([*path, unknown.group(1)])
+        hint = (
+            _allowed(Config, path)
+            if path
+            else "allowed keys: " + ", ".join(Config.__struct_fields__)
+        )
+        return ConfigError(f"{source}: unknown key '{key}' ({hint})")
+    hint = _allowed(Config, [p for p in path if not p.isdigit()])
+    return ConfigError(f"{source}: bad value for '{key}': {what}" + (f" ({hint})" if hint else ""))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, source) from None
+    _check(cfg, source)
+    return cfg
+
+
+def _check(cfg: Config, source: str) -> None:
+    if not cfg.feed.tokens:
+        raise ConfigError(f"{source}: 'feed.tokens' is empty (list at least one instrument token)")
+    bad = [t for t in cfg.feed.tokens if not (t.isascii() and t.isalnum() and len(t) <= 25)]
+    if bad:
+        raise ConfigError(
+            f"{source}: 'feed.tokens' has invalid tokens {bad} (1-25 ASCII digits/letters)"
+        )
+    if len(set(cfg.feed.tokens)) != len(cfg.feed.tokens):
+        raise ConfigError(f"{source}: 'feed.tokens' lists a token twice")
+    if urlparse(cfg.feed.url).scheme not in ("ws", "wss"):
+        raise ConfigError(
+            f"{source}: 'feed.url' must start with ws:// or wss://, got {cfg.feed.url!r}"
+        )
+    if cfg.feed.reconnect_max_s < cfg.feed.reconnect_initial_s:
+        raise ConfigError(
+            f"{source}: 'feed.reconnect_max_s' ({cfg.feed.reconnect_max_s}) is below "
+            f"'feed.reconnect_initial_s' ({cfg.feed.reconnect_initial_s})"
+        )
+    if cfg.mode == "live" and _is_loopback(cfg.feed.url):
+        raise ConfigError(
+            f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "
+            "needs the real feed (wss://smartapisocket.angelone.in/smart-stream)"
+        )
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load ``path`` (or the defaults when None). Missing file is an error naming it."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"config file {p} not found (copy chimera.example.toml to {p} or pass --config)"
+        )
+    return parse_config(p.read_text(encoding="utf-8"), str(p))
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_env(env_file: str | Path | None = ".env") -> dict[str, str]:
+    """Environment variables, with a ``.env`` file filling in what the environment lacks."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def load_credentials(cfg: Config, env: dict[str, str]) -> Credentials:
+    """Feed credentials from the environment. Loopback (simulator) feeds get placeholders."""
+    values = {field: env.get(var, "") for field, var in CREDENTIAL_ENV.items()}
+    missing = [CREDENTIAL_ENV[f] for f, v in values.items() if not v]
+    if missing:
+        if cfg.mode == "paper" and _is_loopback(cfg.feed.url):
+            placeholders = {f: v or f"sim-{f}" for f, v in values.items()}
+            return Credentials(**placeholders)
+        raise ConfigError(
+            f"missing credentials {', '.join(missing)} for feed {cfg.feed.url}: set them in the "
+            "environment or in .env (never in chimera.toml)"
+        )
+    return Credentials(**values)
+
+
+def secret_values(env: dict[str, str]) -> list[str]:
+    """The secret strings present in ``env``, for the log redactor."""
+    return [env[k] for k in SECRET_ENV if env.get(k)]

@@ -1,0 +1,31 @@
+"""Typed errors. Messages say what was expected, what came, and what to do."""
+
+from __future__ import annotations
+
+
+class ChimeraError(Exception):
+    """Base of every error Chimera raises on purpose."""
+
+
+class ConfigError(ChimeraError):
+    """The configuration file or environment is wrong; the message names the key."""
+
+
+class FeedError(ChimeraError):
+    """The market-data connection failed in a way the client cannot retry by itself."""
+
+
+class ProtocolError(ChimeraError):
+    """A frame does not follow the SmartAPI v2 binary protocol."""
+
+
+class IllegalTransition(ChimeraError):
+    """A state-machine event that is not allowed from the current state."""
+
+
+class BrokerReject(ChimeraError):
+    """The broker refused an order or request."""
+
+
+class RiskVeto(ChimeraError):
+    """A risk rule refused an intent."""
