@@ -1,0 +1,240 @@
+"""Data contracts: everything that crosses a process boundary is one of these Structs.
+
+Prices are rupees (float) once decoded; the wire carries paise. Times: exchange
+timestamps are epoch milliseconds from the exchange; ``recv_ns`` and the latency stamps
+are ``time.monotonic_ns()`` of the receiving process (or an injected clock in replay).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Mode(enum.IntEnum):
+    """SmartAPI v2 subscription modes (byte 0 of every packet)."""
+
+    LTP = 1
+    QUOTE = 2
+    SNAP_QUOTE = 3
+    DEPTH = 4
+
+
+class ExchangeType(enum.IntEnum):
+    NSE_CM = 1
+    NSE_FO = 2
+    BSE_CM = 3
+    BSE_FO = 4
+    MCX_FO = 5
+    NCX_FO = 7
+    CDE_FO = 13
+
+
+class Level(msgspec.Struct, frozen=True, array_like=True):
+    """One price level of the book."""
+
+    price: float
+    qty: int
+    orders: int
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """One decoded market-data packet. Fields a mode does not carry keep their defaults."""
+
+    token: str
+    exchange_type: int
+    mode: int
+    sequence: int
+    exchange_ts_ms: int
+    ltp: float
+    ltq: int = 0
+    avg_price: float = 0.0
+    volume: int = 0  # cumulative traded volume for the day
+    total_buy_qty: float = 0.0
+    total_sell_qty: float = 0.0
+    open: float = 0.0
+    high: float = 0.0
+    low: float = 0.0
+    prev_close: float = 0.0
+    last_traded_ts_s: int = 0
+    open_interest: int = 0
+    oi_change_pct: float = 0.0
+    upper_circuit: float = 0.0
+    lower_circuit: float = 0.0
+    week52_high: float = 0.0
+    week52_low: float = 0.0
+    bids: tuple[Level, ...] = ()  # best first (descending price)
+    asks: tuple[Level, ...] = ()  # best first (ascending price)
+    packet_received_ms: int = 0  # DEPTH packets only (offset 35)
+    recv_ns: int = 0
+
+    @property
+    def best_bid(self) -> float:
+        return self.bids[0].price if self.bids else 0.0
+
+    @property
+    def best_ask(self) -> float:
+        return self.asks[0].price if self.asks else 0.0
+
+
+class Bar(msgspec.Struct, frozen=True):
+    """A time bar, opened and closed by exchange time."""
+
+    token: str
+    start_ms: int
+    end_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+    ticks: int
+
+
+class Structure(enum.Enum):
+    WARMUP = "WARMUP"
+    VACUUM = "VACUUM"
+    TRAPPED = "TRAPPED"
+
+
+class Band(enum.Enum):
+    WARMUP = "WARMUP"
+    BREAKOUT = "BREAKOUT"
+    BREAKDOWN = "BREAKDOWN"
+    NEUTRAL = "NEUTRAL"
+
+
+class VolumeProfile(msgspec.Struct, frozen=True):
+    """Volume by price over the structure window of closed bars."""
+
+    poc: float  # point of control: price bucket with the most volume
+    value_area_low: float
+    value_area_high: float
+    total_volume: int
+
+
+class PhysicsState(msgspec.Struct, frozen=True):
+    """Kernel outputs for one evaluation, with the inputs that produced them."""
+
+    close: float  # the live close the kernels saw (last price of the forming bar)
+    closed_bars: int
+    energy: float
+    z: float
+    structure: Structure
+    band: Band
+    band_mean: float
+    band_std: float
+    volatility: float  # std of log returns over the structure window of closed bars
+    atr: float
+    profile: VolumeProfile | None = None
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """A state-machine event and what it did."""
+
+    event: str
+    from_state: str
+    to_state: str
+    accepted: bool
+    reason: str = ""
+
+
+class Side(enum.Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderIntent(msgspec.Struct, frozen=True):
+    """What the strategy wants, before governance and routing."""
+
+    client_order_id: str
+    token: str
+    exchange_type: int
+    side: Side
+    qty: int
+    ref_price: float
+    bar_start_ms: int
+    signal_seq: int
+    exchange_ts_ms: int
+
+
+class OrderStatus(enum.Enum):
+    PENDING = "PENDING"
+    OPEN = "OPEN"
+    PARTIAL = "PARTIAL"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+
+class Order(msgspec.Struct):
+    client_order_id: str
+    token: str
+    exchange_type: int
+    side: Side
+    qty: int
+    limit_price: float | None
+    status: OrderStatus
+    broker_order_id: str = ""
+    filled_qty: int = 0
+    avg_fill_price: float = 0.0
+    reason: str = ""
+
+
+class Fill(msgspec.Struct, frozen=True):
+    fill_id: str
+    client_order_id: str
+    token: str
+    side: Side
+    qty: int
+    price: float
+    charges: float
+    exchange_ts_ms: int
+
+
+class Position(msgspec.Struct):
+    token: str
+    qty: int  # signed: long > 0, short < 0
+    avg_price: float
+    realized_pnl: float = 0.0
+
+
+class Signal(msgspec.Struct, frozen=True):
+    """The default strategy's reading of the physics: direction and why."""
+
+    direction: int  # +1 long, -1 short, 0 none
+    reason: str
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """One evaluation: every layer's inputs and outputs, in hot-path order.
+
+    Governance layers (drift, capital, meta_risk, genome) and execution are filled in by
+    the issues that build them; until then they are ``None``, never invented values.
+    """
+
+    seq: int
+    token: str
+    exchange_type: int
+    exchange_ts_ms: int
+    tick_sequence: int
+    bar_start_ms: int
+    physics: PhysicsState
+    signal: Signal
+    state: str  # state after this evaluation
+    transitions: tuple[Transition, ...]
+    intent: OrderIntent | None
+    confidence: float
+    influence: dict[str, float]
+    feed_stale: bool
+    recv_ns: int
+    decided_ns: int
+    drift: None = None
+    capital: None = None
+    meta_risk: None = None
+    genome: None = None
+    execution: None = None
+    schema: int = SCHEMA_VERSION
