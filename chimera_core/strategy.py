@@ -1,0 +1,38 @@
+"""The default strategy: trade energy out of a vacuum, unless the gaussian band disagrees."""
+
+from __future__ import annotations
+
+import math
+
+from chimera_core.contracts import Band, PhysicsState, Signal, Structure
+
+
+class DefaultStrategy:
+    """Enter when |energy| > threshold and structure is VACUUM, in the direction of energy,
+    unless the gaussian band contradicts it (long into BREAKDOWN, short into BREAKOUT).
+    Nothing trades until every window is warm."""
+
+    def __init__(self, energy_threshold: float = 0.2) -> None:
+        self.energy_threshold = energy_threshold
+
+    def evaluate(self, physics: PhysicsState) -> tuple[Signal, float]:
+        """The signal and a confidence in [0, 1] (0 when there is no signal)."""
+        if physics.structure is Structure.WARMUP or physics.band is Band.WARMUP:
+            return Signal(0, "warmup"), 0.0
+        energy = physics.energy
+        if not math.isfinite(energy) or abs(energy) <= self.energy_threshold:
+            return Signal(0, "energy_below_threshold"), 0.0
+        if physics.structure is not Structure.VACUUM:
+            return Signal(0, "trapped"), 0.0
+        direction = 1 if energy > 0 else -1
+        if direction > 0 and physics.band is Band.BREAKDOWN:
+            return Signal(0, "band_contradicts_long"), 0.0
+        if direction < 0 and physics.band is Band.BREAKOUT:
+            return Signal(0, "band_contradicts_short"), 0.0
+        # Confidence grows with how far energy and displacement clear their thresholds.
+        energy_part = min(1.0, abs(energy) / (2.0 * self.energy_threshold))
+        z_part = min(1.0, abs(physics.z) / 2.0) if math.isfinite(physics.z) else 0.0
+        agree = 1.0 if physics.band is not Band.NEUTRAL else 0.8
+        return Signal(direction, "long" if direction > 0 else "short"), round(
+            agree * 0.5 * (energy_part + z_part), 6
+        )

@@ -1,0 +1,72 @@
+"""Feed hygiene: sequence classification and bad-print filtering."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
+
+
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=200))
+def test_sequence_tracker_accepts_exactly_the_strictly_increasing_subsequence(seqs):
+    tracker = SequenceTracker()
+    accepted = []
+    for s in seqs:
+        verdict = tracker.check(s)
+        if verdict in (Seq.FIRST, Seq.OK, Seq.GAP):
+            accepted.append(s)
+    # reference: keep a number iff it is above everything accepted before it
+    expected, best = [], -1
+    for s in seqs:
+        if s > best:
+            expected.append(s)
+            best = s
+    assert accepted == expected
+    assert tracker.duplicates + tracker.out_of_order == len(seqs) - len(expected)
+    assert tracker.missed == sum(b - a - 1 for a, b in itertools.pairwise(expected))
+
+
+def test_sequence_tracker_names_each_case():
+    t = SequenceTracker()
+    assert [t.check(s) for s in (10, 11, 11, 9, 15, 16)] == [
+        Seq.FIRST, Seq.OK, Seq.DUPLICATE, Seq.OUT_OF_ORDER, Seq.GAP, Seq.OK,
+    ]  # fmt: skip
+    assert (t.gaps, t.missed, t.duplicates, t.out_of_order) == (1, 3, 1, 1)
+
+
+def test_price_filter_drops_nan_zero_and_negative():
+    f = PriceFilter()
+    assert [f.accept(p) for p in (math.nan, math.inf, 0.0, -1.0, 100.0)] == [
+        False, False, False, False, True,
+    ]  # fmt: skip
+    assert f.bad == 4
+
+
+def test_a_lone_absurd_print_is_dropped_but_a_real_gap_is_accepted_after_confirmation():
+    f = PriceFilter(max_jump_pct=10.0, confirm=3)
+    assert f.accept(100.0)
+    assert not f.accept(1000.0)  # fat finger
+    assert f.accept(101.0)  # back to normal, the spike never counted
+    assert [f.accept(p) for p in (130.0, 130.5, 131.0)] == [False, False, True]  # gap confirmed
+    assert f.accept(131.5)
+    assert f.last == 131.5
+
+
+@given(st.lists(st.floats(1.0, 1e5), min_size=1, max_size=100))
+def test_a_jump_is_only_accepted_after_two_rejected_prints_that_agree_with_it(prices):
+    f = PriceFilter(max_jump_pct=10.0, confirm=3)
+    history: list[tuple[float, bool]] = []
+    for p in prices:
+        before = f.last
+        ok = f.accept(p)
+        if ok and not math.isnan(before) and abs(p / before - 1) > 0.1:
+            prev = history[-2:]
+            assert len(prev) == 2
+            assert all(not accepted for _, accepted in prev)
+            assert abs(prev[1][0] / prev[0][0] - 1) <= 0.1
+            assert abs(p / prev[1][0] - 1) <= 0.1
+        history.append((p, ok))

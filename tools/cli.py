@@ -1,0 +1,117 @@
+"""The ``chimera`` command line. Stable names: tests, scripts and systemd units rely on them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+
+from chimera_core.errors import ChimeraError
+
+log = structlog.get_logger(__name__)
+
+# Commands DESIGN.md names that later issues build; they fail clearly until then.
+PLANNED = {
+    "record": "the black-box recorder (issue 3)",
+    "replay": "session replay (issue 3)",
+    "cortex": "the Streamlit cortex (issue 6)",
+    "status": "the control channel (issue 3)",
+    "pause": "the control channel (issue 3)",
+    "resume": "the control channel (issue 3)",
+    "kill": "the control channel (issue 3)",
+    "approve": "approvals (issue 4)",
+    "reject": "approvals (issue 4)",
+    "doctor": "operations (issue 7)",
+    "genome": "the strategy genome (issue 4)",
+    "service": "systemd services (issue 7)",
+}
+
+
+def _default_config() -> str | None:
+    return "chimera.toml" if Path("chimera.toml").is_file() else None
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from chimera_core.config import load_config, load_credentials, load_env, secret_values
+    from chimera_core.event_loop import run_live
+    from chimera_core.logging import configure_logging
+
+    env = load_env(args.env_file)
+    configure_logging("INFO", secret_values(env))
+    cfg = load_config(args.config)
+    configure_logging(cfg.logging.level)
+    credentials = load_credentials(cfg, env)
+    configure_logging(
+        cfg.logging.level, [credentials.jwt, credentials.feed_token, credentials.api_key]
+    )
+    if cfg.mode == "live":
+        log.warning("live_mode", note="orders go to the real broker once execution is wired")
+    uvloop.run(run_live(cfg, credentials))
+    return 0
+
+
+def cmd_sim(argv: list[str]) -> int:
+    from tools.sim.server import main as sim_main
+
+    return sim_main(argv)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from benchmarks.hot_path import main as bench_main
+
+    return bench_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chimera", description="Chimera trading engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    live = sub.add_parser("live", help="run the hot path (paper unless the config says live)")
+    live.add_argument(
+        "--config",
+        default=_default_config(),
+        help="TOML config (default: ./chimera.toml if present)",
+    )
+    live.add_argument(
+        "--env-file", default=".env", help="file with CHIMERA_* secrets (default .env)"
+    )
+    sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
+    sub.add_parser("bench", help="latency benchmarks", add_help=False)
+    for name, what in PLANNED.items():
+        sub.add_parser(name, help=f"{what} — not built yet", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chimera_core.logging import configure_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging("INFO")
+    # sim and bench own their argument parsing.
+    if argv and argv[0] == "sim":
+        return cmd_sim(argv[1:])
+    if argv and argv[0] == "bench":
+        return cmd_bench(argv[1:])
+    if argv and argv[0] in PLANNED:
+        print(f"chimera {argv[0]}: {PLANNED[argv[0]]} is not built yet", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "live":
+            return cmd_live(args)
+    except ChimeraError as exc:
+        print(f"chimera {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def live_main() -> int:
+    """``chimera-live``: the systemd entry point, same as ``chimera live``."""
+    return main(["live", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

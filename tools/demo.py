@@ -1,0 +1,74 @@
+"""``make demo``: the simulator and ``chimera live`` in paper mode, side by side.
+
+Runs until Ctrl-C (or for DEMO_SECONDS seconds), then stops both cleanly. Later issues
+add the recorder and the cortex here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HOST, PORT = "127.0.0.1", 8765
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def main() -> int:
+    rate = os.environ.get("DEMO_RATE", "2000")
+    seconds = float(os.environ.get("DEMO_SECONDS", "0"))
+    with socket.socket() as s:
+        if s.connect_ex((HOST, PORT)) == 0:
+            print(f"demo: port {PORT} is busy; stop whatever listens there first", file=sys.stderr)
+            return 2
+    cli = [sys.executable, "-m", "tools.cli"]
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen([*cli, "sim", "--host", HOST, "--port", str(PORT), "--rate", rate])
+        )
+        if not _wait_for_port(HOST, PORT, 30):
+            print("demo: the simulator did not start listening within 30 s", file=sys.stderr)
+            return 1
+        procs.append(subprocess.Popen([*cli, "live", "--config", str(HERE / "demo.toml")]))
+        print(
+            f"demo: simulator on ws://{HOST}:{PORT}/smart-stream at {rate} ticks/s, engine in "
+            "paper mode; decisions that move a state machine are logged. Ctrl-C stops.",
+            file=sys.stderr,
+        )
+        deadline = time.monotonic() + seconds if seconds > 0 else None
+        while all(p.poll() is None for p in procs):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        failed = [p for p in procs if p.poll() not in (None, 0)]
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
