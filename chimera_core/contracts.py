@@ -13,6 +13,10 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
+# Hot-path Structs are declared gc=False: they hold no reference cycles, and keeping ~5
+# allocations per tick out of the cyclic GC's generation counts removes its pauses from
+# the latency tail.
+
 
 class Mode(enum.IntEnum):
     """SmartAPI v2 subscription modes (byte 0 of every packet)."""
@@ -33,7 +37,7 @@ class ExchangeType(enum.IntEnum):
     CDE_FO = 13
 
 
-class Level(msgspec.Struct, frozen=True, array_like=True):
+class Level(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One price level of the book."""
 
     price: float
@@ -41,7 +45,7 @@ class Level(msgspec.Struct, frozen=True, array_like=True):
     orders: int
 
 
-class Tick(msgspec.Struct, frozen=True):
+class Tick(msgspec.Struct, frozen=True, gc=False):
     """One decoded market-data packet. Fields a mode does not carry keep their defaults."""
 
     token: str
@@ -80,7 +84,7 @@ class Tick(msgspec.Struct, frozen=True):
         return self.asks[0].price if self.asks else 0.0
 
 
-class Bar(msgspec.Struct, frozen=True):
+class Bar(msgspec.Struct, frozen=True, gc=False):
     """A time bar, opened and closed by exchange time."""
 
     token: str
@@ -107,7 +111,7 @@ class Band(enum.Enum):
     NEUTRAL = "NEUTRAL"
 
 
-class VolumeProfile(msgspec.Struct, frozen=True):
+class VolumeProfile(msgspec.Struct, frozen=True, gc=False):
     """Volume by price over the structure window of closed bars."""
 
     poc: float  # point of control: price bucket with the most volume
@@ -116,7 +120,7 @@ class VolumeProfile(msgspec.Struct, frozen=True):
     total_volume: int
 
 
-class PhysicsState(msgspec.Struct, frozen=True):
+class PhysicsState(msgspec.Struct, frozen=True, gc=False):
     """Kernel outputs for one evaluation, with the inputs that produced them."""
 
     close: float  # the live close the kernels saw (last price of the forming bar)
@@ -132,7 +136,7 @@ class PhysicsState(msgspec.Struct, frozen=True):
     profile: VolumeProfile | None = None
 
 
-class Transition(msgspec.Struct, frozen=True):
+class Transition(msgspec.Struct, frozen=True, gc=False):
     """A state-machine event and what it did."""
 
     event: str
@@ -147,7 +151,7 @@ class Side(enum.Enum):
     SELL = "SELL"
 
 
-class OrderIntent(msgspec.Struct, frozen=True):
+class OrderIntent(msgspec.Struct, frozen=True, gc=False):
     """What the strategy wants, before governance and routing."""
 
     client_order_id: str
@@ -202,14 +206,14 @@ class Position(msgspec.Struct):
     realized_pnl: float = 0.0
 
 
-class Signal(msgspec.Struct, frozen=True):
+class Signal(msgspec.Struct, frozen=True, gc=False):
     """The default strategy's reading of the physics: direction and why."""
 
     direction: int  # +1 long, -1 short, 0 none
     reason: str
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """One evaluation: every layer's inputs and outputs, in hot-path order.
 
     Governance layers (drift, capital, meta_risk, genome) and execution are filled in by

@@ -6,6 +6,7 @@ frame; ``run_live`` wires it to the feed on a uvloop event loop. Logic lives in 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -157,24 +158,12 @@ class Engine:
         # 7. route: no broker is wired in this build; EXECUTE expires after its timeout.
         # 8. publish
         self._seq += 1
+        # Positional construction: keywords cost ~0.5 µs per Decision on this path.
         decision = Decision(
-            seq=self._seq,
-            token=tick.token,
-            exchange_type=tick.exchange_type,
-            exchange_ts_ms=tick.exchange_ts_ms,
-            tick_sequence=tick.sequence,
-            bar_start_ms=sym.physics.bar_start_ms or 0,
-            physics=physics,
-            signal=signal_,
-            state=sym.machine.state.value,
-            transitions=transitions,
-            intent=intent,
-            confidence=confidence,
-            influence=_PHYSICS_ONLY,
-            feed_stale=stale,
-            recv_ns=recv_ns,
-            decided_ns=self.clock(),
-        )
+            self._seq, tick.token, tick.exchange_type, tick.exchange_ts_ms, tick.sequence,
+            sym.physics.bar_start_ms or 0, physics, signal_, _STATE_NAME[sym.machine.state],
+            transitions, intent, confidence, _PHYSICS_ONLY, stale, recv_ns, self.clock(),
+        )  # fmt: skip
         stats.decisions += 1
         for sink in self.sinks:
             sink(decision)
@@ -254,6 +243,7 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
+_STATE_NAME = {s: s.value for s in State}  # Enum.value is a slow property in 3.11
 
 
 class DecisionLog:
@@ -297,6 +287,8 @@ async def run_live(
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
     engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)])
+    # Start-up objects go to the permanent generation: full collections stay short.
+    gc.freeze()
     feed = FeedClient(
         cfg.feed.url,
         credentials.headers(),

@@ -6,6 +6,15 @@ import math
 
 from chimera_core.contracts import Band, PhysicsState, Signal, Structure
 
+# Shared no-signal answers: Signal is frozen, and building one per tick costs time.
+_WARMUP = (Signal(0, "warmup"), 0.0)
+_WEAK = (Signal(0, "energy_below_threshold"), 0.0)
+_TRAPPED = (Signal(0, "trapped"), 0.0)
+_NO_LONG = (Signal(0, "band_contradicts_long"), 0.0)
+_NO_SHORT = (Signal(0, "band_contradicts_short"), 0.0)
+_S_WARMUP, _VACUUM = Structure.WARMUP, Structure.VACUUM
+_B_WARMUP, _BREAKOUT, _BREAKDOWN = Band.WARMUP, Band.BREAKOUT, Band.BREAKDOWN
+
 
 class DefaultStrategy:
     """Enter when |energy| > threshold and structure is VACUUM, in the direction of energy,
@@ -17,22 +26,23 @@ class DefaultStrategy:
 
     def evaluate(self, physics: PhysicsState) -> tuple[Signal, float]:
         """The signal and a confidence in [0, 1] (0 when there is no signal)."""
-        if physics.structure is Structure.WARMUP or physics.band is Band.WARMUP:
-            return Signal(0, "warmup"), 0.0
+        structure, band = physics.structure, physics.band
+        if structure is _S_WARMUP or band is _B_WARMUP:
+            return _WARMUP
         energy = physics.energy
         if not math.isfinite(energy) or abs(energy) <= self.energy_threshold:
-            return Signal(0, "energy_below_threshold"), 0.0
-        if physics.structure is not Structure.VACUUM:
-            return Signal(0, "trapped"), 0.0
+            return _WEAK
+        if structure is not _VACUUM:
+            return _TRAPPED
         direction = 1 if energy > 0 else -1
-        if direction > 0 and physics.band is Band.BREAKDOWN:
-            return Signal(0, "band_contradicts_long"), 0.0
-        if direction < 0 and physics.band is Band.BREAKOUT:
-            return Signal(0, "band_contradicts_short"), 0.0
+        if direction > 0 and band is _BREAKDOWN:
+            return _NO_LONG
+        if direction < 0 and band is _BREAKOUT:
+            return _NO_SHORT
         # Confidence grows with how far energy and displacement clear their thresholds.
         energy_part = min(1.0, abs(energy) / (2.0 * self.energy_threshold))
         z_part = min(1.0, abs(physics.z) / 2.0) if math.isfinite(physics.z) else 0.0
-        agree = 1.0 if physics.band is not Band.NEUTRAL else 0.8
+        agree = 1.0 if band is not Band.NEUTRAL else 0.8
         return Signal(direction, "long" if direction > 0 else "short"), round(
             agree * 0.5 * (energy_part + z_part), 6
         )

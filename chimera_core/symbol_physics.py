@@ -170,19 +170,11 @@ class SymbolPhysics:
         else:
             structure = _TRAPPED
         band = _WARMUP_BAND if band_code != band_code else _BAND_BY_CODE[int(band_code)]
+        # Positional: PhysicsState field order (keywords cost ~0.1 µs per tick).
         state = PhysicsState(
-            close=live,
-            closed_bars=ring.count,
-            energy=energy,
-            z=z,
-            structure=structure,
-            band=band,
-            band_mean=band_mean,
-            band_std=band_std,
-            volatility=self._volatility,
-            atr=self._atr,
-            profile=self._profile,
-        )
+            live, ring.count, energy, z, structure, band, band_mean, band_std,
+            self._volatility, self._atr, self._profile,
+        )  # fmt: skip
         return state, closed
 
     def _refresh_closed_statistics(self) -> None:

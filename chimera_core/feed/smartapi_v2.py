@@ -89,11 +89,10 @@ def decode(frame: bytes, recv_ns: int = 0) -> Tick:
 
     if mode == Mode.QUOTE:
         v = QUOTE_S.unpack(frame)
+        # Positional up to prev_close (Tick field order): keywords cost ~0.3 µs here.
         return Tick(
-            token, exchange_type, mode, v[3], v[4], v[5] / 100.0,
-            ltq=v[6], avg_price=v[7] / 100.0, volume=v[8],
-            total_buy_qty=v[9], total_sell_qty=v[10],
-            open=v[11] / 100.0, high=v[12] / 100.0, low=v[13] / 100.0, prev_close=v[14] / 100.0,
+            token, exchange_type, mode, v[3], v[4], v[5] / 100.0, v[6], v[7] / 100.0, v[8],
+            v[9], v[10], v[11] / 100.0, v[12] / 100.0, v[13] / 100.0, v[14] / 100.0,
             recv_ns=recv_ns,
         )  # fmt: skip
 

@@ -1,0 +1,106 @@
+"""`chimera live` as a real process against the simulator; CLI errors that say what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tools.sim.server import ExchangeSimulator
+
+pytestmark = pytest.mark.timeout(120)
+REPO = Path(__file__).resolve().parents[2]
+SECRET_JWT = "eyJSECRET.JWT.VALUE"
+SECRET_FEED = "feedtoken-SECRET-42"
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _events(stderr: bytes) -> list[dict]:
+    out = []
+    for line in stderr.decode().splitlines():
+        if line.startswith("{"):
+            out.append(orjson.loads(line))
+    return out
+
+
+async def test_chimera_live_trades_on_paper_logs_decisions_and_stops_cleanly(tmp_path):
+    async with ExchangeSimulator(port=0, rate=3000.0, seed=3) as sim:
+        cfg = tmp_path / "chimera.toml"
+        cfg.write_text(
+            f'[feed]\nurl = "{sim.url}"\nmode = "SNAP_QUOTE"\n'
+            "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
+            '[logging]\ndecisions = "transitions"\nstats_interval_s = 1.0\n'
+        )
+        env = {
+            "CHIMERA_JWT": SECRET_JWT,
+            "CHIMERA_FEED_TOKEN": SECRET_FEED,
+            "CHIMERA_API_KEY": "apikey-SECRET",
+            "CHIMERA_CLIENT_CODE": "A1234567",
+        }
+        proc = _cli("live", "--config", str(cfg), env=env, cwd=tmp_path)
+        deadline = asyncio.get_running_loop().time() + 60
+        while sim.frames_sent < 30_000 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    text = err.decode()
+    for secret in (SECRET_JWT, SECRET_FEED, "apikey-SECRET"):
+        assert secret not in text
+    events = _events(err)
+    names = [e["event"] for e in events]
+    assert names[0] == "engine_started" or "engine_started" in names
+    assert names[-1] == "engine_stopped"
+    assert "engine_stats" in names
+    fires = [e for e in events if e["event"] == "decision" and e["intent"]]
+    assert fires, "no order intent in 30k ticks"
+    assert all(e["intent"].startswith("CH-1-") and e["state"] == "EXECUTE" for e in fires)
+    stopped = events[-1]
+    assert stopped["decisions"] > 20_000 and stopped["malformed"] == 0
+
+
+def test_bad_config_stops_with_a_message_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[feed]\nmode = "DEPTH"\n')
+    proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "feed.mode" in err.decode() and "SNAP_QUOTE" in err.decode()
+
+
+def test_live_mode_without_credentials_is_refused(tmp_path):
+    cfg = tmp_path / "live.toml"
+    cfg.write_text('mode = "live"\n[feed]\nurl = "wss://smartapisocket.angelone.in/smart-stream"\n')
+    env = {
+        k: ""
+        for k in ("CHIMERA_JWT", "CHIMERA_FEED_TOKEN", "CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE")
+    }
+    proc = _cli("live", "--config", str(cfg), env=env, cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "CHIMERA_JWT" in err.decode() and ".env" in err.decode()
+
+
+def test_commands_from_later_issues_fail_clearly():
+    proc = _cli("replay", "session-1")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "not built yet" in err.decode()
