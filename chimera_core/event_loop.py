@@ -304,7 +304,7 @@ async def run_live(
     )
     log.info("engine_started", mode=cfg.mode, feed=cfg.feed.url, tokens=cfg.feed.tokens)
     stats_task = asyncio.ensure_future(
-        _report_stats(engine, feed, cfg.logging.stats_interval_s, stop)
+        _report_stats(engine, feed, cfg.logging.stats_interval_s, cfg.feed.stale_after_s, stop)
     )
     try:
         await feed.run(stop)
@@ -316,7 +316,7 @@ async def run_live(
 
 
 async def _report_stats(
-    engine: Engine, feed: FeedClient, interval_s: float, stop: asyncio.Event
+    engine: Engine, feed: FeedClient, interval_s: float, stale_after_s: float, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
         try:
@@ -326,10 +326,20 @@ async def _report_stats(
         states: dict[str, int] = {}
         for sym in engine.symbols.values():
             states[sym.machine.state.value] = states.get(sym.machine.state.value, 0) + 1
+        silent_s = (engine.clock() - feed.stats.last_frame_ns) / 1e9 if feed.stats.frames else None
+        stale = not feed.stats.connected or (silent_s is not None and silent_s > stale_after_s)
+        if stale:
+            # No trading happens on it: each token re-confirms its signal after a silence.
+            log.warning(
+                "feed_stale",
+                connected=feed.stats.connected,
+                silent_s=None if silent_s is None else round(silent_s, 3),
+            )
         log.info(
             "engine_stats",
             **engine.stats.as_dict(),
             feed_connected=feed.stats.connected,
             feed_connects=feed.stats.connects,
+            feed_stale=stale,
             states=states,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tools.sim.server import ExchangeSimulator
+from tools.sim.server import ExchangeSimulator, Faults
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +104,24 @@ def test_commands_from_later_issues_fail_clearly():
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "not built yet" in err.decode()
+
+
+async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
+    faults = Faults(stall_after_s=1.0, stall_for_s=3.0)
+    async with ExchangeSimulator(port=0, rate=200.0, faults=faults) as sim:
+        cfg = tmp_path / "chimera.toml"
+        cfg.write_text(
+            f'[feed]\nurl = "{sim.url}"\nstale_after_s = 1.0\n'
+            '[logging]\ndecisions = "none"\nstats_interval_s = 0.5\n'
+        )
+        proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
+        await asyncio.sleep(6.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = _events(err)
+    stale = [e for e in events if e["event"] == "feed_stale"]
+    assert stale and all(e["connected"] for e in stale) and stale[0]["silent_s"] > 1.0
+    stats = [e for e in events if e["event"] == "engine_stats"]
+    assert stats[-1]["feed_stale"] is False  # fresh again once the stall ended
+    assert stats[-1]["feed_connects"] == 1
