@@ -167,7 +167,12 @@ def _plot(lat_ns: np.ndarray, result: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     e2e = result["e2e"]
     for key, colour in (("p50_us", "green"), ("p99_us", "orange"), ("p99_9_us", "red")):
-        ax.axvline(e2e[key], color=colour, linestyle="--", label=f"{key[:-3]} {e2e[key]:.2f} µs")
+        ax.axvline(
+            e2e[key],
+            color=colour,
+            linestyle="--",
+            label=f"{key[:-3].replace('_', '.')} {e2e[key]:.2f} µs",
+        )
     ax.set_xlabel("recv → decision (µs)")
     ax.set_ylabel("ticks")
     ax.set_title(f"Chimera hot path at {e2e['rate_requested']:.0f} ticks/s ({e2e['ticks']} ticks)")
