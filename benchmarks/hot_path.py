@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from chimera_core.event_loop import Engine
 from chimera_core.feed.client import FeedClient
 from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
+from chimera_core.telemetry import TelemetryPublisher
 
 TARGETS = {"p50_us": 8.0, "p99_us": 30.0, "ticks_per_s": 100_000.0}
 # The default config (1-minute bars). The simulator's exchange clock runs ~4000x the wall
@@ -89,8 +91,15 @@ def _percentiles(ns: np.ndarray) -> dict[str, float]:
 class _Probe:
     """on_frame wrapper: runs the engine, keeps latencies (and frames) after warm-up."""
 
-    def __init__(self, engine: Engine, capacity: int, keep_frames: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        capacity: int,
+        keep_frames: int,
+        telemetry: TelemetryPublisher | None = None,
+    ) -> None:
         self.engine = engine
+        self.telemetry = telemetry
         self.lat = np.zeros(capacity, dtype=np.int64)
         self.n = 0
         # bytes only: GC-untracked, so keeping 300k of them adds no collector pauses.
@@ -99,38 +108,85 @@ class _Probe:
         self.recording = False
         self.decided = 0
         self.warm = 0  # measured decisions whose every physics window was full
+        self.dropped = 0  # telemetry messages dropped while measuring
 
     def __call__(self, frame: bytes, recv_ns: int) -> None:
         d = self.engine.on_frame(frame, recv_ns)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            # As run_live does; the latency then ends once the message is enqueued.
+            telemetry.tick(frame, recv_ns, d)
+            done_ns = time.monotonic_ns()
         if d is None:
             return
         self.decided += 1
         if self.recording and self.n < self.lat.size:
-            self.lat[self.n] = d.decided_ns - d.recv_ns
+            self.lat[self.n] = (done_ns if telemetry is not None else d.decided_ns) - d.recv_ns
             self.n += 1
             self.warm += d.physics.band is not Band.WARMUP
         if len(self.frames) < self.keep_frames:
             self.frames.append(frame)
 
 
+SUBSCRIBER = """
+import sys, zmq
+s = zmq.Context().socket(zmq.SUB)
+s.setsockopt(zmq.SUBSCRIBE, b"")
+s.connect(sys.argv[1])
+print("ready", flush=True)
+while True:
+    s.recv()
+"""
+
+
+def _subscriber(endpoint: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
 async def _stream(
-    port: int, warmup_s: float, seconds: float, capacity: int, keep: int
+    port: int,
+    warmup_s: float,
+    seconds: float,
+    capacity: int,
+    keep: int,
+    subscriber: str | None = None,
 ) -> tuple[_Probe, float]:
+    """``subscriber``: None (no telemetry), "reading" (a subscriber process draining
+    telemetry) or "stopped" (the same, SIGSTOPped once warm-up ends)."""
     cfg = parse_config(BENCH_CONFIG.format(port=port))
-    probe = _Probe(Engine(cfg), capacity, keep)
+    telemetry = None
+    sub_proc = None
+    if subscriber is not None:
+        telemetry = TelemetryPublisher("tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm)
+        sub_proc = _subscriber(telemetry.endpoint)
+        while telemetry.subscriptions < 1:
+            telemetry.drain_subscriptions()
+            await asyncio.sleep(0.01)
+    probe = _Probe(Engine(cfg), capacity, keep, telemetry)
     client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
                         "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
     await client.subscribe(2, 1, list(cfg.feed.tokens))
     stop = asyncio.Event()
     task = asyncio.ensure_future(client.run(stop))
     await asyncio.sleep(warmup_s)
+    if sub_proc is not None and subscriber == "stopped":
+        os.kill(sub_proc.pid, signal.SIGSTOP)
     probe.recording = True
     start_decided, t0 = probe.decided, time.perf_counter()
+    dropped0 = telemetry.dropped if telemetry else 0
     await asyncio.sleep(seconds)
     probe.recording = False
     rate = (probe.decided - start_decided) / (time.perf_counter() - t0)
+    probe.dropped = (telemetry.dropped - dropped0) if telemetry else 0
     stop.set()
     await task
+    if sub_proc is not None:
+        sub_proc.kill()
+        sub_proc.wait(5)
+    if telemetry is not None:
+        telemetry.close()
     return probe, rate
 
 
@@ -221,6 +277,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["engine_only"] = _engine_only(probe.frames, port)
 
+    # The same stream with telemetry published per tick (as run_live does): latency now
+    # ends when the message is enqueued. Once with a subscriber draining it, once with
+    # that subscriber SIGSTOPped: the hot path must not care.
+    for mode in ("reading", "stopped"):
+        port = _free_port()
+        sim = _start_sim(port, args.rate, args.seed)
+        try:
+            tprobe, trate = uvloop.run(
+                _stream(port, args.warmup, args.seconds, capacity, 0, subscriber=mode)
+            )
+        finally:
+            sim.terminate()
+            sim.wait(10)
+        result[f"e2e_telemetry_subscriber_{mode}"] = {
+            "rate_achieved": round(trate),
+            "telemetry_dropped": tprobe.dropped,
+            **_percentiles(tprobe.lat[: tprobe.n]),
+        }
+
     port = _free_port()
     sim = _start_sim(port, 0, args.seed)
     try:
@@ -230,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         sim.wait(10)
     result["flood"] = {"ticks_per_s": round(flood_rate)}
     e2e = result["e2e"]
+    tel = result["e2e_telemetry_subscriber_stopped"]
     result["meets_targets"] = {
         "p50": e2e["p50_us"] <= TARGETS["p50_us"],
         "p99": e2e["p99_us"] <= TARGETS["p99_us"],
+        "p50_with_telemetry_stopped_subscriber": tel["p50_us"] <= TARGETS["p50_us"],
+        "p99_with_telemetry_stopped_subscriber": tel["p99_us"] <= TARGETS["p99_us"],
         "engine_ticks_per_s": result["engine_only"]["ticks_per_s"] >= TARGETS["ticks_per_s"],
         "loopback_ticks_per_s": result["flood"]["ticks_per_s"] >= TARGETS["ticks_per_s"],
     }

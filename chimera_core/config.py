@@ -67,6 +67,27 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     stats_interval_s: Positive = 5.0
 
 
+class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    endpoint: str = "tcp://127.0.0.1:7001"
+    # Messages queued per subscriber before sends fail (and are counted as dropped).
+    hwm: PositiveInt = 100_000
+    health_interval_s: Positive = 1.0
+    # Hold the feed until a subscriber (the recorder) is attached, so a session is recorded
+    # from its first tick; 0 = never wait (trading does not depend on the recorder).
+    wait_for_subscriber_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    endpoint: str = "tcp://127.0.0.1:7002"
+    timeout_s: Positive = 2.0
+
+
+class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    segment_mb: PositiveInt = 64
+    fsync_interval_s: Positive = 1.0
+    neural_state_interval_s: Positive = 0.25
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -74,6 +95,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
     sanity: SanityConfig = msgspec.field(default_factory=SanityConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
+    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):
@@ -171,6 +195,15 @@ def _check(cfg: Config, source: str) -> None:
             f"{source}: 'feed.reconnect_max_s' ({cfg.feed.reconnect_max_s}) is below "
             f"'feed.reconnect_initial_s' ({cfg.feed.reconnect_initial_s})"
         )
+    for key, endpoint in (
+        ("telemetry.endpoint", cfg.telemetry.endpoint),
+        ("control.endpoint", cfg.control.endpoint),
+    ):
+        if not _is_local_endpoint(endpoint):
+            raise ConfigError(
+                f"{source}: '{key}' = {endpoint!r} must bind to loopback or ipc "
+                "(tcp://127.0.0.1:PORT or ipc:///path); remote access goes through an SSH tunnel"
+            )
     if cfg.mode == "live" and _is_loopback(cfg.feed.url):
         raise ConfigError(
             f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "
@@ -198,6 +231,15 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_local_endpoint(endpoint: str) -> bool:
+    if endpoint.startswith("ipc://"):
+        return True
+    m = re.fullmatch(r"tcp://([^:]+):(\d+)", endpoint)
+    if not m:
+        return False
+    return _is_loopback(f"ws://{m.group(1)}:{m.group(2)}/")
 
 
 def load_env(env_file: str | Path | None = ".env") -> dict[str, str]:

@@ -242,3 +242,70 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     genome: None = None
     execution: None = None
     schema: int = SCHEMA_VERSION
+
+
+# ---- telemetry --------------------------------------------------------------------------
+# Every telemetry message is ONE ZeroMQ frame: ASCII topic, a NUL, an 8-byte little-endian
+# publisher sequence number (a gap = messages this subscriber never got), then the msgpack
+# payload below. Subscribers filter on the topic prefix; the black box stores these bytes.
+
+
+class TickRecord(msgspec.Struct, array_like=True, gc=False):
+    """One feed frame exactly as received, with the decision it produced, in one message
+    (one send per tick). Topic ``tick.<token>`` when there is a decision, ``raw`` when the
+    frame was dropped (malformed, duplicate, out of order, bad price). Replay feeds
+    ``frame`` back at ``recv_ns`` and compares its decision with ``decision``."""
+
+    recv_ns: int
+    frame: bytes
+    decision: Decision | None
+    schema: int = SCHEMA_VERSION
+
+
+class FeedEvent(msgspec.Struct, array_like=True, gc=False):
+    """The feed connected (epoch bumps) or disconnected (topic ``feed``)."""
+
+    connected: bool
+    epoch: int
+    at_ns: int
+    schema: int = SCHEMA_VERSION
+
+
+class ControlEvent(msgspec.Struct, gc=False):
+    """An operator command the hot path applied, with its effect (topic ``control``)."""
+
+    command: str
+    arg: str
+    ok: bool
+    result: str
+    at_ns: int
+    transitions: tuple[Transition, ...] = ()
+    schema: int = SCHEMA_VERSION
+
+
+class Health(msgspec.Struct, gc=False):
+    """Periodic engine health (topic ``health``)."""
+
+    at_ns: int
+    engine: dict[str, int]
+    feed_connected: bool
+    feed_connects: int
+    feed_stale: bool
+    telemetry_sent: int
+    telemetry_dropped: int
+    halted: bool
+    states: dict[str, int]
+    schema: int = SCHEMA_VERSION
+
+
+class SessionInfo(msgspec.Struct):
+    """Published once at start (topic ``session``): what produced this session."""
+
+    session_id: str
+    started_ns: int
+    mode: str
+    config_json: bytes  # msgspec JSON of the parsed Config: replay rebuilds it exactly
+    config_sha256: str
+    code_version: str
+    genome_version: str = ""
+    schema: int = SCHEMA_VERSION

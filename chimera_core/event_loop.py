@@ -7,15 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import importlib.metadata
+import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
+import orjson
 import structlog
 
 from chimera_core.config import Config, Credentials
-from chimera_core.contracts import Decision, ExchangeType, Mode, OrderIntent, Side, Tick, Transition
+from chimera_core.contracts import (
+    ControlEvent,
+    Decision,
+    ExchangeType,
+    FeedEvent,
+    Health,
+    Mode,
+    OrderIntent,
+    SessionInfo,
+    Side,
+    Tick,
+    Transition,
+)
+from chimera_core.control import ControlServer
 from chimera_core.errors import IllegalTransition, ProtocolError
 from chimera_core.feed.client import FeedClient
 from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
@@ -24,6 +44,13 @@ from chimera_core.physics import warm_up_kernels
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
 from chimera_core.strategy import DefaultStrategy
 from chimera_core.symbol_physics import SymbolPhysics
+from chimera_core.telemetry import (
+    TOPIC_CONTROL,
+    TOPIC_FEED,
+    TOPIC_HEALTH,
+    TOPIC_SESSION,
+    TelemetryPublisher,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +121,7 @@ class Engine:
         self.strategy = DefaultStrategy(cfg.strategy.energy_threshold)
         self.stats = EngineStats()
         self.halted = False
+        self.paused = False  # no new entries; positions and pending intents carry on
         self.feed_epoch = 0  # set by the feed on every (re)connect
         self._stale_ns = int(cfg.feed.stale_after_s * 1e9)
         self._execute_timeout_ms = int(cfg.strategy.execute_timeout_s * 1000)
@@ -177,7 +205,7 @@ class Engine:
         ts = tick.exchange_ts_ms
         try:
             if state is State.IDLE:
-                if direction and not stale:
+                if direction and not stale and not self.paused:
                     sym.armed_direction = direction
                     return (
                         machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
@@ -237,6 +265,43 @@ class Engine:
         log.warning("engine_resumed", reason=reason, symbols=len(out))
         return out
 
+    def control(self, command: str, arg: str = "") -> tuple[bool, dict[str, Any]]:
+        """Apply an operator command; the reply says what happened (and what did not)."""
+        if command == "status":
+            return True, self.status()
+        if command == "halt":
+            moved = self.halt(arg or "operator")
+            return True, {"halted": True, "symbols_moved": len(moved)}
+        if command == "pause":
+            self.paused = True
+            log.warning("engine_paused", reason=arg or "operator")
+            return True, {"paused": True}
+        if command == "resume":
+            moved = self.resume(arg or "operator") if self.halted else []
+            self.paused = False
+            return True, {"paused": False, "halted": False, "symbols_moved": len(moved)}
+        if command == "flatten":
+            return False, {"error": "no positions to flatten: no broker is wired in this build"}
+        if command in ("approve", "reject"):
+            return False, {
+                "error": f"no approval queue in this build; nothing to {command} ({arg})"
+            }
+        return False, {"error": f"unknown command {command!r}"}
+
+    def status(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for sym in self.symbols.values():
+            name = _STATE_NAME[sym.machine.state]
+            states[name] = states.get(name, 0) + 1
+        return {
+            "halted": self.halted,
+            "paused": self.paused,
+            "states": states,
+            "symbols": {t: _STATE_NAME[s.machine.state] for t, s in self.symbols.items()},
+            "stats": self.stats.as_dict(),
+            "feed_epoch": self.feed_epoch,
+        }
+
     def on_feed_state(self, connected: bool) -> None:
         if connected:
             self.feed_epoch += 1
@@ -274,10 +339,47 @@ class DecisionLog:
         )
 
 
+def session_info(cfg: Config) -> SessionInfo:
+    """What produced this session: config (exactly, for replay), code version, start."""
+    config_json = msgspec.json.encode(cfg)
+    session_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    return SessionInfo(
+        session_id=session_id,
+        started_ns=time.time_ns(),  # metadata only; the engine's logic never reads it
+        mode=cfg.mode,
+        config_json=config_json,
+        config_sha256=hashlib.sha256(config_json).hexdigest(),
+        code_version=_code_version(),
+    )
+
+
+def _code_version() -> str:
+    try:
+        version = importlib.metadata.version("chimera")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=2,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
 async def run_live(
-    cfg: Config, credentials: Credentials, stop: asyncio.Event | None = None
+    cfg: Config,
+    credentials: Credentials,
+    stop: asyncio.Event | None = None,
+    control_token: str = "",
 ) -> Engine:
-    """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM)."""
+    """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM).
+
+    Wiring only: feed → Engine.on_frame → telemetry, a control server for operator
+    commands, and a health loop. Every piece that can be slow lives outside the tick path.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -287,47 +389,126 @@ async def run_live(
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
     engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)])
-    # Start-up objects go to the permanent generation: full collections stay short.
-    gc.freeze()
+    telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
+    session = session_info(cfg)
+    telemetry.publish(TOPIC_SESSION, session)
+    publish_tick = telemetry.tick
+    on_frame_engine = engine.on_frame
+
+    def on_frame(frame: bytes, recv_ns: int) -> None:
+        publish_tick(frame, recv_ns, on_frame_engine(frame, recv_ns))
+
+    def on_feed_state(connected: bool) -> None:
+        engine.on_feed_state(connected)
+        telemetry.publish(TOPIC_FEED, FeedEvent(connected, engine.feed_epoch, engine.clock()))
+
+    def on_control(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+        ok, result = engine.control(command, arg)
+        if command != "status":
+            telemetry.publish(
+                TOPIC_CONTROL,
+                ControlEvent(command, arg, ok, orjson.dumps(result).decode(), engine.clock()),
+            )
+            log.warning("control_applied", command=command, arg=arg, ok=ok)
+        return ok, result
+
     feed = FeedClient(
         cfg.feed.url,
         credentials.headers(),
-        engine.on_frame,
+        on_frame,
         reconnect_initial_s=cfg.feed.reconnect_initial_s,
         reconnect_max_s=cfg.feed.reconnect_max_s,
         ping_interval_s=cfg.feed.ping_interval_s,
         ping_timeout_s=cfg.feed.ping_timeout_s,
-        on_state=engine.on_feed_state,
+        on_state=on_feed_state,
     )
     await feed.subscribe(
         int(Mode[cfg.feed.mode]), int(ExchangeType[cfg.feed.exchange_type]), list(cfg.feed.tokens)
     )
-    log.info("engine_started", mode=cfg.mode, feed=cfg.feed.url, tokens=cfg.feed.tokens)
-    stats_task = asyncio.ensure_future(
-        _report_stats(engine, feed, cfg.logging.stats_interval_s, cfg.feed.stale_after_s, stop)
+    control = (
+        ControlServer(cfg.control.endpoint, control_token, on_control) if control_token else None
     )
+    # Start-up objects go to the permanent generation: full collections stay short.
+    gc.freeze()
+    log.info(
+        "engine_started",
+        mode=cfg.mode,
+        feed=cfg.feed.url,
+        tokens=cfg.feed.tokens,
+        session=session.session_id,
+        telemetry=telemetry.endpoint,
+        control=control.endpoint if control else None,
+    )
+    await _wait_for_subscriber(telemetry, cfg.telemetry.wait_for_subscriber_s, stop)
+    tasks = [
+        asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
+    ]
+    if control is not None:
+        tasks.append(asyncio.ensure_future(control.serve(stop)))
     try:
         await feed.run(stop)
     finally:
         stop.set()
-        await stats_task
-        log.info("engine_stopped", **engine.stats.as_dict(), feed_connects=feed.stats.connects)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        telemetry.close()
+        log.info(
+            "engine_stopped",
+            **engine.stats.as_dict(),
+            feed_connects=feed.stats.connects,
+            telemetry_sent=telemetry.sent,
+            telemetry_dropped=telemetry.dropped,
+        )
     return engine
 
 
-async def _report_stats(
-    engine: Engine, feed: FeedClient, interval_s: float, stale_after_s: float, stop: asyncio.Event
+async def _wait_for_subscriber(
+    telemetry: TelemetryPublisher, wait_s: float, stop: asyncio.Event
 ) -> None:
+    if wait_s <= 0:
+        return
+    deadline = time.monotonic() + wait_s
+    while telemetry.subscriptions <= 0 and time.monotonic() < deadline and not stop.is_set():
+        telemetry.drain_subscriptions()
+        await asyncio.sleep(0.05)
+    log.info("telemetry_subscribers", count=telemetry.subscriptions)
+
+
+async def _report_health(
+    engine: Engine,
+    feed: FeedClient,
+    telemetry: TelemetryPublisher,
+    session: SessionInfo,
+    cfg: Config,
+    stop: asyncio.Event,
+) -> None:
+    """Health on telemetry every interval (with the session info, for late joiners), and a
+    log line every stats interval."""
+    interval_s = cfg.telemetry.health_interval_s
+    next_log = time.monotonic() + cfg.logging.stats_interval_s
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except TimeoutError:
             pass
-        states: dict[str, int] = {}
-        for sym in engine.symbols.values():
-            states[sym.machine.state.value] = states.get(sym.machine.state.value, 0) + 1
+        telemetry.drain_subscriptions()
+        states = engine.status()["states"]
         silent_s = (engine.clock() - feed.stats.last_frame_ns) / 1e9 if feed.stats.frames else None
-        stale = not feed.stats.connected or (silent_s is not None and silent_s > stale_after_s)
+        stale = not feed.stats.connected or (
+            silent_s is not None and silent_s > cfg.feed.stale_after_s
+        )
+        health = Health(
+            at_ns=engine.clock(),
+            engine=engine.stats.as_dict(),
+            feed_connected=feed.stats.connected,
+            feed_connects=feed.stats.connects,
+            feed_stale=stale,
+            telemetry_sent=telemetry.sent,
+            telemetry_dropped=telemetry.dropped,
+            halted=engine.halted,
+            states=states,
+        )
+        telemetry.publish(TOPIC_SESSION, session)
+        telemetry.publish(TOPIC_HEALTH, health)
         if stale:
             # No trading happens on it: each token re-confirms its signal after a silence.
             log.warning(
@@ -335,11 +516,15 @@ async def _report_stats(
                 connected=feed.stats.connected,
                 silent_s=None if silent_s is None else round(silent_s, 3),
             )
-        log.info(
-            "engine_stats",
-            **engine.stats.as_dict(),
-            feed_connected=feed.stats.connected,
-            feed_connects=feed.stats.connects,
-            feed_stale=stale,
-            states=states,
-        )
+        if time.monotonic() >= next_log or stop.is_set():
+            next_log = time.monotonic() + cfg.logging.stats_interval_s
+            log.info(
+                "engine_stats",
+                **engine.stats.as_dict(),
+                feed_connected=feed.stats.connected,
+                feed_connects=feed.stats.connects,
+                feed_stale=stale,
+                telemetry_sent=telemetry.sent,
+                telemetry_dropped=telemetry.dropped,
+                states=states,
+            )

@@ -14,19 +14,14 @@ log = structlog.get_logger(__name__)
 
 # Commands DESIGN.md names that later issues build; they fail clearly until then.
 PLANNED = {
-    "record": "the black-box recorder (issue 3)",
-    "replay": "session replay (issue 3)",
     "cortex": "the Streamlit cortex (issue 6)",
-    "status": "the control channel (issue 3)",
-    "pause": "the control channel (issue 3)",
-    "resume": "the control channel (issue 3)",
-    "kill": "the control channel (issue 3)",
-    "approve": "approvals (issue 4)",
-    "reject": "approvals (issue 4)",
     "doctor": "operations (issue 7)",
     "genome": "the strategy genome (issue 4)",
     "service": "systemd services (issue 7)",
 }
+
+
+CONTROL_COMMANDS = ("status", "pause", "resume", "kill", "flatten", "approve", "reject")
 
 
 def _default_config() -> str | None:
@@ -37,6 +32,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     import uvloop
 
     from chimera_core.config import load_config, load_credentials, load_env, secret_values
+    from chimera_core.control import resolve_token
     from chimera_core.event_loop import run_live
     from chimera_core.logging import configure_logging
 
@@ -45,12 +41,13 @@ def cmd_live(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     configure_logging(cfg.logging.level)
     credentials = load_credentials(cfg, env)
+    token = resolve_token(env, Path(cfg.data_dir))
     configure_logging(
-        cfg.logging.level, [credentials.jwt, credentials.feed_token, credentials.api_key]
+        cfg.logging.level, [credentials.jwt, credentials.feed_token, credentials.api_key, token]
     )
     if cfg.mode == "live":
         log.warning("live_mode", note="orders go to the real broker once execution is wired")
-    uvloop.run(run_live(cfg, credentials))
+    uvloop.run(run_live(cfg, credentials, control_token=token))
     return 0
 
 
@@ -80,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
     sub.add_parser("bench", help="latency benchmarks", add_help=False)
+    sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
+    sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
+    for name in CONTROL_COMMANDS:
+        sub.add_parser(name, help="operator command over the control channel", add_help=False)
     for name, what in PLANNED.items():
         sub.add_parser(name, help=f"{what} — not built yet", add_help=False)
     return parser
@@ -90,11 +91,23 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging("INFO")
-    # sim and bench own their argument parsing.
+    # These own their argument parsing.
     if argv and argv[0] == "sim":
         return cmd_sim(argv[1:])
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
+    if argv and argv[0] == "record":
+        from tools.record import main as record_main
+
+        return record_main(argv[1:])
+    if argv and argv[0] == "replay":
+        from tools.replay import main as replay_main
+
+        return replay_main(argv[1:])
+    if argv and argv[0] in CONTROL_COMMANDS:
+        from tools.control_cli import main as control_main
+
+        return control_main(argv[0], argv[1:])
     if argv and argv[0] in PLANNED:
         print(f"chimera {argv[0]}: {PLANNED[argv[0]]} is not built yet", file=sys.stderr)
         return 2

@@ -72,7 +72,8 @@ class PriceFilter:
             return True
         pending = self._pending
         if self._pending_count and abs(price / pending - 1.0) <= self.max_jump:
-            self._pending_count += 1
+            # Each confirming print must agree with the one before it (no slow drift).
+            self._pending, self._pending_count = price, self._pending_count + 1
         else:
             self._pending, self._pending_count = price, 1
         if self._pending_count >= self.confirm:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ def _cli(
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _local_endpoints() -> str:
+    """Telemetry and control on free ports: tests never touch the default 7001/7002."""
+    return (
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
+    )
+
+
 def _events(stderr: bytes) -> list[dict]:
     out = []
     for line in stderr.decode().splitlines():
@@ -46,7 +61,7 @@ async def test_chimera_live_trades_on_paper_logs_decisions_and_stops_cleanly(tmp
         cfg.write_text(
             f'[feed]\nurl = "{sim.url}"\nmode = "SNAP_QUOTE"\n'
             "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
-            '[logging]\ndecisions = "transitions"\nstats_interval_s = 1.0\n'
+            '[logging]\ndecisions = "transitions"\nstats_interval_s = 1.0\n' + _local_endpoints()
         )
         env = {
             "CHIMERA_JWT": SECRET_JWT,
@@ -100,7 +115,7 @@ def test_live_mode_without_credentials_is_refused(tmp_path):
 
 
 def test_commands_from_later_issues_fail_clearly():
-    proc = _cli("replay", "session-1")
+    proc = _cli("cortex")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "not built yet" in err.decode()
@@ -112,7 +127,7 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
         cfg = tmp_path / "chimera.toml"
         cfg.write_text(
             f'[feed]\nurl = "{sim.url}"\nstale_after_s = 1.0\n'
-            '[logging]\ndecisions = "none"\nstats_interval_s = 0.5\n'
+            '[logging]\ndecisions = "none"\nstats_interval_s = 0.5\n' + _local_endpoints()
         )
         proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
         await asyncio.sleep(6.0)

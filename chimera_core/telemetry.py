@@ -1,0 +1,212 @@
+"""Telemetry: the hot path's only window to the world, and it never waits.
+
+One XPUB socket bound to 127.0.0.1 (or ipc://). Each message is a single frame:
+``topic NUL seq(8, little-endian) msgpack-payload``. Sends are NOBLOCK against a bounded
+high-water mark with XPUB_NODROP, so a slow, stopped or dead subscriber makes a send fail
+at once with ``zmq.Again``: the message is dropped and counted, the tick loop goes on.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import zmq
+
+from chimera_core.contracts import (
+    ControlEvent,
+    Decision,
+    FeedEvent,
+    Health,
+    SessionInfo,
+    TickRecord,
+)
+from chimera_core.errors import ChimeraError, ProtocolError
+
+SEQ = struct.Struct("<Q")
+SEP = b"\x00"
+
+TOPIC_RAW = b"raw"
+TOPIC_TICK = b"tick."
+TOPIC_FEED = b"feed"
+TOPIC_CONTROL = b"control"
+TOPIC_HEALTH = b"health"
+TOPIC_SESSION = b"session"
+
+PAYLOAD_TYPES: dict[bytes, type[Any]] = {
+    TOPIC_RAW: TickRecord,
+    TOPIC_FEED: FeedEvent,
+    TOPIC_CONTROL: ControlEvent,
+    TOPIC_HEALTH: Health,
+    TOPIC_SESSION: SessionInfo,
+}
+
+
+def payload_type(topic: bytes) -> type[Any]:
+    if topic.startswith(TOPIC_TICK):
+        return TickRecord
+    try:
+        return PAYLOAD_TYPES[topic]
+    except KeyError:
+        raise ProtocolError(f"unknown telemetry topic {topic!r}") from None
+
+
+def split(message: bytes) -> tuple[bytes, int, bytes]:
+    """(topic, publisher seq, payload) of one telemetry message."""
+    cut = message.find(SEP)
+    if cut <= 0 or len(message) < cut + 1 + SEQ.size:
+        raise ProtocolError(
+            f"telemetry message of {len(message)} bytes has no topic/sequence header"
+        )
+    (seq,) = SEQ.unpack_from(message, cut + 1)
+    return message[:cut], seq, message[cut + 1 + SEQ.size :]
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_message(topic: bytes, seq: int, obj: Any) -> bytes:
+    """One telemetry message exactly as the publisher sends it (and the black box stores)."""
+    return b"".join((topic, SEP, SEQ.pack(seq), _encoder.encode(obj)))
+
+
+def tick_topic(decision: Decision | None) -> bytes:
+    return TOPIC_RAW if decision is None else TOPIC_TICK + decision.token.encode()
+
+
+_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode_payload(topic: bytes, payload: bytes) -> Any:
+    kind = payload_type(topic)
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    try:
+        return dec.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad {topic.decode(errors='replace')} payload: {exc}") from exc
+
+
+class TelemetryPublisher:
+    """Non-blocking publisher; ``sent``/``dropped`` count every message."""
+
+    def __init__(
+        self,
+        endpoint: str = "tcp://127.0.0.1:7001",
+        hwm: int = 100_000,
+        ctx: zmq.Context[Any] | None = None,
+    ) -> None:
+        self._ctx = ctx or zmq.Context.instance()
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(
+            zmq.XPUB_NODROP, 1
+        )  # at the HWM raise Again (countable) instead of dropping silently
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise ChimeraError(
+                f"cannot bind telemetry to {endpoint}: {exc.strerror} (another `chimera live` "
+                "running? set telemetry.endpoint to a free port or ipc:// path)"
+            ) from exc
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        self._send = sock.send
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._seq = 0
+        self._topics: dict[str, bytes] = {}
+        self.sent = 0
+        self.dropped = 0
+        self.subscriptions = 0
+
+    def publish(self, topic: bytes, obj: Any) -> bool:
+        """Encode and send; False (and counted) when it had to be dropped."""
+        self._seq += 1
+        message = b"".join((topic, SEP, SEQ.pack(self._seq), self._encode(obj)))
+        try:
+            self._send(message, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def tick(self, frame: bytes, recv_ns: int, decision: Decision | None) -> None:
+        """The frame and its decision (or the dropped frame alone) as one message."""
+        if decision is None:
+            self.publish(TOPIC_RAW, TickRecord(recv_ns, frame, None))
+        else:
+            topic = self._topics.get(decision.token)
+            if topic is None:
+                topic = self._topics[decision.token] = TOPIC_TICK + decision.token.encode()
+            self.publish(topic, TickRecord(recv_ns, frame, decision))
+
+    def drain_subscriptions(self) -> int:
+        """Read (un)subscribe notices so they do not pile up; returns the live count change."""
+        n = 0
+        while True:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            if msg[:1] == b"\x01":
+                self.subscriptions += 1
+                n += 1
+            elif msg[:1] == b"\x00":
+                self.subscriptions -= 1
+                n -= 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class TelemetrySubscriber:
+    """SUB side for side processes (recorder, cortex, tests)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: tuple[bytes, ...] = (b"",),
+        ctx: zmq.Context[Any] | None = None,
+        rcvhwm: int = 1_000_000,
+    ) -> None:
+        self._ctx = ctx or zmq.Context.instance()
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        for t in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, t)
+        sock.connect(endpoint)
+        self.sock = sock
+        self.last_seq = 0
+        self.gaps = 0
+        self.missed = 0
+
+    def recv(self, timeout_ms: int | None = None) -> bytes | None:
+        """One raw message (or None on timeout); tracks publisher-sequence gaps."""
+        if timeout_ms is not None and not self.sock.poll(timeout_ms):
+            return None
+        message: bytes = self.sock.recv()
+        _, seq, _ = split(message)
+        if self.last_seq and seq > self.last_seq + 1:
+            self.gaps += 1
+            self.missed += seq - self.last_seq - 1
+        self.last_seq = max(self.last_seq, seq)
+        return message
+
+    def messages(self, timeout_ms: int) -> Iterator[tuple[bytes, int, Any]]:
+        """Decoded (topic, seq, payload) until ``timeout_ms`` passes with nothing new."""
+        while True:
+            message = self.recv(timeout_ms)
+            if message is None:
+                return
+            topic, seq, payload = split(message)
+            yield topic, seq, decode_payload(topic, payload)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,160 @@
+"""Telemetry: exact messages on real ZeroMQ sockets, and a hot path that never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from chimera_core.config import parse_config
+from chimera_core.contracts import FeedEvent, Mode, TickRecord
+from chimera_core.event_loop import Engine, session_info
+from chimera_core.feed.client import FeedClient
+from chimera_core.feed.smartapi_v2 import encode
+from chimera_core.telemetry import (
+    TOPIC_FEED,
+    TOPIC_SESSION,
+    TelemetryPublisher,
+    TelemetrySubscriber,
+    decode_payload,
+    encode_message,
+    split,
+)
+from tools.sim.market import Market
+from tools.sim.server import ExchangeSimulator
+
+pytestmark = pytest.mark.timeout(90)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_subscribed(pub: TelemetryPublisher, n: int = 1, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pub.subscriptions < n:
+        pub.drain_subscriptions()
+        assert time.monotonic() < deadline, "subscriber never attached"
+        time.sleep(0.01)
+
+
+def test_messages_arrive_exactly_in_order_with_sequence_numbers():
+    engine = Engine(parse_config('[logging]\ndecisions = "none"'))
+    market = Market(seed=2)
+    pub = TelemetryPublisher("tcp://127.0.0.1:0")
+    sub = TelemetrySubscriber(pub.endpoint)
+    _wait_subscribed(pub)
+    cfg = parse_config("")
+    info = session_info(cfg)
+    pub.publish(TOPIC_SESSION, info)
+    pub.publish(TOPIC_FEED, FeedEvent(True, 1, 5))
+    sent = [(b"session", info), (b"feed", FeedEvent(True, 1, 5))]
+    for i in range(300):
+        frame = encode(market.next_tick(Mode.QUOTE))
+        if i == 100:
+            frame = b"\x02junk"
+        d = engine.on_frame(frame, i)
+        pub.tick(frame, i, d)
+        sent.append((b"tick." + d.token.encode() if d else b"raw", TickRecord(i, frame, d)))
+    got = list(sub.messages(timeout_ms=500))
+    assert [seq for _, seq, _ in got] == list(range(1, len(sent) + 1))
+    for (topic, obj), (gtopic, _, gobj) in zip(sent, got, strict=True):
+        assert gtopic == topic
+        assert msgspec.msgpack.encode(gobj) == msgspec.msgpack.encode(obj)
+    assert msgspec.json.decode(got[0][2].config_json, type=type(cfg)) == cfg
+    assert sub.gaps == 0 and pub.dropped == 0
+    pub.close()
+    sub.close()
+
+
+def test_subscribers_filter_on_topic_prefix_and_see_gaps_as_missing_sequence():
+    pub = TelemetryPublisher("tcp://127.0.0.1:0")
+    only_feed = TelemetrySubscriber(pub.endpoint, topics=(b"feed",))
+    _wait_subscribed(pub)
+    for i in range(10):
+        pub.publish(TOPIC_FEED if i % 2 else TOPIC_SESSION, FeedEvent(True, i, i))
+    got = list(only_feed.messages(timeout_ms=300))
+    assert [t for t, _, _ in got] == [b"feed"] * 5
+    assert [s for _, s, _ in got] == [2, 4, 6, 8, 10]
+    assert only_feed.missed == 4  # it cannot tell filtered from lost: seq is per publisher
+
+
+def test_split_rejects_messages_without_a_header():
+    with pytest.raises(Exception, match="no topic/sequence header"):
+        split(b"no-separator")
+    topic, seq, payload = split(encode_message(b"feed", 7, FeedEvent(False, 2, 3)))
+    assert (topic, seq) == (b"feed", 7)
+    assert decode_payload(topic, payload) == FeedEvent(False, 2, 3)
+
+
+SLOW_SUBSCRIBER = """
+import sys, time, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.SUB)
+s.setsockopt(zmq.RCVHWM, 100)
+s.setsockopt(zmq.SUBSCRIBE, b"")
+s.connect(sys.argv[1])
+print("ready", flush=True)
+while True:
+    s.recv()
+    time.sleep(0.01)
+"""
+
+
+async def test_a_slow_then_stopped_then_killed_subscriber_never_slows_the_tick_loop(tmp_path):
+    """The real hot path (feed client → engine → telemetry) keeps the simulator's pace
+    while the only subscriber is slow, SIGSTOPped, then SIGKILLed; drops are counted."""
+    rate = 4000.0
+    pub = TelemetryPublisher(f"ipc://{tmp_path}/telemetry.sock", hwm=500)
+    engine = Engine(parse_config('[logging]\ndecisions = "none"'))
+
+    def on_frame(frame: bytes, recv_ns: int) -> None:
+        pub.tick(frame, recv_ns, engine.on_frame(frame, recv_ns))
+
+    sub = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SUBSCRIBER, pub.endpoint],
+        stdout=subprocess.PIPE,
+        env=os.environ,
+    )
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == b"ready"
+        _wait_subscribed(pub)
+        async with ExchangeSimulator(port=0, rate=rate) as sim:
+            headers = {
+                "Authorization": "a",
+                "x-api-key": "a",
+                "x-client-code": "a",
+                "x-feed-token": "a",
+            }
+            client = FeedClient(sim.url, headers, on_frame)
+            await client.subscribe(Mode.QUOTE, 1, ["2885", "1594", "3045"])
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(client.run(stop))
+            await asyncio.sleep(1.0)  # connected and flowing
+
+            async def phase(seconds: float) -> tuple[float, int]:
+                d0, x0, t0 = engine.stats.decisions, pub.dropped, time.perf_counter()
+                await asyncio.sleep(seconds)
+                return (engine.stats.decisions - d0) / (time.perf_counter() - t0), pub.dropped - x0
+
+            slow_rate, slow_drops = await phase(2.0)
+            os.kill(sub.pid, signal.SIGSTOP)
+            stopped_rate, stopped_drops = await phase(3.0)
+            os.kill(sub.pid, signal.SIGKILL)
+            sub.wait(5)
+            killed_rate, _ = await phase(2.0)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+        pub.close()
+    for measured in (slow_rate, stopped_rate, killed_rate):
+        assert measured > 0.85 * rate, (slow_rate, stopped_rate, killed_rate)
+    assert slow_drops > 0  # 100 msg/s reader against 4000/s: the HWM fills and sends drop
+    assert stopped_drops > 0.5 * rate * 3.0  # a stopped reader takes nothing
+    assert pub.sent + pub.dropped == engine.stats.frames

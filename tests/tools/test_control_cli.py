@@ -1,0 +1,173 @@
+"""`chimera status|pause|kill|approve ...` against a live ControlServer on its own uvloop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+from structlog.testing import capture_logs
+
+from chimera_core.control import ControlServer, resolve_token
+from tools.control_cli import main
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeEngine:
+    """Stands in for the engine's control handler."""
+
+    def __init__(self) -> None:
+        self.state = "ACTIVE"
+        self.calls: list[tuple[str, str]] = []
+
+    def handle(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+        self.calls.append((command, arg))
+        if command == "halt":
+            self.state = "HALTED"
+        elif command == "resume" and self.state == "HALTED":
+            return False, {"state": self.state, "reason": "halted: restart to trade again"}
+        return True, {"state": self.state, "arg": arg}
+
+
+class LiveServer:
+    """A ControlServer served on a uvloop event loop in a background thread, like the engine."""
+
+    def __init__(self, token: str) -> None:
+        self.engine = FakeEngine()
+        self.token = token
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop = asyncio.Event()
+            self.server = ControlServer("tcp://127.0.0.1:0", self.token, self.engine.handle)
+            self.endpoint = self.server.endpoint
+            self._ready.set()
+            await self.server.serve(self.stop)
+
+        uvloop.run(serve())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self._thread.join(5)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[Any]]:
+    # The server shares this process; keep its log lines out of the CLI's stdout.
+    with capture_logs() as captured:
+        yield captured
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHIMERA_CONTROL_TOKEN", raising=False)
+    (tmp_path / "chimera.toml").write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    return tmp_path
+
+
+@pytest.fixture
+def live(workdir: Path) -> Iterator[LiveServer]:
+    server = LiveServer(resolve_token({}, workdir / "data"))
+    yield server
+    server.close()
+
+
+def _cli(command: str, *argv: str, endpoint: str) -> int:
+    return main(command, [*argv, "--endpoint", endpoint, "--env-file", "missing.env"])
+
+
+def test_status_prints_the_reply_as_json(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Token found through ./chimera.toml's data_dir, as an operator would run it.
+    assert _cli("status", endpoint=live.endpoint) == 0
+    reply = orjson.loads(capsys.readouterr().out)
+    assert reply["ok"] is True and reply["command"] == "status"
+    assert reply["result"]["state"] == "ACTIVE"
+
+
+def test_kill_sends_halt_and_approve_passes_the_id(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli("approve", "INT-42", endpoint=live.endpoint) == 0
+    assert _cli("reject", "INT-43", endpoint=live.endpoint) == 0
+    assert _cli("pause", endpoint=live.endpoint) == 0
+    assert _cli("flatten", endpoint=live.endpoint) == 0
+    assert _cli("kill", endpoint=live.endpoint) == 0
+    assert live.engine.state == "HALTED"
+    assert live.engine.calls == [
+        ("approve", "INT-42"),
+        ("reject", "INT-43"),
+        ("pause", ""),
+        ("flatten", ""),
+        ("halt", ""),
+    ]
+    capsys.readouterr()
+    # The engine answers not-ok: exit 1, reply still printed, reason on stderr.
+    assert _cli("resume", endpoint=live.endpoint) == 1
+    out, err = capsys.readouterr()
+    assert orjson.loads(out)["ok"] is False and "halted" in out
+    assert "chimera resume" in err
+
+
+def test_wrong_token_is_refused_with_a_clear_message(
+    live: LiveServer, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = workdir / "wrong.token"
+    wrong.write_text("not-the-engine-token\n")
+    code = _cli("kill", "--token-file", str(wrong), endpoint=live.endpoint)
+    assert code in (1, 2)
+    err = capsys.readouterr().err
+    assert "refused the control token" in err and "CHIMERA_CONTROL_TOKEN" in err
+    assert "not-the-engine-token" not in err
+    assert live.engine.state == "ACTIVE" and live.server.refused == 1
+
+
+def test_env_token_is_used(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHIMERA_CONTROL_TOKEN", "env-token-that-the-engine-does-not-have")
+    assert _cli("status", endpoint=live.endpoint) == 2
+    assert "refused" in capsys.readouterr().err
+
+
+def test_no_engine_exits_2_with_the_hint(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    resolve_token({}, workdir / "data")
+    started = time.monotonic()
+    code = _cli("status", "--timeout", "0.2", endpoint="tcp://127.0.0.1:1")
+    assert code == 2 and time.monotonic() - started < 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "no reply from the engine at tcp://127.0.0.1:1" in err
+    assert "is `chimera live` running?" in err
+
+
+def test_missing_token_says_how_to_get_one(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli("status", endpoint="tcp://127.0.0.1:1") == 2
+    err = capsys.readouterr().err
+    assert "no control token" in err and "control.token" in err
+
+
+def test_usage_errors(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main("approve", []) == 2  # the ID is required
+    assert "id" in capsys.readouterr().err
+    assert main("explode", []) == 2
+    assert "allowed: status" in capsys.readouterr().err
+    assert main("status", ["--config", str(workdir / "nope.toml")]) == 2
+    assert "nope.toml not found" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""``chimera status|pause|resume|kill|flatten|approve ID|reject ID``: operator commands.
+
+Sends one command to the running engine over the control channel and prints its reply
+as JSON. Exit codes: 0 the engine did it, 1 the engine answered not-ok, 2 the command
+could not be delivered (no engine, wrong token, bad config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from chimera_core.errors import ChimeraError
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
+DEFAULT_TIMEOUT_S = 2.0
+
+# CLI name -> (wire command, help, takes an ID).
+CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "status": ("status", "show the engine's state", False),
+    "pause": ("pause", "stop opening new positions", False),
+    "resume": ("resume", "resume after pause", False),
+    "kill": ("halt", "kill switch: halt the engine (cancel all, persisted)", False),
+    "flatten": ("flatten", "close all open positions", False),
+    "approve": ("approve", "approve a pending intent", True),
+    "reject": ("reject", "reject a pending intent", True),
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    _, what, takes_id = CLI_COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"chimera {command}", description=what)
+    if takes_id:
+        parser.add_argument("id", help="the approval ID (from `chimera status` or the cortex)")
+    parser.add_argument(
+        "--config",
+        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        help="TOML config for [control] endpoint and data_dir (default: ./chimera.toml if present)",
+    )
+    parser.add_argument("--env-file", default=".env", help="file with CHIMERA_* variables")
+    parser.add_argument("--endpoint", help="control endpoint (overrides [control] endpoint)")
+    parser.add_argument(
+        "--token-file", help="file holding the control token (overrides env and data_dir)"
+    )
+    parser.add_argument("--timeout", type=float, help="seconds to wait for the engine's reply")
+    return parser
+
+
+def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
+    from chimera_core.config import load_config, load_env
+    from chimera_core.control import ControlClient, read_token
+
+    cfg = load_config(args.config)
+    control = getattr(cfg, "control", None)
+    endpoint = args.endpoint or getattr(control, "endpoint", DEFAULT_ENDPOINT)
+    timeout_s = args.timeout or getattr(control, "timeout_s", DEFAULT_TIMEOUT_S)
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ChimeraError(f"cannot read --token-file {args.token_file}: {exc}") from exc
+        if not token:
+            raise ChimeraError(f"--token-file {args.token_file} is empty")
+    else:
+        token = read_token(load_env(args.env_file), Path(cfg.data_dir))
+    with ControlClient(endpoint, token, timeout_s) as client:
+        return client.request(CLI_COMMANDS[command][0], getattr(args, "id", "") or "")
+
+
+def main(command: str, argv: list[str]) -> int:
+    if command not in CLI_COMMANDS:
+        print(
+            f"chimera: unknown control command {command!r} (allowed: {', '.join(CLI_COMMANDS)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        args = build_parser(command).parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        reply = _send(command, args)
+    except ChimeraError as exc:
+        print(f"chimera {command}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+    if reply.get("ok") is True:
+        return 0
+    print(
+        f"chimera {command}: the engine answered: {reply.get('error', 'not ok')}", file=sys.stderr
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else 2)
