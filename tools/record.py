@@ -1,0 +1,491 @@
+"""``chimera record``: the black-box recorder.
+
+Subscribes to every telemetry topic and appends each message, byte for byte, to the
+session's segment files (tools.blackbox), one directory per engine session
+(``<data_dir>/blackbox/<session_id>/``). Alongside: an atomically rewritten
+``manifest.json`` per session and ``<data_dir>/neural_state.json``, the latest decision of
+every symbol for the cortex.
+
+The recorder must never slow the engine: the publisher sends NOBLOCK, so a recorder that
+falls behind costs it nothing but shows up here as gaps in the publisher sequence. The
+loop therefore only receives, appends to a buffered file and keeps the latest state; all
+JSON and fsync work runs on timers.
+
+``chimera record --verify SESSION`` reads a session back and reports records per topic,
+sequence gaps, CRC errors (exit 1) and torn tails (a warning: what a crash leaves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import structlog
+import zmq
+
+from chimera_core.config import load_config
+from chimera_core.contracts import Decision, Health, SessionInfo, TickRecord
+from chimera_core.errors import ChimeraError, ProtocolError
+from chimera_core.logging import configure_logging
+from chimera_core.telemetry import TOPIC_HEALTH, TOPIC_SESSION, TOPIC_TICK, split
+from tools.blackbox import ReadReport, SegmentWriter, iter_session, segments
+
+log = structlog.get_logger(__name__)
+
+MANIFEST = "manifest.json"
+NEURAL_STATE = "neural_state.json"
+MANIFEST_INTERVAL_S = 2.0
+# Messages before the first SessionInfo wait this long for it (the engine repeats it with
+# every health message), then go to an ``unknown-…`` session.
+SESSION_WAIT_S = 2.0
+PENDING_MAX_BYTES = 256 << 20
+POLL_MS = 50
+BATCH = 10_000  # messages drained per poll before timers get a turn
+
+_tick_decoder = msgspec.msgpack.Decoder(TickRecord)
+_health_decoder = msgspec.msgpack.Decoder(Health)
+_session_decoder = msgspec.msgpack.Decoder(SessionInfo)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _utc_iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).isoformat()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Readers see the old file or the new one, never a partial one. NaN/inf become null."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    os.replace(tmp, path)
+
+
+@dataclass
+class StreamStats:
+    """What one session's stream looked like: counts and publisher-sequence gaps."""
+
+    first_seq: int | None = None
+    last_seq: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    gaps: list[dict[str, int]] = field(default_factory=list)
+    seq_resets: int = 0
+    records: int = 0
+
+
+class Recorder:
+    """Session bookkeeping and files; ``main`` feeds it messages and timer ticks.
+
+    ``now`` arguments are ``time.monotonic()`` seconds (injected so tests can drive it).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        segment_bytes: int,
+        fsync_interval_s: float,
+        neural_state_interval_s: float,
+        now: float,
+        session_wait_s: float = SESSION_WAIT_S,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.blackbox_dir = self.data_dir / "blackbox"
+        self.segment_bytes = segment_bytes
+        self.fsync_interval_s = fsync_interval_s
+        self.neural_state_interval_s = neural_state_interval_s
+        self.session_wait_s = session_wait_s
+        self.started_wall = _utc_iso()
+        self.started_at = now
+        self.unknown_name = "unknown-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+
+        self.session: SessionInfo | None = None
+        self.session_name: str | None = None
+        self.session_dir: Path | None = None
+        self.session_started_wall = ""
+        self.writer: SegmentWriter | None = None
+        self.stats = StreamStats()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.pending_since: float | None = None
+        self.prev_seq = 0  # last publisher seq seen, across sessions
+        self.malformed = 0
+        self.total = 0
+        self.sessions_closed = 0
+
+        self.latest: dict[str, Decision] = {}
+        self.last_intent: dict[str, tuple[int, Any]] = {}
+        self.last_transitions: dict[str, tuple[int, Any]] = {}
+        self.health: Health | None = None
+        self._state_dirty = False
+        self._next_sync = now + fsync_interval_s
+        self._next_manifest = now + MANIFEST_INTERVAL_S
+        self._next_state = now
+
+    # ---- per message ---------------------------------------------------------------
+    def on_message(self, message: bytes, now: float) -> None:
+        try:
+            topic, seq, payload = split(message)
+            if topic == TOPIC_SESSION:
+                self._on_session(_session_decoder.decode(payload), now)
+            elif topic.startswith(TOPIC_TICK):
+                self._on_decision(_tick_decoder.decode(payload).decision)
+            elif topic == TOPIC_HEALTH:
+                self.health = _health_decoder.decode(payload)
+                self._state_dirty = True
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            self.malformed += 1
+            log.warning("recorder_malformed", error=str(exc), size=len(message))
+            return
+        self._track_seq(seq)
+        key = topic.decode("ascii", "replace")
+        counts = self.stats.counts
+        counts[key] = counts.get(key, 0) + 1
+        self.stats.records += 1
+        self.total += 1
+        if self.writer is not None:
+            self.writer.write(message)
+        else:
+            if self.pending_since is None:
+                self.pending_since = now
+            self.pending.append(message)
+            self.pending_bytes += len(message)
+            if self.pending_bytes > PENDING_MAX_BYTES:
+                self._open(None)
+
+    def _track_seq(self, seq: int) -> None:
+        st = self.stats
+        prev = self.prev_seq
+        if prev and seq > prev + 1:
+            st.gaps.append({"after_seq": prev, "missed": seq - prev - 1})
+            log.warning("recorder_gap", after_seq=prev, missed=seq - prev - 1)
+        elif prev and seq <= prev:
+            # The publisher restarted (its sequence starts again at 1): not a loss.
+            st.seq_resets += 1
+            log.info("recorder_seq_reset", previous=prev, seq=seq)
+        self.prev_seq = seq
+        if st.first_seq is None:
+            st.first_seq = seq
+        st.last_seq = seq
+
+    def _on_session(self, info: SessionInfo, now: float) -> None:
+        if self.session is not None and info.session_id == self.session.session_id:
+            return
+        if self.session is not None:  # the engine restarted: its old state is history
+            self.latest.clear()
+            self.last_intent.clear()
+            self.last_transitions.clear()
+        if self.writer is not None:
+            self.close_session(complete=True, reason="new_session")
+        self.session = info
+        self._open(info)
+
+    def _on_decision(self, d: Decision | None) -> None:
+        if d is None:
+            return
+        self.latest[d.token] = d
+        if d.intent is not None:
+            self.last_intent[d.token] = (d.seq, d.intent)
+        if d.transitions:
+            self.last_transitions[d.token] = (d.seq, d.transitions)
+        self._state_dirty = True
+
+    # ---- sessions ------------------------------------------------------------------
+    def _open(self, info: SessionInfo | None) -> None:
+        """Open the session directory (unknown when ``info`` is None) and write what waited."""
+        name = _SAFE_NAME.sub("_", info.session_id) if info is not None else self.unknown_name
+        self.session_name = name
+        self.session_dir = self.blackbox_dir / name
+        self.session_started_wall = _utc_iso()
+        self.writer = SegmentWriter(self.session_dir, self.segment_bytes)
+        for message in self.pending:
+            self.writer.write(message)
+        self.pending = []
+        self.pending_bytes = 0
+        self.pending_since = None
+        self.write_manifest(complete=False)
+        log.info("recorder_session_opened", session=name, known=info is not None)
+
+    def close_session(self, complete: bool, reason: str) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.write_manifest(complete=complete, ended=True, reason=reason)
+        log.info(
+            "recorder_session_closed",
+            session=self.session_name,
+            records=self.stats.records,
+            gaps=len(self.stats.gaps),
+            reason=reason,
+        )
+        self.writer = None
+        self.session = None
+        self.stats = StreamStats()
+        self.sessions_closed += 1
+
+    def manifest(self, complete: bool, ended: bool = False, reason: str = "") -> dict[str, Any]:
+        info = self.session
+        config: Any = None
+        if info is not None:
+            try:
+                config = orjson.loads(info.config_json)
+            except orjson.JSONDecodeError:
+                config = info.config_json.decode("utf-8", "replace")
+        st = self.stats
+        return {
+            "session_id": info.session_id if info is not None else None,
+            "directory": self.session_name,
+            "mode": info.mode if info is not None else None,
+            "started_ns": info.started_ns if info is not None else None,
+            "config_sha256": info.config_sha256 if info is not None else None,
+            "config_json": config,
+            "code_version": info.code_version if info is not None else None,
+            "genome_version": info.genome_version if info is not None else None,
+            "recorder_started": self.session_started_wall,
+            "recorder_ended": _utc_iso() if ended else None,
+            "end_reason": reason or None,
+            "first_seq": st.first_seq,
+            "last_seq": st.last_seq,
+            "counts": dict(sorted(st.counts.items())),
+            "records": self.writer.records if self.writer is not None else st.records,
+            "segments": len(segments(self.session_dir)) if self.session_dir else 0,
+            "gaps": list(st.gaps),
+            "missed": sum(g["missed"] for g in st.gaps),
+            "seq_resets": st.seq_resets,
+            "malformed": self.malformed,
+            "complete": complete,
+        }
+
+    def write_manifest(self, complete: bool, ended: bool = False, reason: str = "") -> None:
+        if self.session_dir is None:
+            return
+        write_json_atomic(self.session_dir / MANIFEST, self.manifest(complete, ended, reason))
+
+    # ---- neural state --------------------------------------------------------------
+    def neural_state(self) -> dict[str, Any]:
+        symbols: dict[str, Any] = {}
+        for token, d in self.latest.items():
+            p = d.physics
+            intent = self.last_intent.get(token)
+            transitions = self.last_transitions.get(token)
+            symbols[token] = {
+                "seq": d.seq,
+                "exchange_ts_ms": d.exchange_ts_ms,
+                "price": p.close,
+                "physics": {
+                    "energy": p.energy,
+                    "z": p.z,
+                    "structure": p.structure.value,
+                    "band": p.band.value,
+                    "band_mean": p.band_mean,
+                    "band_std": p.band_std,
+                    "volatility": p.volatility,
+                    "atr": p.atr,
+                    "closed_bars": p.closed_bars,
+                    "profile": msgspec.to_builtins(p.profile),
+                },
+                "signal": msgspec.to_builtins(d.signal),
+                "state": d.state,
+                "transitions": msgspec.to_builtins(d.transitions),
+                "last_transitions": (
+                    {"seq": transitions[0], "transitions": msgspec.to_builtins(transitions[1])}
+                    if transitions
+                    else None
+                ),
+                "last_intent": (
+                    {
+                        "seq": intent[0],
+                        "client_order_id": intent[1].client_order_id,
+                        "side": intent[1].side.value,
+                        "qty": intent[1].qty,
+                        "ref_price": intent[1].ref_price,
+                    }
+                    if intent
+                    else None
+                ),
+                "confidence": d.confidence,
+                "influence": d.influence,
+                "feed_stale": d.feed_stale,
+            }
+        return {
+            "session_id": self.session.session_id if self.session is not None else None,
+            "updated": _utc_iso(),
+            "health": msgspec.to_builtins(self.health) if self.health is not None else None,
+            "symbols": symbols,
+        }
+
+    def write_neural_state(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.data_dir / NEURAL_STATE, self.neural_state())
+        self._state_dirty = False
+
+    # ---- timers --------------------------------------------------------------------
+    def on_timer(self, now: float) -> None:
+        if self.pending_since is not None and now - self.pending_since >= self.session_wait_s:
+            log.warning("recorder_no_session_info", waited_s=self.session_wait_s)
+            self._open(None)
+        if self._state_dirty and now >= self._next_state:
+            self.write_neural_state()
+            self._next_state = now + self.neural_state_interval_s
+        if now >= self._next_sync:
+            if self.writer is not None:
+                self.writer.sync()
+            self._next_sync = now + self.fsync_interval_s
+        if now >= self._next_manifest:
+            self.write_manifest(complete=False)
+            self._next_manifest = now + MANIFEST_INTERVAL_S
+
+    def stop(self) -> None:
+        """Clean stop: whatever still waits for a session goes to ``unknown-…``."""
+        if self.pending:
+            self._open(None)
+        if self._state_dirty:
+            self.write_neural_state()
+        self.close_session(complete=True, reason="stopped")
+
+
+# ---- the process ----------------------------------------------------------------------
+def run(
+    endpoint: str, recorder: Recorder, stop: list[bool], ctx: zmq.Context[Any] | None = None
+) -> None:
+    """Receive until ``stop[0]``; then drain what already arrived and close cleanly."""
+    ctx = ctx or zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 1_000_000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    recv, poll, monotonic = sock.recv, sock.poll, time.monotonic
+    on_message, on_timer = recorder.on_message, recorder.on_timer
+    log.info("recorder_started", endpoint=endpoint, data_dir=str(recorder.data_dir))
+    try:
+        while not stop[0]:
+            if poll(POLL_MS):
+                now = monotonic()
+                for _ in range(BATCH):
+                    try:
+                        message = recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    on_message(message, now)
+            on_timer(monotonic())
+        while True:  # what is already queued belongs to the record
+            try:
+                message = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            on_message(message, monotonic())
+    finally:
+        sock.close(linger=0)
+        recorder.stop()
+    log.info(
+        "recorder_stopped",
+        records=recorder.total,
+        sessions=recorder.sessions_closed,
+        malformed=recorder.malformed,
+    )
+
+
+def verify(session_dir: Path, out: Any = sys.stdout) -> int:
+    """Read every record back; 1 on CRC errors, 0 otherwise (a torn tail only warns)."""
+    if not session_dir.is_dir() or not segments(session_dir):
+        print(f"no black-box segments in {session_dir}", file=out)
+        return 2
+    report = ReadReport()
+    counts: dict[str, int] = {}
+    gaps: list[tuple[int, int]] = []
+    first = last = None
+    prev = 0
+    malformed = 0
+    for body in iter_session(session_dir, report):
+        try:
+            topic, seq, _ = split(body)
+        except ProtocolError:
+            malformed += 1
+            continue
+        key = topic.decode("ascii", "replace")
+        counts[key] = counts.get(key, 0) + 1
+        if prev and seq > prev + 1:
+            gaps.append((prev, seq - prev - 1))
+        prev = seq
+        first = seq if first is None else first
+        last = seq
+    w = out.write
+    w(f"session {session_dir}\n")
+    w(f"segments {len(segments(session_dir))}  records {report.records}\n")
+    for key, n in sorted(counts.items()):
+        w(f"  {key:<24} {n}\n")
+    w(f"seq {first}..{last}  gaps {len(gaps)}  missed {sum(m for _, m in gaps)}\n")
+    for after, missed in gaps:
+        w(f"  gap after seq {after}: {missed} missed\n")
+    if malformed:
+        w(f"malformed records {malformed}\n")
+    for where in report.torn:
+        w(f"WARNING torn tail at {where} (a crash leaves this; earlier records are fine)\n")
+    for where in report.crc_errors:
+        w(f"ERROR crc mismatch at {where}\n")
+    w("FAILED\n" if report.crc_errors else "OK\n")
+    return 1 if report.crc_errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chimera record", description="black-box recorder")
+    p.add_argument(
+        "--config",
+        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        help="TOML config (default: ./chimera.toml if present)",
+    )
+    p.add_argument("--data-dir", help="override config data_dir")
+    p.add_argument("--endpoint", help="override config telemetry.endpoint")
+    p.add_argument("--verify", metavar="SESSION", help="check a recorded session and exit")
+    # Test/bench overrides, not part of the stable CLI.
+    p.add_argument("--segment-bytes", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--session-wait-s", type=float, default=SESSION_WAIT_S, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ChimeraError as exc:
+        print(f"chimera record: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.logging.level)
+    data_dir = Path(args.data_dir or cfg.data_dir)
+    if args.verify:
+        target = Path(args.verify)
+        if not target.is_dir():
+            target = data_dir / "blackbox" / args.verify
+        return verify(target)
+
+    endpoint = args.endpoint or cfg.telemetry.endpoint
+    recorder = Recorder(
+        data_dir,
+        segment_bytes=args.segment_bytes or cfg.recorder.segment_mb << 20,
+        fsync_interval_s=cfg.recorder.fsync_interval_s,
+        neural_state_interval_s=cfg.recorder.neural_state_interval_s,
+        now=time.monotonic(),
+        session_wait_s=args.session_wait_s,
+    )
+    stop = [False]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("recorder_signal", signal=signal.Signals(signum).name)
+        stop[0] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    run(endpoint, recorder, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
