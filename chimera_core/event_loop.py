@@ -391,7 +391,6 @@ async def run_live(
     engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)])
     telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
     session = session_info(cfg)
-    telemetry.publish(TOPIC_SESSION, session)
     publish_tick = telemetry.tick
     on_frame_engine = engine.on_frame
 
@@ -440,6 +439,7 @@ async def run_live(
         control=control.endpoint if control else None,
     )
     await _wait_for_subscriber(telemetry, cfg.telemetry.wait_for_subscriber_s, stop)
+    telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
     tasks = [
         asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
     ]

@@ -1,7 +1,7 @@
-"""``make demo``: the simulator and ``chimera live`` in paper mode, side by side.
+"""``make demo``: the simulator, ``chimera record`` and ``chimera live`` in paper mode.
 
-Runs until Ctrl-C (or for DEMO_SECONDS seconds), then stops both cleanly. Later issues
-add the recorder and the cortex here.
+Runs until Ctrl-C (or for DEMO_SECONDS seconds), then stops them cleanly, newest first.
+The cortex joins here with its own issue.
 """
 
 from __future__ import annotations
@@ -44,10 +44,16 @@ def main() -> int:
         if not _wait_for_port(HOST, PORT, 30):
             print("demo: the simulator did not start listening within 30 s", file=sys.stderr)
             return 1
-        procs.append(subprocess.Popen([*cli, "live", "--config", str(HERE / "demo.toml")]))
+        config = ["--config", str(HERE / "demo.toml")]
+        # The recorder first: the engine waits for its subscription, so the black box
+        # holds the session from its first tick (replayable with `chimera replay`).
+        procs.append(subprocess.Popen([*cli, "record", *config]))
+        procs.append(subprocess.Popen([*cli, "live", *config]))
         print(
             f"demo: simulator on ws://{HOST}:{PORT}/smart-stream at {rate} ticks/s, engine in "
-            "paper mode; decisions that move a state machine are logged. Ctrl-C stops.",
+            "paper mode, recorder writing data/blackbox/; decisions that move a state machine "
+            "are logged. Try `.venv/bin/chimera status` / `kill` / `resume` in another "
+            "terminal. Ctrl-C stops.",
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None
@@ -60,10 +66,11 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # Newest first, one at a time: the engine stops before the recorder, so the
+        # recorder drains the engine's last messages before it closes the black box.
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        for p in reversed(procs):
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
