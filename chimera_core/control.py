@@ -10,7 +10,6 @@ Wire format (JSON): request ``{"token", "command", "arg", "id"}``; reply
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import itertools
 import os
@@ -21,16 +20,30 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 import zmq
-import zmq.asyncio
 
 from chimera_core.errors import ChimeraError, ConfigError
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    import asyncio
+
+    import zmq.asyncio
+
+
+class _Log:
+    """This module's structlog logger, imported on first use: `chimera kill` is a fresh
+    process, and structlog + asyncio would double its start-up time before HALT."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger(__name__), name)
+
+
+log = _Log()
 
 COMMANDS = ("status", "pause", "resume", "halt", "flatten", "approve", "reject")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
@@ -81,6 +94,8 @@ class ControlServer:
         self._token = token.encode()
         self._handler = handler
         self._own_ctx = ctx is None
+        import zmq.asyncio  # the server lives in the engine's loop; the CLI never needs it
+
         self._ctx = zmq.asyncio.Context() if ctx is None else ctx
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -100,6 +115,8 @@ class ControlServer:
         self.malformed = 0
 
     async def serve(self, stop: asyncio.Event) -> None:
+        import asyncio
+
         """Answer requests until ``stop`` is set, then close the socket."""
         stopping = asyncio.ensure_future(stop.wait())
         try:

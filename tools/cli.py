@@ -6,11 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import structlog
-
 from chimera_core.errors import ChimeraError
-
-log = structlog.get_logger(__name__)
 
 # Commands DESIGN.md names that later issues build; they fail clearly until then.
 PLANNED = {
@@ -29,6 +25,7 @@ def _default_config() -> str | None:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
+    import structlog
     import uvloop
 
     from chimera_core.config import load_config, load_credentials, load_env, secret_values
@@ -46,7 +43,9 @@ def cmd_live(args: argparse.Namespace) -> int:
         cfg.logging.level, [credentials.jwt, credentials.feed_token, credentials.api_key, token]
     )
     if cfg.mode == "live":
-        log.warning("live_mode", note="orders go to the real broker once execution is wired")
+        structlog.get_logger(__name__).warning(
+            "live_mode", note="orders go to the real broker once execution is wired"
+        )
     uvloop.run(run_live(cfg, credentials, control_token=token))
     return 0
 
@@ -58,6 +57,10 @@ def cmd_sim(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
+    if argv and argv[0] == "control":
+        from benchmarks.control import main as control_bench
+
+        return control_bench(argv)
     from benchmarks.hot_path import main as bench_main
 
     return bench_main(argv)
@@ -87,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CONTROL_COMMANDS:
+        # Before logging is set up: a kill switch must not wait for structlog's import.
+        from tools.control_cli import main as control_main
+
+        return control_main(argv[0], argv[1:])
     from chimera_core.logging import configure_logging
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging("INFO")
     # These own their argument parsing.
     if argv and argv[0] == "sim":
