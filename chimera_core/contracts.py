@@ -213,6 +213,84 @@ class Signal(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+# ---- governance layer outputs (each layer: update(inputs) -> one of these) -------------
+
+
+class Regime(enum.Enum):
+    WARMUP = "WARMUP"  # not enough bars to judge
+    STABLE = "STABLE"
+    TRENDING = "TRENDING"
+    CHAOS = "CHAOS"
+
+
+class DriftOutput(msgspec.Struct, frozen=True, gc=False):
+    """Regime drift detector: what the recent returns look like, and the numbers behind it."""
+
+    regime: Regime
+    drift_score: float  # 0 (no shift from the reference window) .. 1 (complete shift)
+    entropy: float  # normalised Shannon entropy of discretised recent returns, 0..1
+    shift: float  # distribution-shift statistic, recent vs reference (e.g. two-sample KS D)
+    trend: float  # directional strength of recent returns (|mean| / std), for TRENDING
+    volatility: float  # std of recent returns
+    returns: int  # returns in the recent window
+
+
+class CapitalOutput(msgspec.Struct, frozen=True, gc=False):
+    """Capital allocation brain: leverage inside hard caps, and the size it implies."""
+
+    target_leverage: float  # what the brain wants, after caps and drift scaling
+    regime_leverage: float  # the regime's base leverage before scaling
+    max_leverage: float  # the hard cap it can never exceed
+    high_volatility: bool  # the high-volatility cap applied
+    drift_scale: float  # multiplier from the drift score, 0..1
+    equity: float
+    stop_distance: float  # ATR-based stop distance, rupees per unit
+    qty: int  # position size, rounded down to lot size (0 = cannot size)
+    lot_size: int
+    reason: str
+
+
+class Veto(msgspec.Struct, frozen=True, gc=False):
+    """One risk rule that said no, with its numbers."""
+
+    rule: str
+    value: float
+    limit: float
+    detail: str = ""
+
+
+class MetaRiskOutput(msgspec.Struct, frozen=True, gc=False):
+    """Meta-risk: allowed or vetoed (every veto named), and whether to HALT."""
+
+    allowed: bool
+    halt: bool  # a kill-switch rule fired (daily loss, max drawdown): HALT for the day
+    vetoes: tuple[Veto, ...]
+    rolling_sharpe: float
+    drawdown: float  # from peak equity, as a fraction
+    daily_pnl: float
+    trades_today: int
+    open_positions: int
+
+
+class GenomeOutput(msgspec.Struct, frozen=True, gc=False):
+    """The strategy genome in force for this instrument family."""
+
+    family: str
+    version: int
+    params: dict[str, float]
+    closed_trades: int
+    learning: bool  # False until MIN_HISTORY closed trades
+
+
+class ApprovalOutput(msgspec.Struct, frozen=True, gc=False):
+    """Whether an intent needs a human, and where it stands."""
+
+    required: bool
+    status: str  # NOT_REQUIRED | PENDING | APPROVED | REJECTED | EXPIRED
+    approval_id: str = ""
+    reason: str = ""
+
+
 class Decision(msgspec.Struct, frozen=True, gc=False):
     """One evaluation: every layer's inputs and outputs, in hot-path order.
 
