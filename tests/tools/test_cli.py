@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.loopback import free_port
 from tools.sim.server import ExchangeSimulator, Faults
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,17 +33,11 @@ def _cli(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _local_endpoints() -> str:
     """Telemetry and control on free ports: tests never touch the default 7001/7002."""
     return (
-        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
-        f'[control]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.loopback import free_port, wait_port
+
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _chimera(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
@@ -45,16 +40,6 @@ def _run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPro
     )
 
 
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
 def _stop(proc: subprocess.Popen[bytes], what: str) -> bytes:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -63,7 +48,7 @@ def _stop(proc: subprocess.Popen[bytes], what: str) -> bytes:
 
 
 def test_record_verify_replay_and_export_a_faulty_session(tmp_path):
-    sim_port, tel_port, ctl_port = _free_port(), _free_port(), _free_port()
+    sim_port, tel_port, ctl_port = free_port(), free_port(), free_port()
     (tmp_path / "chimera.toml").write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
         f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
@@ -77,7 +62,7 @@ def test_record_verify_replay_and_export_a_faulty_session(tmp_path):
                    "--drop-every", "2.5", "--malformed-p", "0.01", cwd=tmp_path)  # fmt: skip
     procs = [sim]
     try:
-        _wait_port(sim_port)
+        wait_port(sim_port)
         recorder = _chimera("record", cwd=tmp_path)
         procs.append(recorder)
         live = _chimera("live", cwd=tmp_path)
