@@ -24,19 +24,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chimera_core.config import parse_config
+from chimera_core.config import Config, parse_config
 from chimera_core.contracts import Band
 from chimera_core.event_loop import Engine
 from chimera_core.feed.client import FeedClient
 from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import TelemetryPublisher
+from chimera_governance.pipeline import GovernancePipeline
 
 TARGETS = {"p50_us": 8.0, "p99_us": 30.0, "ticks_per_s": 100_000.0}
 # The default config (1-minute bars). The simulator's exchange clock runs ~4000x the wall
@@ -50,6 +52,13 @@ mode = "QUOTE"
 decisions = "none"
 level = "WARNING"
 """
+
+
+def _governance(cfg: Config) -> GovernancePipeline | None:
+    """As `chimera live` runs it: the governance layers on (fresh, throwaway) state."""
+    if not cfg.governance.enabled:
+        return None
+    return GovernancePipeline(cfg, Path(tempfile.mkdtemp(prefix="chimera-bench-gov-")))
 
 
 def _free_port() -> int:
@@ -164,7 +173,7 @@ async def _stream(
         while telemetry.subscriptions < 1:
             telemetry.drain_subscriptions()
             await asyncio.sleep(0.01)
-    probe = _Probe(Engine(cfg), capacity, keep, telemetry)
+    probe = _Probe(Engine(cfg, governance=_governance(cfg)), capacity, keep, telemetry)
     client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
                         "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
     await client.subscribe(2, 1, list(cfg.feed.tokens))
@@ -192,7 +201,7 @@ async def _stream(
 
 def _engine_only(frames: list[bytes], port: int) -> dict[str, Any]:
     cfg = parse_config(BENCH_CONFIG.format(port=port))
-    engine = Engine(cfg)
+    engine = Engine(cfg, governance=_governance(cfg))
     lat = np.zeros(len(frames), dtype=np.int64)
     clock = time.monotonic_ns
     n = 0

@@ -88,6 +88,28 @@ class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     neural_state_interval_s: Positive = 0.25
 
 
+class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    enabled: bool = True
+    equity: Positive = 1_000_000.0  # rupees the capital brain and meta-risk size against
+    max_leverage: Positive = 2.0  # hard cap; no layer can exceed it
+    lot_size: PositiveInt = 1
+    risk_per_trade: Positive = 0.01  # of equity, at an ATR-based stop
+    stop_atr_multiple: Positive = 2.0
+    daily_loss_pct: Positive = 0.02  # of the day's starting equity → HALT for the day
+    max_drawdown: Positive = 0.10  # from peak equity → HALT until reset
+    max_trades_per_symbol: PositiveInt = 10  # per IST trading day
+    max_trades_per_day: PositiveInt = 50
+    max_open_positions: PositiveInt = 5
+    max_position_value: Positive = 200_000.0  # rupees per symbol; sizing stays under it
+    max_spread_pct: Positive = 0.5  # percent of mid
+    min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+    # Intents above this value or below this confidence wait for a human (cortex / CLI).
+    approval_size_limit: Positive = 200_000.0
+    approval_min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.35
+    approval_ttl_s: Positive = 120.0
+    families: dict[str, str] = msgspec.field(default_factory=dict)  # token → genome family
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -98,6 +120,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    governance: GovernanceConfig = msgspec.field(default_factory=GovernanceConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):

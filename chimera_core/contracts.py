@@ -294,8 +294,9 @@ class ApprovalOutput(msgspec.Struct, frozen=True, gc=False):
 class Decision(msgspec.Struct, frozen=True, gc=False):
     """One evaluation: every layer's inputs and outputs, in hot-path order.
 
-    Governance layers (drift, capital, meta_risk, genome) and execution are filled in by
-    the issues that build them; until then they are ``None``, never invented values.
+    Governance layers are ``None`` when governance is off (or, for meta_risk and approval,
+    when no signal was about to fire); execution is ``None`` until a broker is wired.
+    Nothing is ever invented to fill a field.
     """
 
     seq: int
@@ -314,11 +315,12 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     feed_stale: bool
     recv_ns: int
     decided_ns: int
-    drift: None = None
-    capital: None = None
-    meta_risk: None = None
-    genome: None = None
-    execution: None = None
+    drift: DriftOutput | None = None  # latest, refreshed at each bar close
+    capital: CapitalOutput | None = None  # latest, refreshed at each bar close
+    meta_risk: MetaRiskOutput | None = None  # consulted when a signal is about to fire
+    genome: GenomeOutput | None = None
+    approval: ApprovalOutput | None = None  # consulted when a signal is about to fire
+    execution: None = None  # the execution issue fills this in
     schema: int = SCHEMA_VERSION
 
 

@@ -30,6 +30,7 @@ from chimera_core.contracts import (
     Health,
     Mode,
     OrderIntent,
+    PhysicsState,
     SessionInfo,
     Side,
     Tick,
@@ -40,6 +41,7 @@ from chimera_core.errors import IllegalTransition, ProtocolError
 from chimera_core.feed.client import FeedClient
 from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
+from chimera_core.governance import GateVerdict, Governance
 from chimera_core.physics import warm_up_kernels
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
 from chimera_core.strategy import DefaultStrategy
@@ -72,6 +74,7 @@ class EngineStats:
         self.late = 0
         self.depth_updates = 0
         self.illegal_transitions = 0
+        self.vetoes = 0
         self.intents = 0
         self.bars_closed = 0
 
@@ -98,6 +101,7 @@ class SymbolContext:
         self.prices = PriceFilter(cfg.sanity.max_jump_pct)
         self.machine = ExecutionStateMachine(token, exchange_type)
         self.armed_direction = 0
+        self.vetoed_bar_ms = -1  # a vetoed signal does not re-arm within the same bar
         self.last_recv_ns = 0
         self.last_epoch = 0
         self.book: Tick | None = None  # latest depth/best-5 snapshot
@@ -112,8 +116,10 @@ class Engine:
         cfg: Config,
         clock: Callable[[], int] = time.monotonic_ns,
         sinks: list[DecisionSink] | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self.cfg = cfg
+        self.governance = governance
         self.clock = clock
         self.sinks: list[DecisionSink] = list(sinks or [])
         exchange_type = int(ExchangeType[cfg.feed.exchange_type])
@@ -128,6 +134,8 @@ class Engine:
         self._cooldown_ms = int(cfg.strategy.cooldown_s * 1000)
         self._order_qty = cfg.strategy.order_qty
         self._seq = 0
+        # What governance said about the intent of the current tick (None when not asked).
+        self._gate: GateVerdict | None = None
 
     # ---- the hot path --------------------------------------------------------------
     def on_frame(self, frame: bytes, recv_ns: int) -> Decision | None:
@@ -176,13 +184,23 @@ class Engine:
         sym.last_epoch = self.feed_epoch
         # 3. bars + physics
         physics, closed = sym.physics.on_trade(tick.exchange_ts_ms, tick.ltp, tick.volume, tick.ltq)
+        governance = self.governance
         if closed is not None:
             stats.bars_closed += 1
+            if governance is not None:
+                governance.on_bar(tick.token, closed, physics)
         # 4. strategy
         signal_, confidence = self.strategy.evaluate(physics)
-        # 5. governance: the layers arrive with their own issue; nothing is invented here.
+        # 5. governance: per-bar layers (drift, capital, genome); meta-risk and approvals
+        #    are asked inside the state machine step, only when a signal is about to fire.
+        if governance is not None:
+            drift, capital, genome = governance.layers(tick.token)
+        else:
+            drift = capital = genome = None
+        self._gate = None
         # 6. state machine
-        transitions, intent = self._step(sym, tick, signal_.direction, stale)
+        transitions, intent = self._step(sym, tick, signal_.direction, stale, physics, confidence)
+        gate = self._gate
         # 7. route: no broker is wired in this build; EXECUTE expires after its timeout.
         # 8. publish
         self._seq += 1
@@ -190,7 +208,10 @@ class Engine:
         decision = Decision(
             self._seq, tick.token, tick.exchange_type, tick.exchange_ts_ms, tick.sequence,
             sym.physics.bar_start_ms or 0, physics, signal_, _STATE_NAME[sym.machine.state],
-            transitions, intent, confidence, _PHYSICS_ONLY, stale, recv_ns, self.clock(),
+            transitions, intent, confidence, _PHYSICS_ONLY if governance is None else _LAYERED,
+            stale, recv_ns, self.clock(), drift, capital,
+            gate.meta_risk if gate is not None else None, genome,
+            gate.approval if gate is not None else None,
         )  # fmt: skip
         stats.decisions += 1
         for sink in self.sinks:
@@ -198,21 +219,32 @@ class Engine:
         return decision
 
     def _step(
-        self, sym: SymbolContext, tick: Tick, direction: int, stale: bool
+        self,
+        sym: SymbolContext,
+        tick: Tick,
+        direction: int,
+        stale: bool,
+        physics: PhysicsState,
+        confidence: float,
     ) -> tuple[tuple[Transition, ...], OrderIntent | None]:
         machine = sym.machine
         state = machine.state
         ts = tick.exchange_ts_ms
         try:
             if state is State.IDLE:
-                if direction and not stale and not self.paused:
+                if (
+                    direction
+                    and not stale
+                    and not self.paused
+                    and sym.vetoed_bar_ms != sym.physics.bar_start_ms
+                ):
                     sym.armed_direction = direction
                     return (
                         machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
                     ), None
             elif state is State.READY:
                 if direction == sym.armed_direction and not stale:
-                    return self._fire(sym, tick)
+                    return self._fire(sym, tick, physics, confidence, stale)
                 reason = "feed_stale" if stale else "signal_gone"
                 sym.armed_direction = 0
                 return (machine.apply(Event.DISARM, ts, reason),), None
@@ -225,11 +257,12 @@ class Engine:
             return (Transition("?", state.value, state.value, False, str(exc)),), None
         return (), None
 
-    def _fire(self, sym: SymbolContext, tick: Tick) -> tuple[tuple[Transition, ...], OrderIntent]:
+    def _fire(
+        self, sym: SymbolContext, tick: Tick, physics: PhysicsState, confidence: float, stale: bool
+    ) -> tuple[tuple[Transition, ...], OrderIntent | None]:
         bar_start = sym.physics.bar_start_ms or 0
-        transition, coid, signal_seq = sym.machine.fire(bar_start, tick.exchange_ts_ms, "confirmed")
+        coid, signal_seq = sym.machine.next_fire(bar_start)
         direction = sym.armed_direction
-        sym.armed_direction = 0
         intent = OrderIntent(
             client_order_id=coid,
             token=sym.token,
@@ -241,17 +274,35 @@ class Engine:
             signal_seq=signal_seq,
             exchange_ts_ms=tick.exchange_ts_ms,
         )
+        governance = self.governance
+        if governance is not None:
+            gate = governance.gate(intent, physics, confidence, _spread_pct(sym.book), stale)
+            self._gate = gate
+            if gate.halt_reason:
+                self.stats.vetoes += 1
+                sym.armed_direction = 0
+                return tuple(self.halt(gate.halt_reason, tick.exchange_ts_ms)), None
+            if not gate.allowed:
+                self.stats.vetoes += 1
+                sym.armed_direction = 0
+                sym.vetoed_bar_ms = bar_start
+                return (sym.machine.apply(Event.DISARM, tick.exchange_ts_ms, gate.reason),), None
+            intent = msgspec.structs.replace(intent, qty=gate.qty)
+        transition, fired_id, _ = sym.machine.fire(bar_start, tick.exchange_ts_ms, "confirmed")
+        assert fired_id == coid  # next_fire and fire agree by construction
+        sym.armed_direction = 0
         self.stats.intents += 1
         return (transition,), intent
 
     # ---- operator actions ----------------------------------------------------------
-    def halt(self, reason: str) -> list[Transition]:
+    def halt(self, reason: str, exchange_ts_ms: int | None = None) -> list[Transition]:
         """Kill switch: every symbol to HALT. Idempotent."""
         self.halted = True
         out = []
         for sym in self.symbols.values():
             if sym.machine.state is not State.HALT:
-                out.append(sym.machine.apply(Event.HALT, sym.machine.entered_ms, reason))
+                ts = sym.machine.entered_ms if exchange_ts_ms is None else exchange_ts_ms
+                out.append(sym.machine.apply(Event.HALT, ts, reason))
         log.warning("engine_halted", reason=reason, symbols=len(out))
         return out
 
@@ -282,10 +333,12 @@ class Engine:
             return True, {"paused": False, "halted": False, "symbols_moved": len(moved)}
         if command == "flatten":
             return False, {"error": "no positions to flatten: no broker is wired in this build"}
+        if self.governance is not None:
+            handled = self.governance.control(command, arg)
+            if handled is not None:
+                return handled
         if command in ("approve", "reject"):
-            return False, {
-                "error": f"no approval queue in this build; nothing to {command} ({arg})"
-            }
+            return False, {"error": f"no approval queue without governance; cannot {command} {arg}"}
         return False, {"error": f"unknown command {command!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -308,7 +361,20 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
-_STATE_NAME = {s: s.value for s in State}  # Enum.value is a slow property in 3.11
+# How much each layer shapes a decision, for the cortex's neural map: physics and strategy
+# decide direction, drift and capital decide size, meta-risk and approvals can only say no.
+_LAYERED = {"physics": 0.4, "drift": 0.15, "capital": 0.15, "meta_risk": 0.2, "genome": 0.1}
+_STATE_NAME = {s: s.value for s in State}
+
+
+def _spread_pct(book: Tick | None) -> float:
+    """Best bid/ask spread in percent of mid; 0.0 when the feed mode carries no book."""
+    if book is None or not book.bids or not book.asks:
+        return 0.0
+    bid, ask = book.bids[0].price, book.asks[0].price
+    return (
+        (ask - bid) / ((ask + bid) / 2.0) * 100.0 if ask > 0 and bid > 0 else 0.0
+    )  # Enum.value is a slow property in 3.11
 
 
 class DecisionLog:
@@ -374,6 +440,7 @@ async def run_live(
     credentials: Credentials,
     stop: asyncio.Event | None = None,
     control_token: str = "",
+    governance: Governance | None = None,
 ) -> Engine:
     """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM).
 
@@ -388,7 +455,7 @@ async def run_live(
         except (NotImplementedError, RuntimeError):
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
-    engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)])
+    engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)], governance=governance)
     telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
     session = session_info(cfg)
     publish_tick = telemetry.tick
@@ -440,6 +507,10 @@ async def run_live(
     )
     await _wait_for_subscriber(telemetry, cfg.telemetry.wait_for_subscriber_s, stop)
     telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
+    if governance is not None and governance.halted:
+        # A kill switch from an earlier session (daily loss, drawdown) still holds: start
+        # halted, as a recorded control event, so replay starts halted too.
+        on_control("halt", "meta_risk_persisted")
     tasks = [
         asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
     ]

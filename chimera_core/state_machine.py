@@ -87,6 +87,12 @@ class ExecutionStateMachine:
     def allowed_events(self) -> list[str]:
         return [e.value for (s, e) in TRANSITIONS if s is self.state]
 
+    def next_fire(self, bar_start_ms: int) -> tuple[str, int]:
+        """The client_order_id and signal sequence a FIRE in this bar would use now
+        (governance vets the intent under its final id before the machine moves)."""
+        seq = self._fire_seq + 1 if bar_start_ms == self._fire_bar_ms else 0
+        return client_order_id(self.exchange_type, self.token, bar_start_ms, seq), seq
+
     def fire(
         self, bar_start_ms: int, exchange_ts_ms: int, reason: str = ""
     ) -> tuple[Transition, str, int]:

@@ -12,7 +12,6 @@ from chimera_core.errors import ChimeraError
 PLANNED = {
     "cortex": "the Streamlit cortex (issue 6)",
     "doctor": "operations (issue 7)",
-    "genome": "the strategy genome (issue 4)",
     "service": "systemd services (issue 7)",
 }
 
@@ -46,7 +45,17 @@ def cmd_live(args: argparse.Namespace) -> int:
         structlog.get_logger(__name__).warning(
             "live_mode", note="orders go to the real broker once execution is wired"
         )
-    uvloop.run(run_live(cfg, credentials, control_token=token))
+    governance = None
+    if cfg.governance.enabled:
+        from chimera_governance.pipeline import GovernancePipeline
+
+        # Paper and live keep separate governance state: no path lets one touch the other.
+        governance = GovernancePipeline(cfg, Path(cfg.data_dir) / cfg.mode)
+    try:
+        uvloop.run(run_live(cfg, credentials, control_token=token, governance=governance))
+    finally:
+        if governance is not None:
+            governance.close()
     return 0
 
 
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
     sub.add_parser("bench", help="latency benchmarks", add_help=False)
+    sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
     for name in CONTROL_COMMANDS:
@@ -104,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sim(argv[1:])
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
+    if argv and argv[0] == "genome":
+        from tools.genome_cli import main as genome_main
+
+        return genome_main(argv[1:])
     if argv and argv[0] == "record":
         from tools.record import main as record_main
 

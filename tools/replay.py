@@ -34,6 +34,7 @@ import contextlib
 import csv
 import json
 import math
+import shutil
 import signal
 import sys
 import tempfile
@@ -58,9 +59,10 @@ from chimera_core.telemetry import (
     TOPIC_TICK,
     split,
 )
+from chimera_governance.pipeline import GovernancePipeline
 from tools.blackbox import ReadReport, iter_session
 
-REPLAYED_COMMANDS = frozenset({"halt", "pause", "resume"})
+REPLAYED_COMMANDS = frozenset({"halt", "pause", "resume", "approve", "reject"})
 EXPORT_COLUMNS = (
     "seq", "token", "exchange_ts_ms", "tick_sequence", "bar_start_ms", "price", "energy", "z",
     "structure", "band", "band_mean", "band_std", "volatility", "atr", "signal_direction",
@@ -240,7 +242,11 @@ def replay_session(
 
     warm_up_kernels()  # load/compile the numba kernels outside the timed loop
     now = [0]
-    engine = Engine(cfg, clock=lambda: now[0])
+    # Governance starts from empty state, as the live session did (a halt it loaded at
+    # start is in the recording as a control event, and is re-applied from there).
+    state_dir = Path(tempfile.mkdtemp(prefix="chimera-replay-governance-"))
+    governance = GovernancePipeline(cfg, state_dir) if cfg.governance.enabled else None
+    engine = Engine(cfg, clock=lambda: now[0], governance=governance)
     on_frame = engine.on_frame
     encode = msgspec.msgpack.encode
     replace = msgspec.structs.replace
@@ -332,6 +338,9 @@ def replay_session(
     result.mismatched = mismatched
     result.divergence = divergence
     result.engine_stats = engine.stats.as_dict()
+    if governance is not None:
+        governance.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
     return result
 
 

@@ -116,7 +116,7 @@ def test_commands_from_later_issues_fail_clearly():
 
 
 async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
-    faults = Faults(stall_after_s=1.0, stall_for_s=3.0)
+    faults = Faults(stall_after_s=2.0, stall_for_s=2.5)  # repeats: 2 s on, 2.5 s silent
     async with ExchangeSimulator(port=0, rate=200.0, faults=faults) as sim:
         cfg = tmp_path / "chimera.toml"
         cfg.write_text(
@@ -124,7 +124,22 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
             '[logging]\ndecisions = "none"\nstats_interval_s = 0.5\n' + _local_endpoints()
         )
         proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
-        await asyncio.sleep(6.0)
+        # Follow the simulator: frames flow, stop (the stall), flow again; then stop the
+        # engine shortly after the feed came back, before the next stall.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        phase, last, still_since = "flowing", -1, loop.time()
+        while phase != "recovered":
+            assert loop.time() < deadline, f"stuck in phase {phase}"
+            await asyncio.sleep(0.1)
+            sent = sim.frames_sent
+            if sent != last:
+                if phase == "stalled":
+                    phase = "recovered"
+                last, still_since = sent, loop.time()
+            elif sent > 0 and loop.time() - still_since > 1.5:
+                phase = "stalled"
+        await asyncio.sleep(1.2)
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]

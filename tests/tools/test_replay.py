@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from chimera_core.telemetry import (
     encode_message,
     tick_topic,
 )
+from chimera_governance.pipeline import GovernancePipeline
 from tools.blackbox import SegmentWriter
 from tools.replay import EXPORT_COLUMNS, main, replay_session, serve_session
 from tools.sim.market import Market
@@ -65,7 +67,9 @@ def record_session(
     decision that carries an intent is written with a different confidence.
     """
     cfg = parse_config(FAST)
-    engine = Engine(cfg, clock=time.monotonic_ns)
+    # As `chimera live` runs it: with the governance pipeline on its own fresh state.
+    governance = GovernancePipeline(cfg, Path(tempfile.mkdtemp(prefix="gov-")))
+    engine = Engine(cfg, clock=time.monotonic_ns, governance=governance)
     writer = SegmentWriter(session_dir, max_segment_bytes=2 << 20)  # several segments
     seq = 0
     info: dict[str, object] = {"fires": 0, "intents": 0, "dropped": 0, "tampered_seq": None}

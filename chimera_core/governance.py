@@ -1,0 +1,57 @@
+"""What the hot path asks of governance. The layers live in chimera_governance; the engine
+only knows this protocol, so chimera_core depends on nothing of ours."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from chimera_core.contracts import (
+    ApprovalOutput,
+    Bar,
+    CapitalOutput,
+    DriftOutput,
+    GenomeOutput,
+    MetaRiskOutput,
+    OrderIntent,
+    PhysicsState,
+)
+
+
+class GateVerdict(msgspec.Struct, frozen=True, gc=False):
+    """Governance's answer for an intent about to fire."""
+
+    allowed: bool
+    qty: int  # the size to trade (capital brain), 0 if it cannot be sized
+    reason: str  # why not, when not allowed ("" when allowed)
+    halt_reason: str  # non-empty: a kill-switch rule fired, HALT everything
+    meta_risk: MetaRiskOutput | None
+    approval: ApprovalOutput | None
+
+
+class Governance(Protocol):
+    def on_bar(self, token: str, bar: Bar, physics: PhysicsState) -> None:
+        """A bar closed: refresh the per-bar layers (drift, capital)."""
+
+    def layers(
+        self, token: str
+    ) -> tuple[DriftOutput | None, CapitalOutput | None, GenomeOutput | None]:
+        """The latest per-bar outputs for ``token`` (cheap: read on every tick)."""
+
+    def gate(
+        self,
+        intent: OrderIntent,
+        physics: PhysicsState,
+        confidence: float,
+        spread_pct: float,
+        feed_stale: bool,
+    ) -> GateVerdict:
+        """Size the intent and decide whether it may go (meta-risk, then approvals)."""
+
+    @property
+    def halted(self) -> bool:
+        """A persisted kill switch is in force (the engine starts halted)."""
+
+    def control(self, command: str, arg: str) -> tuple[bool, dict[str, object]] | None:
+        """Handle approve/reject (and other governance commands); None if not ours."""

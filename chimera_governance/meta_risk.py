@@ -1,0 +1,350 @@
+"""Meta risk: the veto. Its limits are hard; no other layer can override them.
+
+State is explicit and time is an input: every call carries the exchange timestamp (epoch
+ms), and the trading day is the IST calendar date of that time. Two rules are kill
+switches: the daily loss limit halts for the rest of that trading day, the max drawdown
+halts until an explicit ``reset_halt("max_drawdown")``. Halts are persisted in a small
+SQLite file (WAL, one table) and reloaded at construction, so a restart cannot un-halt.
+
+Rule names (``Veto.rule``), their ``value`` and ``limit``:
+
+=================== ============================== =========================== ==========
+rule                value                          limit                       breach
+=================== ============================== =========================== ==========
+daily_loss          loss today, rupees (positive)  pct x equity at day start   value >= limit
+max_drawdown        drawdown from peak, fraction   max_drawdown                value >= limit
+trades_per_symbol   trades today on this token     max_trades_per_symbol       value >= limit
+trades_per_day      trades today, all tokens       max_trades_per_day          value >= limit
+open_positions      open positions                 max_open_positions          value >= limit
+position_value      this token's value, rupees     max_position_value          value > limit
+stale_feed          1.0                            0.0                         feed stale
+spread              spread, percent                max_spread_pct              value > limit
+confidence          signal confidence              min_confidence              value < limit
+trading_hours       IST time as HHMM (914.0)       window edge as HHMM         outside
+rolling_sharpe      Sharpe of last N trades        sharpe_floor (>= 20 trades) value < limit
+=================== ============================== =========================== ==========
+
+Count limits use ``>=`` because ``update`` is evaluated *before* an entry: at the limit,
+one more entry would exceed it. A halt loaded from disk (or still in force after its
+numbers recovered) is reported as a veto of its rule with the numbers that tripped it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sqlite3
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from chimera_core.contracts import MetaRiskOutput, Veto
+from chimera_core.errors import ChimeraError
+
+log = structlog.get_logger(__name__)
+
+IST = ZoneInfo("Asia/Kolkata")
+
+DAILY_LOSS = "daily_loss"
+MAX_DRAWDOWN = "max_drawdown"
+HALT_RULES = (DAILY_LOSS, MAX_DRAWDOWN)
+
+
+class MetaRiskError(ChimeraError):
+    """Meta risk was asked to do something it cannot (e.g. reset an unknown halt rule)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaRiskLimits:
+    """Hard limits. Defaults are the documented ones (DESIGN.md, Governance)."""
+
+    starting_equity: float = 1_000_000.0  # rupees; the equity curve starts here
+    daily_loss_pct: float = 0.02  # of equity at the start of the trading day
+    max_drawdown: float = 0.10  # fraction of peak equity
+    max_trades_per_symbol: int = 10  # per trading day
+    max_trades_per_day: int = 50  # all symbols
+    max_open_positions: int = 5
+    max_position_value: float = 200_000.0  # rupees per symbol, including the new entry
+    max_spread_pct: float = 0.5  # percent: 0.5 means 0.5 % of price
+    min_confidence: float = 0.3
+    session_start: dt.time = dt.time(9, 15)  # IST, entries allowed from here ...
+    session_end: dt.time = dt.time(15, 20)  # ... up to (not including) here
+    sharpe_window: int = 50  # closed trades in the rolling window
+    sharpe_floor: float = -1.0
+    sharpe_min_trades: int = 20  # the Sharpe rule is silent below this many trades
+
+    def __post_init__(self) -> None:
+        if self.starting_equity <= 0:
+            raise MetaRiskError(
+                f"starting_equity must be > 0 rupees, got {self.starting_equity}; "
+                "set it to the account's equity"
+            )
+        if self.sharpe_window < 2:
+            raise MetaRiskError(f"sharpe_window must be >= 2 trades, got {self.sharpe_window}")
+
+
+def trading_day(exchange_ts_ms: int) -> dt.date:
+    """The IST calendar date of an exchange timestamp."""
+    return dt.datetime.fromtimestamp(exchange_ts_ms / 1000.0, tz=IST).date()
+
+
+def ist_time(exchange_ts_ms: int) -> dt.time:
+    return dt.datetime.fromtimestamp(exchange_ts_ms / 1000.0, tz=IST).time()
+
+
+def rolling_sharpe(pnls: list[float] | deque[float]) -> float:
+    """Per-trade Sharpe (mean / sample std, not annualised). 0.0 below two trades or when
+    every trade is zero; +/-inf when the trades are identical and non-zero."""
+    n = len(pnls)
+    if n < 2:
+        return 0.0
+    mean = math.fsum(pnls) / n
+    var = math.fsum((p - mean) ** 2 for p in pnls) / (n - 1)
+    std = math.sqrt(var)
+    if std <= 1e-12 * max(1.0, abs(mean)):
+        return 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    return mean / std
+
+
+def _hhmm(t: dt.time) -> float:
+    return float(t.hour * 100 + t.minute)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS halt (
+    reason      TEXT PRIMARY KEY,   -- the rule that halted: daily_loss | max_drawdown
+    day         TEXT NOT NULL,      -- IST trading day it tripped (ISO date)
+    value       REAL NOT NULL,
+    limit_value REAL NOT NULL,
+    set_ts_ms   INTEGER NOT NULL    -- exchange time it tripped
+)
+"""
+
+
+class MetaRisk:
+    """The veto. ``on_trade_closed`` feeds results in; ``update`` judges an entry."""
+
+    def __init__(self, state_path: str | Path, limits: MetaRiskLimits | None = None) -> None:
+        self.limits = limits or MetaRiskLimits()
+        self._db = sqlite3.connect(str(state_path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        # reason -> (day, value, limit)
+        self._halts: dict[str, tuple[dt.date, float, float]] = {
+            reason: (dt.date.fromisoformat(day), value, limit)
+            for reason, day, value, limit in self._db.execute(
+                "SELECT reason, day, value, limit_value FROM halt"
+            )
+        }
+        self._pnls: deque[float] = deque(maxlen=self.limits.sharpe_window)
+        self._closed_equity = self.limits.starting_equity
+        self._peak = self.limits.starting_equity
+        self._day: dt.date | None = None
+        self._day_start_equity = self.limits.starting_equity
+        self._daily_pnl = 0.0
+        self._closed_today = 0
+        if self._halts:
+            log.warning("meta_risk.halt_loaded", halts=sorted(self._halts))
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def on_trade_closed(self, pnl: float, exchange_ts_ms: int) -> None:
+        """A round trip closed with net P&L ``pnl`` (rupees, after charges)."""
+        day = self._roll_day(exchange_ts_ms)
+        self._pnls.append(float(pnl))
+        self._closed_equity += pnl
+        self._peak = max(self._peak, self._closed_equity)
+        self._daily_pnl += pnl
+        self._closed_today += 1
+        self._check_kill_switches(day, exchange_ts_ms, self._closed_equity)
+
+    def update(
+        self,
+        *,
+        token: str,
+        exchange_ts_ms: int,
+        confidence: float,
+        spread_pct: float,
+        feed_stale: bool,
+        open_positions: int,
+        position_value: float,
+        trades_today_symbol: int,
+        equity: float,
+    ) -> MetaRiskOutput:
+        """Judge an entry on ``token``. ``equity`` is mark-to-market equity; the loss and
+        drawdown rules use the worse of it and the closed-trade equity curve.
+        ``position_value`` is this token's position value including the proposed entry."""
+        lim = self.limits
+        day = self._roll_day(exchange_ts_ms)
+        fired = self._check_kill_switches(day, exchange_ts_ms, equity)
+        vetoes = list(fired)
+
+        trades_today = self._closed_today + open_positions
+        checks: list[tuple[bool, str, float, float, str]] = [
+            (
+                trades_today_symbol >= lim.max_trades_per_symbol,
+                "trades_per_symbol",
+                float(trades_today_symbol),
+                float(lim.max_trades_per_symbol),
+                token,
+            ),
+            (
+                trades_today >= lim.max_trades_per_day,
+                "trades_per_day",
+                float(trades_today),
+                float(lim.max_trades_per_day),
+                "closed today + open",
+            ),
+            (
+                open_positions >= lim.max_open_positions,
+                "open_positions",
+                float(open_positions),
+                float(lim.max_open_positions),
+                "",
+            ),
+            (
+                position_value > lim.max_position_value,
+                "position_value",
+                float(position_value),
+                lim.max_position_value,
+                token,
+            ),
+            (feed_stale, "stale_feed", 1.0, 0.0, "feed is stale"),
+            (spread_pct > lim.max_spread_pct, "spread", spread_pct, lim.max_spread_pct, "%"),
+            (confidence < lim.min_confidence, "confidence", confidence, lim.min_confidence, ""),
+        ]
+        t = ist_time(exchange_ts_ms)
+        if t < lim.session_start:
+            checks.append((True, "trading_hours", _hhmm(t), _hhmm(lim.session_start), "early"))
+        elif t >= lim.session_end:
+            checks.append((True, "trading_hours", _hhmm(t), _hhmm(lim.session_end), "late"))
+        sharpe = rolling_sharpe(self._pnls)
+        if len(self._pnls) >= lim.sharpe_min_trades and sharpe < lim.sharpe_floor:
+            checks.append(
+                (True, "rolling_sharpe", sharpe, lim.sharpe_floor, f"{len(self._pnls)} trades")
+            )
+        for breached, rule, value, limit, detail in checks:
+            if breached:
+                vetoes.append(Veto(rule=rule, value=value, limit=limit, detail=detail))
+
+        # A halt in force whose numbers no longer breach (reloaded, or recovered) still
+        # vetoes, with the numbers that tripped it.
+        named = {v.rule for v in vetoes}
+        for reason, (hday, value, limit) in sorted(self._halts.items()):
+            if reason not in named:
+                vetoes.append(
+                    Veto(rule=reason, value=value, limit=limit, detail=f"halt since {hday}")
+                )
+        halted = bool(self._halts)
+        if vetoes:
+            log.debug(
+                "meta_risk.veto",
+                token=token,
+                exchange_ts_ms=exchange_ts_ms,
+                rules=[v.rule for v in vetoes],
+            )
+        return MetaRiskOutput(
+            allowed=not vetoes and not halted,
+            halt=halted,
+            vetoes=tuple(vetoes),
+            rolling_sharpe=sharpe,
+            drawdown=self._drawdown(equity),
+            daily_pnl=self._daily_pnl,
+            trades_today=trades_today,
+            open_positions=open_positions,
+        )
+
+    # ---- halt state --------------------------------------------------------------------
+
+    @property
+    def halted(self) -> bool:
+        return bool(self._halts)
+
+    @property
+    def halts(self) -> dict[str, dt.date]:
+        """Halts in force: rule -> IST trading day it tripped."""
+        return {reason: day for reason, (day, _, _) in self._halts.items()}
+
+    def reset_halt(self, reason: str) -> bool:
+        """Clear a halt by hand (the drawdown halt needs this). Returns whether one was in
+        force. Resetting the drawdown halt re-bases the peak to the current closed equity,
+        so drawdown is measured from here; a daily-loss halt re-trips while the day's loss
+        still breaches, because that limit is hard."""
+        if reason not in HALT_RULES:
+            raise MetaRiskError(
+                f"unknown halt rule {reason!r}; expected one of {', '.join(HALT_RULES)}"
+            )
+        if reason == MAX_DRAWDOWN:
+            self._peak = self._closed_equity
+        was = self._halts.pop(reason, None) is not None
+        self._db.execute("DELETE FROM halt WHERE reason = ?", (reason,))
+        log.warning("meta_risk.halt_reset", reason=reason, was_halted=was)
+        return was
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> MetaRisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _roll_day(self, exchange_ts_ms: int) -> dt.date:
+        """Move to the trading day of ``exchange_ts_ms`` (never backwards)."""
+        day = trading_day(exchange_ts_ms)
+        if self._day is not None and day <= self._day:
+            return self._day
+        self._day = day
+        self._day_start_equity = self._closed_equity
+        self._daily_pnl = 0.0
+        self._closed_today = 0
+        stale = self._halts.get(DAILY_LOSS)
+        if stale is not None and stale[0] < day:
+            del self._halts[DAILY_LOSS]
+            self._db.execute("DELETE FROM halt WHERE reason = ?", (DAILY_LOSS,))
+            log.info("meta_risk.halt_cleared", reason=DAILY_LOSS, halt_day=str(stale[0]))
+        return day
+
+    def _drawdown(self, equity: float) -> float:
+        """The worse of the closed-curve drawdown and the mark-to-market one (measured from
+        the closed peak, or from ``equity`` itself if higher: unrealised highs are not
+        locked in as a peak)."""
+        closed_dd = (self._peak - self._closed_equity) / self._peak
+        mtm_peak = max(self._peak, equity)
+        mtm_dd = (mtm_peak - equity) / mtm_peak if mtm_peak > 0 else 0.0
+        return max(0.0, closed_dd, mtm_dd)
+
+    def _check_kill_switches(self, day: dt.date, exchange_ts_ms: int, equity: float) -> list[Veto]:
+        lim = self.limits
+        out: list[Veto] = []
+        loss = max(-self._daily_pnl, self._day_start_equity - equity)
+        loss_limit = lim.daily_loss_pct * self._day_start_equity
+        if loss >= loss_limit:
+            out.append(Veto(DAILY_LOSS, loss, loss_limit, "halt for the trading day"))
+        dd = self._drawdown(equity)
+        if dd >= lim.max_drawdown:
+            out.append(Veto(MAX_DRAWDOWN, dd, lim.max_drawdown, "halt until reset_halt"))
+        for v in out:
+            if v.rule not in self._halts:
+                self._halts[v.rule] = (day, v.value, v.limit)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO halt (reason, day, value, limit_value, set_ts_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (v.rule, day.isoformat(), v.value, v.limit, exchange_ts_ms),
+                )
+                log.warning(
+                    "meta_risk.halt",
+                    reason=v.rule,
+                    value=v.value,
+                    limit=v.limit,
+                    day=day.isoformat(),
+                    exchange_ts_ms=exchange_ts_ms,
+                )
+        return out

@@ -1,0 +1,178 @@
+"""The governance hierarchy the engine consults: drift ▸ capital ▸ meta-risk ▸ genome ▸
+approvals. Implements chimera_core.governance.Governance; each layer stays its own object
+with ``update(inputs) -> Output`` and this class only passes outputs down."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from chimera_core.config import Config
+from chimera_core.contracts import (
+    Bar,
+    CapitalOutput,
+    DriftOutput,
+    GenomeOutput,
+    OrderIntent,
+    PhysicsState,
+)
+from chimera_core.errors import ChimeraError
+from chimera_core.governance import GateVerdict
+from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
+from chimera_governance.capital_brain import CapitalBrain
+from chimera_governance.drift_detector import DriftDetector
+from chimera_governance.genome import GenomeStore, genes_from_strategy
+from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
+
+log = structlog.get_logger(__name__)
+
+
+class GovernancePipeline:
+    """All governance state for one mode (paper or live), persisted under ``state_dir``."""
+
+    def __init__(self, cfg: Config, state_dir: Path) -> None:
+        g = cfg.governance
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.equity = g.equity
+        self.lot_size = g.lot_size
+        self.max_position_value = g.max_position_value
+        self.brain = CapitalBrain(
+            max_leverage=g.max_leverage,
+            risk_per_trade=g.risk_per_trade,
+            stop_atr_multiple=g.stop_atr_multiple,
+            lot_size=g.lot_size,
+        )
+        self.meta_risk = MetaRisk(
+            state_dir / "meta_risk.db",
+            MetaRiskLimits(
+                starting_equity=g.equity,
+                daily_loss_pct=g.daily_loss_pct,
+                max_drawdown=g.max_drawdown,
+                max_trades_per_symbol=g.max_trades_per_symbol,
+                max_trades_per_day=g.max_trades_per_day,
+                max_open_positions=g.max_open_positions,
+                max_position_value=g.max_position_value,
+                max_spread_pct=g.max_spread_pct,
+                min_confidence=g.min_confidence,
+            ),
+        )
+        self.approvals = ApprovalQueue(
+            state_dir / "approvals.db",
+            size_limit_value=g.approval_size_limit,
+            min_confidence=g.approval_min_confidence,
+            ttl_s=g.approval_ttl_s,
+        )
+        self.genomes = GenomeStore(
+            state_dir / "genome.db",
+            genes=genes_from_strategy(cfg.strategy),
+            token_families=g.families,
+        )
+        self._drift: dict[str, DriftDetector] = {t: DriftDetector() for t in cfg.feed.tokens}
+        self._drift_out: dict[str, DriftOutput] = {}
+        self._capital_out: dict[str, CapitalOutput] = {}
+        self._genome_out: dict[str, GenomeOutput] = {
+            t: self.genomes.current(self.genomes.family_for(t)) for t in cfg.feed.tokens
+        }
+        self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
+
+    # ---- per bar ---------------------------------------------------------------------
+    def on_bar(self, token: str, bar: Bar, physics: PhysicsState) -> None:
+        detector = self._drift.get(token)
+        if detector is None:
+            return
+        drift = detector.update(bar.close)
+        self._drift_out[token] = drift
+        self._capital_out[token] = self.brain.update(
+            drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close, self.equity
+        )
+        # The genome changes only on closed trades or a CLI rollback: once a bar is enough.
+        self._genome_out[token] = self.genomes.current(self.genomes.family_for(token))
+
+    def layers(
+        self, token: str
+    ) -> tuple[DriftOutput | None, CapitalOutput | None, GenomeOutput | None]:
+        return self._drift_out.get(token), self._capital_out.get(token), self._genome_out.get(token)
+
+    # ---- per intent ------------------------------------------------------------------
+    def gate(
+        self,
+        intent: OrderIntent,
+        physics: PhysicsState,
+        confidence: float,
+        spread_pct: float,
+        feed_stale: bool,
+    ) -> GateVerdict:
+        token, ts, price = intent.token, intent.exchange_ts_ms, intent.ref_price
+        capital = self._capital_out.get(token)
+        qty = capital.qty if capital is not None else 0
+        # The capital brain sizes inside the position-value limit instead of sizing into a veto.
+        if price > 0 and math.isfinite(price):
+            cap = int(self.max_position_value // price) // self.lot_size * self.lot_size
+            qty = min(qty, cap)
+        day = trading_day(ts)
+        meta = self.meta_risk.update(
+            token=token,
+            exchange_ts_ms=ts,
+            confidence=confidence,
+            spread_pct=spread_pct,
+            feed_stale=feed_stale,
+            open_positions=0,  # positions arrive with the execution layer
+            position_value=qty * price,
+            trades_today_symbol=self._fired.get((token, day), 0),
+            equity=self.equity,
+        )
+        rules = ",".join(v.rule for v in meta.vetoes)
+        if meta.halt:
+            return GateVerdict(False, qty, f"veto:{rules}", f"meta_risk:{rules}", meta, None)
+        if not meta.allowed:
+            return GateVerdict(False, qty, f"veto:{rules}", "", meta, None)
+        if qty <= 0:
+            why = capital.reason if capital is not None else "no closed bar yet"
+            return GateVerdict(False, 0, f"capital:{why}", "", meta, None)
+        sized = OrderIntent(
+            intent.client_order_id, token, intent.exchange_type, intent.side, qty, price,
+            intent.bar_start_ms, intent.signal_seq, ts,
+        )  # fmt: skip
+        self.approvals.expire(ts)
+        approval = self.approvals.check(sized, confidence, ts)
+        if approval.status not in (NOT_REQUIRED, APPROVED):
+            reason = f"approval_{approval.status.lower()}:{approval.approval_id}"
+            return GateVerdict(False, qty, reason, "", meta, approval)
+        self._fired[(token, day)] = self._fired.get((token, day), 0) + 1
+        return GateVerdict(True, qty, "", "", meta, approval)
+
+    # ---- operator commands -----------------------------------------------------------
+    def control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]] | None:
+        if command not in ("approve", "reject"):
+            return None
+        try:
+            if command == "approve":
+                rec = self.approvals.approve(arg, by="operator")
+            else:
+                rec = self.approvals.reject(arg, by="operator")
+        except ChimeraError as exc:
+            return False, {"error": str(exc)}
+        log.warning("approval_decided", approval_id=arg, status=rec.status)
+        return True, {"approval_id": arg, "status": rec.status}
+
+    def pending_approvals(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "approval_id": r.approval_id,
+                "client_order_id": r.intent.client_order_id,
+                "reason": r.reason,
+            }
+            for r in self.approvals.pending()
+        ]
+
+    @property
+    def halted(self) -> bool:
+        return self.meta_risk.halted
+
+    def close(self) -> None:
+        self.meta_risk.close()
+        self.approvals.close()
+        self.genomes.close()
