@@ -126,6 +126,7 @@ class _Probe:
             # As run_live does; the latency then ends once the message is enqueued.
             telemetry.tick(frame, recv_ns, d)
             done_ns = time.monotonic_ns()
+        self.engine.after_publish()  # deferred per-bar governance, as run_live does
         if d is None:
             return
         self.decided += 1
@@ -209,6 +210,7 @@ def _engine_only(frames: list[bytes], port: int) -> dict[str, Any]:
     for frame in frames:
         recv = clock()
         d = engine.on_frame(frame, recv)
+        engine.after_publish()
         if d is not None:
             lat[n] = d.decided_ns - recv
             n += 1

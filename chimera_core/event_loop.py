@@ -23,6 +23,7 @@ import structlog
 
 from chimera_core.config import Config, Credentials
 from chimera_core.contracts import (
+    Bar,
     ControlEvent,
     Decision,
     ExchangeType,
@@ -136,9 +137,12 @@ class Engine:
         self._seq = 0
         # What governance said about the intent of the current tick (None when not asked).
         self._gate: GateVerdict | None = None
+        self._bar_work: list[tuple[str, Bar, PhysicsState]] = []
 
     # ---- the hot path --------------------------------------------------------------
     def on_frame(self, frame: bytes, recv_ns: int) -> Decision | None:
+        if self._bar_work:
+            self.after_publish()  # the caller did not; keep the order exact either way
         stats = self.stats
         stats.frames += 1
         # 1. decode
@@ -188,7 +192,10 @@ class Engine:
         if closed is not None:
             stats.bars_closed += 1
             if governance is not None:
-                governance.on_bar(tick.token, closed, physics)
+                # Per-bar layers (drift ~10 µs) run after this decision is published, so the
+                # ~1% of ticks that close a bar do not carry them; this tick's decision shows
+                # the layers as of the previous bar close.
+                self._bar_work.append((tick.token, closed, physics))
         # 4. strategy
         signal_, confidence = self.strategy.evaluate(physics)
         # 5. governance: per-bar layers (drift, capital, genome); meta-risk and approvals
@@ -217,6 +224,17 @@ class Engine:
         for sink in self.sinks:
             sink(decision)
         return decision
+
+    def after_publish(self) -> None:
+        """Run the per-bar governance work deferred by on_frame. Callers that time the hot
+        path call it after publishing; otherwise the next on_frame runs it first, so the
+        order of evaluation is the same in live and replay."""
+        governance = self.governance
+        work = self._bar_work
+        if governance is not None:
+            for token, bar, physics in work:
+                governance.on_bar(token, bar, physics)
+        work.clear()
 
     def _step(
         self,
@@ -461,8 +479,11 @@ async def run_live(
     publish_tick = telemetry.tick
     on_frame_engine = engine.on_frame
 
+    after_publish = engine.after_publish
+
     def on_frame(frame: bytes, recv_ns: int) -> None:
         publish_tick(frame, recv_ns, on_frame_engine(frame, recv_ns))
+        after_publish()
 
     def on_feed_state(connected: bool) -> None:
         engine.on_feed_state(connected)

@@ -24,6 +24,7 @@ from chimera_core.governance import GateVerdict
 from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
+from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
 from chimera_governance.genome import GenomeStore, genes_from_strategy
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
 
@@ -73,9 +74,13 @@ class GovernancePipeline:
         self._drift: dict[str, DriftDetector] = {t: DriftDetector() for t in cfg.feed.tokens}
         self._drift_out: dict[str, DriftOutput] = {}
         self._capital_out: dict[str, CapitalOutput] = {}
+        # Read once: the genome changes on closed trades (the execution layer will refresh
+        # it there) or by a CLI rollback, which takes effect at the next engine start. No
+        # polling on the tick path, and replay sees the same genome the session started with.
         self._genome_out: dict[str, GenomeOutput] = {
             t: self.genomes.current(self.genomes.family_for(t)) for t in cfg.feed.tokens
         }
+        drift_warm_up()
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     # ---- per bar ---------------------------------------------------------------------
@@ -88,8 +93,6 @@ class GovernancePipeline:
         self._capital_out[token] = self.brain.update(
             drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close, self.equity
         )
-        # The genome changes only on closed trades or a CLI rollback: once a bar is enough.
-        self._genome_out[token] = self.genomes.current(self.genomes.family_for(token))
 
     def layers(
         self, token: str

@@ -149,3 +149,23 @@ def test_approvals_gate_large_intents_until_a_human_decides(tmp_path, command):
     again, _ = engine.control(command, latest)
     assert not again  # decided once
     gov.close()
+
+
+def test_deferred_bar_work_gives_the_same_decisions_whether_or_not_the_caller_flushes(tmp_path):
+    """Live calls after_publish() after each tick; replay does not. Same decisions."""
+    cfg = parse_config(CFG)
+    frames = _frames(8000)
+    flushed_gov = GovernancePipeline(cfg, tmp_path / "a")
+    engine = Engine(cfg, governance=flushed_gov, clock=lambda: 0)
+    flushed = []
+    for i, f in enumerate(frames):
+        d = engine.on_frame(f, i * 50_000)
+        engine.after_publish()
+        if d is not None:
+            flushed.append(d)
+    lazy_gov = GovernancePipeline(cfg, tmp_path / "b")
+    lazy = _run(Engine(cfg, governance=lazy_gov, clock=lambda: 0), frames)
+    assert any(d.drift is not None for d in lazy)
+    assert msgspec.msgpack.encode(flushed) == msgspec.msgpack.encode(lazy)
+    flushed_gov.close()
+    lazy_gov.close()
