@@ -416,9 +416,15 @@ class DecisionLog:
             band=d.physics.band.value,
             signal=d.signal.reason,
             state=d.state,
-            transitions=[f"{t.from_state}->{t.to_state}:{t.event}" for t in d.transitions],
+            transitions=[
+                f"{t.from_state}->{t.to_state}:{t.event}" + (f" ({t.reason})" if t.reason else "")
+                for t in d.transitions
+            ],
             intent=d.intent.client_order_id if d.intent else None,
             side=d.intent.side.value if d.intent else None,
+            qty=d.intent.qty if d.intent else None,
+            regime=d.drift.regime.value if d.drift else None,
+            leverage=round(d.capital.target_leverage, 3) if d.capital else None,
             confidence=d.confidence,
         )
 
