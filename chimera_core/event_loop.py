@@ -202,8 +202,10 @@ class Engine:
         #    are asked inside the state machine step, only when a signal is about to fire.
         if governance is not None:
             drift, capital, genome = governance.layers(tick.token)
+            confidence, influence = governance.weigh(tick.token, confidence)
         else:
             drift = capital = genome = None
+            influence = _PHYSICS_ONLY
         self._gate = None
         # 6. state machine
         transitions, intent = self._step(sym, tick, signal_.direction, stale, physics, confidence)
@@ -215,7 +217,7 @@ class Engine:
         decision = Decision(
             self._seq, tick.token, tick.exchange_type, tick.exchange_ts_ms, tick.sequence,
             sym.physics.bar_start_ms or 0, physics, signal_, _STATE_NAME[sym.machine.state],
-            transitions, intent, confidence, _PHYSICS_ONLY if governance is None else _LAYERED,
+            transitions, intent, confidence, influence,
             stale, recv_ns, self.clock(), drift, capital,
             gate.meta_risk if gate is not None else None, genome,
             gate.approval if gate is not None else None,
@@ -379,9 +381,6 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
-# How much each layer shapes a decision, for the cortex's neural map: physics and strategy
-# decide direction, drift and capital decide size, meta-risk and approvals can only say no.
-_LAYERED = {"physics": 0.4, "drift": 0.15, "capital": 0.15, "meta_risk": 0.2, "genome": 0.1}
 _STATE_NAME = {s: s.value for s in State}
 
 

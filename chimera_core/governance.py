@@ -39,6 +39,9 @@ class Governance(Protocol):
     ) -> tuple[DriftOutput | None, CapitalOutput | None, GenomeOutput | None]:
         """The latest per-bar outputs for ``token`` (cheap: read on every tick)."""
 
+    def weigh(self, token: str, confidence: float) -> tuple[float, dict[str, float]]:
+        """The decision's confidence after the layers, and each layer's influence weight."""
+
     def gate(
         self,
         intent: OrderIntent,

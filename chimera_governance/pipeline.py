@@ -30,6 +30,8 @@ from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
 
 log = structlog.get_logger(__name__)
 
+_PHYSICS_ONLY = {"physics": 1.0}
+
 
 class GovernancePipeline:
     """All governance state for one mode (paper or live), persisted under ``state_dir``."""
@@ -98,6 +100,33 @@ class GovernancePipeline:
         self, token: str
     ) -> tuple[DriftOutput | None, CapitalOutput | None, GenomeOutput | None]:
         return self._drift_out.get(token), self._capital_out.get(token), self._genome_out.get(token)
+
+    def weigh(self, token: str, confidence: float) -> tuple[float, dict[str, float]]:
+        """Confidence after the layers, and how much each layer shaped it.
+
+        The strategy's confidence is discounted by distribution drift (× (1 − drift_score))
+        and by how far the volatility and hard caps cut leverage below what regime and drift
+        alone would give (× target / (regime leverage × drift scale)). Influence: each layer's share of the total discount, with physics
+        holding what is left; weights sum to 1. Before the first closed bar: physics only.
+        """
+        drift = self._drift_out.get(token)
+        capital = self._capital_out.get(token)
+        if drift is None or capital is None or confidence <= 0.0:
+            return confidence, _PHYSICS_ONLY
+        drift_factor = max(0.0, 1.0 - drift.drift_score)
+        # Leverage the regime and drift alone would give; the rest is the volatility and
+        # hard caps (drift is not counted twice).
+        expected = capital.regime_leverage * capital.drift_scale
+        capital_factor = min(1.0, capital.target_leverage / expected) if expected > 0 else 1.0
+        adjusted = confidence * drift_factor * capital_factor
+        cut_drift = 1.0 - drift_factor
+        cut_capital = 1.0 - capital_factor
+        total = 1.0 + cut_drift + cut_capital
+        return adjusted, {
+            "physics": 1.0 / total,
+            "drift": cut_drift / total,
+            "capital": cut_capital / total,
+        }
 
     # ---- per intent ------------------------------------------------------------------
     def gate(

@@ -62,7 +62,12 @@ def test_every_decision_carries_the_layers_and_the_capital_brain_follows_the_reg
         assert d.meta_risk is not None and d.meta_risk.allowed
         assert 0 < d.intent.qty * d.intent.ref_price <= cfg.governance.max_position_value
         assert d.intent.qty <= d.capital.qty
-        assert set(d.influence) == {"physics", "drift", "capital", "meta_risk", "genome"}
+        assert set(d.influence) == {"physics", "drift", "capital"}
+        assert sum(d.influence.values()) == pytest.approx(1.0)
+        assert 0.0 < d.confidence <= 1.0
+        # drift discounts confidence: the drift layer's weight is its share of the discount
+        drift_cut = d.drift.drift_score
+        assert d.influence["drift"] == pytest.approx(drift_cut * d.influence["physics"])
     vetoed = [d for d in decisions if d.meta_risk is not None and not d.meta_risk.allowed]
     for d in vetoed:  # a veto always names its rule, and never lets an intent out
         assert d.intent is None and d.meta_risk.vetoes
