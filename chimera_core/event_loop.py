@@ -9,8 +9,10 @@ import asyncio
 import gc
 import hashlib
 import importlib.metadata
+import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -428,6 +430,26 @@ class DecisionLog:
         )
 
 
+def sd_notify(state: str) -> bool:
+    """Tell systemd our state when run as a Type=notify service ($NOTIFY_SOCKET set).
+
+    The protocol is one datagram on a unix socket (sd_notify(3)); the Python bindings need
+    libsystemd headers to build, so these few lines are ours. False when not under systemd.
+    """
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+    return True
+
+
 def session_info(cfg: Config) -> SessionInfo:
     """What produced this session: config (exactly, for replay), code version, start."""
     config_json = msgspec.json.encode(cfg)
@@ -472,9 +494,15 @@ async def run_live(
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    shutdown: list[str] = []  # the signal that asked us to stop, halted on before exit
+
+    def on_signal(sig: signal.Signals) -> None:
+        shutdown.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
@@ -537,6 +565,9 @@ async def run_live(
         # A kill switch from an earlier session (daily loss, drawdown) still holds: start
         # halted, as a recorded control event, so replay starts halted too.
         on_control("halt", "meta_risk_persisted")
+    # systemd (Type=notify): ready once the engine is up. With the execution layer this
+    # moves to after reconciliation.
+    sd_notify("READY=1\nSTATUS=trading " + cfg.mode)
     tasks = [
         asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
     ]
@@ -545,6 +576,11 @@ async def run_live(
     try:
         await feed.run(stop)
     finally:
+        if shutdown:
+            # Stopping on a signal (systemd stop, Ctrl-C) halts trading first, recorded,
+            # so nothing new is decided between now and exit.
+            sd_notify("STOPPING=1")
+            on_control("halt", f"shutdown_{shutdown[0].lower()}")
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         telemetry.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,37 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
     stats = [e for e in events if e["event"] == "engine_stats"]
     assert stats[-1]["feed_stale"] is False  # fresh again once the stall ended
     assert stats[-1]["feed_connects"] == 1
+
+
+async def test_under_systemd_it_reports_ready_and_sigterm_halts_cleanly(tmp_path):
+    """A real unix datagram socket stands in for systemd's NOTIFY_SOCKET."""
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    try:
+        async with ExchangeSimulator(port=0, rate=1000.0) as sim:
+            cfg = tmp_path / "chimera.toml"
+            cfg.write_text(
+                f'[feed]\nurl = "{sim.url}"\n[logging]\ndecisions = "none"\n' + _local_endpoints()
+            )
+            proc = _cli("live", "--config", str(cfg), cwd=tmp_path,
+                        env={"NOTIFY_SOCKET": str(notify_path)})  # fmt: skip
+            ready = await asyncio.to_thread(notify.recv, 4096)
+            assert ready.startswith(b"READY=1")
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            stopping = await asyncio.to_thread(notify.recv, 4096)
+            _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        notify.close()
+    assert stopping == b"STOPPING=1"
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = _events(err)
+    names = [e["event"] for e in events]
+    halted = [e for e in events if e["event"] == "engine_halted"]
+    assert halted and halted[-1]["reason"] == "shutdown_sigterm"
+    assert names.index("engine_halted") < names.index("engine_stopped")
+    applied = [e for e in events if e["event"] == "control_applied"]
+    assert applied and applied[-1]["command"] == "halt"  # published on telemetry too
+    assert events[-1]["event"] == "engine_stopped" and events[-1]["decisions"] > 100
