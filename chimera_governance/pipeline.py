@@ -106,8 +106,9 @@ class GovernancePipeline:
 
         The strategy's confidence is discounted by distribution drift (× (1 − drift_score))
         and by how far the volatility and hard caps cut leverage below what regime and drift
-        alone would give (× target / (regime leverage × drift scale)). Influence: each layer's share of the total discount, with physics
-        holding what is left; weights sum to 1. Before the first closed bar: physics only.
+        alone would give (× target / (regime leverage × drift scale)). Influence: each
+        layer's share of the total discount, with physics holding what is left; weights
+        sum to 1. Before the first closed bar: physics only.
         """
         drift = self._drift_out.get(token)
         capital = self._capital_out.get(token)
