@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -11,11 +12,15 @@ from chimera_core.errors import ChimeraError
 # Commands DESIGN.md names that later issues build; they fail clearly until then.
 PLANNED = {
     "cortex": "the Streamlit cortex (issue 6)",
-    "doctor": "operations (issue 7)",
-    "service": "systemd services (issue 7)",
 }
 
 
+# Commands whose module owns its own argument parsing: name → module with main(argv).
+SUBCOMMANDS = {
+    "doctor": "tools.doctor",
+    "metrics": "tools.metrics",
+    "service": "tools.service",
+}
 CONTROL_COMMANDS = ("status", "pause", "resume", "kill", "flatten", "approve", "reject")
 
 
@@ -89,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
     sub.add_parser("bench", help="latency benchmarks", add_help=False)
+    sub.add_parser(
+        "doctor", help="check config, credentials, data, ports, black box", add_help=False
+    )
+    sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
+    sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
     sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
@@ -114,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sim(argv[1:])
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        return int(module.main(argv[1:]))
     if argv and argv[0] == "genome":
         from tools.genome_cli import main as genome_main
 
