@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -460,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimera metrics", description="Prometheus /metrics from the engine's telemetry"
     )
-    p.add_argument("--config", help="config file (default: built-in defaults)")
+    p.add_argument(
+        "--config",
+        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        help="TOML config (default: ./chimera.toml if present, as every chimera command)",
+    )
     p.add_argument("--endpoint", help="telemetry endpoint (default: config telemetry.endpoint)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
