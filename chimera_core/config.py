@@ -227,11 +227,19 @@ def _check(cfg: Config, source: str) -> None:
                 f"{source}: '{key}' = {endpoint!r} must bind to loopback or ipc "
                 "(tcp://127.0.0.1:PORT or ipc:///path); remote access goes through an SSH tunnel"
             )
-    if cfg.mode == "live" and _is_loopback(cfg.feed.url):
+    if cfg.mode == "live" and is_loopback_url(cfg.feed.url):
         raise ConfigError(
             f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "
             "needs the real feed (wss://smartapisocket.angelone.in/smart-stream)"
         )
+
+
+DEFAULT_CONFIG = "chimera.toml"
+
+
+def default_config_path() -> str | None:
+    """``./chimera.toml`` when it exists (every chimera command's default), else None."""
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -246,7 +254,8 @@ def load_config(path: str | Path | None) -> Config:
     return parse_config(p.read_text(encoding="utf-8"), str(p))
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is localhost or a loopback address."""
     host = urlparse(url).hostname or ""
     if host == "localhost":
         return True
@@ -262,7 +271,7 @@ def _is_local_endpoint(endpoint: str) -> bool:
     m = re.fullmatch(r"tcp://([^:]+):(\d+)", endpoint)
     if not m:
         return False
-    return _is_loopback(f"ws://{m.group(1)}:{m.group(2)}/")
+    return is_loopback_url(f"ws://{m.group(1)}:{m.group(2)}/")
 
 
 def load_env(env_file: str | Path | None = ".env") -> dict[str, str]:
@@ -279,7 +288,7 @@ def load_credentials(cfg: Config, env: dict[str, str]) -> Credentials:
     values = {field: env.get(var, "") for field, var in CREDENTIAL_ENV.items()}
     missing = [CREDENTIAL_ENV[f] for f, v in values.items() if not v]
     if missing:
-        if cfg.mode == "paper" and _is_loopback(cfg.feed.url):
+        if cfg.mode == "paper" and is_loopback_url(cfg.feed.url):
             placeholders = {f: v or f"sim-{f}" for f, v in values.items()}
             return Credentials(**placeholders)
         raise ConfigError(

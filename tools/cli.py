@@ -24,10 +24,6 @@ SUBCOMMANDS = {
 CONTROL_COMMANDS = ("status", "pause", "resume", "kill", "flatten", "approve", "reject")
 
 
-def _default_config() -> str | None:
-    return "chimera.toml" if Path("chimera.toml").is_file() else None
-
-
 def cmd_live(args: argparse.Namespace) -> int:
     import structlog
     import uvloop
@@ -81,12 +77,14 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chimera_core.config import default_config_path
+
     parser = argparse.ArgumentParser(prog="chimera", description="Chimera trading engine")
     sub = parser.add_subparsers(dest="command", required=True)
     live = sub.add_parser("live", help="run the hot path (paper unless the config says live)")
     live.add_argument(
         "--config",
-        default=_default_config(),
+        default=default_config_path(),
         help="TOML config (default: ./chimera.toml if present)",
     )
     live.add_argument(

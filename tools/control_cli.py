@@ -31,13 +31,15 @@ CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
+    from chimera_core.config import default_config_path  # main() imports config anyway
+
     _, what, takes_id = CLI_COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"chimera {command}", description=what)
     if takes_id:
         parser.add_argument("id", help="the approval ID (from `chimera status` or the cortex)")
     parser.add_argument(
         "--config",
-        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        default=default_config_path(),
         help="TOML config for [control] endpoint and data_dir (default: ./chimera.toml if present)",
     )
     parser.add_argument("--env-file", default=".env", help="file with CHIMERA_* variables")

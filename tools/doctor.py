@@ -9,7 +9,6 @@ check (``check  status  detail``); exits 1 if any row is FAIL, else 0.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 import shutil
 import socket
@@ -27,7 +26,14 @@ from urllib.parse import urlparse
 import orjson
 import structlog
 
-from chimera_core.config import CREDENTIAL_ENV, Config, load_config, load_env
+from chimera_core.config import (
+    CREDENTIAL_ENV,
+    Config,
+    default_config_path,
+    is_loopback_url,
+    load_config,
+    load_env,
+)
 from chimera_core.contracts import SessionInfo, TickRecord
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
@@ -53,16 +59,6 @@ class Row:
     detail: str
 
 
-def _is_loopback_url(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _safe_url(url: str) -> str:
     """scheme://host:port of ``url``: no path, query or user info (nothing secret)."""
     p = urlparse(url)
@@ -85,7 +81,7 @@ def check_config(path: str | None) -> tuple[Config | None, list[Row]]:
 
 def check_credentials(cfg: Config, env: dict[str, str]) -> list[Row]:
     rows: list[Row] = []
-    if cfg.mode == "paper" and _is_loopback_url(cfg.feed.url):
+    if cfg.mode == "paper" and is_loopback_url(cfg.feed.url):
         rows.append(Row("credentials", OK, "not needed (simulator)"))
     else:
         names = list(CREDENTIAL_ENV.values())
@@ -301,7 +297,7 @@ def _clock_row(
     offset = exchange_s - end_s
     detail = f"last exchange time {offset:+.1f} s vs {source}"
     url = _session_feed_url(session, info)
-    if url is not None and _is_loopback_url(url):
+    if url is not None and is_loopback_url(url):
         return Row("clock offset", OK, f"{detail} (simulator session: simulated dates, expected)")
     if abs(offset) > MAX_CLOCK_OFFSET_S:
         return Row(
@@ -314,7 +310,7 @@ def _clock_row(
 
 
 def check_broker(cfg: Config) -> list[Row]:
-    if _is_loopback_url(cfg.feed.url):
+    if is_loopback_url(cfg.feed.url):
         return [Row("broker", OK, "simulator")]
     p = urlparse(cfg.feed.url)
     host, port = p.hostname or "", p.port or 443
@@ -357,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        default=default_config_path(),
         help="TOML config (default: ./chimera.toml if present)",
     )
     p.add_argument("--env-file", default=".env", help="file with CHIMERA_* secrets (default .env)")

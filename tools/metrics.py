@@ -42,7 +42,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -57,7 +56,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from chimera_core.config import load_config
+from chimera_core.config import default_config_path, load_config
 from chimera_core.contracts import ControlEvent, FeedEvent, Health, Regime, SessionInfo
 from chimera_core.errors import ChimeraError
 from chimera_core.logging import configure_logging
@@ -463,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        default=default_config_path(),
         help="TOML config (default: ./chimera.toml if present, as every chimera command)",
     )
     p.add_argument("--endpoint", help="telemetry endpoint (default: config telemetry.endpoint)")

@@ -33,7 +33,7 @@ import orjson
 import structlog
 import zmq
 
-from chimera_core.config import load_config
+from chimera_core.config import default_config_path, load_config
 from chimera_core.contracts import Decision, Health, SessionInfo, TickRecord
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chimera record", description="black-box recorder")
     p.add_argument(
         "--config",
-        default="chimera.toml" if Path("chimera.toml").is_file() else None,
+        default=default_config_path(),
         help="TOML config (default: ./chimera.toml if present)",
     )
     p.add_argument("--data-dir", help="override config data_dir")

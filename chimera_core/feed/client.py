@@ -13,13 +13,13 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from chimera_core.config import is_loopback_url
 from chimera_core.contracts import Mode
 
 log = structlog.get_logger(__name__)
@@ -89,10 +89,8 @@ class FeedClient:
         self._subscriptions: dict[tuple[int, int], list[str]] = {}
         self.stats = FeedStats()
         self._attempt = 0
-        host = urlparse(url).hostname or ""
-        self._proxy: Literal[True] | None = (
-            None if host in ("127.0.0.1", "localhost", "::1") else True
-        )
+        # Loopback (the simulator) never goes through an environment proxy.
+        self._proxy: Literal[True] | None = None if is_loopback_url(url) else True
 
     # ---- subscriptions -------------------------------------------------------------
     def subscriptions(self) -> dict[tuple[int, int], list[str]]:
