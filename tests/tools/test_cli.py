@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.loopback import free_port
+from tests.loopback import chimera, free_port
 from tools.sim.server import ExchangeSimulator, Faults
 
 pytestmark = pytest.mark.timeout(120)
-REPO = Path(__file__).resolve().parents[2]
 SECRET_JWT = "eyJSECRET.JWT.VALUE"
 SECRET_FEED = "feedtoken-SECRET-42"
-
-
-def _cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _local_endpoints() -> str:
@@ -64,7 +47,7 @@ async def test_chimera_live_trades_on_paper_logs_decisions_and_stops_cleanly(tmp
             "CHIMERA_API_KEY": "apikey-SECRET",
             "CHIMERA_CLIENT_CODE": "A1234567",
         }
-        proc = _cli("live", "--config", str(cfg), env=env, cwd=tmp_path)
+        proc = chimera("live", "--config", str(cfg), env=env, cwd=tmp_path)
         deadline = asyncio.get_running_loop().time() + 60
         while sim.frames_sent < 30_000 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.2)
@@ -90,7 +73,7 @@ async def test_chimera_live_trades_on_paper_logs_decisions_and_stops_cleanly(tmp
 def test_bad_config_stops_with_a_message_naming_the_key(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[feed]\nmode = "DEPTH"\n')
-    proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
+    proc = chimera("live", "--config", str(cfg), cwd=tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "feed.mode" in err.decode() and "SNAP_QUOTE" in err.decode()
@@ -103,14 +86,14 @@ def test_live_mode_without_credentials_is_refused(tmp_path):
         k: ""
         for k in ("CHIMERA_JWT", "CHIMERA_FEED_TOKEN", "CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE")
     }
-    proc = _cli("live", "--config", str(cfg), env=env, cwd=tmp_path)
+    proc = chimera("live", "--config", str(cfg), env=env, cwd=tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "CHIMERA_JWT" in err.decode() and ".env" in err.decode()
 
 
 def test_commands_from_later_issues_fail_clearly():
-    proc = _cli("cortex")
+    proc = chimera("cortex")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "not built yet" in err.decode()
@@ -124,7 +107,7 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
             f'[feed]\nurl = "{sim.url}"\nstale_after_s = 1.0\n'
             '[logging]\ndecisions = "none"\nstats_interval_s = 0.5\n' + _local_endpoints()
         )
-        proc = _cli("live", "--config", str(cfg), cwd=tmp_path)
+        proc = chimera("live", "--config", str(cfg), cwd=tmp_path)
         # Follow the simulator: frames flow, stop (the stall), flow again; then stop the
         # engine shortly after the feed came back, before the next stall.
         loop = asyncio.get_running_loop()
@@ -164,7 +147,7 @@ async def test_under_systemd_it_reports_ready_and_sigterm_halts_cleanly(tmp_path
             cfg.write_text(
                 f'[feed]\nurl = "{sim.url}"\n[logging]\ndecisions = "none"\n' + _local_endpoints()
             )
-            proc = _cli("live", "--config", str(cfg), cwd=tmp_path,
+            proc = chimera("live", "--config", str(cfg), cwd=tmp_path,
                         env={"NOTIFY_SOCKET": str(notify_path)})  # fmt: skip
             ready = await asyncio.to_thread(notify.recv, 4096)
             assert ready.startswith(b"READY=1")

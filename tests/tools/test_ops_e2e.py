@@ -3,31 +3,17 @@ session (real processes, loopback only)."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.loopback import free_port, wait_port
+from tests.loopback import chimera, free_port, wait_port
 
 pytestmark = pytest.mark.timeout(120)
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _chimera(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _metric(text: str, name: str) -> float:
@@ -44,16 +30,16 @@ def test_metrics_move_while_a_simulator_session_runs(tmp_path):
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
     )
-    procs = [_chimera("sim", "--port", str(sim_port), "--rate", "2000", cwd=tmp_path)]
+    procs = [chimera("sim", "--port", str(sim_port), "--rate", "2000", cwd=tmp_path)]
     try:
         wait_port(sim_port)
         procs.append(
-            _chimera(
+            chimera(
                 "metrics", "--config", "chimera.toml", "--port", str(metrics_port), cwd=tmp_path
             )
         )
         wait_port(metrics_port)
-        procs.append(_chimera("live", cwd=tmp_path))
+        procs.append(chimera("live", cwd=tmp_path))
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + 60
         while True:

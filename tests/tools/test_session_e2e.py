@@ -14,20 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.loopback import free_port, wait_port
+from tests.loopback import REPO, chimera, free_port, wait_port
 
 pytestmark = pytest.mark.timeout(180)
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _chimera(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
@@ -58,14 +47,14 @@ def test_record_verify_replay_and_export_a_faulty_session(tmp_path):
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nwait_for_subscriber_s = 20\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
     )
-    sim = _chimera("sim", "--port", str(sim_port), "--rate", "3000", "--seed", "5",
+    sim = chimera("sim", "--port", str(sim_port), "--rate", "3000", "--seed", "5",
                    "--drop-every", "2.5", "--malformed-p", "0.01", cwd=tmp_path)  # fmt: skip
     procs = [sim]
     try:
         wait_port(sim_port)
-        recorder = _chimera("record", cwd=tmp_path)
+        recorder = chimera("record", cwd=tmp_path)
         procs.append(recorder)
-        live = _chimera("live", cwd=tmp_path)
+        live = chimera("live", cwd=tmp_path)
         procs.append(live)
         time.sleep(5.0)
         kill = _run("kill", cwd=tmp_path)
