@@ -110,6 +110,88 @@ class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     families: dict[str, str] = msgspec.field(default_factory=dict)  # token → genome family
 
 
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class ChargesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Indian equity charges (NSE cash). Rates are fractions of turnover unless named
+    otherwise; the defaults, their sources and dates are in chimera_execution/charges.py."""
+
+    brokerage_flat: NonNegative = 20.0  # rupees per executed order, the cap
+    brokerage_pct_intraday: NonNegative = 0.0003  # of turnover, if lower than the flat fee
+    brokerage_pct_delivery: NonNegative = 0.001
+    stt_intraday_sell: NonNegative = 0.00025  # sell side only
+    stt_delivery: NonNegative = 0.001  # both sides
+    exchange_txn: NonNegative = 0.0000297  # NSE cash, both sides
+    sebi_per_crore: NonNegative = 10.0  # rupees per ₹1 crore of turnover
+    gst: NonNegative = 0.18  # on brokerage + exchange charge + SEBI fee
+    stamp_intraday_buy: NonNegative = 0.00003  # buy side only
+    stamp_delivery_buy: NonNegative = 0.00015
+
+
+class PaperConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    starting_cash: Positive = 1_000_000.0
+    # Exchange-time milliseconds before an order reaches the simulated book.
+    latency_ms: Annotated[int, msgspec.Meta(ge=0)] = 50
+    # Extra adverse price on every fill, basis points (on top of walking the book).
+    slippage_bps: NonNegative = 1.0
+
+
+class AngelOneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    rest_url: str = "https://apiconnect.angelone.in"
+    order_ws_url: str = "wss://tns.angelone.in/smart-order-update"
+    # token → trading symbol (e.g. "3045" = "SBIN-EQ"); placeOrder needs both.
+    symbols: dict[str, str] = msgspec.field(default_factory=dict)
+    exchange: Literal["NSE", "BSE", "NFO", "BFO", "MCX", "CDS", "NCDEX"] = "NSE"
+    request_timeout_s: Positive = 7.0
+    # Order-book poll that recovers order updates the websocket dropped.
+    poll_interval_s: Positive = 2.0
+
+
+class ThrottleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Order-call budgets (placeOrder/modify/cancel share them): Angel One's published limits."""
+
+    per_second: PositiveInt = 20
+    per_minute: PositiveInt = 500
+    per_hour: PositiveInt = 1000
+
+
+class SlicingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """VWAP slicing of parents at or above ``min_qty``, and the liquidity adjuster."""
+
+    min_qty: PositiveInt = 1000  # smaller parents go as one order
+    window_s: Positive = 300.0
+    participation: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.10  # of observed volume
+    # Child size is capped at this fraction of the displayed opposite-side depth (best 5).
+    depth_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    # Wider than this (percent of mid): wait, up to max_wait_s, then cross anyway.
+    max_spread_pct: Positive = 0.3
+    max_wait_s: Positive = 30.0
+
+
+class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    enabled: bool = True
+    # paper in paper mode; live mode needs angelone. angelone in paper mode is allowed only
+    # against a loopback rest_url (the simulator), for testing the adapter.
+    broker: Literal["paper", "angelone"] = "paper"
+    product: Literal["INTRADAY", "DELIVERY"] = "INTRADAY"
+    # Broker orders the journal does not know, found at start-up: cancel them or adopt them.
+    orphans: Literal["cancel", "adopt"] = "cancel"
+    cancel_on_stop: bool = True  # a clean stop (SIGTERM, systemd) cancels open orders
+    flatten_on_halt: bool = False  # the kill switch also closes positions at market
+    square_off_at: ClockTime = "15:15"  # IST: no entries after, positions closed at it
+    stop_atr_multiple: Positive = 2.0  # bracket stop loss distance
+    take_profit_atr_multiple: Positive = 3.0
+    journal_sync: Literal["NORMAL", "FULL"] = "FULL"  # SQLite synchronous; FULL survives power loss
+    charges: ChargesConfig = msgspec.field(default_factory=ChargesConfig)
+    paper: PaperConfig = msgspec.field(default_factory=PaperConfig)
+    angelone: AngelOneConfig = msgspec.field(default_factory=AngelOneConfig)
+    throttle: ThrottleConfig = msgspec.field(default_factory=ThrottleConfig)
+    slicing: SlicingConfig = msgspec.field(default_factory=SlicingConfig)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -121,6 +203,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     governance: GovernanceConfig = msgspec.field(default_factory=GovernanceConfig)
+    execution: ExecutionConfig = msgspec.field(default_factory=ExecutionConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):
@@ -227,6 +310,18 @@ def _check(cfg: Config, source: str) -> None:
                 f"{source}: '{key}' = {endpoint!r} must bind to loopback or ipc "
                 "(tcp://127.0.0.1:PORT or ipc:///path); remote access goes through an SSH tunnel"
             )
+    ex = cfg.execution
+    if cfg.mode == "live" and ex.enabled and ex.broker != "angelone":
+        raise ConfigError(
+            f"{source}: mode = 'live' needs 'execution.broker' = 'angelone' "
+            f"(got {ex.broker!r}; allowed: 'angelone'); paper trading uses mode = 'paper'"
+        )
+    if cfg.mode == "paper" and ex.broker == "angelone" and not is_loopback_url(ex.angelone.rest_url):
+        raise ConfigError(
+            f"{source}: mode = 'paper' with 'execution.broker' = 'angelone' at "
+            f"{ex.angelone.rest_url}: that would send real orders. Use broker = 'paper', or "
+            "mode = 'live' on purpose (angelone in paper mode is for the loopback simulator)"
+        )
     if cfg.mode == "live" and is_loopback_url(cfg.feed.url):
         raise ConfigError(
             f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "

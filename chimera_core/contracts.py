@@ -166,12 +166,51 @@ class OrderIntent(msgspec.Struct, frozen=True, gc=False):
 
 
 class OrderStatus(enum.Enum):
-    PENDING = "PENDING"
-    OPEN = "OPEN"
+    PENDING = "PENDING"  # journaled (write-ahead), broker not yet answered
+    OPEN = "OPEN"  # the broker accepted it
     PARTIAL = "PARTIAL"
     FILLED = "FILLED"
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED})
+
+
+class OrderType(enum.Enum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    STOPLOSS_MARKET = "STOPLOSS_MARKET"
+    STOPLOSS_LIMIT = "STOPLOSS_LIMIT"
+
+
+class Purpose(enum.Enum):
+    """Why an order exists; only ENTRY orders belong to a state machine's EXECUTE."""
+
+    ENTRY = "ENTRY"
+    STOP_LOSS = "STOP_LOSS"
+    TAKE_PROFIT = "TAKE_PROFIT"
+    SQUARE_OFF = "SQUARE_OFF"  # intraday cut-off
+    FLATTEN = "FLATTEN"  # kill switch / operator
+
+
+class OrderRequest(msgspec.Struct, frozen=True):
+    """One order as sent to a broker. ``client_order_id`` is unique for ever (journal key);
+    ``intent_id`` is the state machine's id it serves (a VWAP child's parent)."""
+
+    client_order_id: str
+    intent_id: str
+    token: str
+    exchange_type: int
+    side: Side
+    qty: int
+    order_type: OrderType = OrderType.MARKET
+    limit_price: float = 0.0  # rupees; LIMIT / STOPLOSS_LIMIT
+    trigger_price: float = 0.0  # rupees; STOPLOSS_*
+    purpose: Purpose = Purpose.ENTRY
+    product: str = "INTRADAY"  # INTRADAY | DELIVERY (charges differ)
+    symbol: str = ""  # trading symbol, e.g. SBIN-EQ (live broker needs it)
+    exchange_ts_ms: int = 0  # exchange time the order was decided
 
 
 class Order(msgspec.Struct):
@@ -186,10 +225,12 @@ class Order(msgspec.Struct):
     filled_qty: int = 0
     avg_fill_price: float = 0.0
     reason: str = ""
+    intent_id: str = ""
+    purpose: Purpose = Purpose.ENTRY
 
 
 class Fill(msgspec.Struct, frozen=True):
-    fill_id: str
+    fill_id: str  # unique per broker trade; the journal ignores a second copy
     client_order_id: str
     token: str
     side: Side
@@ -204,6 +245,71 @@ class Position(msgspec.Struct):
     qty: int  # signed: long > 0, short < 0
     avg_price: float
     realized_pnl: float = 0.0
+    charges: float = 0.0
+
+
+class ExecKind(enum.Enum):
+    ACK = "ACK"  # the broker accepted the order
+    PARTIAL = "PARTIAL"  # a fill that leaves quantity open
+    FILLED = "FILLED"  # completely filled
+    REJECTED = "REJECTED"  # refused (broker, RMS, journal duplicate, throttler)
+    CANCELLED = "CANCELLED"  # cancelled (by us, on expiry, or by the exchange)
+
+
+class ExecutionReport(msgspec.Struct, frozen=True, gc=False):
+    """What happened to one order (telemetry topic ``exec``). The engine applies these
+    between frames, exactly where they arrived; replay re-applies the recorded ones at the
+    same places, so positions and state machines come out identical."""
+
+    kind: ExecKind
+    client_order_id: str
+    intent_id: str
+    token: str
+    side: Side
+    order_qty: int
+    filled_qty: int  # cumulative for this order
+    avg_price: float  # cumulative average fill price
+    purpose: Purpose = Purpose.ENTRY
+    broker_order_id: str = ""
+    fill: Fill | None = None  # the new fill this report carries (PARTIAL / FILLED)
+    reason: str = ""
+    # True when the intent has nothing left working (every child terminal): the state
+    # machine leaves EXECUTE on this report.
+    final: bool = False
+    exchange_ts_ms: int = 0
+    at_ns: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class ExecutionOutput(msgspec.Struct, frozen=True, gc=False):
+    """The execution layer's state for a symbol, as of this decision (rebuilt only when a
+    report arrives, so it costs nothing per tick)."""
+
+    position_qty: int  # signed
+    avg_price: float
+    realized_pnl: float  # net of charges
+    charges: float  # paid on this symbol this session
+    open_orders: int
+    last_report: str  # e.g. "FILLED CH-1-2885-...", "" before any
+
+
+class Reconciliation(msgspec.Struct, gc=False):
+    """Start-up reconciliation against the broker (telemetry topic ``recon``). Trading is
+    refused until it is done; ``positions`` seed the engine's position book (replay seeds
+    from the same record)."""
+
+    mode: str
+    ok: bool
+    positions: tuple[Position, ...]
+    open_orders: tuple[Order, ...]
+    adopted: tuple[str, ...]  # broker orders the journal did not know, kept
+    cancelled: tuple[str, ...]  # orphans cancelled per config
+    never_sent: tuple[str, ...]  # journaled intents the broker never saw (not resent)
+    fills_recovered: int  # broker fills missing from the journal, now journaled
+    mismatches: tuple[str, ...]  # what could not be made to agree (blocks trading)
+    cash: float
+    at_ns: int
+    schema: int = SCHEMA_VERSION
 
 
 class Signal(msgspec.Struct, frozen=True, gc=False):
@@ -295,7 +401,7 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     """One evaluation: every layer's inputs and outputs, in hot-path order.
 
     Governance layers are ``None`` when governance is off (or, for meta_risk and approval,
-    when no signal was about to fire); execution is ``None`` until a broker is wired.
+    when no signal was about to fire); execution is ``None`` when no broker is wired.
     Nothing is ever invented to fill a field.
     """
 
@@ -320,7 +426,7 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     meta_risk: MetaRiskOutput | None = None  # consulted when a signal is about to fire
     genome: GenomeOutput | None = None
     approval: ApprovalOutput | None = None  # consulted when a signal is about to fire
-    execution: None = None  # the execution issue fills this in
+    execution: ExecutionOutput | None = None  # None when no broker is wired
     schema: int = SCHEMA_VERSION
 
 

@@ -29,3 +29,20 @@ class BrokerReject(ChimeraError):
 
 class RiskVeto(ChimeraError):
     """A risk rule refused an intent."""
+
+
+class BrokerError(ChimeraError):
+    """A broker call failed without a clear refusal (network, bad response); retry is safe
+    only after reconciliation says the order is not there."""
+
+
+class RateLimited(BrokerError):
+    """The broker refused a call for exceeding its access rate (HTTP 403 'access rate')."""
+
+
+class AuthError(BrokerError):
+    """Login or token refresh failed: credentials are wrong, expired or missing."""
+
+
+class DuplicateOrder(ChimeraError):
+    """A client_order_id the journal already holds: the order was never sent twice."""

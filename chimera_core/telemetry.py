@@ -18,8 +18,10 @@ import zmq
 from chimera_core.contracts import (
     ControlEvent,
     Decision,
+    ExecutionReport,
     FeedEvent,
     Health,
+    Reconciliation,
     SessionInfo,
     TickRecord,
 )
@@ -34,6 +36,8 @@ TOPIC_FEED = b"feed"
 TOPIC_CONTROL = b"control"
 TOPIC_HEALTH = b"health"
 TOPIC_SESSION = b"session"
+TOPIC_EXEC = b"exec"
+TOPIC_RECON = b"recon"
 
 PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_RAW: TickRecord,
@@ -41,6 +45,8 @@ PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_CONTROL: ControlEvent,
     TOPIC_HEALTH: Health,
     TOPIC_SESSION: SessionInfo,
+    TOPIC_EXEC: ExecutionReport,
+    TOPIC_RECON: Reconciliation,
 }
 
 
