@@ -310,6 +310,11 @@ def _check(cfg: Config, source: str) -> None:
                 f"{source}: '{key}' = {endpoint!r} must bind to loopback or ipc "
                 "(tcp://127.0.0.1:PORT or ipc:///path); remote access goes through an SSH tunnel"
             )
+    if cfg.mode == "live" and is_loopback_url(cfg.feed.url):
+        raise ConfigError(
+            f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "
+            "needs the real feed (wss://smartapisocket.angelone.in/smart-stream)"
+        )
     ex = cfg.execution
     if cfg.mode == "live" and ex.enabled and ex.broker != "angelone":
         raise ConfigError(
@@ -321,11 +326,6 @@ def _check(cfg: Config, source: str) -> None:
             f"{source}: mode = 'paper' with 'execution.broker' = 'angelone' at "
             f"{ex.angelone.rest_url}: that would send real orders. Use broker = 'paper', or "
             "mode = 'live' on purpose (angelone in paper mode is for the loopback simulator)"
-        )
-    if cfg.mode == "live" and is_loopback_url(cfg.feed.url):
-        raise ConfigError(
-            f"{source}: mode = 'live' with 'feed.url' on loopback ({cfg.feed.url}); live trading "
-            "needs the real feed (wss://smartapisocket.angelone.in/smart-stream)"
         )
 
 

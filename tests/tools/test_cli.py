@@ -81,7 +81,10 @@ def test_bad_config_stops_with_a_message_naming_the_key(tmp_path):
 
 def test_live_mode_without_credentials_is_refused(tmp_path):
     cfg = tmp_path / "live.toml"
-    cfg.write_text('mode = "live"\n[feed]\nurl = "wss://smartapisocket.angelone.in/smart-stream"\n')
+    cfg.write_text(
+        'mode = "live"\n[feed]\nurl = "wss://smartapisocket.angelone.in/smart-stream"\n'
+        '[execution]\nbroker = "angelone"\n'
+    )
     env = {
         k: ""
         for k in ("CHIMERA_JWT", "CHIMERA_FEED_TOKEN", "CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE")

@@ -42,6 +42,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+LIVE_BROKER = '[execution]\nbroker = "angelone"\n'
+
+
 def write_config(tmp_path: Path, extra: str = "", mode: str = "paper", url: str = "") -> Path:
     url = url or "ws://127.0.0.1:8765/smart-stream"
     path = tmp_path / "chimera.toml"
@@ -149,7 +152,9 @@ def test_live_missing_credentials_never_prints_values(capsys, tmp_path, monkeypa
         broker.listen(1)
         port = broker.getsockname()[1]
         # 0.0.0.0 is not loopback to the config check, yet connects to this host.
-        config = write_config(tmp_path, mode="live", url=f"wss://0.0.0.0:{port}/smart-stream")
+        config = write_config(
+            tmp_path, LIVE_BROKER, mode="live", url=f"wss://0.0.0.0:{port}/smart-stream"
+        )
         for var, value in SECRETS.items():
             monkeypatch.setenv(var, value)
         (tmp_path / ".env").write_text("CHIMERA_FEED_TOKEN=sekrit-feed-token\n")
@@ -166,7 +171,7 @@ def test_live_missing_credentials_never_prints_values(capsys, tmp_path, monkeypa
 
 
 def test_live_unreachable_broker_fails(capsys, tmp_path, monkeypatch):
-    config = write_config(tmp_path, mode="live", url=f"wss://0.0.0.0:{free_port()}/x")
+    config = write_config(tmp_path, LIVE_BROKER, mode="live", url=f"wss://0.0.0.0:{free_port()}/x")
     for var in CREDENTIAL_ENV.values():
         monkeypatch.setenv(var, "v")
     code, rows = run(capsys, config, tmp_path)
