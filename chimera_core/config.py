@@ -321,7 +321,11 @@ def _check(cfg: Config, source: str) -> None:
             f"{source}: mode = 'live' needs 'execution.broker' = 'angelone' "
             f"(got {ex.broker!r}; allowed: 'angelone'); paper trading uses mode = 'paper'"
         )
-    if cfg.mode == "paper" and ex.broker == "angelone" and not is_loopback_url(ex.angelone.rest_url):
+    if (
+        cfg.mode == "paper"
+        and ex.broker == "angelone"
+        and not is_loopback_url(ex.angelone.rest_url)
+    ):
         raise ConfigError(
             f"{source}: mode = 'paper' with 'execution.broker' = 'angelone' at "
             f"{ex.angelone.rest_url}: that would send real orders. Use broker = 'paper', or "

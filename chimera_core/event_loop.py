@@ -29,11 +29,16 @@ from chimera_core.contracts import (
     ControlEvent,
     Decision,
     ExchangeType,
+    ExecKind,
+    ExecutionOutput,
+    ExecutionReport,
     FeedEvent,
     Health,
     Mode,
     OrderIntent,
     PhysicsState,
+    Purpose,
+    Reconciliation,
     SessionInfo,
     Side,
     Tick,
@@ -46,6 +51,7 @@ from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
 from chimera_core.physics import warm_up_kernels
+from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
 from chimera_core.strategy import DefaultStrategy
 from chimera_core.symbol_physics import SymbolPhysics
@@ -80,6 +86,10 @@ class EngineStats:
         self.vetoes = 0
         self.intents = 0
         self.bars_closed = 0
+        self.reports = 0
+        self.fills = 0
+        self.rejects = 0
+        self.trades_closed = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -108,6 +118,11 @@ class SymbolContext:
         self.last_recv_ns = 0
         self.last_epoch = 0
         self.book: Tick | None = None  # latest depth/best-5 snapshot
+        self.pending_intent = ""  # the intent this symbol's EXECUTE waits for
+        self.entry_features: dict[str, float] = {}  # the signal at the last fire
+        self.working: set[str] = set()  # orders the broker holds open
+        self.last_report = ""
+        self.execution: ExecutionOutput | None = None  # rebuilt when a report arrives
 
 
 class Engine:
@@ -140,6 +155,23 @@ class Engine:
         # What governance said about the intent of the current tick (None when not asked).
         self._gate: GateVerdict | None = None
         self._bar_work: list[tuple[str, Bar, PhysicsState]] = []
+        # Execution: positions from reports, and what the router must do next (drained by
+        # the wiring after each frame/report/command; replay drains and drops them, because
+        # their outcomes are recorded as reports).
+        ex = cfg.execution
+        self.execution_enabled = ex.enabled
+        self.positions = PositionBook()
+        self.actions: list[tuple[str, str]] = []  # ("cancel", coid) | ("cancel_all"|"flatten", why)
+        self._flatten_on_halt = ex.flatten_on_halt
+        hh, mm = ex.square_off_at.split(":")
+        self._square_off_s = int(hh) * 3600 + int(mm) * 60
+        # No entries while False: run_live clears it until the broker is reconciled.
+        self.reconciled = True
+        self.last_tick: Tick | None = None
+        if ex.enabled:
+            empty = ExecutionOutput(0, 0.0, 0.0, 0.0, 0, "")
+            for sym in self.symbols.values():
+                sym.execution = empty
 
     # ---- the hot path --------------------------------------------------------------
     def on_frame(self, frame: bytes, recv_ns: int) -> Decision | None:
@@ -181,6 +213,7 @@ class Engine:
             return None
         if tick.mode == Mode.SNAP_QUOTE:
             sym.book = tick
+        self.last_tick = tick
         stale = (
             sym.last_recv_ns == 0
             or recv_ns - sym.last_recv_ns > self._stale_ns
@@ -222,7 +255,7 @@ class Engine:
             transitions, intent, confidence, influence,
             stale, recv_ns, self.clock(), drift, capital,
             gate.meta_risk if gate is not None else None, genome,
-            gate.approval if gate is not None else None,
+            gate.approval if gate is not None else None, sym.execution,
         )  # fmt: skip
         stats.decisions += 1
         for sink in self.sinks:
@@ -258,7 +291,9 @@ class Engine:
                     direction
                     and not stale
                     and not self.paused
+                    and self.reconciled
                     and sym.vetoed_bar_ms != sym.physics.bar_start_ms
+                    and not self._past_square_off(ts)
                 ):
                     sym.armed_direction = direction
                     return (
@@ -271,6 +306,11 @@ class Engine:
                 sym.armed_direction = 0
                 return (machine.apply(Event.DISARM, ts, reason),), None
             elif state is State.EXECUTE and ts - machine.entered_ms >= self._execute_timeout_ms:
+                if sym.pending_intent and self.execution_enabled:
+                    # Whatever is still working at the broker is cancelled; fills that
+                    # already happened stay booked.
+                    self.actions.append(("cancel", sym.pending_intent))
+                sym.pending_intent = ""
                 return (machine.apply(Event.EXPIRED, ts, "no_execution_report"),), None
             elif state is State.COOLDOWN and ts - machine.entered_ms >= self._cooldown_ms:
                 return (machine.apply(Event.COOLED, ts),), None
@@ -298,7 +338,14 @@ class Engine:
         )
         governance = self.governance
         if governance is not None:
-            gate = governance.gate(intent, physics, confidence, _spread_pct(sym.book), stale)
+            gate = governance.gate(
+                intent,
+                physics,
+                confidence,
+                _spread_pct(sym.book),
+                stale,
+                self.positions.open_positions(),
+            )
             self._gate = gate
             if gate.halt_reason:
                 self.stats.vetoes += 1
@@ -313,12 +360,103 @@ class Engine:
         transition, fired_id, _ = sym.machine.fire(bar_start, tick.exchange_ts_ms, "confirmed")
         assert fired_id == coid  # next_fire and fire agree by construction
         sym.armed_direction = 0
+        sym.pending_intent = coid
+        # What the signal looked like, named after the genome's genes it speaks to.
+        band_dist = (
+            abs(physics.close - physics.band_mean) / physics.band_std
+            if physics.band_std > 0
+            else 0.0
+        )
+        sym.entry_features = {"energy_threshold": abs(physics.energy), "band_k": band_dist}
         self.stats.intents += 1
         return (transition,), intent
 
+    def _past_square_off(self, exchange_ts_ms: int) -> bool:
+        if not self.execution_enabled:
+            return False
+        return (exchange_ts_ms // 1000 + _IST_OFFSET_S) % 86_400 >= self._square_off_s
+
+    # ---- execution reports (between frames, in arrival order; replay re-applies them) ----
+    def on_report(self, report: ExecutionReport) -> tuple[Transition, ...]:
+        """Apply one execution report: book its fill, update the symbol's execution output,
+        move the state machine when its intent is done, feed closed trades to governance."""
+        self.stats.reports += 1
+        sym = self.symbols.get(report.token)
+        if sym is None:
+            log.warning("report_unknown_token", token=report.token, coid=report.client_order_id)
+            return ()
+        kind = report.kind
+        coid = report.client_order_id
+        if kind is ExecKind.ACK or kind is ExecKind.PARTIAL:
+            sym.working.add(coid)
+        else:
+            sym.working.discard(coid)
+        transitions: list[Transition] = []
+        fill = report.fill
+        ts = report.exchange_ts_ms or sym.machine.entered_ms
+        if fill is not None:
+            self.stats.fills += 1
+            features = sym.entry_features if report.purpose is Purpose.ENTRY else {}
+            closed = self.positions.apply(fill, features)
+            if closed is not None:
+                self.stats.trades_closed += 1
+                if self.governance is not None:
+                    self.governance.on_trade_closed(
+                        closed.token, closed.pnl, closed.exchange_ts_ms, closed.entry_features
+                    )
+                    if self.governance.halted and not self.halted:
+                        transitions.extend(self.halt("meta_risk:trade_closed", ts))
+        if kind is ExecKind.REJECTED:
+            self.stats.rejects += 1
+        if (
+            report.final
+            and report.purpose is Purpose.ENTRY
+            and report.intent_id == sym.pending_intent
+            and sym.machine.state is State.EXECUTE
+        ):
+            sym.pending_intent = ""
+            try:
+                if report.filled_qty > 0:
+                    transitions.append(sym.machine.apply(Event.FILLED, ts, kind.value.lower()))
+                else:
+                    why = report.reason or kind.value.lower()
+                    transitions.append(sym.machine.apply(Event.REJECTED, ts, why))
+            except IllegalTransition:
+                self.stats.illegal_transitions += 1
+        pos = self.positions.get(report.token)
+        sym.last_report = f"{kind.value} {coid}"
+        sym.execution = ExecutionOutput(
+            pos.qty, pos.avg_price, pos.realized, pos.charges, len(sym.working), sym.last_report
+        )
+        return tuple(transitions)
+
+    def on_reconciled(self, recon: Reconciliation) -> None:
+        """Seed positions and working orders from the start-up reconciliation; entries are
+        allowed from here on only if it found nothing it could not make agree."""
+        self.positions.seed(recon.positions)
+        for sym in self.symbols.values():
+            sym.working = {o.client_order_id for o in recon.open_orders if o.token == sym.token}
+            pos = self.positions.get(sym.token)
+            sym.execution = ExecutionOutput(
+                pos.qty, pos.avg_price, 0.0, 0.0, len(sym.working), sym.last_report
+            )
+        self.reconciled = recon.ok
+        log.info(
+            "engine_reconciled",
+            ok=recon.ok,
+            positions=len(recon.positions),
+            open_orders=len(recon.open_orders),
+            mismatches=list(recon.mismatches),
+        )
+
     # ---- operator actions ----------------------------------------------------------
     def halt(self, reason: str, exchange_ts_ms: int | None = None) -> list[Transition]:
-        """Kill switch: every symbol to HALT. Idempotent."""
+        """Kill switch: every symbol to HALT, every open order cancelled (and positions
+        closed when configured). Idempotent."""
+        if not self.halted and self.execution_enabled:
+            self.actions.append(("cancel_all", reason))
+            if self._flatten_on_halt:
+                self.actions.append(("flatten", reason))
         self.halted = True
         out = []
         for sym in self.symbols.values():
@@ -354,7 +492,12 @@ class Engine:
             self.paused = False
             return True, {"paused": False, "halted": False, "symbols_moved": len(moved)}
         if command == "flatten":
-            return False, {"error": "no positions to flatten: no broker is wired in this build"}
+            if not self.execution_enabled:
+                return False, {"error": "no broker is wired (execution.enabled = false)"}
+            open_ = self.positions.open_positions()
+            self.actions.append(("cancel_all", arg or "operator_flatten"))
+            self.actions.append(("flatten", arg or "operator_flatten"))
+            return True, {"flattening": open_}
         if self.governance is not None:
             handled = self.governance.control(command, arg)
             if handled is not None:
@@ -375,6 +518,9 @@ class Engine:
             "symbols": {t: _STATE_NAME[s.machine.state] for t, s in self.symbols.items()},
             "stats": self.stats.as_dict(),
             "feed_epoch": self.feed_epoch,
+            "reconciled": self.reconciled,
+            "positions": {p.token: p.qty for p in self.positions.positions() if p.qty},
+            "realized_pnl": round(sum(p.realized_pnl for p in self.positions.positions()), 2),
         }
 
     def on_feed_state(self, connected: bool) -> None:
@@ -383,6 +529,7 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
+_IST_OFFSET_S = 19_800  # UTC+5:30, no daylight saving
 _STATE_NAME = {s: s.value for s in State}
 
 

@@ -49,8 +49,14 @@ class Governance(Protocol):
         confidence: float,
         spread_pct: float,
         feed_stale: bool,
+        open_positions: int = 0,
     ) -> GateVerdict:
         """Size the intent and decide whether it may go (meta-risk, then approvals)."""
+
+    def on_trade_closed(
+        self, token: str, pnl: float, exchange_ts_ms: int, features: dict[str, float]
+    ) -> None:
+        """A round trip closed (net P&L after charges): meta-risk and the genome learn."""
 
     @property
     def halted(self) -> bool:

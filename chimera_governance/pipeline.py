@@ -137,6 +137,7 @@ class GovernancePipeline:
         confidence: float,
         spread_pct: float,
         feed_stale: bool,
+        open_positions: int = 0,
     ) -> GateVerdict:
         token, ts, price = intent.token, intent.exchange_ts_ms, intent.ref_price
         capital = self._capital_out.get(token)
@@ -152,7 +153,7 @@ class GovernancePipeline:
             confidence=confidence,
             spread_pct=spread_pct,
             feed_stale=feed_stale,
-            open_positions=0,  # positions arrive with the execution layer
+            open_positions=open_positions,
             position_value=qty * price,
             trades_today_symbol=self._fired.get((token, day), 0),
             equity=self.equity,
@@ -176,6 +177,19 @@ class GovernancePipeline:
             return GateVerdict(False, qty, reason, "", meta, approval)
         self._fired[(token, day)] = self._fired.get((token, day), 0) + 1
         return GateVerdict(True, qty, "", "", meta, approval)
+
+    # ---- closed trades -----------------------------------------------------------------
+    def on_trade_closed(
+        self, token: str, pnl: float, exchange_ts_ms: int, features: dict[str, float]
+    ) -> None:
+        """Meta-risk counts it (daily loss, drawdown, Sharpe); the genome of the token's
+        family records it and may learn, which takes effect on the next decision."""
+        self.meta_risk.on_trade_closed(pnl, exchange_ts_ms)
+        family = self.genomes.family_for(token)
+        genome = self.genomes.on_trade_closed(family, pnl, features, exchange_ts_ms)
+        for t in self._genome_out:
+            if self.genomes.family_for(t) == family:
+                self._genome_out[t] = genome
 
     # ---- operator commands -----------------------------------------------------------
     def control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]] | None:

@@ -62,8 +62,13 @@ def test_entropy_matches_np_histogram(recent: np.ndarray, reference: np.ndarray,
         assert normalised_entropy(recent, reference, k) == 0.0
         return
     got = normalised_entropy(recent, reference, k)
-    assert got == pytest.approx(reference_entropy(recent, reference, k), abs=1e-12)
     assert 0.0 <= got <= 1.0
+    try:
+        expected = reference_entropy(recent, reference, k)
+    except ValueError:
+        # A range of a few ulps: numpy cannot make k finite-sized bins; nothing to compare.
+        return
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 @scipy_p_value_noise
