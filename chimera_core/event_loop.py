@@ -45,7 +45,8 @@ from chimera_core.contracts import (
     Transition,
 )
 from chimera_core.control import ControlServer
-from chimera_core.errors import IllegalTransition, ProtocolError
+from chimera_core.errors import ChimeraError, IllegalTransition, ProtocolError
+from chimera_core.execution import Router
 from chimera_core.feed.client import FeedClient
 from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
@@ -57,8 +58,10 @@ from chimera_core.strategy import DefaultStrategy
 from chimera_core.symbol_physics import SymbolPhysics
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
+    TOPIC_EXEC,
     TOPIC_FEED,
     TOPIC_HEALTH,
+    TOPIC_RECON,
     TOPIC_SESSION,
     TelemetryPublisher,
 )
@@ -119,6 +122,7 @@ class SymbolContext:
         self.last_epoch = 0
         self.book: Tick | None = None  # latest depth/best-5 snapshot
         self.pending_intent = ""  # the intent this symbol's EXECUTE waits for
+        self.intent_filled = 0  # quantity filled for it so far (over all its child orders)
         self.entry_features: dict[str, float] = {}  # the signal at the last fire
         self.working: set[str] = set()  # orders the broker holds open
         self.last_report = ""
@@ -361,6 +365,7 @@ class Engine:
         assert fired_id == coid  # next_fire and fire agree by construction
         sym.armed_direction = 0
         sym.pending_intent = coid
+        sym.intent_filled = 0
         # What the signal looked like, named after the genome's genes it speaks to.
         band_dist = (
             abs(physics.close - physics.band_mean) / physics.band_std
@@ -396,6 +401,8 @@ class Engine:
         ts = report.exchange_ts_ms or sym.machine.entered_ms
         if fill is not None:
             self.stats.fills += 1
+            if report.intent_id == sym.pending_intent:
+                sym.intent_filled += fill.qty
             features = sym.entry_features if report.purpose is Purpose.ENTRY else {}
             closed = self.positions.apply(fill, features)
             if closed is not None:
@@ -416,8 +423,9 @@ class Engine:
         ):
             sym.pending_intent = ""
             try:
-                if report.filled_qty > 0:
-                    transitions.append(sym.machine.apply(Event.FILLED, ts, kind.value.lower()))
+                if sym.intent_filled > 0:
+                    why = f"filled {sym.intent_filled}"
+                    transitions.append(sym.machine.apply(Event.FILLED, ts, why))
                 else:
                     why = report.reason or kind.value.lower()
                     transitions.append(sym.machine.apply(Event.REJECTED, ts, why))
@@ -633,11 +641,13 @@ async def run_live(
     stop: asyncio.Event | None = None,
     control_token: str = "",
     governance: Governance | None = None,
+    router: Router | None = None,
 ) -> Engine:
     """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM).
 
-    Wiring only: feed → Engine.on_frame → telemetry, a control server for operator
-    commands, and a health loop. Every piece that can be slow lives outside the tick path.
+    Wiring only: feed → Engine.on_frame → telemetry → router (intents, ticks), broker
+    reports → Engine.on_report → telemetry, a control server for operator commands, and a
+    health loop. Every piece that can be slow lives outside the tick path.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -660,10 +670,36 @@ async def run_live(
     on_frame_engine = engine.on_frame
 
     after_publish = engine.after_publish
+    actions = engine.actions
 
-    def on_frame(frame: bytes, recv_ns: int) -> None:
+    def on_frame_unrouted(frame: bytes, recv_ns: int) -> None:
         publish_tick(frame, recv_ns, on_frame_engine(frame, recv_ns))
         after_publish()
+
+    def on_frame_routed(frame: bytes, recv_ns: int) -> None:
+        decision = on_frame_engine(frame, recv_ns)
+        publish_tick(frame, recv_ns, decision)
+        after_publish()
+        if decision is not None:
+            if decision.intent is not None:
+                submit(decision.intent, decision.physics.atr)
+            route_tick(engine.last_tick)  # type: ignore[arg-type]  # set with every decision
+        if actions:
+            apply_actions(actions)
+
+    def on_report(report: ExecutionReport) -> None:
+        engine.on_report(report)
+        telemetry.publish(TOPIC_EXEC, report)
+        if actions and router is not None:
+            router.apply(actions)
+
+    if router is not None:
+        engine.reconciled = False  # no entries before the broker has been reconciled
+        router.sink = on_report
+        submit, route_tick, apply_actions = router.submit, router.on_tick, router.apply
+        on_frame = on_frame_routed
+    else:
+        on_frame = on_frame_unrouted
 
     def on_feed_state(connected: bool) -> None:
         engine.on_feed_state(connected)
@@ -671,6 +707,8 @@ async def run_live(
 
     def on_control(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
         ok, result = engine.control(command, arg)
+        if actions and router is not None:
+            router.apply(actions)  # kill switch: the cancels leave now
         if command != "status":
             telemetry.publish(
                 TOPIC_CONTROL,
@@ -708,13 +746,25 @@ async def run_live(
     )
     await _wait_for_subscriber(telemetry, cfg.telemetry.wait_for_subscriber_s, stop)
     telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
+    if router is not None:
+        try:
+            await router.connect()
+            recon = await router.reconcile()
+        except ChimeraError as exc:
+            telemetry.close()
+            log.error("reconciliation_failed", error=str(exc))
+            raise
+        engine.on_reconciled(recon)
+        telemetry.publish(TOPIC_RECON, recon)
+        if not recon.ok:
+            log.error("trading_blocked", reason="reconciliation", mismatches=list(recon.mismatches))
     if governance is not None and governance.halted:
         # A kill switch from an earlier session (daily loss, drawdown) still holds: start
         # halted, as a recorded control event, so replay starts halted too.
         on_control("halt", "meta_risk_persisted")
-    # systemd (Type=notify): ready once the engine is up. With the execution layer this
-    # moves to after reconciliation.
-    sd_notify("READY=1\nSTATUS=trading " + cfg.mode)
+    # systemd (Type=notify): ready once the engine is up and the broker reconciled.
+    trading = "trading" if engine.reconciled else "NOT trading (reconciliation mismatches)"
+    sd_notify(f"READY=1\nSTATUS={trading} {cfg.mode}")
     tasks = [
         asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
     ]
@@ -729,6 +779,10 @@ async def run_live(
             sd_notify("STOPPING=1")
             on_control("halt", f"shutdown_{shutdown[0].lower()}")
         stop.set()
+        if router is not None:
+            # Open orders are cancelled (execution.cancel_on_stop) and their answers
+            # journaled and published before the telemetry socket closes.
+            await router.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         telemetry.close()
         log.info(

@@ -47,14 +47,24 @@ from typing import Any
 import msgspec
 
 from chimera_core.config import Config
-from chimera_core.contracts import ControlEvent, Decision, FeedEvent, SessionInfo, TickRecord
+from chimera_core.contracts import (
+    ControlEvent,
+    Decision,
+    ExecutionReport,
+    FeedEvent,
+    Reconciliation,
+    SessionInfo,
+    TickRecord,
+)
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.event_loop import Engine
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
+    TOPIC_EXEC,
     TOPIC_FEED,
     TOPIC_RAW,
+    TOPIC_RECON,
     TOPIC_SESSION,
     TOPIC_TICK,
     split,
@@ -111,6 +121,7 @@ class ReplayResult:
     undecodable: int = 0
     feed_events: int = 0
     control_applied: int = 0
+    reports_applied: int = 0
     elapsed_s: float = 0.0
     # (replayed decision, recorded decided_ns or 0) when collect=True
     rows: list[tuple[Decision, int]] = field(default_factory=list)
@@ -212,6 +223,8 @@ def _manifest_gaps(manifest: dict[str, Any] | None) -> list[Gap]:
 _tick_decoder = msgspec.msgpack.Decoder(TickRecord)
 _feed_decoder = msgspec.msgpack.Decoder(FeedEvent)
 _control_decoder = msgspec.msgpack.Decoder(ControlEvent)
+_report_decoder = msgspec.msgpack.Decoder(ExecutionReport)
+_recon_decoder = msgspec.msgpack.Decoder(Reconciliation)
 
 
 def replay_session(
@@ -285,6 +298,7 @@ def replay_session(
             recv_ns = rec.recv_ns
             now[0] = recv_ns
             d = on_frame(rec.frame, recv_ns)
+            engine.actions.clear()  # the router's answers are recorded as exec records
             ticks += 1
             recorded = rec.decision
             if d is not None:
@@ -323,6 +337,23 @@ def replay_session(
             if cev.ok and cev.command in REPLAYED_COMMANDS:
                 engine.control(cev.command, cev.arg)
                 result.control_applied += 1
+            engine.actions.clear()  # what the router did about it is in the exec records
+        elif topic == TOPIC_EXEC:
+            try:
+                rep = _report_decoder.decode(payload)
+            except msgspec.DecodeError:
+                result.undecodable += 1
+                continue
+            engine.on_report(rep)
+            engine.actions.clear()
+            result.reports_applied += 1
+        elif topic == TOPIC_RECON:
+            try:
+                recon = _recon_decoder.decode(payload)
+            except msgspec.DecodeError:
+                result.undecodable += 1
+                continue
+            engine.on_reconciled(recon)
         # session / health / unknown topics carry no engine input.
     result.elapsed_s = time.perf_counter() - started
     if bar is not None:

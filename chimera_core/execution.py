@@ -1,0 +1,32 @@
+"""What the hot path's wiring asks of the execution layer. The router lives in
+chimera_execution; run_live only knows this protocol, so chimera_core depends on nothing of
+ours (as with governance)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from chimera_core.contracts import ExecutionReport, OrderIntent, Reconciliation, Tick
+
+
+class Router(Protocol):
+    sink: Callable[[ExecutionReport], None]  # where journaled reports go (the engine)
+
+    async def connect(self) -> None:
+        """Open the broker session (login, order-update stream)."""
+
+    async def reconcile(self) -> Reconciliation:
+        """Make the journal agree with the broker; trading waits for this."""
+
+    def submit(self, intent: OrderIntent, atr: float) -> None:
+        """An intent left the state machine (after its decision was published)."""
+
+    def on_tick(self, tick: Tick) -> None:
+        """Every accepted tick, after its decision was published."""
+
+    def apply(self, actions: list[tuple[str, str]]) -> None:
+        """Carry out (and clear) the engine's queued actions: cancel, cancel_all, flatten."""
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel open orders when configured, wait for the answers, close the broker."""
