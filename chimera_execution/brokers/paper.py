@@ -1,0 +1,555 @@
+"""The paper broker: a simulated exchange + broker that fills against the live feed.
+
+It is the *other side* of the wire, so it keeps its own ledger (tables ``paper_orders``,
+``paper_fills``, ``paper_positions``, ``paper_cash``, ``paper_meta``) in the paper
+journal file, on its own connection and in its own transactions. After a crash the
+engine's journal and this ledger can disagree exactly as with a real broker, which is
+what start-up reconciliation is for. It refuses any file that is not paper-mode.
+
+Matching, all in exchange time so replays are exact:
+
+- An order reaches the book ``latency_ms`` after it was decided (``exchange_ts_ms`` of
+  the request, or the last tick seen for its token): it is matched on the first tick
+  whose ``exchange_ts_ms`` is at least that.
+- MARKET walks the opposite side of the tick's best-5 book (asks for a BUY, bids for a
+  SELL), one fill per level, taking min(remaining, level qty). Liquidity taken on a tick
+  is remembered for that tick, so two orders never take the same lots; the next tick is
+  a fresh book. What is left waits for later ticks (partial fills).
+- A tick with no book at all (LTP / QUOTE mode) fills the whole remainder at the LTP:
+  there is no depth to walk, and the LTP is the only price the feed vouches for.
+  A book with only the other side empty (a circuit) fills nothing.
+- LIMIT rests until the opposite best crosses the limit, then walks levels at or better
+  than the limit (no book: fills at the LTP once the LTP is at or better than the limit).
+- STOPLOSS_MARKET / STOPLOSS_LIMIT trigger when the LTP crosses the trigger (BUY:
+  ltp >= trigger, SELL: ltp <= trigger) and then act as MARKET / LIMIT on that same tick.
+- ``slippage_bps`` moves every fill price against us; a limit order's fill is capped at
+  its limit (an exchange never fills a limit order worse than its limit).
+- Charges per fill via ``compute_charges`` (so a market order walking three levels pays
+  up to three brokerage fees; a real broker charges per executed order).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from chimera_core.config import ChargesConfig, PaperConfig
+from chimera_core.contracts import (
+    ExecKind,
+    ExecutionReport,
+    Fill,
+    Level,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Purpose,
+    Side,
+    Tick,
+)
+from chimera_core.errors import BrokerError, BrokerReject, ChimeraError
+from chimera_execution.brokers.base import ReportSink
+from chimera_execution.charges import PRODUCTS, compute_charges
+from chimera_execution.journal import apply_fill, stored_mode
+
+log = structlog.get_logger(__name__)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS paper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS paper_orders (
+        broker_order_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+        client_order_id TEXT NOT NULL UNIQUE, intent_id TEXT NOT NULL, token TEXT NOT NULL,
+        exchange_type INTEGER NOT NULL, side TEXT NOT NULL, qty INTEGER NOT NULL,
+        order_type TEXT NOT NULL, limit_price REAL NOT NULL, trigger_price REAL NOT NULL,
+        purpose TEXT NOT NULL, product TEXT NOT NULL, status TEXT NOT NULL,
+        filled_qty INTEGER NOT NULL, avg_price REAL NOT NULL, fills_n INTEGER NOT NULL,
+        triggered INTEGER NOT NULL, eligible_ts_ms INTEGER NOT NULL, reason TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_fills (
+        fill_id TEXT PRIMARY KEY, broker_order_id TEXT NOT NULL,
+        client_order_id TEXT NOT NULL, token TEXT NOT NULL, side TEXT NOT NULL,
+        qty INTEGER NOT NULL, price REAL NOT NULL, charges REAL NOT NULL,
+        exchange_ts_ms INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_positions (
+        token TEXT PRIMARY KEY, qty INTEGER NOT NULL, avg_price REAL NOT NULL,
+        realized_pnl REAL NOT NULL, charges REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_cash (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, amount REAL NOT NULL,
+        kind TEXT NOT NULL, ref TEXT NOT NULL)""",
+)
+_WORKING = (OrderStatus.OPEN.value, OrderStatus.PARTIAL.value)
+
+
+@dataclass
+class _Working:
+    """An order resting on the simulated exchange (mirrors its paper_orders row)."""
+
+    broker_order_id: str
+    seq: int
+    request: OrderRequest
+    eligible_ts_ms: int
+    filled_qty: int = 0
+    avg_price: float = 0.0
+    fills_n: int = 0
+    triggered: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.request.qty - self.filled_qty
+
+
+class PaperBroker:
+    """Simulated broker; see the module docstring for the matching rules."""
+
+    name = "paper"
+
+    def __init__(
+        self,
+        journal_db: Path,
+        cfg: PaperConfig,
+        charges: ChargesConfig,
+        product: str,
+        on_report: ReportSink,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        path = Path(journal_db)
+        mode = stored_mode(path)
+        if path.parent.name == "live" or (mode is not None and mode != "paper"):
+            raise ChimeraError(
+                f"paper broker: {path} is a {mode or 'live'}-mode file; the paper broker "
+                f"only opens <data_dir>/paper/chimera.db"
+            )
+        if product not in PRODUCTS:
+            raise ChimeraError(f"paper broker: expected product in {PRODUCTS}, got {product!r}")
+        self.path = path
+        self._cfg = cfg
+        self._charges = charges
+        self._product = product
+        self._on_report = on_report
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._working: dict[str, _Working] = {}  # client_order_id → resting order
+        self._last_ts: dict[str, int] = {}  # token → exchange time of its last tick
+        self._next_seq = 1
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the ledger and put resting orders back on the book."""
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        self._db = db
+        with self._tx():
+            for stmt in _SCHEMA:
+                db.execute(stmt)
+            db.execute(
+                "INSERT OR IGNORE INTO paper_meta VALUES ('starting_cash', ?)",
+                (repr(float(self._cfg.starting_cash)),),
+            )
+        (max_seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM paper_orders").fetchone()
+        self._next_seq = max_seq + 1
+        self._working.clear()
+        rows = db.execute(
+            "SELECT broker_order_id, seq, client_order_id, intent_id, token, exchange_type, "
+            "side, qty, order_type, limit_price, trigger_price, purpose, product, filled_qty, "
+            "avg_price, fills_n, triggered, eligible_ts_ms FROM paper_orders "
+            "WHERE status IN (?, ?) ORDER BY seq",
+            _WORKING,
+        ).fetchall()
+        for r in rows:
+            request = OrderRequest(
+                client_order_id=r[2],
+                intent_id=r[3],
+                token=r[4],
+                exchange_type=r[5],
+                side=Side(r[6]),
+                qty=r[7],
+                order_type=OrderType(r[8]),
+                limit_price=r[9],
+                trigger_price=r[10],
+                purpose=Purpose(r[11]),
+                product=r[12],
+            )
+            self._working[r[2]] = _Working(
+                broker_order_id=r[0],
+                seq=r[1],
+                request=request,
+                eligible_ts_ms=r[17],
+                filled_qty=r[13],
+                avg_price=r[14],
+                fills_n=r[15],
+                triggered=bool(r[16]),
+            )
+        log.info("paper.connected", path=str(self.path), resting=len(self._working))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise BrokerError("paper broker: not connected; await connect() first")
+        return self._db
+
+    # ---- orders --------------------------------------------------------------------------
+
+    def _validate(self, order: OrderRequest) -> str:
+        """Why the simulated exchange refuses the order, or "" if it accepts it."""
+        if order.qty <= 0:
+            return f"qty must be > 0, got {order.qty}"
+        if order.token not in self._last_ts:
+            return (
+                f"unknown token {order.token!r}: no quote seen for it yet; subscribe to it "
+                f"and wait for a tick before ordering"
+            )
+        if order.product not in PRODUCTS:
+            return f"product must be one of {PRODUCTS}, got {order.product!r}"
+        needs_limit = order.order_type in (OrderType.LIMIT, OrderType.STOPLOSS_LIMIT)
+        needs_trigger = order.order_type in (OrderType.STOPLOSS_MARKET, OrderType.STOPLOSS_LIMIT)
+        for needed, field, value in (
+            (needs_limit, "limit_price", order.limit_price),
+            (needs_trigger, "trigger_price", order.trigger_price),
+        ):
+            if needed and not (math.isfinite(value) and value > 0):
+                return f"{order.order_type.value} needs a finite {field} > 0, got {value!r}"
+        return ""
+
+    async def place(self, order: OrderRequest) -> str:
+        """Accept (ACK report, broker id) or refuse (REJECTED report, BrokerReject)."""
+        db = self._conn()
+        row = db.execute(
+            "SELECT broker_order_id, status, reason FROM paper_orders WHERE client_order_id=?",
+            (order.client_order_id,),
+        ).fetchone()
+        if row is not None:
+            # Same client id again (a retry after a timeout): it is the same order.
+            if row[1] == OrderStatus.REJECTED.value:
+                raise BrokerReject(f"paper: order {order.client_order_id} was rejected: {row[2]}")
+            log.info("paper.duplicate_place", client_order_id=order.client_order_id)
+            return str(row[0])
+
+        reason = self._validate(order)
+        seq = self._next_seq
+        broker_id = f"P{seq:010d}"
+        decided = order.exchange_ts_ms or self._last_ts.get(order.token, 0)
+        eligible = decided + self._cfg.latency_ms
+        status = OrderStatus.REJECTED if reason else OrderStatus.OPEN
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO paper_orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0.0,0,0,?,?)",
+                (
+                    broker_id,
+                    seq,
+                    order.client_order_id,
+                    order.intent_id,
+                    order.token,
+                    order.exchange_type,
+                    order.side.value,
+                    order.qty,
+                    order.order_type.value,
+                    _num(order.limit_price),
+                    _num(order.trigger_price),
+                    order.purpose.value,
+                    order.product,
+                    status.value,
+                    eligible,
+                    reason,
+                ),
+            )
+        self._next_seq = seq + 1
+        if reason:
+            log.warning("paper.rejected", client_order_id=order.client_order_id, reason=reason)
+            self._emit(ExecKind.REJECTED, order, broker_id, 0, 0.0, decided, reason=reason)
+            raise BrokerReject(f"paper: order {order.client_order_id} rejected: {reason}")
+        self._working[order.client_order_id] = _Working(broker_id, seq, order, eligible)
+        log.info(
+            "paper.accepted",
+            client_order_id=order.client_order_id,
+            broker_order_id=broker_id,
+            eligible_ts_ms=eligible,
+        )
+        self._emit(ExecKind.ACK, order, broker_id, 0, 0.0, decided)
+        return broker_id
+
+    async def cancel(self, client_order_id: str) -> None:
+        """Cancel a resting order (CANCELLED report); unknown or terminal: no-op."""
+        w = self._working.get(client_order_id)
+        if w is None:
+            return
+        with self._tx() as tx:
+            tx.execute(
+                "UPDATE paper_orders SET status=?, reason='cancelled by client' "
+                "WHERE broker_order_id=?",
+                (OrderStatus.CANCELLED.value, w.broker_order_id),
+            )
+        del self._working[client_order_id]
+        log.info("paper.cancelled", client_order_id=client_order_id, filled_qty=w.filled_qty)
+        self._emit(
+            ExecKind.CANCELLED,
+            w.request,
+            w.broker_order_id,
+            w.filled_qty,
+            w.avg_price,
+            self._last_ts.get(w.request.token, 0),
+        )
+
+    def _emit(
+        self,
+        kind: ExecKind,
+        order: OrderRequest,
+        broker_id: str,
+        filled: int,
+        avg: float,
+        ts_ms: int,
+        fill: Fill | None = None,
+        reason: str = "",
+    ) -> None:
+        self._on_report(
+            ExecutionReport(
+                kind=kind,
+                client_order_id=order.client_order_id,
+                intent_id=order.intent_id,
+                token=order.token,
+                side=order.side,
+                order_qty=order.qty,
+                filled_qty=filled,
+                avg_price=avg,
+                purpose=order.purpose,
+                broker_order_id=broker_id,
+                fill=fill,
+                reason=reason,
+                exchange_ts_ms=ts_ms,
+                at_ns=self._clock(),
+            )
+        )
+
+    # ---- matching ------------------------------------------------------------------------
+
+    def on_tick(self, tick: Tick) -> None:
+        """Match resting orders for this token against this tick's book."""
+        if self._db is None:
+            return  # not connected: no exchange to match on
+        self._last_ts[tick.token] = tick.exchange_ts_ms
+        resting = sorted(
+            (
+                w
+                for w in self._working.values()
+                if w.request.token == tick.token and tick.exchange_ts_ms >= w.eligible_ts_ms
+            ),
+            key=lambda w: w.seq,
+        )
+        if not resting:
+            return
+        taken: dict[tuple[str, float], int] = {}  # (book side, price) → qty taken this tick
+        no_book = not tick.bids and not tick.asks
+        for w in resting:
+            req = w.request
+            buy = req.side is Side.BUY
+            stop = req.order_type in (OrderType.STOPLOSS_MARKET, OrderType.STOPLOSS_LIMIT)
+            if stop and not w.triggered:
+                crossed = tick.ltp >= req.trigger_price if buy else tick.ltp <= req.trigger_price
+                if not crossed:
+                    continue
+                w.triggered = True
+                with self._tx() as tx:
+                    tx.execute(
+                        "UPDATE paper_orders SET triggered=1 WHERE broker_order_id=?",
+                        (w.broker_order_id,),
+                    )
+                log.info("paper.triggered", client_order_id=req.client_order_id, ltp=tick.ltp)
+            limit: float | None = None
+            if req.order_type in (OrderType.LIMIT, OrderType.STOPLOSS_LIMIT):
+                limit = req.limit_price
+            for price, qty in self._takes(w, tick, limit, no_book, taken):
+                self._fill(w, price, qty, limit, tick.exchange_ts_ms)
+            if w.remaining == 0:
+                del self._working[req.client_order_id]
+
+    def _takes(
+        self,
+        w: _Working,
+        tick: Tick,
+        limit: float | None,
+        no_book: bool,
+        taken: dict[tuple[str, float], int],
+    ) -> list[tuple[float, int]]:
+        """(book price, qty) pairs this order takes on this tick."""
+        buy = w.request.side is Side.BUY
+
+        def acceptable(price: float) -> bool:
+            return limit is None or (price <= limit if buy else price >= limit)
+
+        if no_book:
+            if tick.ltp > 0 and math.isfinite(tick.ltp) and acceptable(tick.ltp):
+                return [(tick.ltp, w.remaining)]
+            return []
+        book_side = "ask" if buy else "bid"
+        levels: tuple[Level, ...] = tick.asks if buy else tick.bids
+        out: list[tuple[float, int]] = []
+        remaining = w.remaining
+        for level in levels:
+            if remaining == 0 or not acceptable(level.price):
+                break  # levels are best first: past the limit, none further can do
+            if level.qty <= 0 or level.price <= 0:
+                continue
+            key = (book_side, level.price)
+            available = level.qty - taken.get(key, 0)
+            take = min(remaining, available)
+            if take <= 0:
+                continue
+            taken[key] = taken.get(key, 0) + take
+            remaining -= take
+            out.append((level.price, take))
+        return out
+
+    def _fill(self, w: _Working, book_price: float, qty: int, limit: float | None, ts: int) -> None:
+        req = w.request
+        buy = req.side is Side.BUY
+        slip = self._cfg.slippage_bps / 10_000.0
+        price = book_price * (1 + slip) if buy else book_price * (1 - slip)
+        if limit is not None:
+            price = min(price, limit) if buy else max(price, limit)
+        charges = compute_charges(req.side, qty, price, req.product, self._charges).total
+        n = w.fills_n + 1
+        fill = Fill(
+            fill_id=f"{w.broker_order_id}-{n}",
+            client_order_id=req.client_order_id,
+            token=req.token,
+            side=req.side,
+            qty=qty,
+            price=price,
+            charges=charges,
+            exchange_ts_ms=ts,
+        )
+        filled = w.filled_qty + qty
+        avg = (w.avg_price * w.filled_qty + price * qty) / filled
+        status = OrderStatus.FILLED if filled == req.qty else OrderStatus.PARTIAL
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO paper_fills VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    fill.fill_id,
+                    w.broker_order_id,
+                    fill.client_order_id,
+                    fill.token,
+                    fill.side.value,
+                    qty,
+                    price,
+                    charges,
+                    ts,
+                ),
+            )
+            tx.execute(
+                "UPDATE paper_orders SET filled_qty=?, avg_price=?, fills_n=?, status=? "
+                "WHERE broker_order_id=?",
+                (filled, avg, n, status.value, w.broker_order_id),
+            )
+            pos = tx.execute(
+                "SELECT qty, avg_price, realized_pnl, charges FROM paper_positions WHERE token=?",
+                (req.token,),
+            ).fetchone()
+            pq, pa, pr, pc = pos if pos is not None else (0, 0.0, 0.0, 0.0)
+            pq, pa, pr = apply_fill(pq, pa, pr, req.side, qty, price)
+            tx.execute(
+                "INSERT OR REPLACE INTO paper_positions VALUES (?,?,?,?,?)",
+                (req.token, pq, pa, pr, pc + charges),
+            )
+            tx.execute(
+                "INSERT INTO paper_cash (ts, amount, kind, ref) VALUES (?,?,?,?)",
+                (ts, -qty * price if buy else qty * price, req.side.value, fill.fill_id),
+            )
+            tx.execute(
+                "INSERT INTO paper_cash (ts, amount, kind, ref) VALUES (?,?,'CHARGES',?)",
+                (ts, -charges, fill.fill_id),
+            )
+        w.filled_qty, w.avg_price, w.fills_n = filled, avg, n
+        log.info(
+            "paper.fill",
+            client_order_id=req.client_order_id,
+            fill_id=fill.fill_id,
+            qty=qty,
+            price=price,
+            filled_qty=filled,
+        )
+        kind = ExecKind.FILLED if status is OrderStatus.FILLED else ExecKind.PARTIAL
+        self._emit(kind, req, w.broker_order_id, filled, avg, ts, fill=fill)
+
+    # ---- the broker's books --------------------------------------------------------------
+
+    async def order_book(self) -> list[Order]:
+        rows = self._conn().execute(
+            "SELECT client_order_id, token, exchange_type, side, qty, order_type, limit_price, "
+            "status, broker_order_id, filled_qty, avg_price, reason, intent_id, purpose "
+            "FROM paper_orders ORDER BY seq"
+        )
+        return [
+            Order(
+                client_order_id=r[0],
+                token=r[1],
+                exchange_type=r[2],
+                side=Side(r[3]),
+                qty=r[4],
+                limit_price=r[6]
+                if r[5] in (OrderType.LIMIT.value, OrderType.STOPLOSS_LIMIT.value)
+                else None,
+                status=OrderStatus(r[7]),
+                broker_order_id=r[8],
+                filled_qty=r[9],
+                avg_fill_price=r[10],
+                reason=r[11],
+                intent_id=r[12],
+                purpose=Purpose(r[13]),
+            )
+            for r in rows
+        ]
+
+    async def fills(self) -> list[Fill]:
+        rows = self._conn().execute(
+            "SELECT fill_id, client_order_id, token, side, qty, price, charges, exchange_ts_ms "
+            "FROM paper_fills ORDER BY rowid"
+        )
+        return [Fill(r[0], r[1], r[2], Side(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+    async def positions(self) -> list[Position]:
+        rows = self._conn().execute(
+            "SELECT token, qty, avg_price, realized_pnl, charges FROM paper_positions "
+            "WHERE qty != 0 OR realized_pnl != 0 ORDER BY token"
+        )
+        return [Position(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def cash(self) -> float:
+        """Starting cash (fixed on the ledger's first open) plus every cash movement."""
+        db = self._conn()
+        (start,) = db.execute("SELECT value FROM paper_meta WHERE key='starting_cash'").fetchone()
+        (moved,) = db.execute("SELECT COALESCE(SUM(amount), 0.0) FROM paper_cash").fetchone()
+        return float(start) + moved
+
+
+def _num(x: Any) -> float:
+    # Prices the order type does not use are stored as 0, never NaN (NOT NULL REAL).
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else 0.0
