@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -31,14 +33,33 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def chimera(
-    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """`chimera ARGS` as a real process (this checkout on PYTHONPATH), output piped."""
-    return subprocess.Popen(
+class ChimeraProcess(subprocess.Popen[bytes]):
+    """A chimera process whose stdout/stderr go to temporary files, not pipes: a busy
+    engine logs more than a pipe buffer holds, and a test that reads only at the end would
+    otherwise block the engine on its next log line. ``communicate`` returns both files."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        super().__init__(argv, cwd=cwd, env=env, stdout=self._out, stderr=self._err)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[bytes, bytes]:
+        self.wait(timeout=timeout)
+        return self.output()
+
+    def output(self) -> tuple[bytes, bytes]:
+        """What the process has written so far (it may still be running)."""
+        out = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            out.append(f.read())
+        return out[0], out[1]
+
+
+def chimera(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> ChimeraProcess:
+    """`chimera ARGS` as a real process (this checkout on PYTHONPATH), output captured."""
+    return ChimeraProcess(
         [sys.executable, "-m", "tools.cli", *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
     )

@@ -10,13 +10,12 @@ from pathlib import Path
 from chimera_core.errors import ChimeraError
 
 # Commands DESIGN.md names that later issues build; they fail clearly until then.
-PLANNED = {
-    "cortex": "the Streamlit cortex (issue 6)",
-}
+PLANNED: dict[str, str] = {}
 
 
 # Commands whose module owns its own argument parsing: name → module with main(argv).
 SUBCOMMANDS = {
+    "cortex": "cortex.launcher",
     "doctor": "tools.doctor",
     "metrics": "tools.metrics",
     "service": "tools.service",
@@ -44,7 +43,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     )
     if cfg.mode == "live":
         structlog.get_logger(__name__).warning(
-            "live_mode", note="orders go to the real broker once execution is wired"
+            "live_mode", broker=cfg.execution.broker, note="orders go to the real broker"
         )
     governance = None
     if cfg.governance.enabled:
@@ -52,9 +51,19 @@ def cmd_live(args: argparse.Namespace) -> int:
 
         # Paper and live keep separate governance state: no path lets one touch the other.
         governance = GovernancePipeline(cfg, Path(cfg.data_dir) / cfg.mode)
+    router = None
+    if cfg.execution.enabled:
+        from chimera_execution.router import build_router
+
+        # The journal for this mode only (data/<mode>/chimera.db) and the configured broker.
+        router = build_router(cfg, env)
     try:
-        uvloop.run(run_live(cfg, credentials, control_token=token, governance=governance))
+        uvloop.run(
+            run_live(cfg, credentials, control_token=token, governance=governance, router=router)
+        )
     finally:
+        if router is not None:
+            router.journal.close()
         if governance is not None:
             governance.close()
     return 0
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="latency benchmarks", add_help=False)
     sub.add_parser(
         "doctor", help="check config, credentials, data, ports, black box", add_help=False
+    )
+    sub.add_parser(
+        "cortex", help="the Streamlit dashboard on 127.0.0.1 (--port 8501)", add_help=False
     )
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)

@@ -1,0 +1,675 @@
+"""The order router: one path for every order, intent → journal → throttler → broker, and
+every broker report → journal → engine.
+
+- Write-ahead: an intent and each order are committed to the journal before the broker is
+  called; the journal's unique keys make a second submission of the same id impossible.
+- Reports are journaled first, then handed to the engine (``sink``) with ``final`` set when
+  the intent has nothing left working, so the state machine leaves EXECUTE exactly once.
+- Smart execution: parents at or above ``slicing.min_qty`` are worked as VWAP children, each
+  child is capped by displayed depth and waits out a wide spread; every broker call passes
+  the throttler. Brackets (stop / target from ATR) and the intraday square-off are managed
+  here, on ticks, with deterministic order ids.
+- Start-up reconciliation against the broker; trading waits for it.
+
+Everything runs on the engine's event loop; broker calls are tasks, so a slow broker never
+holds a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from chimera_core.config import Config
+from chimera_core.contracts import (
+    TERMINAL_STATUSES,
+    ExchangeType,
+    ExecKind,
+    ExecutionReport,
+    Fill,
+    Order,
+    OrderIntent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Purpose,
+    Reconciliation,
+    Side,
+    Tick,
+)
+from chimera_core.errors import BrokerError, BrokerReject, ConfigError, DuplicateOrder, RateLimited
+from chimera_core.position_book import PositionBook
+from chimera_execution.brokers.base import Broker
+from chimera_execution.journal import Journal, journal_path
+from chimera_execution.smart_execution import (
+    Bracket,
+    LiquidityAdjuster,
+    Throttler,
+    VwapSlicer,
+    exit_request,
+    parse_clock,
+    square_off_due,
+)
+
+log = structlog.get_logger(__name__)
+
+ReportSink = Callable[[ExecutionReport], None]
+
+_STATUS_KIND = {
+    OrderStatus.OPEN: ExecKind.ACK,
+    OrderStatus.PARTIAL: ExecKind.PARTIAL,
+    OrderStatus.FILLED: ExecKind.FILLED,
+    OrderStatus.CANCELLED: ExecKind.CANCELLED,
+    OrderStatus.REJECTED: ExecKind.REJECTED,
+}
+_PLACE_ATTEMPTS = 3
+
+
+class Parent:
+    """One intent being worked: what is left to send and which children are working."""
+
+    __slots__ = (
+        "atr",
+        "intent",
+        "n_children",
+        "remaining",
+        "slicer",
+        "stopped",
+        "wait_since_ms",
+        "working",
+    )
+
+    def __init__(self, intent: OrderIntent, atr: float, slicer: VwapSlicer | None) -> None:
+        self.intent = intent
+        self.atr = atr
+        self.remaining = intent.qty  # not yet sent to the broker
+        self.slicer = slicer
+        self.working: set[str] = set()
+        self.n_children = 0
+        self.stopped = False  # cancelled, expired, rejected: send nothing more
+        self.wait_since_ms = -1  # the liquidity adjuster asked to wait since then
+
+
+class OrderRouter:
+    def __init__(
+        self,
+        cfg: Config,
+        journal: Journal,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        ex = cfg.execution
+        self.cfg = cfg
+        self.ex = ex
+        self.journal = journal
+        self.broker: Broker | None = None  # set by build_router (the broker reports to us)
+        self.clock = clock
+        self.sink: ReportSink = _nowhere
+        self.throttler = Throttler.from_config(ex.throttle)
+        self.liquidity = LiquidityAdjuster(
+            ex.slicing.depth_fraction, ex.slicing.max_spread_pct, ex.slicing.max_wait_s
+        )
+        self._exchange_type = {t: _exchange_type(cfg) for t in cfg.feed.tokens}
+        self._parents: dict[str, Parent] = {}
+        self._positions = PositionBook()
+        self._brackets: dict[str, tuple[str, Bracket]] = {}  # token → (entry intent, levels)
+        self._exits: dict[str, str] = {}  # token → exit order working
+        self._watch: set[str] = set()  # tokens with parents, positions or exits
+        self._last_tick: dict[str, Tick] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._square_off_s = parse_clock(ex.square_off_at)
+        self._squared_off: set[str] = set()
+        self._cancel_all_ns = 0  # kill switch started (0: none pending)
+        self.kill_latencies_us: list[float] = []  # kill switch → last open order cancelled
+        self.stats = {"orders": 0, "reports": 0, "duplicates": 0, "rejects": 0, "retries": 0}
+
+    # ---- intents ------------------------------------------------------------------------
+    def submit(self, intent: OrderIntent, atr: float) -> None:
+        """An intent left the state machine: journal it and start working it."""
+        try:
+            self.journal.record_intent(intent)
+        except DuplicateOrder as exc:
+            # A restart or replay re-fired the same bar's signal: never sent twice.
+            log.warning("intent_duplicate", intent_id=intent.client_order_id)
+            self.sink(_reject(intent, intent.client_order_id, f"duplicate: {exc}", self.clock()))
+            return
+        s = self.ex.slicing
+        slicer = None
+        if intent.qty >= s.min_qty:
+            slicer = VwapSlicer(
+                intent.qty,
+                intent.side,
+                intent.exchange_ts_ms,
+                s.window_s,
+                s.participation,
+                lot_size=self.cfg.governance.lot_size,
+            )
+        parent = Parent(intent, atr, slicer)
+        self._parents[intent.client_order_id] = parent
+        self._exchange_type[intent.token] = intent.exchange_type
+        self._watch.add(intent.token)
+        log.info(
+            "intent_accepted",
+            intent_id=intent.client_order_id,
+            side=intent.side.value,
+            qty=intent.qty,
+            vwap=slicer is not None,
+        )
+        self._work(parent, self._last_tick.get(intent.token), intent.exchange_ts_ms)
+
+    def _work(self, parent: Parent, tick: Tick | None, now_ms: int) -> None:
+        """Send the parent's next child if it is due and the book allows it."""
+        if parent.stopped or parent.remaining <= 0 or parent.working:
+            return
+        intent = parent.intent
+        if parent.slicer is not None:
+            if tick is not None:
+                parent.slicer.on_tick(tick)
+            qty = min(parent.slicer.next_child(now_ms), parent.remaining)
+        else:
+            qty = parent.remaining
+        if qty <= 0:
+            return
+        if tick is not None:
+            waited_s = (now_ms - parent.wait_since_ms) / 1000 if parent.wait_since_ms >= 0 else 0.0
+            adj = self.liquidity.adjust(intent.side, qty, tick, waited_s)
+            if adj.action == "wait":
+                if parent.wait_since_ms < 0:
+                    parent.wait_since_ms = now_ms
+                    log.info("child_waits", intent_id=intent.client_order_id, reason=adj.reason)
+                return
+            qty = min(qty, adj.qty)
+            if qty <= 0:
+                return
+        parent.wait_since_ms = -1
+        n = parent.n_children
+        coid = intent.client_order_id if n == 0 else f"{intent.client_order_id}-c{n}"
+        request = OrderRequest(
+            client_order_id=coid,
+            intent_id=intent.client_order_id,
+            token=intent.token,
+            exchange_type=intent.exchange_type,
+            side=intent.side,
+            qty=qty,
+            order_type=OrderType.MARKET,
+            purpose=Purpose.ENTRY,
+            product=self.ex.product,
+            symbol=self.ex.angelone.symbols.get(intent.token, ""),
+            exchange_ts_ms=now_ms,
+        )
+        parent.n_children += 1
+        parent.remaining -= qty
+        parent.working.add(coid)
+        self._send(request)
+
+    def _send(self, request: OrderRequest) -> None:
+        try:
+            self.journal.record_order(request)  # write-ahead, committed before the call
+        except DuplicateOrder as exc:
+            log.warning("order_duplicate", coid=request.client_order_id)
+            self.on_broker_report(_reject_request(request, f"duplicate: {exc}", self.clock()))
+            return
+        self.stats["orders"] += 1
+        self._spawn(self._place(request))
+
+    async def _place(self, request: OrderRequest) -> None:
+        broker = self.broker
+        assert broker is not None
+        coid = request.client_order_id
+        why = ""
+        for attempt in range(_PLACE_ATTEMPTS):
+            await self.throttler.acquire()
+            try:
+                broker_id = await broker.place(request)
+                log.info("order_placed", coid=coid, broker_order_id=broker_id, attempt=attempt)
+                return
+            except BrokerReject as exc:
+                why = str(exc)
+                break
+            except RateLimited as exc:
+                why = str(exc)
+                self.stats["retries"] += 1
+                log.warning("order_rate_limited", coid=coid, attempt=attempt)
+                await asyncio.sleep(1.0)
+            except BrokerError as exc:
+                # Outcome unknown: the broker may hold it. Look before sending again.
+                why = str(exc)
+                self.stats["retries"] += 1
+                log.warning("order_outcome_unknown", coid=coid, attempt=attempt, error=why)
+                await asyncio.sleep(0.5 * (attempt + 1))
+                if await self._broker_has(coid):
+                    log.warning("order_found_after_error", coid=coid)
+                    return
+        order = self.journal.order(coid)
+        if order is None or order.status not in TERMINAL_STATUSES:
+            self.on_broker_report(_reject_request(request, why or "not placed", self.clock()))
+
+    async def _broker_has(self, coid: str) -> bool:
+        assert self.broker is not None
+        try:
+            return any(o.client_order_id == coid for o in await self.broker.order_book())
+        except BrokerError:
+            return False
+
+    # ---- reports ------------------------------------------------------------------------
+    def on_broker_report(self, report: ExecutionReport) -> None:
+        """Every report from the broker (or made here): journal, then the engine."""
+        self.stats["reports"] += 1
+        if not self.journal.apply_report(report):
+            self.stats["duplicates"] += 1
+            log.info("report_duplicate", coid=report.client_order_id, kind=report.kind.value)
+            return
+        token = report.token
+        coid = report.client_order_id
+        terminal = report.kind in (ExecKind.FILLED, ExecKind.REJECTED, ExecKind.CANCELLED)
+        if report.kind is ExecKind.REJECTED:
+            self.stats["rejects"] += 1
+        if report.fill is not None:
+            self._on_fill(report, report.fill)
+        if terminal and self._exits.get(token) == coid:
+            del self._exits[token]
+        final = False
+        parent = self._parents.get(report.intent_id)
+        if parent is not None:
+            if terminal:
+                parent.working.discard(coid)
+                if report.kind is not ExecKind.FILLED:
+                    parent.stopped = True  # a rejected or cancelled child ends the parent
+            if parent.slicer is not None and report.fill is not None:
+                parent.slicer.on_fill(report.fill.qty, report.fill.price)
+            if not parent.working and (parent.stopped or parent.remaining <= 0):
+                final = True
+                del self._parents[report.intent_id]
+                if parent.slicer is not None:
+                    log.info("vwap_done", **msgspec.structs.asdict(parent.slicer.report()))
+        elif terminal and report.purpose is Purpose.ENTRY:
+            final = True  # an order from before a restart: nothing else works for it
+        self._rewatch(token)
+        self.sink(msgspec.structs.replace(report, final=True) if final else report)
+        if self._cancel_all_ns and not self.journal.open_orders():
+            took_us = (self.clock() - self._cancel_all_ns) / 1000
+            self.kill_latencies_us.append(took_us)
+            self._cancel_all_ns = 0
+            log.warning("kill_switch_all_cancelled", latency_us=round(took_us, 1))
+
+    def _on_fill(self, report: ExecutionReport, fill: Fill) -> None:
+        token = fill.token
+        self._positions.apply(fill)
+        pos = self._positions.get(token)
+        if pos.qty == 0:
+            if self._brackets.pop(token, None) is not None:
+                self.journal.set_risk(f"bracket:{token}", {})
+            return
+        parent = self._parents.get(report.intent_id)
+        if report.purpose is Purpose.ENTRY and parent is not None and parent.atr > 0:
+            # The bracket follows the position's average entry.
+            side = Side.BUY if pos.qty > 0 else Side.SELL
+            try:
+                bracket = Bracket.from_entry(
+                    side,
+                    pos.avg_price,
+                    parent.atr,
+                    self.ex.stop_atr_multiple,
+                    self.ex.take_profit_atr_multiple,
+                )
+            except Exception as exc:  # a bracket without a distance is no bracket
+                log.warning("bracket_refused", token=token, error=str(exc))
+                return
+            self._brackets[token] = (report.intent_id, bracket)
+            self.journal.set_risk(
+                f"bracket:{token}",
+                {"intent_id": report.intent_id, "side": side.value, "entry": pos.avg_price,
+                 "atr": parent.atr},
+            )  # fmt: skip
+
+    # ---- ticks --------------------------------------------------------------------------
+    def on_tick(self, tick: Tick) -> None:
+        """Every accepted tick, after its decision is published."""
+        token = tick.token
+        self._last_tick[token] = tick
+        broker = self.broker
+        if broker is not None:
+            broker.on_tick(tick)
+        if token not in self._watch:
+            return
+        now = tick.exchange_ts_ms
+        for parent in list(self._parents.values()):
+            if parent.intent.token == token:
+                self._work(parent, tick, now)
+        pos = self._positions.get(token)
+        if pos.qty == 0 or token in self._exits:
+            return
+        if square_off_due(now, self._square_off_s):
+            if token not in self._squared_off:
+                self._squared_off.add(token)
+                log.warning("square_off", token=token, qty=pos.qty)
+            self._exit(token, Purpose.SQUARE_OFF, f"SQ-{token}", now)
+            return
+        held = self._brackets.get(token)
+        if held is not None:
+            hit = held[1].check(tick.ltp)
+            if hit is not None:
+                log.info("bracket_hit", token=token, purpose=hit.value, ltp=tick.ltp)
+                self._exit(token, hit, held[0], now)
+
+    def _exit(self, token: str, purpose: Purpose, intent_id: str, now_ms: int) -> None:
+        pos = self._positions.get(token)
+        if pos.qty == 0 or token in self._exits:
+            return
+        request = exit_request(
+            Position(token, pos.qty, pos.avg_price),
+            purpose,
+            intent_id,
+            self._exchange_type.get(token) or _exchange_type(self.cfg),
+            now_ms,
+            now_ms,  # the exchange time makes the id unique and the same on replay
+        )
+        request = msgspec.structs.replace(
+            request,
+            product=self.ex.product,
+            symbol=self.ex.angelone.symbols.get(token, ""),
+        )
+        self._exits[token] = request.client_order_id
+        self._watch.add(token)
+        self._send(request)
+
+    def _rewatch(self, token: str) -> None:
+        busy = (
+            self._positions.get(token).qty != 0
+            or token in self._exits
+            or any(p.intent.token == token for p in self._parents.values())
+        )
+        if busy:
+            self._watch.add(token)
+        else:
+            self._watch.discard(token)
+
+    # ---- engine actions (kill switch, expiry, flatten) -----------------------------------
+    def apply(self, actions: list[tuple[str, str]]) -> None:
+        for action, arg in actions:
+            if action == "cancel":
+                self.cancel_intent(arg)
+            elif action == "cancel_all":
+                self.cancel_all(arg)
+            elif action == "flatten":
+                self.flatten(arg)
+            else:
+                log.error("router_unknown_action", action=action)
+        actions.clear()
+
+    def cancel_intent(self, intent_id: str) -> None:
+        parent = self._parents.get(intent_id)
+        if parent is None:
+            return
+        parent.stopped = True
+        for coid in list(parent.working):
+            self._spawn(self._cancel(coid))
+        if not parent.working:
+            del self._parents[intent_id]
+
+    def cancel_all(self, reason: str) -> int:
+        """Kill switch: stop every parent, cancel every open order. Returns how many."""
+        for parent in self._parents.values():
+            parent.stopped = True
+        open_orders = self.journal.open_orders()
+        if open_orders:
+            self._cancel_all_ns = self.clock()
+        for order in open_orders:
+            self._spawn(self._cancel(order.client_order_id))
+        log.warning("cancel_all", reason=reason, orders=len(open_orders))
+        return len(open_orders)
+
+    def flatten(self, reason: str) -> int:
+        flattened = 0
+        for pos in self._positions.positions():
+            if pos.qty:
+                tick = self._last_tick.get(pos.token)
+                now = tick.exchange_ts_ms if tick is not None else 0
+                self._exits.pop(pos.token, None)  # the flatten supersedes a working exit
+                self._exit(pos.token, Purpose.FLATTEN, f"FL-{pos.token}", now)
+                flattened += 1
+        log.warning("flatten", reason=reason, positions=flattened)
+        return flattened
+
+    async def _cancel(self, coid: str) -> None:
+        assert self.broker is not None
+        await self.throttler.acquire()
+        try:
+            await self.broker.cancel(coid)
+        except BrokerError as exc:
+            log.error("cancel_failed", coid=coid, error=str(exc))
+
+    # ---- start and stop ------------------------------------------------------------------
+    async def connect(self) -> None:
+        assert self.broker is not None
+        await self.broker.connect()
+        log.info("broker_connected", broker=self.broker.name, mode=self.cfg.mode)
+
+    async def reconcile(self) -> Reconciliation:
+        """Make the journal agree with the broker, or say what does not agree."""
+        broker = self.broker
+        assert broker is not None
+        book = {o.client_order_id: o for o in await broker.order_book()}
+        broker_fills = await broker.fills()
+        broker_positions = {p.token: p for p in await broker.positions()}
+        known = {f.fill_id for f in self.journal.fills()}
+        recovered = 0
+        for fill in broker_fills:
+            if fill.fill_id in known:
+                continue
+            order = self.journal.order(fill.client_order_id) or book.get(fill.client_order_id)
+            intent_id = order.intent_id if order is not None else ""
+            purpose = order.purpose if order is not None else Purpose.ENTRY
+            if self.journal.record_fill(fill, intent_id, purpose):
+                recovered += 1
+        never_sent: list[str] = []
+        for order in self.journal.open_orders():
+            theirs = book.get(order.client_order_id)
+            if theirs is None:
+                if order.status is OrderStatus.PENDING:
+                    # Journaled, then the process died before the broker got it. Not resent:
+                    # the signal that wanted it is gone.
+                    never_sent.append(order.client_order_id)
+                    self.journal.apply_report(
+                        _status_report(order, OrderStatus.REJECTED, "never reached the broker")
+                    )
+                continue
+            self.journal.apply_report(_status_report(order, theirs.status, theirs.reason, theirs))
+        adopted: list[str] = []
+        cancelled: list[str] = []
+        for coid, theirs in book.items():
+            if theirs.status in TERMINAL_STATUSES or self.journal.order(coid) is not None:
+                continue
+            if self.ex.orphans == "adopt":
+                self.journal.apply_report(_status_report(theirs, theirs.status, "adopted", theirs))
+                adopted.append(coid)
+            else:
+                await self.throttler.acquire()
+                await broker.cancel(coid)
+                cancelled.append(coid)
+        positions = self.journal.positions()
+        mismatches = []
+        for token in {p.token for p in positions} | set(broker_positions):
+            ours = next((p.qty for p in positions if p.token == token), 0)
+            theirs_qty = broker_positions[token].qty if token in broker_positions else 0
+            if ours != theirs_qty:
+                mismatches.append(f"position {token}: journal {ours}, broker {theirs_qty}")
+        mismatches.extend(self.journal.check())
+        self._positions.seed(positions)
+        for p in positions:
+            if p.qty:
+                self._watch.add(p.token)
+                self._restore_bracket(p)
+        open_orders = tuple(self.journal.open_orders())
+        recon = Reconciliation(
+            mode=self.cfg.mode,
+            ok=not mismatches,
+            positions=tuple(p for p in positions if p.qty),
+            open_orders=open_orders,
+            adopted=tuple(adopted),
+            cancelled=tuple(cancelled),
+            never_sent=tuple(never_sent),
+            fills_recovered=recovered,
+            mismatches=tuple(mismatches),
+            cash=self.journal.cash(),
+            at_ns=self.clock(),
+        )
+        (log.info if recon.ok else log.error)(
+            "reconciled",
+            ok=recon.ok,
+            positions={p.token: p.qty for p in recon.positions},
+            open_orders=len(open_orders),
+            adopted=len(adopted),
+            cancelled=len(cancelled),
+            never_sent=len(never_sent),
+            fills_recovered=recovered,
+            mismatches=list(mismatches),
+        )
+        return recon
+
+    def _restore_bracket(self, position: Position) -> None:
+        saved = self.journal.get_risk(f"bracket:{position.token}") or {}
+        if not saved or saved.get("atr", 0) <= 0:
+            log.warning("position_without_bracket", token=position.token, qty=position.qty)
+            return
+        side = Side.BUY if position.qty > 0 else Side.SELL
+        bracket = Bracket.from_entry(
+            side,
+            position.avg_price,
+            float(saved["atr"]),
+            self.ex.stop_atr_multiple,
+            self.ex.take_profit_atr_multiple,
+        )
+        self._brackets[position.token] = (str(saved.get("intent_id", "")), bracket)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel open orders (when configured) and wait for the answers, then close."""
+        if self.ex.cancel_on_stop and self.broker is not None and self.cancel_all("shutdown"):
+            deadline = time.monotonic() + timeout_s
+            while self.journal.open_orders() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            left = self.journal.open_orders()
+            if left:
+                log.error("stop_orders_left_open", orders=[o.client_order_id for o in left])
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        if self.broker is not None:
+            await self.broker.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router_task_failed", error=repr(task.exception()))
+
+
+def _nowhere(report: ExecutionReport) -> None:
+    log.warning("report_without_sink", coid=report.client_order_id)
+
+
+def _exchange_type(cfg: Config) -> int:
+    return int(ExchangeType[cfg.feed.exchange_type])
+
+
+def _reject(intent: OrderIntent, coid: str, reason: str, at_ns: int) -> ExecutionReport:
+    return ExecutionReport(
+        kind=ExecKind.REJECTED,
+        client_order_id=coid,
+        intent_id=intent.client_order_id,
+        token=intent.token,
+        side=intent.side,
+        order_qty=intent.qty,
+        filled_qty=0,
+        avg_price=0.0,
+        reason=reason,
+        final=True,
+        exchange_ts_ms=intent.exchange_ts_ms,
+        at_ns=at_ns,
+    )
+
+
+def _reject_request(request: OrderRequest, reason: str, at_ns: int) -> ExecutionReport:
+    return ExecutionReport(
+        kind=ExecKind.REJECTED,
+        client_order_id=request.client_order_id,
+        intent_id=request.intent_id,
+        token=request.token,
+        side=request.side,
+        order_qty=request.qty,
+        filled_qty=0,
+        avg_price=0.0,
+        purpose=request.purpose,
+        reason=reason,
+        exchange_ts_ms=request.exchange_ts_ms,
+        at_ns=at_ns,
+    )
+
+
+def _status_report(
+    order: Order, status: OrderStatus, reason: str, theirs: Order | None = None
+) -> ExecutionReport:
+    src = theirs or order
+    return ExecutionReport(
+        kind=_STATUS_KIND.get(status, ExecKind.ACK),
+        client_order_id=order.client_order_id,
+        intent_id=order.intent_id,
+        token=order.token,
+        side=order.side,
+        order_qty=order.qty,
+        filled_qty=src.filled_qty,
+        avg_price=src.avg_fill_price,
+        purpose=order.purpose,
+        broker_order_id=src.broker_order_id,
+        reason=reason,
+    )
+
+
+# ---- assembly ----------------------------------------------------------------------------
+BROKER_ENV = ("CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE", "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
+
+
+def build_router(cfg: Config, env: dict[str, str]) -> OrderRouter:
+    """The journal for this mode, the configured broker, and the router between them."""
+    ex = cfg.execution
+    journal = Journal(Path(cfg.data_dir), cfg.mode, synchronous=ex.journal_sync,
+                      starting_cash=ex.paper.starting_cash)  # fmt: skip
+    router = OrderRouter(cfg, journal)
+    if ex.broker == "paper":
+        from chimera_execution.brokers.paper import PaperBroker
+
+        router.broker = PaperBroker(
+            journal_path(Path(cfg.data_dir), cfg.mode),
+            ex.paper,
+            ex.charges,
+            ex.product,
+            router.on_broker_report,
+        )
+    else:
+        missing = [k for k in BROKER_ENV if not env.get(k)]
+        if missing:
+            journal.close()
+            raise ConfigError(
+                f"execution.broker = 'angelone' needs {', '.join(missing)} in the environment "
+                "or .env (never in chimera.toml)"
+            )
+        from chimera_execution.brokers.angelone import AngelOneBroker
+
+        router.broker = AngelOneBroker(
+            ex.angelone,
+            api_key=env["CHIMERA_API_KEY"],
+            client_code=env["CHIMERA_CLIENT_CODE"],
+            password=env["CHIMERA_PASSWORD"],
+            totp_secret=env["CHIMERA_TOTP_SECRET"],
+            on_report=router.on_broker_report,
+        )
+    return router
