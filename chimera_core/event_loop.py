@@ -475,6 +475,8 @@ class Engine:
         return out
 
     def resume(self, reason: str) -> list[Transition]:
+        if self.halted and self.execution_enabled:
+            self.actions.append(("resume", reason))
         self.halted = False
         out = []
         for sym in self.symbols.values():

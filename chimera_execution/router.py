@@ -126,6 +126,9 @@ class OrderRouter:
         self._square_off_s = parse_clock(ex.square_off_at)
         self._squared_off: set[str] = set()
         self._cancel_all_ns = 0  # kill switch started (0: none pending)
+        # Orders the kill switch caught before they reached the broker: never sent.
+        self._dont_send: set[str] = set()
+        self.halted = False  # kill switch: no new orders but flatten until resumed
         self.kill_latencies_us: list[float] = []  # kill switch → last open order cancelled
         self.stats = {"orders": 0, "reports": 0, "duplicates": 0, "rejects": 0, "retries": 0}
 
@@ -166,6 +169,9 @@ class OrderRouter:
     def _work(self, parent: Parent, tick: Tick | None, now_ms: int) -> None:
         """Send the parent's next child if it is due and the book allows it."""
         if parent.stopped or parent.remaining <= 0 or parent.working:
+            return
+        if self.halted:
+            parent.stopped = True
             return
         intent = parent.intent
         if parent.slicer is not None:
@@ -224,10 +230,22 @@ class OrderRouter:
         coid = request.client_order_id
         why = ""
         for attempt in range(_PLACE_ATTEMPTS):
-            await self.throttler.acquire()
+            if coid not in self._dont_send:
+                await self.throttler.acquire()
+            if coid in self._dont_send:
+                self._dont_send.discard(coid)
+                log.warning("order_not_sent", coid=coid, reason="kill switch")
+                self.on_broker_report(
+                    _cancelled_request(request, "kill switch before it reached the broker")
+                )
+                return
             try:
                 broker_id = await broker.place(request)
                 log.info("order_placed", coid=coid, broker_order_id=broker_id, attempt=attempt)
+                if coid in self._dont_send:
+                    # The kill switch came while the call was in flight.
+                    self._dont_send.discard(coid)
+                    await self._cancel(coid)
                 return
             except BrokerReject as exc:
                 why = str(exc)
@@ -343,7 +361,7 @@ class OrderRouter:
             if parent.intent.token == token:
                 self._work(parent, tick, now)
         pos = self._positions.get(token)
-        if pos.qty == 0 or token in self._exits:
+        if pos.qty == 0 or token in self._exits or self.halted:
             return
         if square_off_due(now, self._square_off_s):
             if token not in self._squared_off:
@@ -399,6 +417,9 @@ class OrderRouter:
                 self.cancel_all(arg)
             elif action == "flatten":
                 self.flatten(arg)
+            elif action == "resume":
+                self.halted = False
+                log.warning("router_resumed", reason=arg)
             else:
                 log.error("router_unknown_action", action=action)
         actions.clear()
@@ -414,14 +435,19 @@ class OrderRouter:
             del self._parents[intent_id]
 
     def cancel_all(self, reason: str) -> int:
-        """Kill switch: stop every parent, cancel every open order. Returns how many."""
+        """Kill switch: stop every parent, cancel every open order, send nothing new (but
+        a flatten) until resumed. Returns how many orders it cancels."""
+        self.halted = True
         for parent in self._parents.values():
             parent.stopped = True
         open_orders = self.journal.open_orders()
         if open_orders:
             self._cancel_all_ns = self.clock()
         for order in open_orders:
-            self._spawn(self._cancel(order.client_order_id))
+            if order.status is OrderStatus.PENDING and not order.broker_order_id:
+                self._dont_send.add(order.client_order_id)  # its _place task drops it
+            else:
+                self._spawn(self._cancel(order.client_order_id))
         log.warning("cancel_all", reason=reason, orders=len(open_orders))
         return len(open_orders)
 
@@ -613,6 +639,10 @@ def _reject_request(request: OrderRequest, reason: str, at_ns: int) -> Execution
         exchange_ts_ms=request.exchange_ts_ms,
         at_ns=at_ns,
     )
+
+
+def _cancelled_request(request: OrderRequest, reason: str) -> ExecutionReport:
+    return msgspec.structs.replace(_reject_request(request, reason, 0), kind=ExecKind.CANCELLED)
 
 
 def _status_report(
