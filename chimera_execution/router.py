@@ -111,7 +111,11 @@ class OrderRouter:
         self.broker: Broker | None = None  # set by build_router (the broker reports to us)
         self.clock = clock
         self.sink: ReportSink = _nowhere
+        # Angel One budgets each order endpoint on its own (placeOrder, modifyOrder and
+        # cancelOrder: 20/s, 500/min, 1000/h each), so a kill switch's cancels never queue
+        # behind the places that used up the placeOrder budget.
         self.throttler = Throttler.from_config(ex.throttle)
+        self.cancel_throttler = Throttler.from_config(ex.throttle)
         self.liquidity = LiquidityAdjuster(
             ex.slicing.depth_fraction, ex.slicing.max_spread_pct, ex.slicing.max_wait_s
         )
@@ -465,7 +469,7 @@ class OrderRouter:
 
     async def _cancel(self, coid: str) -> None:
         assert self.broker is not None
-        await self.throttler.acquire()
+        await self.cancel_throttler.acquire()
         try:
             await self.broker.cancel(coid)
         except BrokerError as exc:
@@ -516,7 +520,7 @@ class OrderRouter:
                 self.journal.apply_report(_status_report(theirs, theirs.status, "adopted", theirs))
                 adopted.append(coid)
             else:
-                await self.throttler.acquire()
+                await self.cancel_throttler.acquire()
                 await broker.cancel(coid)
                 cancelled.append(coid)
         positions = self.journal.positions()

@@ -80,6 +80,10 @@ def cmd_bench(argv: list[str]) -> int:
         from benchmarks.control import main as control_bench
 
         return control_bench(argv)
+    if argv and argv[0] == "kill-switch":
+        from benchmarks.kill_switch import main as kill_bench
+
+        return kill_bench(argv)
     from benchmarks.hot_path import main as bench_main
 
     return bench_main(argv)
