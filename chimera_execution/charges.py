@@ -66,9 +66,19 @@ def _paise(x: float) -> float:
 
 
 def compute_charges(
-    side: Side, qty: int, price: float, product: str, schedule: ChargesConfig
+    side: Side,
+    qty: int,
+    price: float,
+    product: str,
+    schedule: ChargesConfig,
+    prior_turnover: float = 0.0,
 ) -> Charges:
-    """Charges for one executed order (or fill) of ``qty`` at ``price`` on NSE cash."""
+    """Charges for one executed order (or fill) of ``qty`` at ``price`` on NSE cash.
+
+    Brokerage is per executed order: for a later fill of an order that already traded
+    ``prior_turnover`` rupees, only the increase of min(flat, pct × order turnover) is
+    charged, so an order filled in three pieces pays one fee, as on a contract note.
+    """
     if qty <= 0:
         raise ChimeraError(f"charges: expected qty > 0, got {qty}; pass the executed quantity")
     if not (math.isfinite(price) and price > 0):
@@ -82,7 +92,11 @@ def compute_charges(
     buy = side is Side.BUY
 
     pct = schedule.brokerage_pct_intraday if intraday else schedule.brokerage_pct_delivery
-    brokerage = _paise(min(schedule.brokerage_flat, pct * turnover))
+    if not (math.isfinite(prior_turnover) and prior_turnover >= 0):
+        raise ChimeraError(f"charges: expected prior_turnover >= 0, got {prior_turnover!r}")
+    brokerage = _paise(min(schedule.brokerage_flat, pct * (prior_turnover + turnover))) - _paise(
+        min(schedule.brokerage_flat, pct * prior_turnover)
+    )
     if intraday:
         stt = 0.0 if buy else _paise(schedule.stt_intraday_sell * turnover)
         stamp = _paise(schedule.stamp_intraday_buy * turnover) if buy else 0.0

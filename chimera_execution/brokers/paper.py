@@ -24,8 +24,8 @@ Matching, all in exchange time so replays are exact:
   ltp >= trigger, SELL: ltp <= trigger) and then act as MARKET / LIMIT on that same tick.
 - ``slippage_bps`` moves every fill price against us; a limit order's fill is capped at
   its limit (an exchange never fills a limit order worse than its limit).
-- Charges per fill via ``compute_charges`` (so a market order walking three levels pays
-  up to three brokerage fees; a real broker charges per executed order).
+- Charges per fill via ``compute_charges``; brokerage is per executed order (a market
+  order walking three levels pays one fee, charged as the order's turnover grows).
 """
 
 from __future__ import annotations
@@ -434,7 +434,9 @@ class PaperBroker:
         price = book_price * (1 + slip) if buy else book_price * (1 - slip)
         if limit is not None:
             price = min(price, limit) if buy else max(price, limit)
-        charges = compute_charges(req.side, qty, price, req.product, self._charges).total
+        charges = compute_charges(
+            req.side, qty, price, req.product, self._charges, w.avg_price * w.filled_qty
+        ).total
         n = w.fills_n + 1
         fill = Fill(
             fill_id=f"{w.broker_order_id}-{n}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chimera_core.config import ChargesConfig
@@ -110,3 +110,29 @@ def test_matches_independent_per_leg_table(
 def test_bad_input_is_refused(qty: int, price: float, product: str) -> None:
     with pytest.raises(ChimeraError):
         compute_charges(Side.BUY, qty, price, product, DEFAULT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 5_000), min_size=1, max_size=6),
+    st.floats(1.0, 50_000.0, allow_nan=False),
+    st.sampled_from(["INTRADAY", "DELIVERY"]),
+)
+def test_brokerage_is_charged_once_per_order_however_it_fills(
+    pieces: list[int], price: float, product: str
+) -> None:
+    """An order filled in pieces pays the brokerage of the whole order (to a paisa per
+    piece of rounding), never one fee per piece."""
+    schedule = ChargesConfig()
+    pct = (
+        schedule.brokerage_pct_intraday
+        if product == "INTRADAY"
+        else schedule.brokerage_pct_delivery
+    )
+    paid, prior = 0.0, 0.0
+    for qty in pieces:
+        paid += compute_charges(Side.BUY, qty, price, product, schedule, prior).brokerage
+        prior += qty * price
+    whole = min(schedule.brokerage_flat, pct * prior)
+    assert paid == pytest.approx(whole, abs=0.01 * len(pieces) + 1e-9)
+    assert paid <= schedule.brokerage_flat + 0.01

@@ -100,18 +100,14 @@ async def test_market_buy_walks_the_asks(h: Harness) -> None:
     vwap = (100.1 * 30 + 100.2 * 50 + 100.3 * 20) / 100
     assert fills[-1].avg_price == pytest.approx(vwap)
     assert [r.filled_qty for r in fills] == [30, 80, 100]
+    prior = 0.0  # brokerage is per order: each fill is charged on the order's turnover so far
     for r in fills:
         assert r.exchange_ts_ms == 1_050 and not r.final and r.order_qty == 100
-        assert (
-            r.fill.charges
-            == compute_charges(  # type: ignore[union-attr]
-                Side.BUY,
-                r.fill.qty,
-                r.fill.price,
-                "INTRADAY",
-                CHARGES,  # type: ignore[union-attr]
-            ).total
-        )
+        fill = r.fill
+        assert fill is not None
+        expected = compute_charges(Side.BUY, fill.qty, fill.price, "INTRADAY", CHARGES, prior)
+        assert fill.charges == expected.total
+        prior += fill.qty * fill.price
     (o,) = await h.broker.order_book()
     assert (o.status, o.filled_qty, o.avg_fill_price) == (
         OrderStatus.FILLED,
