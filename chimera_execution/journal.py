@@ -159,7 +159,7 @@ def stored_mode(path: Path) -> str | None:
     """The mode a journal file says it belongs to, read-only; None if it has none yet."""
     if not path.exists():
         return None
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         has_meta = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"

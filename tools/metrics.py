@@ -57,16 +57,27 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from chimera_core.config import default_config_path, load_config
-from chimera_core.contracts import ControlEvent, FeedEvent, Health, Regime, SessionInfo
+from chimera_core.contracts import (
+    ControlEvent,
+    ExecutionReport,
+    FeedEvent,
+    Health,
+    Reconciliation,
+    Regime,
+    SessionInfo,
+    Side,
+)
 from chimera_core.errors import ChimeraError
 from chimera_core.logging import configure_logging
 from chimera_core.telemetry import (
     SEP,
     SEQ,
     TOPIC_CONTROL,
+    TOPIC_EXEC,
     TOPIC_FEED,
     TOPIC_HEALTH,
     TOPIC_RAW,
+    TOPIC_RECON,
     TOPIC_SESSION,
     TOPIC_TICK,
     TelemetrySubscriber,
@@ -127,6 +138,8 @@ _health_decoder = msgspec.msgpack.Decoder(Health)
 _feed_decoder = msgspec.msgpack.Decoder(FeedEvent)
 _control_decoder = msgspec.msgpack.Decoder(ControlEvent)
 _session_decoder = msgspec.msgpack.Decoder(SessionInfo)
+_report_decoder = msgspec.msgpack.Decoder(ExecutionReport)
+_recon_decoder = msgspec.msgpack.Decoder(Reconciliation)
 
 
 class MetricsExporter(Collector):
@@ -163,6 +176,15 @@ class MetricsExporter(Collector):
         self.pnl: dict[str, float] = {}
         self.drawdown: dict[str, float] = {}
         self.topics: dict[str, int] = {}
+        # execution reports
+        self.reports: dict[str, int] = {}  # by kind (ACK = orders accepted)
+        self.fills = 0
+        self.fill_qty = 0
+        self.charges: dict[str, float] = {}
+        self.realized: dict[str, float] = {}  # net of charges, from fills
+        self.position: dict[str, int] = {}
+        self._avg: dict[str, float] = {}
+        self.reconciled: bool | None = None
         # everything else
         self.health: Health | None = None
         self.health_at = 0.0
@@ -197,6 +219,14 @@ class MetricsExporter(Collector):
                 self.controls[key] = self.controls.get(key, 0) + 1
             elif topic == TOPIC_SESSION:
                 self.session = _session_decoder.decode(payload)
+            elif topic == TOPIC_EXEC:
+                self._on_report(_report_decoder.decode(payload))
+            elif topic == TOPIC_RECON:
+                recon = _recon_decoder.decode(payload)
+                self.reconciled = recon.ok
+                for pos in recon.positions:
+                    self.position[pos.token] = pos.qty
+                    self._avg[pos.token] = pos.avg_price
             else:
                 self.decode_errors += 1
                 return
@@ -229,6 +259,33 @@ class MetricsExporter(Collector):
         if d.meta_risk is not None:
             self.pnl[token] = d.meta_risk.daily_pnl
             self.drawdown[token] = d.meta_risk.drawdown
+
+    def _on_report(self, r: ExecutionReport) -> None:
+        kind = r.kind.value
+        self.reports[kind] = self.reports.get(kind, 0) + 1
+        fill = r.fill
+        if fill is None:
+            return
+        self.fills += 1
+        self.fill_qty += fill.qty
+        token = fill.token
+        self.charges[token] = self.charges.get(token, 0.0) + fill.charges
+        # Realized P&L by average cost, net of charges (the engine's position book does the
+        # same; this is a separate process, so it keeps its own).
+        qty, avg = self.position.get(token, 0), self._avg.get(token, 0.0)
+        signed = fill.qty if fill.side is Side.BUY else -fill.qty
+        realized = self.realized.get(token, 0.0) - fill.charges
+        if qty == 0 or (qty > 0) == (signed > 0):
+            avg = (avg * abs(qty) + fill.price * abs(signed)) / abs(qty + signed)
+        else:
+            closing = min(abs(qty), abs(signed))
+            realized += (fill.price - avg) * closing * (1 if qty > 0 else -1)
+            if abs(signed) > abs(qty):
+                avg = fill.price
+        qty += signed
+        self.position[token] = qty
+        self._avg[token] = avg if qty else 0.0
+        self.realized[token] = realized
 
     def _on_health(self, h: Health) -> None:
         self.health = h
@@ -353,13 +410,35 @@ class MetricsExporter(Collector):
         for name, doc, values in (
             ("leverage", "Capital brain target leverage", self.leverage),
             ("confidence", "Confidence of the latest decision", self.confidence),
-            ("pnl", "Daily P&L as meta-risk sees it (execution layer: later)", self.pnl),
+            ("pnl", "Daily P&L as meta-risk sees it (closed trades)", self.pnl),
             ("drawdown", "Drawdown from peak equity, fraction (meta-risk)", self.drawdown),
         ):
             g = GaugeMetricFamily(p + name, doc, labels=["token"])
             for token, v in list(values.items()):
                 g.add_metric([token], v)
             yield g
+
+        orders = CounterMetricFamily(
+            p + "order_reports", "Execution reports by kind (ACK = accepted)", labels=["kind"]
+        )
+        for kind, n in list(self.reports.items()):
+            orders.add_metric([kind], n)
+        yield orders
+        yield CounterMetricFamily(p + "fills", "Fills reported", self.fills)
+        yield CounterMetricFamily(p + "rejects", "Orders rejected", self.reports.get("REJECTED", 0))
+        for name, doc, values in (
+            ("realized_pnl", "Realized P&L net of charges, rupees", self.realized),
+            ("charges", "Charges paid, rupees", self.charges),
+            ("position", "Signed position, units", self.position),
+        ):
+            g = GaugeMetricFamily(p + name, doc, labels=["token"])
+            for token, v in list(values.items()):
+                g.add_metric([token], float(v))
+            yield g
+        if self.reconciled is not None:
+            yield GaugeMetricFamily(
+                p + "reconciled", "1 when start-up reconciliation agreed", float(self.reconciled)
+            )
 
         sub = self.sub
         if sub is not None:

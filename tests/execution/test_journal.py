@@ -29,7 +29,13 @@ from chimera_core.contracts import (
     Side,
 )
 from chimera_core.errors import ChimeraError, DuplicateOrder
-from chimera_execution.journal import MIGRATIONS, SCHEMA_VERSION, Journal, journal_path
+from chimera_execution.journal import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Journal,
+    journal_path,
+    stored_mode,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -393,3 +399,11 @@ def test_sigkill_leaves_all_or_nothing(tmp_path: Path) -> None:
                 assert booked <= o.filled_qty <= o.qty
                 if o.status is OrderStatus.FILLED:
                     assert booked == 10
+
+
+def test_a_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_dir = "data" (the default) is relative to where chimera runs."""
+    monkeypatch.chdir(tmp_path)
+    with Journal("data", "paper") as journal:
+        assert journal.check() == []
+    assert stored_mode(Path("data") / "paper" / "chimera.db") == "paper"

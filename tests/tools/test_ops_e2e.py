@@ -25,10 +25,13 @@ def _metric(text: str, name: str) -> float:
 def test_metrics_move_while_a_simulator_session_runs(tmp_path):
     sim_port, tel_port, ctl_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     (tmp_path / "chimera.toml").write_text(
-        f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\n'
+        f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
+        # Short bars so the paper broker trades within seconds (orders, fills, P&L move).
+        "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
+        "[governance]\napproval_size_limit = 1e9\napproval_min_confidence = 0.0\n"
     )
     procs = [chimera("sim", "--port", str(sim_port), "--rate", "2000", cwd=tmp_path)]
     try:
@@ -63,6 +66,9 @@ def test_metrics_move_while_a_simulator_session_runs(tmp_path):
     assert _metric(second, "chimera_feed_connected") == 1.0
     assert _metric(second, "chimera_halted") == 0.0
     assert _metric(second, "chimera_tick_rate") > 500
-    assert procs[1].returncode == 0, (
-        procs[1].stderr.read().decode()[-2000:] if procs[1].stderr else ""
-    )
+    assert procs[1].returncode == 0, procs[1].output()[1].decode()[-2000:]
+    # The execution layer's numbers: reconciled at start, orders accepted and filled.
+    assert _metric(second, "chimera_reconciled") == 1.0
+    assert _metric(second, 'chimera_order_reports_total{kind="ACK"}') > 0
+    assert _metric(second, "chimera_fills_total") > 0
+    assert "chimera_realized_pnl{" in second and "chimera_charges{" in second
