@@ -9,6 +9,8 @@ import socket
 import orjson
 import pytest
 
+from chimera_core.contracts import OrderStatus
+from chimera_execution.journal import Journal
 from tests.loopback import chimera, free_port
 from tools.sim.server import ExchangeSimulator, Faults
 
@@ -139,22 +141,31 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
 
 
 async def test_under_systemd_it_reports_ready_and_sigterm_halts_cleanly(tmp_path):
-    """A real unix datagram socket stands in for systemd's NOTIFY_SOCKET."""
+    """A real unix datagram socket stands in for systemd's NOTIFY_SOCKET. READY=1 comes
+    after broker reconciliation; SIGTERM halts, cancels the open orders and journals the
+    cancels before exit."""
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(30)
     try:
-        async with ExchangeSimulator(port=0, rate=1000.0) as sim:
+        async with ExchangeSimulator(port=0, rate=3000.0) as sim:
             cfg = tmp_path / "chimera.toml"
             cfg.write_text(
-                f'[feed]\nurl = "{sim.url}"\n[logging]\ndecisions = "none"\n' + _local_endpoints()
+                f'data_dir = "{tmp_path / "data"}"\n'
+                f'[feed]\nurl = "{sim.url}"\nmode = "SNAP_QUOTE"\n[logging]\ndecisions = "none"\n'
+                "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.004\n"
+                "execute_timeout_s = 100000\n"
+                "[governance]\nenabled = false\n"
+                # Orders rest at the paper broker, so there is something to cancel.
+                "[execution.paper]\nlatency_ms = 100000000\n" + _local_endpoints()
             )
             proc = chimera("live", "--config", str(cfg), cwd=tmp_path,
                         env={"NOTIFY_SOCKET": str(notify_path)})  # fmt: skip
             ready = await asyncio.to_thread(notify.recv, 4096)
-            assert ready.startswith(b"READY=1")
-            await asyncio.sleep(1.0)
+            assert ready.startswith(b"READY=1") and b"STATUS=trading paper" in ready
+            assert any(e["event"] == "reconciled" for e in _events(proc.output()[1]))
+            await asyncio.sleep(5.0)
             proc.send_signal(signal.SIGTERM)
             stopping = await asyncio.to_thread(notify.recv, 4096)
             _, err = await asyncio.to_thread(proc.communicate, timeout=30)
@@ -170,3 +181,10 @@ async def test_under_systemd_it_reports_ready_and_sigterm_halts_cleanly(tmp_path
     applied = [e for e in events if e["event"] == "control_applied"]
     assert applied and applied[-1]["command"] == "halt"  # published on telemetry too
     assert events[-1]["event"] == "engine_stopped" and events[-1]["decisions"] > 100
+    # Everything the engine had working was cancelled and journaled before exit.
+    with Journal(tmp_path / "data", "paper") as journal:
+        orders = journal.orders()
+        assert orders, "no order was placed: nothing tested the cancel on stop"
+        assert not journal.open_orders()
+        assert any(o.status is OrderStatus.CANCELLED for o in orders)
+        assert journal.check() == []
