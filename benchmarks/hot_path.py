@@ -220,6 +220,32 @@ def _engine_only(frames: list[bytes], port: int) -> dict[str, Any]:
     return out
 
 
+def _router_per_tick(frames: list[bytes], port: int) -> dict[str, Any]:
+    """What the execution router adds after each published decision (paper broker, nothing
+    working): the per-tick cost of ``router.on_tick``. It runs after the decision is out, so
+    it is not in recv → decision, but it is in the budget of the next tick."""
+    from chimera_execution.router import build_router
+
+    data_dir = tempfile.mkdtemp(prefix="chimera-bench-exec-")
+    cfg = parse_config(f'data_dir = "{data_dir}"\n' + BENCH_CONFIG.format(port=port))
+    engine = Engine(cfg, governance=_governance(cfg))
+    router = build_router(cfg, {})
+    on_tick = router.on_tick
+    spent = np.zeros(len(frames), dtype=np.int64)
+    clock = time.perf_counter_ns
+    n = 0
+    for frame in frames:
+        d = engine.on_frame(frame, clock())
+        engine.after_publish()
+        if d is not None:
+            t0 = clock()
+            on_tick(engine.last_tick)  # type: ignore[arg-type]
+            spent[n] = clock() - t0
+            n += 1
+    router.journal.close()
+    return _percentiles(spent[:n])
+
+
 def _plot(lat_ns: np.ndarray, result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -287,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         **_percentiles(lat),
     }
     result["engine_only"] = _engine_only(probe.frames, port)
+    result["router_on_tick"] = _router_per_tick(probe.frames, port)
 
     # The same stream with telemetry published per tick (as run_live does): latency now
     # ends when the message is enqueued. Once with a subscriber draining it, once with
