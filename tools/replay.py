@@ -669,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"replayed session {result.session_id}: {result.messages} messages, {result.ticks} "
         f"ticks, {result.decisions} decisions, {result.feed_events} feed events, "
-        f"{result.control_applied} operator commands in {result.elapsed_s:.3f} s = "
+        f"{result.control_applied} operator commands, {result.reports_applied} execution "
+        f"reports in {result.elapsed_s:.3f} s = "
         f"{result.ticks_per_s:,.0f} ticks/s (Engine.on_frame per tick"
         + (", with verify)" if args.verify else ")")
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,11 @@ def test_record_verify_replay_and_export_a_faulty_session(tmp_path):
     out = replay.stdout.decode() + replay.stderr.decode()
     assert replay.returncode == 0, out[-3000:]
     assert "identical" in out
+    # The paper broker's fills were re-applied where they happened, and the positions and
+    # state machines they moved came out identical.
+    reports = re.search(r"(\d+) execution reports", out)
+    assert reports and int(reports.group(1)) == manifest["counts"]["exec"] > 0, out[-2000:]
+    assert manifest["counts"]["recon"] == 1
 
     export = _run("replay", str(session), "--export", "csv", "--quiet", cwd=tmp_path)
     assert export.returncode == 0, export.stderr.decode()
