@@ -7,11 +7,15 @@ the mode each token was subscribed with (see shared/reference/smartapi-v2-protoc
 The market (``tools.sim.market.Market``) or a replayed tick file advances on the
 simulator's own schedule: ``rate`` ticks per second in total across tokens, evenly
 spaced by a deadline schedule; ``rate=0`` floods as fast as the clients take frames.
-A random-walk market runs from ``start()`` whether or not anyone is connected, so a
-client that reconnects sees a sequence gap, as with the real feed. A replay (and a
-flood) waits for the first subscription, so a client can receive a file from its first
-frame; a replay stops at the end of the file (no loop: looping would repeat sequence
-numbers) and sets ``replay_done``; connections stay open and silent.
+The order side (``tools.sim.orders.OrderGateway``: SmartConnect REST routes and the
+order-update websocket) runs next to it on ``rest_port`` (default ``port + 1``, or any
+free port when that is busy or ``port`` is 0) and matches orders against the same
+``Market``; a replay has no order side. A random-walk market runs from ``start()``
+whether or not anyone is connected, so a client that reconnects sees a sequence gap, as
+with the real feed. A replay (and a flood) waits for the first subscription, so a client
+can receive a file from its first frame; a replay stops at the end of the file (no loop:
+looping would repeat sequence numbers) and sets ``replay_done``; connections stay open
+and silent.
 
 Choices where the real server's behaviour is not documented (all assumptions):
 - a token may be subscribed in several modes at once and then gets one packet per mode;
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import http
 import json
+import os
 import random
 import signal
 import time
@@ -50,6 +55,13 @@ from chimera_core.feed.smartapi_v2 import PACKET_SIZE, encode
 from chimera_core.logging import configure_logging
 from chimera_core.tickfile import TickFileReader, TickFileWriter
 from tools.sim.market import DEFAULT_TOKENS, Market
+from tools.sim.orders import (
+    DEFAULT_CLIENT_CODE,
+    DEFAULT_PASSWORD,
+    DEFAULT_TOTP_SECRET,
+    OrderFaults,
+    OrderGateway,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -244,6 +256,15 @@ class ExchangeSimulator:
         replay: str | Path | None = None,
         record_sent: str | Path | None = None,
         exchange_type: int = ExchangeType.NSE_CM,
+        *,
+        rest_port: int | None = None,
+        order_side: bool = True,
+        client_code: str = DEFAULT_CLIENT_CODE,
+        password: str = DEFAULT_PASSWORD,
+        totp_secret: str = DEFAULT_TOTP_SECRET,
+        order_faults: OrderFaults | None = None,
+        fill_delay_s: float = 0.05,
+        partial_qty: int = 1000,
     ) -> None:
         if rate < 0:
             raise ValueError(f"rate must be >= 0 ticks/s (0 = flood), got {rate}")
@@ -274,6 +295,23 @@ class ExchangeSimulator:
         self._drops = 0
         self._server: Server | None = None
         self._producer: asyncio.Task[None] | None = None
+        # The order side (tools/sim/orders.py) matches against the random-walk market, so
+        # a replay has none. rest_port None = market port + 1 (any free port if busy).
+        self._rest_port_explicit = rest_port is not None
+        self.orders: OrderGateway | None = None
+        if order_side and self.market is not None:
+            self.orders = OrderGateway(
+                self.market,
+                host=host,
+                port=rest_port if rest_port is not None else 0,
+                client_code=client_code,
+                password=password,
+                totp_secret=totp_secret,
+                fill_delay_s=fill_delay_s,
+                partial_qty=partial_qty,
+                faults=order_faults,
+                seed=seed,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -284,6 +322,35 @@ class ExchangeSimulator:
     @property
     def url(self) -> str:
         return f"ws://{self.host}:{self._port}{STREAM_PATH}"
+
+    @property
+    def rest_port(self) -> int:
+        """The order side's REST/order-update port (0 when there is no order side)."""
+        return self.orders.port if self.orders is not None else 0
+
+    @property
+    def rest_url(self) -> str:
+        """SmartConnect ``root`` for the order side, e.g. http://127.0.0.1:8766."""
+        return self.orders.rest_url if self.orders is not None else ""
+
+    @property
+    def order_ws_url(self) -> str:
+        return self.orders.ws_url if self.orders is not None else ""
+
+    async def _start_orders(self) -> None:
+        orders = self.orders
+        if orders is None:
+            return
+        if not self._rest_port_explicit:
+            # Default: next to the market port; any free port when that is 0 or busy.
+            orders._port = self._port + 1 if self._port + 1 <= 65535 else 0
+            try:
+                await orders.start()
+                return
+            except OSError as exc:
+                log.warning("sim_orders_port_busy", port=orders._port, error=str(exc))
+                orders._port = 0
+        await orders.start()
 
     async def start(self) -> None:
         if self.replay_path is not None:
@@ -298,6 +365,13 @@ class ExchangeSimulator:
             max_size=2**16,
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        try:
+            await self._start_orders()
+        except BaseException:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            raise
         if self.record_sent_path is not None:
             self.recorder = TickFileWriter(self.record_sent_path)
         self._producer = asyncio.create_task(self._run_schedule(), name="sim-schedule")
@@ -316,6 +390,8 @@ class ExchangeSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
             self._producer = None
+        if self.orders is not None:
+            await self.orders.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -652,7 +728,9 @@ def _probability(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimera sim",
-        description="Local SmartAPI WebSocket 2.0 exchange (ws://HOST:PORT/smart-stream)",
+        description="Local SmartAPI exchange: WebSocket 2.0 market data at "
+        "ws://HOST:PORT/smart-stream, SmartConnect REST and /smart-order-update at "
+        "http://HOST:REST_PORT (tools/sim/orders.py)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
@@ -711,6 +789,64 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="length of each stall in seconds (ticks are dropped, the socket stays open)",
     )
+    o = p.add_argument_group("order side (SmartConnect REST + /smart-order-update)")
+    o.add_argument(
+        "--rest-port",
+        type=int,
+        default=None,
+        help="REST and order-update port (default: --port + 1; 0 picks a free port)",
+    )
+    o.add_argument("--no-orders", action="store_true", help="serve market data only")
+    o.add_argument(
+        "--client-code",
+        default=os.environ.get("CHIMERA_SIM_CLIENT_CODE", DEFAULT_CLIENT_CODE),
+        help="login client code (env CHIMERA_SIM_CLIENT_CODE)",
+    )
+    o.add_argument(
+        "--password",
+        default=os.environ.get("CHIMERA_SIM_PASSWORD", DEFAULT_PASSWORD),
+        help="login password (env CHIMERA_SIM_PASSWORD)",
+    )
+    o.add_argument(
+        "--totp-secret",
+        default=os.environ.get("CHIMERA_SIM_TOTP_SECRET", DEFAULT_TOTP_SECRET),
+        help="base32 TOTP secret logins are checked against (env CHIMERA_SIM_TOTP_SECRET)",
+    )
+    o.add_argument(
+        "--fill-delay",
+        type=_positive_float,
+        default=0.05,
+        metavar="S",
+        help="seconds from accepting a MARKET order to its fill",
+    )
+    o.add_argument(
+        "--partial-qty",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="MARKET orders of at least N units fill in two halves (0 = never)",
+    )
+    o.add_argument(
+        "--order-reject-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability of an RMS reject (success response, then a rejected update)",
+    )
+    o.add_argument(
+        "--order-update-drop-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability of not sending an order update (the order book keeps the truth)",
+    )
+    o.add_argument(
+        "--rate-limit-burst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the first N order calls with the 403 access-rate text",
+    )
     return p
 
 
@@ -732,20 +868,36 @@ def main(argv: list[str] | None = None) -> int:
             stall_after_s=args.stall_after,
             stall_for_s=args.stall_for,
         )
+        order_faults = OrderFaults(
+            reject_p=args.order_reject_rate,
+            update_drop_p=args.order_update_drop_rate,
+            rate_limit_burst=args.rate_limit_burst,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging("INFO")
-    sim = ExchangeSimulator(
-        host=args.host,
-        port=args.port,
-        rate=args.rate,
-        seed=args.seed,
-        tokens=tokens,
-        exchange_type=args.exchange_type,
-        replay=args.replay,
-        record_sent=args.record_sent,
-        faults=faults,
-    )
+    try:
+        sim = ExchangeSimulator(
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            seed=args.seed,
+            tokens=tokens,
+            exchange_type=args.exchange_type,
+            replay=args.replay,
+            record_sent=args.record_sent,
+            faults=faults,
+            rest_port=args.rest_port,
+            order_side=not args.no_orders,
+            client_code=args.client_code,
+            password=args.password,
+            totp_secret=args.totp_secret,
+            order_faults=order_faults,
+            fill_delay_s=args.fill_delay,
+            partial_qty=args.partial_qty,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
 
     async def run() -> None:
         stop = asyncio.Event()
