@@ -705,5 +705,7 @@ def build_router(cfg: Config, env: dict[str, str]) -> OrderRouter:
             password=env["CHIMERA_PASSWORD"],
             totp_secret=env["CHIMERA_TOTP_SECRET"],
             on_report=router.on_broker_report,
+            # The SDK's logs/ and the ordertag map live with this mode's data.
+            state_dir=Path(cfg.data_dir) / cfg.mode / "angelone",
         )
     return router
