@@ -1,7 +1,8 @@
-"""``make demo``: the simulator, ``chimera record`` and ``chimera live`` in paper mode.
+"""``make demo``: the simulator, ``chimera record``, ``chimera cortex`` and ``chimera live``
+in paper mode.
 
 Runs until Ctrl-C (or for DEMO_SECONDS seconds), then stops them cleanly, newest first.
-The cortex joins here with its own issue.
+The cortex listens on http://127.0.0.1:8501/ (DEMO_CORTEX_PORT to change it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 HOST, PORT = "127.0.0.1", 8765
+CORTEX_PORT = int(os.environ.get("DEMO_CORTEX_PORT", "8501"))
 
 
 def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
@@ -31,10 +33,14 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 def main() -> int:
     rate = os.environ.get("DEMO_RATE", "2000")
     seconds = float(os.environ.get("DEMO_SECONDS", "0"))
-    with socket.socket() as s:
-        if s.connect_ex((HOST, PORT)) == 0:
-            print(f"demo: port {PORT} is busy; stop whatever listens there first", file=sys.stderr)
-            return 2
+    for port in (PORT, CORTEX_PORT):
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                print(
+                    f"demo: port {port} is busy; stop whatever listens there first",
+                    file=sys.stderr,
+                )
+                return 2
     cli = [sys.executable, "-m", "tools.cli"]
     procs = []
     try:
@@ -48,12 +54,16 @@ def main() -> int:
         # The recorder first: the engine waits for its subscription, so the black box
         # holds the session from its first tick (replayable with `chimera replay`).
         procs.append(subprocess.Popen([*cli, "record", *config]))
+        cortex_url = f"http://{HOST}:{CORTEX_PORT}/"
+        procs.append(subprocess.Popen([*cli, "cortex", *config, "--port", str(CORTEX_PORT)]))
         procs.append(subprocess.Popen([*cli, "live", *config]))
+        if not _wait_for_port(HOST, CORTEX_PORT, 30):
+            print("demo: the cortex did not start listening within 30 s", file=sys.stderr)
         print(
             f"demo: simulator on ws://{HOST}:{PORT}/smart-stream at {rate} ticks/s, engine in "
-            "paper mode, recorder writing data/blackbox/; decisions that move a state machine "
-            "are logged. Try `.venv/bin/chimera status` / `kill` / `resume` in another "
-            "terminal. Ctrl-C stops.",
+            f"paper mode, recorder writing data/blackbox/; cortex at {cortex_url} (open it in "
+            "a browser); decisions that move a state machine are logged. Try "
+            "`.venv/bin/chimera status` / `kill` / `resume` in another terminal. Ctrl-C stops.",
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None

@@ -97,11 +97,11 @@ def test_live_mode_without_credentials_is_refused(tmp_path):
     assert "CHIMERA_JWT" in err.decode() and ".env" in err.decode()
 
 
-def test_commands_from_later_issues_fail_clearly():
-    proc = chimera("cortex")
+def test_cortex_refuses_a_non_loopback_address():
+    proc = chimera("cortex", "--address", "0.0.0.0")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "not built yet" in err.decode()
+    assert "refusing to bind 0.0.0.0" in err.decode()
 
 
 async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):

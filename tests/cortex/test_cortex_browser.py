@@ -1,0 +1,254 @@
+"""The cortex in a real browser against a real session: simulator, engine, recorder and
+cortex as processes on loopback; Debian's chromium driven by Playwright (never its own
+browser download). Opens every page, checks it shows this session's values, approves a
+queued intent and hits HALT, and confirms both through the engine, not the page.
+
+Screenshots of every page go to ``test-artifacts/cortex/<page>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chimera_core.control import ControlClient
+from tests.loopback import REPO, chimera, free_port, wait_port
+
+pytestmark = pytest.mark.timeout(300)
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts" / "cortex"
+TOKEN = "cortex-browser-test-token"
+TOKENS = ("2885", "1594", "3045")
+
+
+def _settle(page, timeout_s: float = 30.0) -> str:
+    """Wait as machine-floor.md says: app mounted, not Running, no skeleton, text stable."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        status = page.locator('[data-testid="stStatusWidget"]').all_inner_texts()
+        busy = (
+            any("Running" in s for s in status)
+            or page.locator('[data-testid="stSkeleton"]').count()
+        )
+        text = page.locator('[data-testid="stApp"]').inner_text()
+        if busy or text != last:
+            last, since = text, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return text
+        time.sleep(0.1)
+    return last or ""
+
+
+def _wait_text(page, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
+    """Wait until the page's text matches ``pattern`` (the fragments refresh it live)."""
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.locator('[data-testid="stApp"]').inner_text()
+        m = re.search(pattern, text)
+        if m:
+            return m
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} never appeared; page text:\n{text[-3000:]}")
+
+
+def _open(page, base: str, path: str, name: str) -> str:
+    page.goto(base + path)
+    text = _settle(page)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    return text
+
+
+def _neural_state(data_dir: Path, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ns = json.loads((data_dir / "neural_state.json").read_text())
+            if ns.get("session_id") and len(ns.get("symbols", {})) == len(TOKENS):
+                return ns
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the recorder never wrote neural_state.json for every symbol")
+
+
+def _approval_status(db: Path, approval_id: str) -> str | None:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT status FROM approval WHERE approval_id = ?", (approval_id,)
+        ).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"NO BROWSER: {CHROMIUM} is missing — install Debian's chromium "
+    "(`apt-get install -y chromium`; .ci/run does it) to run the cortex browser test",
+)
+def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sim_port, tel_port, ctl_port, web_port = free_port(), free_port(), free_port(), free_port()
+    (tmp_path / "chimera.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
+        "[strategy]\nbar_interval_s = 10\nenergy_threshold = 0.01\ncooldown_s = 30.0\n"
+        '[logging]\ndecisions = "none"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
+        "wait_for_subscriber_s = 15.0\n"
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
+        # Every intent is worth more than 100 rupees: each one queues for a human, and
+        # stays queued (the simulator's exchange clock runs far ahead of the wall clock).
+        "[governance]\napproval_size_limit = 100.0\napproval_ttl_s = 10000000.0\n"
+    )
+    env = {"CHIMERA_CONTROL_TOKEN": TOKEN}
+    procs: list[subprocess.Popen[bytes]] = []
+    data_dir = tmp_path / "data"
+    try:
+        procs.append(chimera("sim", "--port", str(sim_port), "--rate", "4000", cwd=tmp_path))
+        wait_port(sim_port)
+        procs.append(chimera("record", "--config", "chimera.toml", cwd=tmp_path, env=env))
+        procs.append(
+            chimera(
+                "cortex",
+                "--config",
+                "chimera.toml",
+                "--port",
+                str(web_port),
+                "--refresh-s",
+                "2",
+                cwd=tmp_path,
+                env=env,
+            )
+        )
+        procs.append(chimera("live", "--config", "chimera.toml", cwd=tmp_path, env=env))
+        wait_port(web_port, timeout=60)
+        base = f"http://127.0.0.1:{web_port}/"
+        deadline = time.monotonic() + 30
+        while urllib.request.urlopen(base + "_stcore/health", timeout=5).status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        ns = _neural_state(data_dir)
+        session_id = ns["session_id"]
+        client = ControlClient(f"tcp://127.0.0.1:{ctl_port}", TOKEN, 5.0)
+
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            # Playwright takes the fresh profile dir as user_data_dir, not as a flag.
+            browser = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                viewport={"width": 1500, "height": 2200},
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.set_default_timeout(30_000)
+
+            # Brain: the session's id, every symbol's influence row, the neural map.
+            page.goto(base)
+            _wait_text(page, "Influence weight per symbol")
+            _wait_text(page, re.escape(session_id))
+            for token in TOKENS:
+                _wait_text(page, rf"\n{token}\s")
+            text = _open(page, base, "", "brain")
+            for token in TOKENS:
+                assert token in text
+            assert "Waiting for telemetry" not in text
+            assert page.locator(".js-plotly-plot").count() >= 1
+
+            # Market: the price metric agrees with the recorder's view of the same symbol.
+            page.goto(base + "market")
+            m = _wait_text(page, r"(\d{4}) price\s*\n\s*([\d.]+)")
+            text = _open(page, base, "market", "market")
+            m = re.search(r"(\d{4}) price\s*\n\s*([\d.]+)", text)
+            assert m, text[-2000:]
+            recorded = _neural_state(data_dir)["symbols"][m.group(1)]["price"]
+            assert abs(float(m.group(2)) - recorded) / recorded < 0.05
+            assert "structure" in text and "energy" in text
+
+            # Execution: paper labelled, states per symbol.
+            page.goto(base + "execution")
+            _wait_text(page, "PAPER P&L")
+            text = _open(page, base, "execution", "execution")
+            assert "PAPER realized P&L" in text and "LIVE" not in text
+            assert "State machine and position per symbol" in text
+
+            # Health: feed connected, latency percentiles from real decisions.
+            page.goto(base + "health")
+            _wait_text(page, r"p50\s*\n\s*[1-9][\d.]* µs")
+            text = _open(page, base, "health", "health")
+            assert "connected" in text and "recorder lag" in text
+
+            # Governance: approve the first queued intent, then ask the engine's db.
+            page.goto(base + "governance")
+            m = _wait_text(page, r"(apv-[0-9a-f]{20}) · ", timeout_s=120)
+            approval_id = m.group(1)
+            text = _open(page, base, "governance", "governance")
+            assert "Regime timeline" in text
+            page.locator(f".st-key-approve-{approval_id} button").click()
+            _wait_text(page, f"approve {approval_id}: ")
+            db = data_dir / "paper" / "approvals.db"
+            deadline = time.monotonic() + 15
+            while _approval_status(db, approval_id) != "APPROVED":
+                assert time.monotonic() < deadline, _approval_status(db, approval_id)
+                time.sleep(0.2)
+            page.screenshot(path=str(ARTIFACTS / "governance-approved.png"), full_page=True)
+
+            # Replay: the recorded session is listed and its decisions load.
+            page.goto(base + "replay")
+            _wait_text(page, re.escape(session_id))
+            _wait_text(page, r"[1-9]\d* records, [1-9]\d* decisions that moved")
+            _settle(page)
+            page.screenshot(path=str(ARTIFACTS / "replay.png"), full_page=True)
+
+            # HALT with confirmation, then ask the engine.
+            assert client.request("status")["result"]["halted"] is False
+            page.goto(base)
+            _settle(page)
+            page.get_by_role("button", name="HALT", exact=True).click()
+            page.get_by_role("button", name="Confirm HALT").click()
+            _wait_text(page, "halt: ")
+            deadline = time.monotonic() + 10
+            while not client.request("status")["result"]["halted"]:
+                assert time.monotonic() < deadline, "HALT never reached the engine"
+                time.sleep(0.2)
+            _wait_text(page, "engine HALTED", timeout_s=15)
+            page.screenshot(path=str(ARTIFACTS / "halted.png"), full_page=True)
+            browser.close()
+        client.close()
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    cortex = procs[2]
+    assert cortex.returncode in (0, -2), (
+        cortex.stderr.read().decode()[-3000:] if cortex.stderr else ""
+    )
