@@ -113,9 +113,9 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
         "wait_for_subscriber_s = 15.0\n"
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
-        # Every intent is worth more than 100 rupees: each one queues for a human, and
-        # stays queued (the simulator's exchange clock runs far ahead of the wall clock).
-        "[governance]\napproval_size_limit = 100.0\napproval_ttl_s = 10000000.0\n"
+        # Intents below 0.5 confidence queue for a human and stay queued (the simulator's
+        # exchange clock runs far ahead of the wall clock); the others trade on paper.
+        "[governance]\napproval_min_confidence = 0.5\napproval_ttl_s = 10000000.0\n"
     )
     env = {"CHIMERA_CONTROL_TOKEN": TOKEN}
     procs: list[subprocess.Popen[bytes]] = []
@@ -190,12 +190,16 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             assert abs(float(m.group(2)) - recorded) / recorded < 0.05
             assert "structure" in text and "energy" in text
 
-            # Execution: paper labelled, states per symbol.
+            # Execution: paper labelled, states per symbol, and the session's own orders and
+            # fills (client order ids from this run's intents), with charges paid.
             page.goto(base + "execution")
             _wait_text(page, "PAPER P&L")
+            _wait_text(page, r"CH-1-\d+-\d+-\d+", timeout_s=120)
             text = _open(page, base, "execution", "execution")
             assert "PAPER realized P&L" in text and "LIVE" not in text
             assert "State machine and position per symbol" in text
+            charges = re.search(r"charges paid\s*\n\s*([\d.,]+)", text)
+            assert charges and float(charges.group(1).replace(",", "")) > 0, text[-3000:]
 
             # Health: feed connected, latency percentiles from real decisions.
             page.goto(base + "health")
