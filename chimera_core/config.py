@@ -383,13 +383,24 @@ def load_env(env_file: str | Path | None = ".env") -> dict[str, str]:
 
 
 def load_credentials(cfg: Config, env: dict[str, str]) -> Credentials:
-    """Feed credentials from the environment. Loopback (simulator) feeds get placeholders."""
+    """Feed credentials from the environment. Loopback (simulator) feeds get placeholders.
+
+    With ``execution.broker = "angelone"`` and its login secrets present, the feed's JWT and
+    feed token may be left out: the broker login at start issues fresh ones."""
     values = {field: env.get(var, "") for field, var in CREDENTIAL_ENV.items()}
     missing = [CREDENTIAL_ENV[f] for f, v in values.items() if not v]
     if missing:
         if cfg.mode == "paper" and is_loopback_url(cfg.feed.url):
             placeholders = {f: v or f"sim-{f}" for f, v in values.items()}
             return Credentials(**placeholders)
+        login = cfg.execution.enabled and cfg.execution.broker == "angelone"
+        from_login = {"CHIMERA_JWT", "CHIMERA_FEED_TOKEN"}
+        if login and env.get("CHIMERA_PASSWORD") and env.get("CHIMERA_TOTP_SECRET"):
+            missing = [m for m in missing if m not in from_login]
+            if not missing:
+                return Credentials(
+                    **{f: v or "issued-at-login" for f, v in values.items()}  # replaced at start
+                )
         raise ConfigError(
             f"missing credentials {', '.join(missing)} for feed {cfg.feed.url}: set them in the "
             "environment or in .env (never in chimera.toml)"

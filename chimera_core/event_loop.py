@@ -51,6 +51,7 @@ from chimera_core.feed.client import FeedClient
 from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
+from chimera_core.logging import redactor
 from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
@@ -751,6 +752,15 @@ async def run_live(
     if router is not None:
         try:
             await router.connect()
+            headers = router.feed_headers()
+            if headers:
+                # Angel One's login issued this session's JWT and feed token: the feed uses
+                # them (they expire daily; no stale copy in the env file is needed).
+                redactor.add(
+                    [headers["Authorization"].removeprefix("Bearer "), headers["x-feed-token"]]
+                )
+                feed.set_headers(headers)
+                log.info("feed_credentials_from_broker_login")
             recon = await router.reconcile()
         except ChimeraError as exc:
             telemetry.close()

@@ -16,6 +16,10 @@ class Router(Protocol):
     async def connect(self) -> None:
         """Open the broker session (login, order-update stream)."""
 
+    def feed_headers(self) -> dict[str, str] | None:
+        """After connect: the broker session's headers for the market-data feed (Angel One's
+        login issues the feed token and JWT), or None when the broker has none (paper)."""
+
     async def reconcile(self) -> Reconciliation:
         """Make the journal agree with the broker; trading waits for this."""
 

@@ -481,6 +481,11 @@ class OrderRouter:
         await self.broker.connect()
         log.info("broker_connected", broker=self.broker.name, mode=self.cfg.mode)
 
+    def feed_headers(self) -> dict[str, str] | None:
+        """The broker login's market-data headers (angelone), or None (paper)."""
+        headers = getattr(self.broker, "feed_headers", None)
+        return headers() if callable(headers) else None
+
     async def reconcile(self) -> Reconciliation:
         """Make the journal agree with the broker, or say what does not agree."""
         broker = self.broker

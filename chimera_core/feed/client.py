@@ -96,6 +96,10 @@ class FeedClient:
     def subscriptions(self) -> dict[tuple[int, int], list[str]]:
         return {k: list(v) for k, v in self._subscriptions.items()}
 
+    def set_headers(self, headers: dict[str, str]) -> None:
+        """Credentials for the next (re)connect, e.g. from a fresh broker login."""
+        self._headers = dict(headers)
+
     async def subscribe(self, mode: int, exchange_type: int, tokens: list[str]) -> None:
         Mode(mode)  # raises ValueError on a bad mode before anything is sent
         current = self._subscriptions.setdefault((mode, exchange_type), [])

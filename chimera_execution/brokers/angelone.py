@@ -705,17 +705,24 @@ class AngelOneBroker:
             self._observe(row, trades=trades)
         log.info("angelone_poll_recovered", orders=len(gaps))
 
+    def feed_headers(self) -> dict[str, str] | None:
+        """The logged-in session's four SmartAPI headers, which the market-data feed takes
+        too (its JWT and feed token are this login's); None before a login."""
+        if not self._jwt or not self._feed_token:
+            return None
+        return {
+            "Authorization": f"Bearer {self._jwt}",
+            "x-api-key": self._api_key,
+            "x-client-code": self.client_code,
+            "x-feed-token": self._feed_token,
+        }
+
     # -- the order-update socket ---------------------------------------------------------------
     async def _run_order_stream(self) -> None:
         backoff = _BACKOFF_MIN_S
         rng = random.Random()
         while not self._closing.is_set():
-            headers = {
-                "Authorization": f"Bearer {self._jwt}",
-                "x-api-key": self._api_key,
-                "x-client-code": self.client_code,
-                "x-feed-token": self._feed_token,
-            }
+            headers = self.feed_headers() or {}
             try:
                 async with connect(
                     self.cfg.order_ws_url,

@@ -88,3 +88,19 @@ def test_remote_feed_without_credentials_is_refused():
 def test_simulator_feed_gets_placeholder_credentials():
     creds = load_credentials(parse_config(""), {})
     assert all(creds.headers().values())
+
+
+def test_live_angelone_takes_the_feed_token_and_jwt_from_its_login():
+    cfg = parse_config(
+        'mode = "live"\n[feed]\nurl = "wss://smartapisocket.angelone.in/smart-stream"\n'
+        '[execution]\nbroker = "angelone"\n'
+    )
+    base = {"CHIMERA_API_KEY": "key1", "CHIMERA_CLIENT_CODE": "C123"}
+    login = {"CHIMERA_PASSWORD": "pass", "CHIMERA_TOTP_SECRET": "JBSWY3DPEHPK3PXP"}
+    creds = load_credentials(cfg, {**base, **login})
+    assert (creds.api_key, creds.client_code) == ("key1", "C123")
+    # Without the login secrets the feed's own JWT and feed token are required, by name.
+    with pytest.raises(ConfigError, match="CHIMERA_FEED_TOKEN, CHIMERA_JWT"):
+        load_credentials(cfg, base)
+    with pytest.raises(ConfigError, match="CHIMERA_API_KEY"):
+        load_credentials(cfg, {"CHIMERA_CLIENT_CODE": "C123", **login})

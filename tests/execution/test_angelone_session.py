@@ -123,6 +123,7 @@ async def test_live_engine_trades_through_smartconnect_against_the_simulator(tmp
         procs.append(live)
         recon = _wait_for(live, "reconciled")
         assert recon["ok"] is True
+        _wait_for(live, "feed_credentials_from_broker_login")  # the feed uses the login's
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             fills = [e for e in _events(live) if e.get("event") == "order_placed"]
