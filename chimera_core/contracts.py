@@ -481,6 +481,7 @@ class Health(msgspec.Struct, gc=False):
     telemetry_dropped: int
     halted: bool
     states: dict[str, int]
+    paused: bool = False  # no new entries (operator pause); positions carry on
     schema: int = SCHEMA_VERSION
 
 

@@ -852,6 +852,7 @@ async def _report_health(
             telemetry_dropped=telemetry.dropped,
             halted=engine.halted,
             states=states,
+            paused=engine.paused,
         )
         telemetry.publish(TOPIC_SESSION, session)
         telemetry.publish(TOPIC_HEALTH, health)

@@ -74,12 +74,13 @@ def sidebar(rt: Runtime) -> None:
             s.latest is not None and s.latest.state == "HALT" for s in snap.symbols.values()
         )
         if h is not None:
+            state = "HALTED" if halted else "PAUSED (no new entries)" if h.paused else "running"
             text = (
-                f"engine **{'HALTED' if halted else 'running'}** · feed "
+                f"engine **{state}** · feed "
                 f"{'connected' if h.feed_connected else 'DISCONNECTED'}"
                 f"{' · STALE' if h.feed_stale else ''}"
             )
-            (st.error if halted else st.caption)(text)
+            (st.error if halted else st.warning if h.paused else st.caption)(text)
 
     with sb:
         status()
