@@ -30,6 +30,37 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
+SUMMARY_EVERY_S = 10.0
+
+
+def _summary() -> str:
+    """One line of paper trading so far: orders, fills, positions, P&L (engine status plus
+    the paper journal). Best effort: the demo goes on without it."""
+    from chimera_core.config import load_config, load_env
+    from chimera_core.control import ControlClient, read_token
+    from chimera_execution.journal import Journal
+
+    try:
+        cfg = load_config(HERE / "demo.toml")
+        token = read_token(load_env(None), Path(cfg.data_dir))
+        with ControlClient(cfg.control.endpoint, token, timeout_s=1.0) as client:
+            status = client.request("status")["result"]
+        with Journal(cfg.data_dir, "paper") as journal:
+            orders = journal.orders()
+            fills = journal.fills()
+            cash = journal.cash()
+        filled = sum(1 for o in orders if o.status.value == "FILLED")
+        return (
+            f"demo: PAPER {len(orders)} orders ({filled} filled), {len(fills)} fills, "
+            f"positions {status['positions'] or '{}'}, realized P&L net "
+            f"{status['realized_pnl']:+,.2f} this session, paper cash {cash:,.2f}, "
+            f"meta-risk vetoes {status['stats']['vetoes']}, "
+            f"states {status['states']}{' HALTED' if status['halted'] else ''}"
+        )
+    except Exception as exc:  # the engine may still be starting
+        return f"demo: no summary yet ({exc})"
+
+
 def main() -> int:
     rate = os.environ.get("DEMO_RATE", "2000")
     seconds = float(os.environ.get("DEMO_SECONDS", "0"))
@@ -67,9 +98,13 @@ def main() -> int:
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None
+        next_summary = time.monotonic() + SUMMARY_EVERY_S
         while all(p.poll() is None for p in procs):
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + SUMMARY_EVERY_S
+                print(_summary(), file=sys.stderr)
             time.sleep(0.2)
         failed = [p for p in procs if p.poll() not in (None, 0)]
         return 1 if failed else 0
