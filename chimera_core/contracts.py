@@ -482,6 +482,7 @@ class Health(msgspec.Struct, gc=False):
     halted: bool
     states: dict[str, int]
     paused: bool = False  # no new entries (operator pause); positions carry on
+    reconciled: bool = True  # False: the broker reconciliation disagreed, no entries
     schema: int = SCHEMA_VERSION
 
 

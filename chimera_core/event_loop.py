@@ -853,6 +853,7 @@ async def _report_health(
             halted=engine.halted,
             states=states,
             paused=engine.paused,
+            reconciled=engine.reconciled,
         )
         telemetry.publish(TOPIC_SESSION, session)
         telemetry.publish(TOPIC_HEALTH, health)

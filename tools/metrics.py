@@ -289,6 +289,7 @@ class MetricsExporter(Collector):
 
     def _on_health(self, h: Health) -> None:
         self.health = h
+        self.reconciled = h.reconciled  # periodic: a late subscriber still learns it
         self.health_at = self.clock()
         self.feed_connected = h.feed_connected
 
