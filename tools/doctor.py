@@ -310,18 +310,47 @@ def _clock_row(
 
 
 def check_broker(cfg: Config) -> list[Row]:
-    if is_loopback_url(cfg.feed.url):
-        return [Row("broker", OK, "simulator")]
-    p = urlparse(cfg.feed.url)
-    host, port = p.hostname or "", p.port or 443
-    started = time.monotonic()
+    """The market-data host and, with the angelone broker, the order API host answer."""
+    targets = [("broker", cfg.feed.url)]
+    if cfg.execution.enabled and cfg.execution.broker == "angelone":
+        targets.append(("broker orders", cfg.execution.angelone.rest_url))
+    rows = []
+    for name, url in targets:
+        if is_loopback_url(url):
+            rows.append(Row(name, OK, "simulator"))
+            continue
+        p = urlparse(url)
+        host, port = p.hostname or "", p.port or 443
+        started = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            rows.append(Row(name, FAIL, f"{host}:{port} unreachable: {exc.strerror or exc}"))
+            continue
+        ms = (time.monotonic() - started) * 1000
+        rows.append(Row(name, OK, f"{host}:{port} reachable ({ms:.0f} ms)"))
+    return rows
+
+
+def check_journal(cfg: Config) -> list[Row]:
+    """The execution journal's own invariants: positions are the sum of fills, the cash
+    ledger balances, no order over-filled."""
+    from chimera_execution.journal import Journal, journal_path
+
+    path = journal_path(cfg.data_dir, cfg.mode)
+    if not path.is_file():
+        return [Row("journal", OK, f"no journal yet ({path})")]
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        return [Row("broker", FAIL, f"{host}:{port} unreachable: {exc.strerror or exc}")]
-    ms = (time.monotonic() - started) * 1000
-    return [Row("broker", OK, f"{host}:{port} reachable ({ms:.0f} ms)")]
+        with Journal(cfg.data_dir, cfg.mode) as journal:
+            problems = journal.check()
+            orders, fills = len(journal.orders()), len(journal.fills())
+            open_orders = len(journal.open_orders())
+    except Exception as exc:
+        return [Row("journal", FAIL, f"{path}: {exc}")]
+    if problems:
+        return [Row("journal", FAIL, f"{path}: " + " | ".join(problems[:3]))]
+    return [Row("journal", OK, f"{orders} orders, {fills} fills, {open_orders} open; consistent")]
 
 
 # ---- output --------------------------------------------------------------------------
@@ -343,6 +372,7 @@ def run_checks(config: str | None, env_file: str | None) -> list[Row]:
     rows += check_ports(cfg)
     rows += check_sqlite(cfg)
     rows += check_blackbox(cfg)
+    rows += check_journal(cfg)
     rows += check_broker(cfg)
     return rows
 

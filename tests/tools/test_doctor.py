@@ -42,7 +42,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-LIVE_BROKER = '[execution]\nbroker = "angelone"\n'
+# 0.0.0.0 is not loopback to the config check and needs no DNS on a machine offline.
+LIVE_BROKER = (
+    '[execution]\nbroker = "angelone"\n'
+    f'[execution.angelone]\nrest_url = "https://0.0.0.0:{free_port()}"\n'
+)
 
 
 def write_config(tmp_path: Path, extra: str = "", mode: str = "paper", url: str = "") -> Path:
@@ -270,3 +274,24 @@ def test_newest_session_is_checked(capsys, tmp_path):
     code, rows = run(capsys, config, tmp_path)
     assert code == 0
     assert rows["black box"][0] == "OK" and rows["black box"][1].startswith("new:")
+
+
+def test_journal_invariants_are_checked(capsys, tmp_path):
+    from chimera_core.contracts import ExecKind, ExecutionReport, Fill, OrderRequest, Side
+    from chimera_execution.journal import Journal
+
+    config = write_config(tmp_path)
+    with Journal(tmp_path / "data", "paper", starting_cash=100_000.0) as journal:
+        journal.record_order(OrderRequest("c1", "c1", "3045", 1, Side.BUY, 10))
+        fill = Fill("f1", "c1", "3045", Side.BUY, 10, 800.0, 1.5, 1_000)
+        journal.apply_report(
+            ExecutionReport(ExecKind.FILLED, "c1", "c1", "3045", Side.BUY, 10, 10, 800.0, fill=fill)
+        )
+    code, rows = run(capsys, config, tmp_path)
+    assert code == 0 and rows["journal"][0] == "OK", rows["_out"][1]
+    assert "1 orders, 1 fills, 0 open" in rows["journal"][1]
+    db = tmp_path / "data" / "paper" / "chimera.db"
+    with sqlite3.connect(db) as conn:  # a position that is not the sum of its fills
+        conn.execute("UPDATE positions SET qty = qty + 1")
+    code, rows = run(capsys, config, tmp_path)
+    assert code == 1 and rows["journal"][0] == "FAIL", rows["_out"][1]
