@@ -770,6 +770,9 @@ async def run_live(
         telemetry.publish(TOPIC_RECON, recon)
         if not recon.ok:
             log.error("trading_blocked", reason="reconciliation", mismatches=list(recon.mismatches))
+    if router is not None and router.persisted_halt():
+        # An operator's kill switch holds across restarts until someone resumes.
+        on_control("halt", "kill_switch_persisted:" + router.persisted_halt())
     if governance is not None and governance.halted:
         # A kill switch from an earlier session (daily loss, drawdown) still holds: start
         # halted, as a recorded control event, so replay starts halted too.

@@ -16,6 +16,9 @@ class Router(Protocol):
     async def connect(self) -> None:
         """Open the broker session (login, order-update stream)."""
 
+    def persisted_halt(self) -> str:
+        """An operator kill switch still in force from an earlier run ("" if none)."""
+
     def feed_headers(self) -> dict[str, str] | None:
         """After connect: the broker session's headers for the market-data feed (Angel One's
         login issues the feed token and JWT), or None when the broker has none (paper)."""

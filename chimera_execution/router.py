@@ -70,6 +70,8 @@ _STATUS_KIND = {
     OrderStatus.REJECTED: ExecKind.REJECTED,
 }
 _PLACE_ATTEMPTS = 3
+KILL_SWITCH_KEY = "kill_switch"
+KILL_SWITCH_PERSISTED = "kill_switch_persisted"
 
 
 class Parent:
@@ -83,6 +85,7 @@ class Parent:
         "slicer",
         "stopped",
         "wait_since_ms",
+        "window_end_ms",
         "working",
     )
 
@@ -95,6 +98,7 @@ class Parent:
         self.n_children = 0
         self.stopped = False  # cancelled, expired, rejected: send nothing more
         self.wait_since_ms = -1  # the liquidity adjuster asked to wait since then
+        self.window_end_ms = 0  # VWAP parents: no child after this exchange time
 
 
 class OrderRouter:
@@ -158,6 +162,7 @@ class OrderRouter:
                 lot_size=self.cfg.governance.lot_size,
             )
         parent = Parent(intent, atr, slicer)
+        parent.window_end_ms = intent.exchange_ts_ms + int(s.window_s * 1000)
         self._parents[intent.client_order_id] = parent
         self._exchange_type[intent.token] = intent.exchange_type
         self._watch.add(intent.token)
@@ -172,29 +177,41 @@ class OrderRouter:
 
     def _work(self, parent: Parent, tick: Tick | None, now_ms: int) -> None:
         """Send the parent's next child if it is due and the book allows it."""
+        slicer = parent.slicer
+        if slicer is not None and tick is not None:
+            slicer.on_tick(tick)  # observed volume, for the participation cap
         if parent.stopped or parent.remaining <= 0 or parent.working:
             return
         if self.halted:
             parent.stopped = True
             return
         intent = parent.intent
-        if parent.slicer is not None:
-            if tick is not None:
-                parent.slicer.on_tick(tick)
-            qty = min(parent.slicer.next_child(now_ms), parent.remaining)
+        if slicer is not None:
+            if now_ms >= parent.window_end_ms:
+                # The window is over: what the participation cap held back is not chased.
+                unsent = slicer.stop()
+                parent.remaining = 0
+                self._finish(parent, f"vwap window ended, {unsent} unsent")
+                return
+            due = min(slicer.next_child(now_ms), parent.remaining)
         else:
-            qty = parent.remaining
-        if qty <= 0:
+            due = parent.remaining
+        if due <= 0:
             return
+        qty = due
         if tick is not None:
             waited_s = (now_ms - parent.wait_since_ms) / 1000 if parent.wait_since_ms >= 0 else 0.0
             adj = self.liquidity.adjust(intent.side, qty, tick, waited_s)
             if adj.action == "wait":
+                if slicer is not None:
+                    slicer.on_unfilled(due)  # back into the schedule
                 if parent.wait_since_ms < 0:
                     parent.wait_since_ms = now_ms
                     log.info("child_waits", intent_id=intent.client_order_id, reason=adj.reason)
                 return
             qty = min(qty, adj.qty)
+            if slicer is not None and qty < due:
+                slicer.on_unfilled(due - qty)  # capped by displayed depth
             if qty <= 0:
                 return
         parent.wait_since_ms = -1
@@ -217,6 +234,24 @@ class OrderRouter:
         parent.remaining -= qty
         parent.working.add(coid)
         self._send(request)
+
+    def _finish(self, parent: Parent, reason: str) -> None:
+        """A parent that stops with nothing working: tell the engine its intent is done
+        (a report of our own, not the broker's: there is no order to journal)."""
+        parent.stopped = True
+        if parent.working:
+            return  # the last child's terminal report carries final
+        intent = parent.intent
+        self._parents.pop(intent.client_order_id, None)
+        if parent.slicer is not None:
+            log.info("vwap_done", **msgspec.structs.asdict(parent.slicer.report()))
+        self._rewatch(intent.token)
+        self.sink(
+            msgspec.structs.replace(
+                _reject(intent, intent.client_order_id + "-end", reason, self.clock()),
+                kind=ExecKind.CANCELLED,
+            )
+        )
 
     def _send(self, request: OrderRequest) -> None:
         try:
@@ -423,6 +458,7 @@ class OrderRouter:
                 self.flatten(arg)
             elif action == "resume":
                 self.halted = False
+                self.journal.set_risk(KILL_SWITCH_KEY, {})
                 log.warning("router_resumed", reason=arg)
             else:
                 log.error("router_unknown_action", action=action)
@@ -440,8 +476,15 @@ class OrderRouter:
 
     def cancel_all(self, reason: str) -> int:
         """Kill switch: stop every parent, cancel every open order, send nothing new (but
-        a flatten) until resumed. Returns how many orders it cancels."""
+        a flatten) until resumed. Returns how many orders it cancels.
+
+        An operator's halt is persisted in the journal, so a restart starts halted until
+        someone resumes. A clean stop's halt is not (the next start trades), and meta-risk
+        persists its own halts with their own expiry (a daily-loss halt ends with the day).
+        """
         self.halted = True
+        if not reason.startswith(("shutdown", "meta_risk", KILL_SWITCH_PERSISTED)):
+            self.journal.set_risk(KILL_SWITCH_KEY, {"reason": reason})
         for parent in self._parents.values():
             parent.stopped = True
         open_orders = self.journal.open_orders()
@@ -480,6 +523,10 @@ class OrderRouter:
         assert self.broker is not None
         await self.broker.connect()
         log.info("broker_connected", broker=self.broker.name, mode=self.cfg.mode)
+
+    def persisted_halt(self) -> str:
+        """The reason of an operator kill switch still in force from an earlier run."""
+        return str((self.journal.get_risk(KILL_SWITCH_KEY) or {}).get("reason", ""))
 
     def feed_headers(self) -> dict[str, str] | None:
         """The broker login's market-data headers (angelone), or None (paper)."""
