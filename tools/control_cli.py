@@ -37,6 +37,13 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"chimera {command}", description=what)
     if takes_id:
         parser.add_argument("id", help="the approval ID (from `chimera status` or the cortex)")
+    else:
+        parser.add_argument(
+            "--reason",
+            default="",
+            help="why, recorded with the command (a kill whose reason starts with 'shutdown' "
+            "is not kept across restarts: systemd's ExecStop uses that)",
+        )
     parser.add_argument(
         "--config",
         default=default_config_path(),
@@ -69,7 +76,8 @@ def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
     else:
         token = read_token(load_env(args.env_file), Path(cfg.data_dir))
     with ControlClient(endpoint, token, timeout_s) as client:
-        return client.request(CLI_COMMANDS[command][0], getattr(args, "id", "") or "")
+        arg = getattr(args, "id", "") or getattr(args, "reason", "") or ""
+        return client.request(CLI_COMMANDS[command][0], arg)
 
 
 def main(command: str, argv: list[str]) -> int:

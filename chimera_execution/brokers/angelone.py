@@ -131,6 +131,8 @@ def new_smartconnect(api_key: str, root: str, timeout: float, workdir: Path) -> 
     smart_connect, _ = _load_sdk(workdir)
     with _SDK_LOCK:
         cwd = os.getcwd()
+        # The SDK was maybe imported for another adapter: this one's directory may be new.
+        workdir.mkdir(parents=True, exist_ok=True)
         os.chdir(workdir)  # SmartConnect() creates ./logs/<date>/app.log
         try:
             with warnings.catch_warnings():

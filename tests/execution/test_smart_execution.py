@@ -253,8 +253,9 @@ def test_vwap_tracking_error_matches_numpy(side, ticks, fills):
     start = OPEN_MS + 7_200_000
     parent = sum(q for q, _ in fills)
     # One tick late in the window trades enough for the single child to cover the parent
-    # at 100% participation; it is part of the market like any other tick.
-    ticks = sorted([*ticks, (59_999, 100.0, parent)], key=lambda t: t[0])
+    # at 100% participation; it is part of the market like any other tick. A baseline tick
+    # before all of them (the first tick only sets the volume baseline) keeps it counted.
+    ticks = sorted([(-30_000, 100.0, 0), *ticks, (59_999, 100.0, parent)], key=lambda t: t[0])
     s = VwapSlicer(parent, side, start, 60.0, participation=1.0, slices=1)
     ts = np.array([start + t for t, _, _ in ticks])
     px = np.array([p for _, p, _ in ticks])

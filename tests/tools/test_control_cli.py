@@ -108,6 +108,7 @@ def test_kill_sends_halt_and_approve_passes_the_id(
     assert _cli("pause", endpoint=live.endpoint) == 0
     assert _cli("flatten", endpoint=live.endpoint) == 0
     assert _cli("kill", endpoint=live.endpoint) == 0
+    assert _cli("kill", "--reason", "shutdown_systemd", endpoint=live.endpoint) == 0
     assert live.engine.state == "HALTED"
     assert live.engine.calls == [
         ("approve", "INT-42"),
@@ -115,6 +116,7 @@ def test_kill_sends_halt_and_approve_passes_the_id(
         ("pause", ""),
         ("flatten", ""),
         ("halt", ""),
+        ("halt", "shutdown_systemd"),
     ]
     capsys.readouterr()
     # The engine answers not-ok: exit 1, reply still printed, reason on stderr.
