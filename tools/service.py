@@ -147,13 +147,34 @@ def _hints(user: str, data_dir: Path, venv: Path, config: Path) -> None:
         )
     if not data_dir.is_dir():
         print(f"note: {data_dir} does not exist: install -d -o {user} -m 0750 {data_dir}")
-    for name, path in (("--venv", venv), ("--config", config), ("--data-dir", data_dir)):
+    # The venv's python is a link to the interpreter that built it (pyenv puts it under
+    # /root or /home, where ProtectHome=yes hides it from the service).
+    interpreter = (venv / "bin" / "python").resolve()
+    for name, path in (
+        ("--venv", venv),
+        ("--config", config),
+        ("--data-dir", data_dir),
+        ("the venv's interpreter", interpreter),
+    ):
         if path.parts[1:2] in (("home",), ("root",)):
             print(
                 f"warning: {name} {path} is under /{path.parts[1]}, which ProtectHome=yes "
-                "hides from the services; move it (e.g. /opt/chimera, /var/lib/chimera)",
+                "hides from the services; move it (e.g. /opt/chimera, /var/lib/chimera; "
+                "build the venv with PYTHON=/usr/bin/python3.11 make venv)",
                 file=sys.stderr,
             )
+    try:
+        from chimera_core.config import load_config
+
+        configured = Path(load_config(config).data_dir)
+    except Exception:  # the config is checked by chimera doctor; this is only a hint
+        return
+    if not configured.is_absolute() or configured != data_dir:
+        print(
+            f"note: {config} has data_dir = {str(configured)!r}; the services resolve it "
+            f"against WorkingDirectory={data_dir.parent}, commands you run elsewhere "
+            f"(doctor, kill) against their own directory: set data_dir = \"{data_dir}\""
+        )
 
 
 def _install(args: argparse.Namespace) -> int:

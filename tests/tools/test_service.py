@@ -273,3 +273,17 @@ def test_permission_denied_says_sudo(
     assert main(_install_args(layout)) == 1
     err = capsys.readouterr().err
     assert "permission denied" in err and "run with sudo" in err
+
+
+def test_install_says_when_the_config_data_dir_differs(
+    layout: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A relative data_dir resolves differently for the services (WorkingDirectory) and for
+    an operator's `chimera doctor`/`kill` run elsewhere; install says what to write."""
+    layout["config"].write_text('data_dir = "data"\n')
+    assert main(_install_args(layout)) == 0
+    out = capsys.readouterr().out
+    assert f'set data_dir = "{layout["data"]}"' in out
+    layout["config"].write_text(f'data_dir = "{layout["data"]}"\n')
+    assert main(_install_args(layout)) == 0
+    assert "data_dir" not in capsys.readouterr().out
