@@ -46,7 +46,7 @@ from chimera_core.contracts import (
 )
 from chimera_core.errors import BrokerError, BrokerReject, ConfigError, DuplicateOrder, RateLimited
 from chimera_core.position_book import PositionBook
-from chimera_execution.brokers.base import Broker
+from chimera_execution.brokers.base import Broker, report_for
 from chimera_execution.journal import Journal, journal_path
 from chimera_execution.smart_execution import (
     Bracket,
@@ -681,24 +681,11 @@ def _reject(intent: OrderIntent, coid: str, reason: str, at_ns: int) -> Executio
 
 
 def _reject_request(request: OrderRequest, reason: str, at_ns: int) -> ExecutionReport:
-    return ExecutionReport(
-        kind=ExecKind.REJECTED,
-        client_order_id=request.client_order_id,
-        intent_id=request.intent_id,
-        token=request.token,
-        side=request.side,
-        order_qty=request.qty,
-        filled_qty=0,
-        avg_price=0.0,
-        purpose=request.purpose,
-        reason=reason,
-        exchange_ts_ms=request.exchange_ts_ms,
-        at_ns=at_ns,
-    )
+    return report_for(request, ExecKind.REJECTED, reason=reason, at_ns=at_ns)
 
 
 def _cancelled_request(request: OrderRequest, reason: str) -> ExecutionReport:
-    return msgspec.structs.replace(_reject_request(request, reason, 0), kind=ExecKind.CANCELLED)
+    return report_for(request, ExecKind.CANCELLED, reason=reason)
 
 
 def _status_report(

@@ -14,9 +14,49 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from chimera_core.contracts import ExecutionReport, Fill, Order, OrderRequest, Position, Tick
+from chimera_core.contracts import (
+    ExecKind,
+    ExecutionReport,
+    Fill,
+    Order,
+    OrderRequest,
+    Position,
+    Tick,
+)
 
 ReportSink = Callable[[ExecutionReport], None]
+
+
+def report_for(
+    order: OrderRequest,
+    kind: ExecKind,
+    *,
+    filled_qty: int = 0,
+    avg_price: float = 0.0,
+    broker_order_id: str = "",
+    fill: Fill | None = None,
+    reason: str = "",
+    exchange_ts_ms: int | None = None,
+    at_ns: int = 0,
+) -> ExecutionReport:
+    """The report about ``order``; its identity fields come from the request, so no two
+    places spell them out (``final`` stays False: the router decides)."""
+    return ExecutionReport(
+        kind=kind,
+        client_order_id=order.client_order_id,
+        intent_id=order.intent_id,
+        token=order.token,
+        side=order.side,
+        order_qty=order.qty,
+        filled_qty=filled_qty,
+        avg_price=avg_price,
+        purpose=order.purpose,
+        broker_order_id=broker_order_id,
+        fill=fill,
+        reason=reason,
+        exchange_ts_ms=order.exchange_ts_ms if exchange_ts_ms is None else exchange_ts_ms,
+        at_ns=at_ns,
+    )
 
 
 class Broker(Protocol):

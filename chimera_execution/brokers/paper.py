@@ -44,7 +44,6 @@ import structlog
 from chimera_core.config import ChargesConfig, PaperConfig
 from chimera_core.contracts import (
     ExecKind,
-    ExecutionReport,
     Fill,
     Level,
     Order,
@@ -57,7 +56,7 @@ from chimera_core.contracts import (
     Tick,
 )
 from chimera_core.errors import BrokerError, BrokerReject, ChimeraError
-from chimera_execution.brokers.base import ReportSink
+from chimera_execution.brokers.base import ReportSink, report_for
 from chimera_execution.charges import PRODUCTS, compute_charges
 from chimera_execution.journal import apply_fill, stored_mode
 
@@ -330,16 +329,11 @@ class PaperBroker:
         reason: str = "",
     ) -> None:
         self._on_report(
-            ExecutionReport(
-                kind=kind,
-                client_order_id=order.client_order_id,
-                intent_id=order.intent_id,
-                token=order.token,
-                side=order.side,
-                order_qty=order.qty,
+            report_for(
+                order,
+                kind,
                 filled_qty=filled,
                 avg_price=avg,
-                purpose=order.purpose,
                 broker_order_id=broker_id,
                 fill=fill,
                 reason=reason,
