@@ -84,6 +84,26 @@ def _neural_state(data_dir: Path, timeout_s: float = 60.0) -> dict:
     raise AssertionError("the recorder never wrote neural_state.json for every symbol")
 
 
+def _launch(pw, profile: str):
+    """Debian's chromium with the machine-floor flags; Playwright takes the fresh profile
+    dir as user_data_dir, not as a flag."""
+    return pw.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        headless=True,
+        viewport={"width": 1500, "height": 2200},
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+
+
 def _approval_status(db: Path, approval_id: str) -> str | None:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -149,22 +169,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
         client = ControlClient(f"tcp://127.0.0.1:{ctl_port}", TOKEN, 5.0)
 
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-            # Playwright takes the fresh profile dir as user_data_dir, not as a flag.
-            browser = pw.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                viewport={"width": 1500, "height": 2200},
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = _launch(pw, profile)
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(30_000)
 
@@ -253,6 +258,36 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
     cortex = procs[2]
-    assert cortex.returncode in (0, -2), (
-        cortex.stderr.read().decode()[-3000:] if cortex.stderr else ""
+    assert cortex.returncode in (0, -2), cortex.output()[1].decode()[-3000:]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"NO BROWSER: {CHROMIUM} is missing")
+def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
+    """No CHIMERA_CONTROL_TOKEN and no token file: the cortex shows, but offers no control."""
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.delenv("CHIMERA_CONTROL_TOKEN", raising=False)
+    web_port = free_port()
+    (tmp_path / "chimera.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
     )
+    cortex = chimera("cortex", "--config", "chimera.toml", "--port", str(web_port), cwd=tmp_path)
+    try:
+        wait_port(web_port, timeout=60)
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            browser = _launch(pw, profile)
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.goto(f"http://127.0.0.1:{web_port}/")
+            _wait_text(page, "Read-only: no control token")
+            assert page.get_by_role("button", name="HALT", exact=True).count() == 0
+            assert page.get_by_role("button", name="Pause").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "read-only.png"), full_page=True)
+            browser.close()
+    finally:
+        cortex.send_signal(signal.SIGINT)
+        try:
+            cortex.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            cortex.kill()
