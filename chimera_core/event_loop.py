@@ -250,7 +250,10 @@ class Engine:
         # 6. state machine
         transitions, intent = self._step(sym, tick, signal_.direction, stale, physics, confidence)
         gate = self._gate
-        # 7. route: no broker is wired in this build; EXECUTE expires after its timeout.
+        if gate is not None and not gate.allowed:
+            # The layer that refused the intent decided this evaluation outright.
+            influence = _REFUSED_BY.get(gate.reason.partition(":")[0], influence)
+        # 7. route: intents go to the router after this decision is published (run_live).
         # 8. publish
         self._seq += 1
         # Positional construction: keywords cost ~0.5 µs per Decision on this path.
@@ -540,6 +543,7 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
+_REFUSED_BY = {"veto": {"meta_risk": 1.0}, "capital": {"capital": 1.0}}
 _IST_OFFSET_S = 19_800  # UTC+5:30, no daylight saving
 _STATE_NAME = {s: s.value for s in State}
 

@@ -72,6 +72,7 @@ def test_every_decision_carries_the_layers_and_the_capital_brain_follows_the_reg
     for d in vetoed:  # a veto always names its rule, and never lets an intent out
         assert d.intent is None and d.meta_risk.vetoes
         assert d.transitions[0].reason.startswith("veto:")
+        assert d.influence == {"meta_risk": 1.0}  # the refusing layer decided it
     gov.close()
 
 
@@ -96,7 +97,7 @@ def test_a_daily_loss_halts_trading_and_the_halt_survives_a_restart(tmp_path):
     frames = _frames(30_000)
     before = _run(engine, frames[:15_000])
     assert any(d.intent for d in before) and not engine.halted
-    # A losing round trip of 3% of equity (the execution layer will feed these in).
+    # A losing round trip of 3% of equity (as Engine.on_report feeds closed trades in).
     gov.meta_risk.on_trade_closed(-30_000.0, before[-1].exchange_ts_ms)
     after = _run(engine, frames[15_000:], start=15_000)
     assert engine.halted
