@@ -137,6 +137,12 @@ class PaperConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     latency_ms: Annotated[int, msgspec.Meta(ge=0)] = 50
     # Extra adverse price on every fill, basis points (on top of walking the book).
     slippage_bps: NonNegative = 1.0
+    # RMS: margin the simulated broker blocks per rupee of exposure. An order that adds
+    # exposure beyond equity / margin is rejected, as a real broker's RMS does. Intraday
+    # 0.2 (5x) is the floor SEBI's peak-margin rules leave for cash equity; delivery is
+    # paid in full.
+    intraday_margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    delivery_margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
 
 
 class AngelOneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -136,6 +136,7 @@ class PaperBroker:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._working: dict[str, _Working] = {}  # client_order_id → resting order
+        self._last_px: dict[str, float] = {}  # token → last traded price (marks, margin)
         self._last_ts: dict[str, int] = {}  # token → exchange time of its last tick
         self._next_seq = 1
 
@@ -236,6 +237,38 @@ class PaperBroker:
         ):
             if needed and not (math.isfinite(value) and value > 0):
                 return f"{order.order_type.value} needs a finite {field} > 0, got {value!r}"
+        return self._margin_refusal(order)
+
+    def _margin_refusal(self, order: OrderRequest) -> str:
+        """RMS: an order that adds exposure must leave margin x exposure within equity
+        (cash + positions marked at the last price). Orders that reduce exposure (exits,
+        flattens) always pass, as with a real broker."""
+        db = self._conn()
+        positions = dict(db.execute("SELECT token, qty FROM paper_positions").fetchall())
+        exposure = {t: float(q) for t, q in positions.items()}
+        for w in self._working.values():
+            signed = w.remaining if w.request.side is Side.BUY else -w.remaining
+            exposure[w.request.token] = exposure.get(w.request.token, 0.0) + signed
+
+        def gross() -> float:
+            return sum(abs(q) * self._last_px.get(t, 0.0) for t, q in exposure.items())
+
+        before = gross()
+        signed = order.qty if order.side is Side.BUY else -order.qty
+        exposure[order.token] = exposure.get(order.token, 0.0) + signed
+        after = gross()
+        if after <= before:
+            return ""
+        marks = sum(q * self._last_px.get(t, 0.0) for t, q in positions.items())
+        equity = self._cash_now() + marks
+        cfg = self._cfg
+        frac = cfg.intraday_margin if order.product == "INTRADAY" else cfg.delivery_margin
+        need = after * frac
+        if need > equity:
+            return (
+                f"RMS: insufficient margin: {frac:.0%} of exposure ₹{after:,.0f} is "
+                f"₹{need:,.0f}, equity is ₹{equity:,.0f}; reduce the size"
+            )
         return ""
 
     async def place(self, order: OrderRequest) -> str:
@@ -349,6 +382,7 @@ class PaperBroker:
         if self._db is None:
             return  # not connected: no exchange to match on
         self._last_ts[tick.token] = tick.exchange_ts_ms
+        self._last_px[tick.token] = tick.ltp
         resting = sorted(
             (
                 w
@@ -539,6 +573,9 @@ class PaperBroker:
         return [Position(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def cash(self) -> float:
+        return self._cash_now()
+
+    def _cash_now(self) -> float:
         """Starting cash (fixed on the ledger's first open) plus every cash movement."""
         db = self._conn()
         (start,) = db.execute("SELECT value FROM paper_meta WHERE key='starting_cash'").fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chimera_core.config import ChargesConfig, PaperConfig
@@ -294,3 +295,23 @@ async def test_ledger_separate_from_journal(h: Harness) -> None:
     assert db.execute("SELECT COUNT(*) FROM paper_fills").fetchone() == (1,)
     assert db.execute("SELECT COUNT(*) FROM fills").fetchone() == (0,)  # the engine's, untouched
     db.close()
+
+
+async def test_rms_refuses_orders_beyond_the_margin_but_never_an_exit(h: Harness) -> None:
+    """1,000,000 cash at 20% intraday margin carries 5,000,000 of exposure at most; what
+    reduces exposure always passes."""
+    # 100.0 last price: 49,000 units = 4.9M exposure, margin 0.98M <= 1M equity.
+    await h.broker.place(order("fits", qty=49_000))
+    with pytest.raises(BrokerReject, match="RMS: insufficient margin"):
+        await h.broker.place(order("too-big", qty=2_000))  # 5.1M in all
+    assert h.reports[-1].kind is ExecKind.REJECTED
+    # Selling against the resting buy lowers the exposure: accepted at any size that does.
+    await h.broker.place(order("reduce", side=Side.SELL, qty=49_000))
+    # Delivery is paid in full: 1M of cash buys 10,000 units at 100, not 10,001.
+    await h.broker.cancel("fits")
+    await h.broker.cancel("reduce")
+    d = order("deliv", qty=10_001)
+    with pytest.raises(BrokerReject, match="RMS"):
+        await h.broker.place(msgspec.structs.replace(d, product="DELIVERY"))
+    ok = order("deliv-ok", qty=10_000)
+    await h.broker.place(msgspec.structs.replace(ok, product="DELIVERY"))
