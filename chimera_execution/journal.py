@@ -155,6 +155,15 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+FILL_COLUMNS = "fill_id, client_order_id, token, side, qty, price, charges, exchange_ts_ms"
+
+
+def read_fills(db: sqlite3.Connection, table: str) -> list[Fill]:
+    """The fills of ``table`` (the journal's, or the paper ledger's), in booking order."""
+    rows = db.execute(f"SELECT {FILL_COLUMNS} FROM {table} ORDER BY rowid")
+    return [Fill(r[0], r[1], r[2], Side(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
 def stored_mode(path: Path) -> str | None:
     """The mode a journal file says it belongs to, read-only; None if it has none yet."""
     if not path.exists():
@@ -629,23 +638,7 @@ class Journal:
     # ---- reads ---------------------------------------------------------------------------
 
     def fills(self) -> list[Fill]:
-        rows = self._db.execute(
-            "SELECT fill_id, client_order_id, token, side, qty, price, charges, exchange_ts_ms "
-            "FROM fills ORDER BY rowid"
-        )
-        return [
-            Fill(
-                fill_id=r[0],
-                client_order_id=r[1],
-                token=r[2],
-                side=Side(r[3]),
-                qty=r[4],
-                price=r[5],
-                charges=r[6],
-                exchange_ts_ms=r[7],
-            )
-            for r in rows
-        ]
+        return read_fills(self._db, "fills")
 
     def positions(self) -> list[Position]:
         """Open positions, and flat ones that realized P&L (today's record)."""

@@ -58,7 +58,7 @@ from chimera_core.contracts import (
 from chimera_core.errors import BrokerError, BrokerReject, ChimeraError
 from chimera_execution.brokers.base import ReportSink, report_for
 from chimera_execution.charges import PRODUCTS, compute_charges
-from chimera_execution.journal import apply_fill, stored_mode
+from chimera_execution.journal import apply_fill, read_fills, stored_mode
 
 log = structlog.get_logger(__name__)
 
@@ -559,11 +559,7 @@ class PaperBroker:
         ]
 
     async def fills(self) -> list[Fill]:
-        rows = self._conn().execute(
-            "SELECT fill_id, client_order_id, token, side, qty, price, charges, exchange_ts_ms "
-            "FROM paper_fills ORDER BY rowid"
-        )
-        return [Fill(r[0], r[1], r[2], Side(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        return read_fills(self._conn(), "paper_fills")
 
     async def positions(self) -> list[Position]:
         rows = self._conn().execute(
