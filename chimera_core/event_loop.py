@@ -756,15 +756,17 @@ async def run_live(
     if router is not None:
         try:
             await router.connect()
-            headers = router.feed_headers()
-            if headers:
+
+            def use_login_headers(headers: dict[str, str]) -> None:
                 # Angel One's login issued this session's JWT and feed token: the feed uses
-                # them (they expire daily; no stale copy in the env file is needed).
+                # them on its next (re)connect; they expire daily and a re-login renews them.
                 redactor.add(
                     [headers["Authorization"].removeprefix("Bearer "), headers["x-feed-token"]]
                 )
                 feed.set_headers(headers)
                 log.info("feed_credentials_from_broker_login")
+
+            router.follow_feed_headers(use_login_headers)
             recon = await router.reconcile()
         except ChimeraError as exc:
             telemetry.close()

@@ -19,9 +19,10 @@ class Router(Protocol):
     def persisted_halt(self) -> str:
         """An operator kill switch still in force from an earlier run ("" if none)."""
 
-    def feed_headers(self) -> dict[str, str] | None:
-        """After connect: the broker session's headers for the market-data feed (Angel One's
-        login issues the feed token and JWT), or None when the broker has none (paper)."""
+    def follow_feed_headers(self, apply: Callable[[dict[str, str]], None]) -> None:
+        """After connect: hand the broker session's market-data headers to ``apply`` now and
+        after every re-login (Angel One's login issues the feed token and JWT); a broker
+        without a session (paper) never calls it."""
 
     async def reconcile(self) -> Reconciliation:
         """Make the journal agree with the broker; trading waits for this."""

@@ -528,10 +528,22 @@ class OrderRouter:
         """The reason of an operator kill switch still in force from an earlier run."""
         return str((self.journal.get_risk(KILL_SWITCH_KEY) or {}).get("reason", ""))
 
-    def feed_headers(self) -> dict[str, str] | None:
-        """The broker login's market-data headers (angelone), or None (paper)."""
-        headers = getattr(self.broker, "feed_headers", None)
-        return headers() if callable(headers) else None
+    def follow_feed_headers(self, apply: Callable[[dict[str, str]], None]) -> None:
+        """Give the broker session's market-data headers to ``apply`` now and after every
+        later login (angelone: its login issues the feed's JWT and feed token); paper has
+        none and never calls it."""
+        broker = self.broker
+        headers_of = getattr(broker, "feed_headers", None)
+        if broker is None or not callable(headers_of):
+            return
+
+        def on_login() -> None:
+            headers = headers_of()
+            if headers:
+                apply(headers)
+
+        broker.on_login = on_login  # type: ignore[attr-defined]
+        on_login()
 
     async def reconcile(self) -> Reconciliation:
         """Make the journal agree with the broker, or say what does not agree."""

@@ -143,6 +143,9 @@ def new_smartconnect(api_key: str, root: str, timeout: float, workdir: Path) -> 
             os.chdir(cwd)
 
 
+RELOGIN_EVERY_S = 30.0
+
+
 class _OrderSocket(ClientConnection):
     """Notes every pong, even unsolicited ones: Angel answers PING with payload b"\\x00",
     which websockets would otherwise discard as not matching its ping."""
@@ -239,6 +242,8 @@ class AngelOneBroker:
         self._exc: Any = None
         self._feed_token = ""
         self._jwt = ""
+        self._relogin_at = -RELOGIN_EVERY_S
+        self.on_login: Callable[[], None] | None = None  # called after every login
         self._closing = asyncio.Event()
         self._poll_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,6 +255,23 @@ class AngelOneBroker:
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
         """Log in (TOTP), recover our open orders, start the order stream and the poll."""
+        await asyncio.to_thread(self._load_tags)
+        self._api = new_smartconnect(
+            self._api_key, self.cfg.rest_url, self.cfg.request_timeout_s, self.state_dir
+        )
+        _, self._exc = _load_sdk(self.state_dir)
+        await self._login()
+        with contextlib.suppress(BrokerError):
+            await self.order_book()  # adopts our open orders after a restart
+        self._closing.clear()
+        self._tasks = [
+            asyncio.create_task(self._run_order_stream(), name="angelone-order-stream"),
+            asyncio.create_task(self._run_poll(), name="angelone-order-poll"),
+        ]
+
+    async def _login(self) -> None:
+        """generateSession with a fresh TOTP; the session's JWT and feed token replace any
+        earlier ones (the order stream reconnects with them)."""
         try:
             totp = pyotp.TOTP(self._totp_secret).now()
         except Exception:  # binascii.Error / ValueError; never echo the secret
@@ -257,11 +279,6 @@ class AngelOneBroker:
                 "the Angel One TOTP secret is not valid base32: set CHIMERA_TOTP_SECRET to the "
                 "secret shown when TOTP was enabled for the account"
             ) from None
-        await asyncio.to_thread(self._load_tags)
-        self._api = new_smartconnect(
-            self._api_key, self.cfg.rest_url, self.cfg.request_timeout_s, self.state_dir
-        )
-        _, self._exc = _load_sdk(self.state_dir)
         try:
             session = await asyncio.to_thread(
                 self._api.generateSession, self.client_code, self._password, totp
@@ -279,13 +296,23 @@ class AngelOneBroker:
         self._jwt = str(self._api.access_token or "")
         self._feed_token = str(self._api.getfeedToken() or "")
         log.info("angelone_logged_in", rest_url=self.cfg.rest_url)
-        with contextlib.suppress(BrokerError):
-            await self.order_book()  # adopts our open orders after a restart
-        self._closing.clear()
-        self._tasks = [
-            asyncio.create_task(self._run_order_stream(), name="angelone-order-stream"),
-            asyncio.create_task(self._run_poll(), name="angelone-order-poll"),
-        ]
+        if self.on_login is not None:
+            self.on_login()  # e.g. the market-data feed takes the new tokens
+
+    async def _relogin(self, after: str) -> bool:
+        """The session expired (Angel's tokens last a day): log in again, at most once per
+        RELOGIN_EVERY_S, so a wrong password cannot turn into a login loop."""
+        now = time.monotonic()
+        if now - self._relogin_at < RELOGIN_EVERY_S:
+            return False
+        self._relogin_at = now
+        log.warning("angelone_relogin", after=after)
+        try:
+            await self._login()
+        except BrokerError as exc:
+            log.error("angelone_relogin_failed", error=str(exc))
+            return False
+        return True
 
     async def close(self) -> None:
         """Stop the stream and the poll; open orders stay as they are."""
@@ -335,11 +362,24 @@ class AngelOneBroker:
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         if self._api is None:
             raise BrokerError(f"Angel One {what} before connect(): call connect() first")
-        try:
-            response = await asyncio.to_thread(fn, *args)
-        except Exception as exc:
-            raise self._map_exception(exc, what) from None
-        return self._check(response, what)
+        for attempt in (0, 1):
+            try:
+                response = await asyncio.to_thread(fn, *args)
+                return self._check(response, what)
+            except AuthError:
+                # Refused for the session, not for the call: nothing was done, so one retry
+                # after a fresh login is safe (placeOrder included).
+                if attempt == 0 and await self._relogin(what):
+                    continue
+                raise
+            except (BrokerError, BrokerReject):
+                raise
+            except Exception as exc:
+                err = self._map_exception(exc, what)
+                if isinstance(err, AuthError) and attempt == 0 and await self._relogin(what):
+                    continue
+                raise err from None
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     # -- orders ------------------------------------------------------------------------------
     async def place(self, order: OrderRequest) -> str:

@@ -334,3 +334,30 @@ async def test_unreachable_broker_is_a_broker_error_not_a_reject(tmp_path: Path)
         await broker.connect()
     assert not isinstance(err.value, (AuthError, BrokerReject))
     assert DEFAULT_PASSWORD not in str(err.value).replace(cfg.rest_url, "")
+
+
+async def test_an_expired_session_logs_in_again_and_the_call_goes_through(
+    sim: ExchangeSimulator, tmp_path: Path
+) -> None:
+    """Angel One's tokens expire overnight: the refused call triggers one fresh login and is
+    retried once (it was refused, so nothing was done twice)."""
+    reports = Reports()
+    broker = await _connected(sim, reports, tmp_path, poll_interval_s=30.0)
+    try:
+        old = broker.feed_headers()
+        logins: list[dict[str, str] | None] = []
+        broker.on_login = lambda: logins.append(broker.feed_headers())  # the feed's hook
+        assert sim.orders is not None
+        sim.orders.expire_sessions()
+        with capture_logs() as logs:
+            await broker.place(_req("CH-1-3045-9-0"))
+        assert [e["event"] for e in logs].count("angelone_relogin") == 1
+        await _until(lambda: ExecKind.FILLED in reports.kinds("CH-1-3045-9-0"))
+        assert len(await broker.order_book()) == 1  # one order, not two
+        assert logins == [broker.feed_headers()] and logins[0] != old  # new tokens to the feed
+        # A second expiry within RELOGIN_EVERY_S is not retried: no login loop.
+        sim.orders.expire_sessions()
+        with pytest.raises(AuthError):
+            await broker.place(_req("CH-1-3045-9-1"))
+    finally:
+        await broker.close()

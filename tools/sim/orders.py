@@ -391,6 +391,11 @@ class OrderGateway:
             raise _ApiError("AB1050", "Invalid totp")
         return _ok(self._issue_tokens())
 
+    def expire_sessions(self) -> None:
+        """Every issued JWT stops working, as Angel One's do overnight (tests)."""
+        self._jwts.clear()
+        log.info("sim_orders_sessions_expired")
+
     def _issue_tokens(self) -> dict[str, str]:
         jwt, refresh = f"sim.{secrets.token_urlsafe(24)}", secrets.token_urlsafe(24)
         self._feed_token = secrets.token_urlsafe(16)
