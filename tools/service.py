@@ -173,7 +173,7 @@ def _hints(user: str, data_dir: Path, venv: Path, config: Path) -> None:
         print(
             f"note: {config} has data_dir = {str(configured)!r}; the services resolve it "
             f"against WorkingDirectory={data_dir.parent}, commands you run elsewhere "
-            f"(doctor, kill) against their own directory: set data_dir = \"{data_dir}\""
+            f'(doctor, kill) against their own directory: set data_dir = "{data_dir}"'
         )
 
 
