@@ -218,7 +218,11 @@ class ControlClient:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._token = token
-        self._ctx = zmq.Context()
+        # The process-wide context: a client dropped without close() (an exception on the
+        # way) leaves only a LINGER=0 socket, which its finaliser closes. A private context
+        # would be terminated by the garbage collector, which then waits for that socket
+        # for ever (seen: a failed test hung the suite in an unrelated test's GC).
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._lock = threading.Lock()
         self._prefix = secrets.token_hex(4)
@@ -268,7 +272,6 @@ class ControlClient:
     def close(self) -> None:
         with self._lock:
             self._reset()
-            self._ctx.term()
 
     def __enter__(self) -> ControlClient:
         return self

@@ -394,3 +394,36 @@ def test_empty_token_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "control.token").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         resolve_token({}, tmp_path)
+
+
+@pytest.mark.timeout(30)
+def test_a_client_dropped_without_close_never_hangs_the_garbage_collector() -> None:
+    """A caller that raises after a request leaves its client (and its open socket) to the
+    garbage collector, possibly inside a reference cycle; collecting it must not block."""
+    import gc
+
+    ctx = zmq.Context.instance()
+    server = ctx.socket(zmq.ROUTER)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        client = ControlClient(f"tcp://127.0.0.1:{port}", "tok", timeout_s=2.0)
+        done = threading.Event()
+
+        def answer() -> None:
+            ident, empty, payload = server.recv_multipart()
+            rid = orjson.loads(payload)["id"]
+            server.send_multipart([ident, empty, orjson.dumps({"ok": True, "id": rid})])
+            done.set()
+
+        t = threading.Thread(target=answer)
+        t.start()
+        assert client.request("status")["ok"] is True
+        t.join(5)
+        assert done.is_set()
+        client.cycle = client  # type: ignore[attr-defined]  # as a traceback frame can hold it
+        del client
+        started = time.monotonic()
+        gc.collect()
+        assert time.monotonic() - started < 5.0
+    finally:
+        server.close(linger=0)
