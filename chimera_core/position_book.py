@@ -57,6 +57,10 @@ class PositionBook:
             pos.qty = p.qty
             pos.avg_price = p.avg_price if p.qty else 0.0
 
+    def by_token(self) -> dict[str, SymbolPosition]:
+        """Every symbol the book has seen (a copy of the mapping; the entries are live)."""
+        return dict(self._by_token)
+
     def open_positions(self) -> int:
         return sum(1 for p in self._by_token.values() if p.qty != 0)
 

@@ -65,10 +65,10 @@ from chimera_core.contracts import (
     Reconciliation,
     Regime,
     SessionInfo,
-    Side,
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.logging import configure_logging
+from chimera_core.position_book import PositionBook
 from chimera_core.telemetry import (
     SEP,
     SEQ,
@@ -180,10 +180,9 @@ class MetricsExporter(Collector):
         self.reports: dict[str, int] = {}  # by kind (ACK = orders accepted)
         self.fills = 0
         self.fill_qty = 0
-        self.charges: dict[str, float] = {}
-        self.realized: dict[str, float] = {}  # net of charges, from fills
-        self.position: dict[str, int] = {}
-        self._avg: dict[str, float] = {}
+        # Positions, net realized P&L and charges by average cost: the engine's own book,
+        # kept here from the same reports (a separate process).
+        self.book = PositionBook()
         self.reconciled: bool | None = None
         # everything else
         self.health: Health | None = None
@@ -225,8 +224,8 @@ class MetricsExporter(Collector):
                 recon = _recon_decoder.decode(payload)
                 self.reconciled = recon.ok
                 for pos in recon.positions:
-                    self.position[pos.token] = pos.qty
-                    self._avg[pos.token] = pos.avg_price
+                    held = self.book.get(pos.token)
+                    held.qty, held.avg_price = pos.qty, pos.avg_price
             else:
                 self.decode_errors += 1
                 return
@@ -268,24 +267,7 @@ class MetricsExporter(Collector):
             return
         self.fills += 1
         self.fill_qty += fill.qty
-        token = fill.token
-        self.charges[token] = self.charges.get(token, 0.0) + fill.charges
-        # Realized P&L by average cost, net of charges (the engine's position book does the
-        # same; this is a separate process, so it keeps its own).
-        qty, avg = self.position.get(token, 0), self._avg.get(token, 0.0)
-        signed = fill.qty if fill.side is Side.BUY else -fill.qty
-        realized = self.realized.get(token, 0.0) - fill.charges
-        if qty == 0 or (qty > 0) == (signed > 0):
-            avg = (avg * abs(qty) + fill.price * abs(signed)) / abs(qty + signed)
-        else:
-            closing = min(abs(qty), abs(signed))
-            realized += (fill.price - avg) * closing * (1 if qty > 0 else -1)
-            if abs(signed) > abs(qty):
-                avg = fill.price
-        qty += signed
-        self.position[token] = qty
-        self._avg[token] = avg if qty else 0.0
-        self.realized[token] = realized
+        self.book.apply(fill)
 
     def _on_health(self, h: Health) -> None:
         self.health = h
@@ -427,14 +409,15 @@ class MetricsExporter(Collector):
         yield orders
         yield CounterMetricFamily(p + "fills", "Fills reported", self.fills)
         yield CounterMetricFamily(p + "rejects", "Orders rejected", self.reports.get("REJECTED", 0))
-        for name, doc, values in (
-            ("realized_pnl", "Realized P&L net of charges, rupees", self.realized),
-            ("charges", "Charges paid, rupees", self.charges),
-            ("position", "Signed position, units", self.position),
+        held = list(self.book.by_token().items())
+        for name, doc, field in (
+            ("realized_pnl", "Realized P&L net of charges, rupees", "realized"),
+            ("charges", "Charges paid, rupees", "charges"),
+            ("position", "Signed position, units", "qty"),
         ):
             g = GaugeMetricFamily(p + name, doc, labels=["token"])
-            for token, v in list(values.items()):
-                g.add_metric([token], float(v))
+            for token, pos in held:
+                g.add_metric([token], float(getattr(pos, field)))
             yield g
         if self.reconciled is not None:
             yield GaugeMetricFamily(
