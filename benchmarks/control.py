@@ -32,7 +32,7 @@ from tools.sim.market import Market
 GOALS_US = {"in_process": 1_000.0, "cli": 50_000.0}
 
 
-def _stats(us: list[float]) -> dict[str, float]:
+def stats(us: list[float]) -> dict[str, float]:
     a = np.asarray(us)
     return {
         "n": int(a.size),
@@ -40,6 +40,19 @@ def _stats(us: list[float]) -> dict[str, float]:
         "p99_us": round(float(np.percentile(a, 99)), 1),
         "max_us": round(float(a.max()), 1),
     }
+
+
+def wait_for_engine(client: ControlClient, timeout_s: float = 60.0) -> None:
+    """Until the engine answers ``status`` on the control channel (it is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.request("status")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _in_process(n: int) -> dict[str, float]:
@@ -53,7 +66,7 @@ def _in_process(n: int) -> dict[str, float]:
         engine.control("halt", "bench")
         out.append((time.perf_counter_ns() - t0) / 1000)
         engine.control("resume", "bench")
-    return _stats(out)
+    return stats(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,15 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         client = ControlClient(f"tcp://127.0.0.1:{ctl}", env["CHIMERA_CONTROL_TOKEN"], timeout_s=2)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.request("status")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_engine(client)
         time.sleep(1.0)  # ticks flowing
         rtt = []
         for _ in range(args.n):
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             rtt.append((time.perf_counter_ns() - t0) / 1000)
             assert reply["ok"] and reply["result"]["halted"], reply
             client.request("resume", "bench")
-        result["client_round_trip"] = _stats(rtt)
+        result["client_round_trip"] = stats(rtt)
         cli = []
         for _ in range(args.cli_runs):
             t0 = time.perf_counter_ns()
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             cli.append((time.perf_counter_ns() - t0) / 1000)
             assert done.returncode == 0, done.stderr.decode()
             client.request("resume", "bench")
-        result["cli"] = _stats(cli)
+        result["cli"] = stats(cli)
         client.close()
     finally:
         live.terminate()

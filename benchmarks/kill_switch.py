@@ -24,26 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 import orjson
 import zmq
 
+from benchmarks.control import stats, wait_for_engine
 from benchmarks.hot_path import _free_port
 from chimera_core.contracts import ExecKind, ExecutionReport
 from chimera_core.control import ControlClient
 from chimera_core.telemetry import TOPIC_EXEC, split
 
 TOKENS = [str(3000 + i) for i in range(20)]
-
-
-def _stats(us: list[float]) -> dict[str, float]:
-    a = np.asarray(us)
-    return {
-        "n": int(a.size),
-        "p50_us": round(float(np.percentile(a, 50)), 1),
-        "p99_us": round(float(np.percentile(a, 99)), 1),
-        "max_us": round(float(a.max()), 1),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,15 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes: list[int] = []
     try:
         client = ControlClient(f"tcp://127.0.0.1:{ctl}", env["CHIMERA_CONTROL_TOKEN"], timeout_s=2)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.request("status")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_engine(client)
         for _ in range(args.rounds):
             deadline = time.monotonic() + 30
             while len(open_orders) < args.min_open and time.monotonic() < deadline:
@@ -161,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         "orders resting at the paper broker; halt over the control channel",
         "rounds": len(all_us),
         "open_orders_per_halt": sizes,
-        "reply": _stats(reply_us),
-        "all_cancelled": _stats(all_us),
-        "router": _stats(router_us) if router_us else None,
+        "reply": stats(reply_us),
+        "all_cancelled": stats(all_us),
+        "router": stats(router_us) if router_us else None,
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
