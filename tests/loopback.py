@@ -63,3 +63,13 @@ def chimera(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> 
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
+
+
+async def start_order_sim(**kwargs: Any) -> Any:
+    """An in-process `chimera sim` with its SmartAPI order side on a free REST port, filling
+    market orders after 20 ms; the caller stops it."""
+    from tools.sim.server import ExchangeSimulator
+
+    sim = ExchangeSimulator(port=0, rate=500.0, rest_port=0, fill_delay_s=0.02, **kwargs)
+    await sim.start()
+    return sim

@@ -24,7 +24,7 @@ from chimera_core.contracts import (
 )
 from chimera_core.errors import AuthError, BrokerError, BrokerReject, RateLimited
 from chimera_execution.brokers.angelone import AngelOneBroker, ordertag_for
-from tests.loopback import free_port
+from tests.loopback import free_port, start_order_sim
 from tools.sim.orders import DEFAULT_CLIENT_CODE, DEFAULT_PASSWORD, DEFAULT_TOTP_SECRET, OrderFaults
 from tools.sim.server import ExchangeSimulator
 
@@ -40,15 +40,9 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
-async def _sim(**kwargs: Any) -> ExchangeSimulator:
-    sim = ExchangeSimulator(port=0, rate=500.0, rest_port=0, fill_delay_s=0.02, **kwargs)
-    await sim.start()
-    return sim
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[ExchangeSimulator]:
-    server = await _sim()
+    server = await start_order_sim()
     yield server
     await server.stop()
 
@@ -181,7 +175,7 @@ async def test_limit_rests_then_cancel_reports_cancelled(
 
 
 async def test_rms_reject_becomes_rejected_report(tmp_path: Path) -> None:
-    sim = await _sim(order_faults=OrderFaults(reject_p=1.0))
+    sim = await start_order_sim(order_faults=OrderFaults(reject_p=1.0))
     reports = Reports()
     broker = await _connected(sim, reports, tmp_path)
     try:
@@ -233,7 +227,7 @@ async def test_login_failures_are_auth_errors_without_secrets(
 async def test_dropped_updates_are_recovered_by_the_poll_without_duplicates(
     tmp_path: Path,
 ) -> None:
-    sim = await _sim(order_faults=OrderFaults(update_drop_p=1.0))
+    sim = await start_order_sim(order_faults=OrderFaults(update_drop_p=1.0))
     reports = Reports()
     broker = await _connected(sim, reports, tmp_path, poll_interval_s=0.1)
     try:

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chimera_execution.brokers.angelone import new_smartconnect
+from tests.loopback import start_order_sim
 from tools.sim.orders import (
     DEFAULT_CLIENT_CODE,
     DEFAULT_PASSWORD,
@@ -39,15 +40,9 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
-async def _sim(**kwargs: Any) -> ExchangeSimulator:
-    sim = ExchangeSimulator(port=0, rate=500.0, rest_port=0, fill_delay_s=0.02, **kwargs)
-    await sim.start()
-    return sim
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[ExchangeSimulator]:
-    server = await _sim()
+    server = await start_order_sim()
     yield server
     await server.stop()
 
@@ -257,7 +252,7 @@ async def test_order_update_socket_pushes_events_in_the_live_shape(
 
 
 async def test_reject_fault_answers_success_then_pushes_rejected(tmp_path: Path) -> None:
-    sim = await _sim(order_faults=OrderFaults(reject_p=1.0))
+    sim = await start_order_sim(order_faults=OrderFaults(reject_p=1.0))
     try:
         api = await _login(sim, tmp_path)
         events: list[dict[str, Any]] = []
@@ -277,7 +272,7 @@ async def test_reject_fault_answers_success_then_pushes_rejected(tmp_path: Path)
 
 
 async def test_drop_fault_sends_nothing_but_the_book_has_the_truth(tmp_path: Path) -> None:
-    sim = await _sim(order_faults=OrderFaults(update_drop_p=1.0))
+    sim = await start_order_sim(order_faults=OrderFaults(update_drop_p=1.0))
     try:
         api = await _login(sim, tmp_path)
         events: list[dict[str, Any]] = []
@@ -295,7 +290,7 @@ async def test_drop_fault_sends_nothing_but_the_book_has_the_truth(tmp_path: Pat
 
 
 async def test_rate_limit_burst_flag_forces_403s(tmp_path: Path) -> None:
-    sim = await _sim(order_faults=OrderFaults(rate_limit_burst=2))
+    sim = await start_order_sim(order_faults=OrderFaults(rate_limit_burst=2))
     try:
         api = await _login(sim, tmp_path)
         for _ in range(2):
