@@ -123,7 +123,8 @@ class OrderRouter:
         self.liquidity = LiquidityAdjuster(
             ex.slicing.depth_fraction, ex.slicing.max_spread_pct, ex.slicing.max_wait_s
         )
-        self._exchange_type = {t: _exchange_type(cfg) for t in cfg.feed.tokens}
+        # One segment per engine (feed.exchange_type): every intent and exit is on it.
+        self._exchange_type = int(ExchangeType[cfg.feed.exchange_type])
         self._parents: dict[str, Parent] = {}
         self._positions = PositionBook()
         self._brackets: dict[str, tuple[str, Bracket]] = {}  # token → (entry intent, levels)
@@ -164,7 +165,6 @@ class OrderRouter:
         parent = Parent(intent, atr, slicer)
         parent.window_end_ms = intent.exchange_ts_ms + int(s.window_s * 1000)
         self._parents[intent.client_order_id] = parent
-        self._exchange_type[intent.token] = intent.exchange_type
         self._watch.add(intent.token)
         log.info(
             "intent_accepted",
@@ -423,7 +423,7 @@ class OrderRouter:
             Position(token, pos.qty, pos.avg_price),
             purpose,
             intent_id,
-            self._exchange_type.get(token) or _exchange_type(self.cfg),
+            self._exchange_type,
             now_ms,
             now_ms,  # the exchange time makes the id unique and the same on replay
         )
@@ -669,10 +669,6 @@ class OrderRouter:
 
 def _nowhere(report: ExecutionReport) -> None:
     log.warning("report_without_sink", coid=report.client_order_id)
-
-
-def _exchange_type(cfg: Config) -> int:
-    return int(ExchangeType[cfg.feed.exchange_type])
 
 
 def _reject(intent: OrderIntent, coid: str, reason: str, at_ns: int) -> ExecutionReport:
