@@ -58,6 +58,15 @@ class StrategyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 class SanityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     # A trade this far (percent) from the token's previous price is treated as a bad print.
     max_jump_pct: Positive = 10.0
+    # A sequence number further ahead than this of the token's last one is a bad frame,
+    # not the new baseline (one flipped bit must not silence the token for good).
+    max_seq_jump: PositiveInt = 1_000_000
+    # An exchange time this far (seconds) ahead of the feed's clock (the latest accepted
+    # exchange time of any token) is a bad frame, not a new bar.
+    max_clock_ahead_s: Positive = 3_600.0
+    # A token that has dropped this many frames in a row as out-of-order or late takes the
+    # next one as its new baseline and logs ``feed_rebaselined``.
+    rebaseline_after: PositiveInt = 50
 
 
 class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -191,6 +200,15 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     stop_atr_multiple: Positive = 2.0  # bracket stop loss distance
     take_profit_atr_multiple: Positive = 3.0
     journal_sync: Literal["NORMAL", "FULL"] = "FULL"  # SQLite synchronous; FULL survives power loss
+    # A position whose token has been dark (no accepted frame) this long, in local seconds,
+    # is flagged ``position_unprotected``: its stop and target cannot be watched.
+    unprotected_after_s: Positive = 30.0
+    # ...and then either closed at market ("flatten") or the engine takes no new entries
+    # until the token is healthy again ("exits_only").
+    unprotected_action: Literal["flatten", "exits_only"] = "exits_only"
+    # A journal write that fails (full disk, I/O error): no new entries ("exits_only"), or
+    # halt and cancel every open order ("halt").
+    on_journal_failure: Literal["exits_only", "halt"] = "exits_only"
     charges: ChargesConfig = msgspec.field(default_factory=ChargesConfig)
     paper: PaperConfig = msgspec.field(default_factory=PaperConfig)
     angelone: AngelOneConfig = msgspec.field(default_factory=AngelOneConfig)
@@ -201,6 +219,9 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
+    # Free space under data_dir below this many MB is a warning in doctor, health, metrics
+    # and the recorder, before a full disk becomes an outage.
+    min_free_disk_mb: Annotated[int, msgspec.Meta(ge=0)] = 500
     feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
     sanity: SanityConfig = msgspec.field(default_factory=SanityConfig)

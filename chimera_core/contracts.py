@@ -484,6 +484,12 @@ class Health(msgspec.Struct, gc=False):
     paused: bool = False  # no new entries (operator pause); positions carry on
     reconciled: bool = True  # False: the broker reconciliation disagreed, no entries
     schema: int = SCHEMA_VERSION
+    # Exits only: no new entries (journal failure, an unprotected position); exits work.
+    exits_only: bool = False
+    exits_only_reason: str = ""
+    journal_error: str = ""  # the last journal write failure; "" when writes succeed
+    disk_free_mb: float = -1.0  # free space under data_dir; -1 when not measured
+    unprotected: list[str] = msgspec.field(default_factory=list)  # tokens with a dark position
 
 
 class SessionInfo(msgspec.Struct):
