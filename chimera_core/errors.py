@@ -46,3 +46,23 @@ class AuthError(BrokerError):
 
 class DuplicateOrder(ChimeraError):
     """A client_order_id the journal already holds: the order was never sent twice."""
+
+
+class JournalWriteError(ChimeraError):
+    """A journal write or commit failed in SQLite (full disk, I/O error); the transaction
+    was rolled back, so nothing of it is recorded. ``path`` is the file, ``cause`` the
+    sqlite3 error."""
+
+    def __init__(self, message: str, path: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.path = path
+        self.cause = cause
+
+
+class JournalCorrupt(ChimeraError):
+    """A journal file SQLite cannot read (not a database, malformed, truncated). ``path``
+    is the damaged file; the message says how to recover."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path

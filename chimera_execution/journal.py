@@ -41,7 +41,7 @@ from chimera_core.contracts import (
     Purpose,
     Side,
 )
-from chimera_core.errors import ChimeraError, DuplicateOrder
+from chimera_core.errors import ChimeraError, DuplicateOrder, JournalWriteError
 
 log = structlog.get_logger(__name__)
 
@@ -226,13 +226,48 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction. A failure in SQLite itself (full disk, I/O error) is a
+        JournalWriteError after the rollback; IntegrityError passes through (callers turn
+        it into DuplicateOrder), and so does any error of ours."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._write_error(exc, "begin") from exc
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise self._write_error(exc, "write") from exc
             raise
-        self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # On SQLITE_FULL / IOERR SQLite may already have rolled back by itself; a second
+        # ROLLBACK would raise "no transaction is active" and hide the real cause.
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("journal.rollback_failed", path=str(self.path), error=str(exc))
+
+    def _write_error(self, exc: sqlite3.Error, stage: str) -> JournalWriteError:
+        text = str(exc)
+        if "full" in text:
+            advice = f"free disk space under {self.path.parent}"
+        elif "readonly" in text or "read-only" in text:
+            advice = f"make {self.path} and its directory writable by this user"
+        else:
+            advice = f"check the disk holding {self.path} (dmesg, smartctl)"
+        log.error("journal.write_failed", path=str(self.path), stage=stage, error=text)
+        return JournalWriteError(
+            f"journal: write to {self.path} failed ({stage}): {text}; the transaction was "
+            f"rolled back, nothing of it was recorded — {advice}",
+            path=str(self.path),
+            cause=exc,
+        )
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
