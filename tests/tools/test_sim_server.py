@@ -539,3 +539,48 @@ async def test_cli_listens_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert b'"sim_stopped"' in err
     assert len(list(TickFileReader(record))) >= 5
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_cli_refuses_a_non_loopback_host_without_allow_remote(host: str) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "chimera"), "sim", "--host", host, "--port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert host in done.stderr and "--allow-remote" in done.stderr
+    assert "sim_listening" not in done.stderr
+
+
+async def test_cli_binds_a_non_loopback_host_with_allow_remote() -> None:
+    # 0.0.0.0 is the wildcard bind; --allow-remote says the operator means it. The loopback
+    # address is reachable through it, which is all this machine allows.
+    proc = await asyncio.create_subprocess_exec(
+        str(REPO / ".venv" / "bin" / "chimera"), "sim", "--host", "0.0.0.0", "--allow-remote",
+        "--port", "0", "--no-orders", "--tokens", "2885",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen: list[bytes] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = await proc.stderr.readline()
+                assert line, "simulator exited before listening"
+                seen.append(line)
+                if b'"sim_listening"' in line:
+                    event = json.loads(line)
+                    break
+        # The operator is told, once, that every interface is served.
+        warned = [json.loads(x) for x in seen if b'"sim_remote_bind"' in x]
+        assert len(warned) == 1 and warned[0]["host"] == "0.0.0.0"
+        assert warned[0]["level"] == "warning"
+        port = event["url"].rsplit(":", 1)[1].split("/")[0]
+        async with _connect(f"ws://127.0.0.1:{port}/smart-stream") as ws:
+            await ws.send(_request(Mode.LTP, ["2885"]))
+            assert {decode(f).token for f in await _frames(ws, 2)} == {"2885"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 10)

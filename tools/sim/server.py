@@ -34,10 +34,12 @@ import argparse
 import asyncio
 import contextlib
 import http
+import ipaddress
 import json
 import os
 import random
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -725,6 +727,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; a name or wildcard is not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimera sim",
@@ -732,7 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ws://HOST:PORT/smart-stream, SmartConnect REST and /smart-order-update at "
         "http://HOST:REST_PORT (tools/sim/orders.py)",
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (the simulator accepts any login and places orders)",
+    )
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument(
         "--rate", type=_positive_float, default=1000.0, help="ticks/s across tokens; 0 = flood"
@@ -854,6 +871,14 @@ def main(argv: list[str] | None = None) -> int:
     """``chimera sim``: serve until SIGINT/SIGTERM, then stop cleanly."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"chimera sim: refusing to bind {args.host}: it is not a loopback address, and the "
+            "simulator serves its REST login and order routes to anyone who reaches it; "
+            "use --host 127.0.0.1 or pass --allow-remote",
+            file=sys.stderr,
+        )
+        return 2
     tokens = tuple(t.strip() for t in args.tokens.split(",") if t.strip())
     if not tokens:
         parser.error("--tokens needs at least one token")
@@ -876,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging("INFO")
+    if not is_loopback(args.host):
+        log.warning("sim_remote_bind", host=args.host, why="--allow-remote")
     try:
         sim = ExchangeSimulator(
             host=args.host,
