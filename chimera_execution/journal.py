@@ -41,7 +41,7 @@ from chimera_core.contracts import (
     Purpose,
     Side,
 )
-from chimera_core.errors import ChimeraError, DuplicateOrder, JournalWriteError
+from chimera_core.errors import ChimeraError, DuplicateOrder, JournalCorrupt, JournalWriteError
 
 log = structlog.get_logger(__name__)
 
@@ -164,8 +164,44 @@ def read_fills(db: sqlite3.Connection, table: str) -> list[Fill]:
     return [Fill(r[0], r[1], r[2], Side(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
 
+# SQLite's own verdict that a file is damaged (as opposed to busy, full or unreadable).
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+RECOVERY_ADVICE = (
+    "stop every chimera process, move the file aside with its -wal and -shm (keep them), "
+    "salvage what SQLite can read with `sqlite3 <moved file> .recover | sqlite3 {path}`, "
+    "run `chimera doctor`, and let the start-up reconciliation compare the result with "
+    "the broker; see docs/RUNBOOK.md, 'After a crash'"
+)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when ``exc`` is SQLite saying the file itself is damaged."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
+        or "malformed" in str(exc)
+        or "not a database" in str(exc)
+    )
+
+
+def corrupt_error(path: Path, exc: BaseException) -> JournalCorrupt:
+    return JournalCorrupt(
+        f"journal: {path} is damaged ({exc}); refusing to trade on it. To recover: "
+        + RECOVERY_ADVICE.format(path=path),
+        path=str(path),
+    )
+
+
+def _quick_check(db: sqlite3.Connection, path: Path) -> None:
+    # O(file size), once per open: a damaged page found here is a clean refusal instead of
+    # a DatabaseError from the middle of reconciliation or trading.
+    problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)").fetchall()]
+    if problems != ["ok"]:
+        raise corrupt_error(path, sqlite3.DatabaseError("; ".join(problems)))
+
+
 def stored_mode(path: Path) -> str | None:
-    """The mode a journal file says it belongs to, read-only; None if it has none yet."""
+    """The mode a journal file says it belongs to, read-only; None if it has none yet.
+    JournalCorrupt when SQLite cannot read it."""
     if not path.exists():
         return None
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
@@ -177,6 +213,10 @@ def stored_mode(path: Path) -> str | None:
             return None
         row = db.execute("SELECT value FROM meta WHERE key='mode'").fetchone()
         return None if row is None else str(row[0])
+    except sqlite3.DatabaseError as exc:
+        if is_corruption(exc):
+            raise corrupt_error(path, exc) from None
+        raise
     finally:
         db.close()
 
@@ -206,11 +246,17 @@ class Journal:
         # Autocommit at the driver level: every write below opens its own BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         try:
+            self._db.execute("PRAGMA busy_timeout=10000")
+            _quick_check(self._db, self.path)  # before anything writes to it
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA busy_timeout=10000")
             self._migrate()
             self._starting_cash = self._init_meta(starting_cash)
+        except sqlite3.Error as exc:
+            self._db.close()
+            if is_corruption(exc):
+                raise corrupt_error(self.path, exc) from None
+            raise ChimeraError(f"journal: cannot open {self.path}: {exc}") from exc
         except BaseException:
             self._db.close()
             raise
@@ -257,6 +303,8 @@ class Journal:
         text = str(exc)
         if "full" in text:
             advice = f"free disk space under {self.path.parent}"
+        elif is_corruption(exc):
+            advice = RECOVERY_ADVICE.format(path=self.path)
         elif "readonly" in text or "read-only" in text:
             advice = f"make {self.path} and its directory writable by this user"
         else:

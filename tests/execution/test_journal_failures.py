@@ -84,3 +84,77 @@ def test_every_write_path_raises_the_typed_error(tmp_path: Path) -> None:
                     write(i)
             assert not j._db.in_transaction
         assert j.check() == []
+
+
+# ---- a damaged file ----------------------------------------------------------------------
+def _journal_with_rows(data_dir: Path, n: int = 400) -> Path:
+    with Journal(data_dir, "paper", starting_cash=1e6) as j:
+        for i in range(n):
+            j.record_order(request(f"c{i:04d}"))
+    path = journal_path(data_dir, "paper")
+    assert path.stat().st_size > 8 * 4096  # enough pages to damage one in the middle
+    return path
+
+
+def _garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(range(256)) * 64)
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _middle_page_overwritten(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = (len(data) // page // 2) * page
+    data[middle : middle + page] = b"\xa5" * page
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncated, _middle_page_overwritten])
+def test_a_damaged_journal_is_refused_naming_the_file(tmp_path: Path, damage) -> None:
+    from chimera_core.errors import JournalCorrupt
+
+    path = journal_path(tmp_path, "paper")
+    if damage is not _garbage:
+        _journal_with_rows(tmp_path)
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(JournalCorrupt) as err:
+        Journal(tmp_path, "paper").close()
+    assert err.value.path == str(path)
+    message = str(err.value)
+    assert str(path) in message and "damaged" in message
+    assert "RUNBOOK" in message and ".recover" in message  # what to do about it
+    assert path.read_bytes() == before  # refusing wrote nothing into the damaged file
+
+
+def test_chimera_live_on_a_damaged_journal_prints_one_clean_message(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    path = _journal_with_rows(data)
+    _truncated(path)
+    config = tmp_path / "chimera.toml"
+    config.write_text(
+        f'data_dir = "{data}"\n'
+        '[feed]\nurl = "ws://127.0.0.1:9/smart-stream"\n'  # never reached
+        "[governance]\nenabled = false\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "live", "--config", str(config),
+         "--env-file", str(tmp_path / ".env")],
+        cwd=repo, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"chimera live: journal: {path}" in proc.stderr, proc.stderr
+    assert "RUNBOOK" in proc.stderr
