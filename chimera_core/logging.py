@@ -1,12 +1,17 @@
 """structlog JSON logging, configured once per process, with secret redaction.
 
 Secrets are removed twice over: any key that names a secret has its value replaced,
-and any registered secret value is scrubbed from every string in the event, wherever
-it appears (a URL, an exception text, a header dump).
+and any registered secret value long enough to be told apart from ordinary data
+(``MIN_SCRUBBED_LEN`` characters) is scrubbed from every string in the event, wherever
+it appears (a URL, an exception text, a header dump). A short secret such as a 4-digit
+MPIN is protected by key name only: scrubbing it from free text would rewrite every
+instrument token, price or quantity that happens to equal it, and the rewritten fields
+would tell a reader the PIN.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -15,26 +20,44 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "***"
+# Shorter registered values are not scrubbed from free text (see the module docstring).
+MIN_SCRUBBED_LEN = 8
 _SECRET_KEYS = frozenset(
     {
-        "api_key", "apikey", "x-api-key", "x_api_key", "password", "pin", "totp", "totp_secret",
+        "api_key", "apikey", "x_api_key", "password", "pin", "mpin", "totp", "totp_secret",
         "jwt", "jwt_token", "jwttoken", "access_token", "refresh_token", "refreshtoken",
-        "feed_token", "feedtoken", "x-feed-token", "x_feed_token", "authorization", "secret",
-        "control_token",
+        "feed_token", "feedtoken", "x_feed_token", "authorization", "secret", "control_token",
     }
 )  # fmt: skip
+# Any key ending in one of these names a secret too (x_password, chimera_totp_secret, ...);
+# a bare "token" is an instrument token and stays.
+_SECRET_SUFFIXES = (
+    "password", "passwd", "secret", "mpin", "_pin", "api_key", "apikey", "_jwt", "jwt_token",
+    "access_token", "refresh_token", "feed_token", "control_token", "_totp",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """True if a field named ``key`` holds a secret, whatever its case or separators."""
+    k = key.lower().replace("-", "_")
+    return k in _SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
 
 
 class SecretRedactor:
     """structlog processor: scrubs secret keys and registered secret values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Longest first, so a secret that contains another is removed whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
+        """Register secret values; only those of ``MIN_SCRUBBED_LEN`` or more are scrubbed."""
+        # Longest first, so a secret that contains another is removed whole.
         self._secrets = sorted(
-            {*self._secrets, *(s for s in secrets if len(s) >= 4)}, key=len, reverse=True
+            {*self._secrets, *(s for s in secrets if s and len(s) >= MIN_SCRUBBED_LEN)},
+            key=len,
+            reverse=True,
         )
 
     def _scrub(self, value: Any) -> Any:
@@ -45,8 +68,7 @@ class SecretRedactor:
             return value
         if isinstance(value, dict):
             return {
-                k: REDACTED if str(k).lower() in _SECRET_KEYS else self._scrub(v)
-                for k, v in value.items()
+                k: REDACTED if is_secret_key(str(k)) else self._scrub(v) for k, v in value.items()
             }
         if isinstance(value, list | tuple):
             return type(value)(self._scrub(v) for v in value)
@@ -58,7 +80,7 @@ class SecretRedactor:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key in list(event_dict):
-            if key.lower() in _SECRET_KEYS:
+            if is_secret_key(key):
                 event_dict[key] = REDACTED
             else:
                 event_dict[key] = self._scrub(event_dict[key])

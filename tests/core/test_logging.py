@@ -6,6 +6,8 @@ import io
 
 import orjson
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chimera_core.logging import REDACTED, configure_logging
 
@@ -49,3 +51,60 @@ def test_registered_secret_values_are_scrubbed_from_free_text():
 def test_instrument_token_is_not_mistaken_for_a_secret():
     record = orjson.loads(_emit([], token="2885"))
     assert record["token"] == "2885"
+
+
+def test_a_short_pin_does_not_rewrite_unrelated_fields_but_its_keys_are_redacted():
+    # A 4-digit MPIN equal to an instrument token must not rewrite every tick's event
+    # (and so show which token the PIN equals); its own fields are redacted by key name.
+    record = orjson.loads(
+        _emit(
+            ["1234"],
+            token="1234",
+            note="order 1234 filled at 1234.5",
+            pin="1234",
+            mpin="1234",
+            headers={"X-Password": "1234", "x-mpin": 1234},
+            chimera_password="1234",
+        )
+    )
+    assert record["token"] == "1234"
+    assert record["note"] == "order 1234 filled at 1234.5"
+    assert record["pin"] == REDACTED and record["mpin"] == REDACTED
+    assert record["chimera_password"] == REDACTED
+    assert record["headers"] == {"X-Password": REDACTED, "x-mpin": REDACTED}
+
+
+def test_long_secrets_are_still_scrubbed_inside_urls_and_exception_text():
+    api_key = "aBcD1234"  # an Angel One API key is 8 characters
+    line = _emit(
+        [api_key, "1234"],
+        url=f"https://api/x?k={api_key}&token=1234",
+        error=RuntimeError(f"login refused for key {api_key}"),
+    )
+    assert api_key not in line
+    record = orjson.loads(line)
+    assert record["url"] == f"https://api/x?k={REDACTED}&token=1234"
+    assert record["error"] == f"login refused for key {REDACTED}"
+
+
+_ALNUM = st.characters(min_codepoint=48, max_codepoint=122).filter(str.isalnum)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    short=st.text("0123456789", min_size=4, max_size=7),
+    long=st.text(_ALNUM, min_size=8, max_size=40),
+    before=st.text(_ALNUM, max_size=20),
+    after=st.text(_ALNUM, max_size=20),
+)
+def test_scrubbing_property(short: str, long: str, before: str, after: str) -> None:
+    from chimera_core.logging import SecretRedactor
+
+    redactor = SecretRedactor([short, long])
+    text = f"{before}{short}{after}"
+    event = redactor(None, "info", {"event": "e", "a": text, "b": f"{before}{long}{after}"})
+    if long not in text:
+        # A short digit run is never scrubbed from free text...
+        assert event["a"] == text
+    # ...and a long secret never survives anywhere in it.
+    assert long not in event["b"] and REDACTED in event["b"]
