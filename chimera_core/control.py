@@ -54,6 +54,9 @@ REFUSED = "refused: bad token"
 MAX_MESSAGE_BYTES = 64 * 1024
 # Read-only queries are logged at debug: the cortex polls status every second.
 _QUIET = frozenset({"status"})
+# Refused and malformed requests: this many log lines per interval, then one summary.
+LOG_BURST = 10
+LOG_INTERVAL_S = 60.0
 
 Handler = Callable[[str, str], tuple[bool, dict[str, Any]]]
 
@@ -93,6 +96,10 @@ class ControlServer:
         bind_to = check_endpoint(endpoint)
         self._token = token.encode()
         self._handler = handler
+        from chimera_core.logging import RateLimiter  # the CLI client never needs it
+
+        # A flood of bad requests is counted in full but logged only a few times.
+        self._log_limiter = RateLimiter(log, burst=LOG_BURST, interval_s=LOG_INTERVAL_S)
         self._own_ctx = ctx is None
         import zmq.asyncio  # the server lives in the engine's loop; the CLI never needs it
 
@@ -142,6 +149,7 @@ class ControlServer:
 
     def answer(self, payload: bytes) -> bytes:
         """The encoded reply to one request payload. Never raises."""
+        self._log_limiter.flush()  # summaries of floods that are over
         try:
             request = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -155,12 +163,13 @@ class ControlServer:
         ):
             self.refused += 1
             # Neither the expected nor the presented token is logged.
-            log.warning(
-                "control_refused",
-                command=str(request.get("command"))[:32],
-                id=str(rid)[:64],
-                reason="missing" if presented is None else "mismatch",
-            )
+            if self._log_limiter.allow("control_refused"):
+                log.warning(
+                    "control_refused",
+                    command=str(request.get("command"))[:32],
+                    id=str(rid)[:64],
+                    reason="missing" if presented is None else "mismatch",
+                )
             return orjson.dumps({"ok": False, "id": rid, "error": REFUSED})
         command = request.get("command")
         arg = request.get("arg", "")
@@ -196,7 +205,8 @@ class ControlServer:
 
     def _malformed(self, why: str, rid: Any = None) -> bytes:
         self.malformed += 1
-        log.warning("control_malformed", reason=why)
+        if self._log_limiter.allow("control_malformed"):
+            log.warning("control_malformed", reason=why)
         return orjson.dumps(
             {
                 "ok": False,
@@ -206,6 +216,7 @@ class ControlServer:
         )
 
     def _close(self) -> None:
+        self._log_limiter.flush(final=True)
         self._sock.close(linger=0)
         if self._own_ctx:
             self._ctx.term()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -88,6 +89,88 @@ class SecretRedactor:
 
 
 redactor = SecretRedactor()
+
+
+class _Window:
+    __slots__ = ("ends", "passed", "suppressed")
+
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self.passed = 1
+        self.suppressed = 0
+
+
+class RateLimiter:
+    """Passes the first ``burst`` log events of each name per ``interval_s``; counts the rest.
+
+    A flood of one warning (malformed frames, refused control requests) would otherwise
+    fill the disk and cost the hot path its throughput. The caller asks before it builds
+    the log call, so a suppressed event costs a clock read and a dict lookup::
+
+        if limiter.allow("frame_malformed"):
+            log.warning("frame_malformed", size=len(frame))
+
+    When a window that suppressed events is over, one ``<event>_suppressed`` line gives
+    the count: on the next ``allow`` of that name, or on ``flush`` (call it now and then,
+    and with ``final=True`` at shutdown). Not thread-safe: one limiter per thread/loop.
+    """
+
+    __slots__ = ("_burst", "_clock", "_interval", "_level", "_log", "_windows", "suppressed_total")
+
+    def __init__(
+        self,
+        log: Any,
+        burst: int = 10,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        level: str = "warning",
+    ) -> None:
+        if burst < 1:
+            raise ValueError(f"RateLimiter burst must be >= 1, got {burst}")
+        if not interval_s > 0:
+            raise ValueError(f"RateLimiter interval_s must be > 0, got {interval_s}")
+        self._burst = burst
+        self._interval = float(interval_s)
+        self._clock = clock
+        self._log = log
+        self._level = level
+        self._windows: dict[str, _Window] = {}
+        self.suppressed_total = 0
+
+    def allow(self, event: str) -> bool:
+        """True if an event named ``event`` should be logged now."""
+        now = self._clock()
+        window = self._windows.get(event)
+        if window is not None and now < window.ends:
+            if window.passed < self._burst:
+                window.passed += 1
+                return True
+            window.suppressed += 1
+            self.suppressed_total += 1
+            return False
+        if window is not None and window.suppressed:
+            self._summarise(event, window)
+        self._windows[event] = _Window(now + self._interval)
+        return True
+
+    def flush(self, final: bool = False) -> None:
+        """Log the suppressed count of every window that is over (every one if ``final``)."""
+        now = self._clock()
+        for event, window in list(self._windows.items()):
+            if final or now >= window.ends:
+                if window.suppressed:
+                    self._summarise(event, window)
+                del self._windows[event]
+
+    def _summarise(self, event: str, window: _Window) -> None:
+        # Looked up per summary (they are rare): the logger's configuration may change.
+        getattr(self._log, self._level)(
+            f"{event}_suppressed",
+            suppressed=window.suppressed,
+            passed=window.passed,
+            interval_s=self._interval,
+        )
+        window.suppressed = 0
 
 
 def configure_logging(

@@ -427,3 +427,36 @@ def test_a_client_dropped_without_close_never_hangs_the_garbage_collector() -> N
         assert time.monotonic() - started < 5.0
     finally:
         server.close(linger=0)
+
+
+async def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines() -> None:
+    """Refused and malformed requests are counted exactly, but logged at most a few times
+    per interval plus one ``*_suppressed`` summary: a flood must not fill the disk."""
+    engine = FakeEngine()
+    with capture_logs() as logs:
+        server, stop, task = await _serving(engine)
+
+        def flood() -> int:
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 5000)
+            sock.connect(server.endpoint)
+            bad = orjson.dumps({"token": "x" * 40, "command": "halt", "arg": "", "id": "f"})
+            for i in range(600):
+                sock.send_multipart([b"", bad if i % 2 else b"{garbage"])
+            got = sum(1 for _ in range(600) if sock.recv_multipart())
+            sock.close()
+            ctx.term()
+            return got
+
+        assert await asyncio.to_thread(flood) == 600
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert server.refused == 300 and server.malformed == 300 and engine.state == "ACTIVE"
+    for event in ("control_refused", "control_malformed"):
+        shown = [e for e in logs if e["event"] == event]
+        summary = [e for e in logs if e["event"] == f"{event}_suppressed"]
+        assert 1 <= len(shown) <= 10, (event, len(shown))
+        # The summary at shutdown accounts for every request that was not logged.
+        assert len(summary) == 1 and summary[0]["suppressed"] == 300 - len(shown)
