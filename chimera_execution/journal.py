@@ -42,6 +42,7 @@ from chimera_core.contracts import (
     Side,
 )
 from chimera_core.errors import ChimeraError, DuplicateOrder, JournalCorrupt, JournalWriteError
+from chimera_core.sqlite_files import connect_readonly, file_state
 
 log = structlog.get_logger(__name__)
 
@@ -221,7 +222,186 @@ def stored_mode(path: Path) -> str | None:
         db.close()
 
 
-class Journal:
+class _JournalReads:
+    """The reads a journal file serves, shared by the engine's Journal and the
+    read-only JournalReader (which may open a file that has no schema yet)."""
+
+    _db: sqlite3.Connection
+
+    def _has_schema(self) -> bool:
+        return True
+
+    def intent(self, intent_id: str) -> OrderIntent | None:
+        if not self._has_schema():
+            return None
+        row = self._db.execute(
+            "SELECT intent_id, token, exchange_type, side, qty, ref_price, bar_start_ms, "
+            "signal_seq, exchange_ts_ms FROM intents WHERE intent_id=?",
+            (intent_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return OrderIntent(
+            client_order_id=row[0],
+            token=row[1],
+            exchange_type=row[2],
+            side=Side(row[3]),
+            qty=row[4],
+            ref_price=row[5],
+            bar_start_ms=row[6],
+            signal_seq=row[7],
+            exchange_ts_ms=row[8],
+        )
+
+    _ORDER_COLS = (
+        "client_order_id, token, exchange_type, side, qty, limit_price, status, "
+        "broker_order_id, filled_qty, avg_price, reason, intent_id, purpose"
+    )
+
+    @staticmethod
+    def _order(row: tuple[Any, ...]) -> Order:
+        return Order(
+            client_order_id=row[0],
+            token=row[1],
+            exchange_type=row[2],
+            side=Side(row[3]),
+            qty=row[4],
+            limit_price=row[5],
+            status=OrderStatus(row[6]),
+            broker_order_id=row[7],
+            filled_qty=row[8],
+            avg_fill_price=row[9],
+            reason=row[10],
+            intent_id=row[11],
+            purpose=Purpose(row[12]),
+        )
+
+    def order(self, client_order_id: str) -> Order | None:
+        if not self._has_schema():
+            return None
+        row = self._db.execute(
+            f"SELECT {self._ORDER_COLS} FROM orders WHERE client_order_id=?",
+            (client_order_id,),
+        ).fetchone()
+        return None if row is None else self._order(row)
+
+    def orders(self) -> list[Order]:
+        if not self._has_schema():
+            return []
+        rows = self._db.execute(f"SELECT {self._ORDER_COLS} FROM orders ORDER BY rowid")
+        return [self._order(r) for r in rows]
+
+    def open_orders(self) -> list[Order]:
+        if not self._has_schema():
+            return []
+        rows = self._db.execute(
+            f"SELECT {self._ORDER_COLS} FROM orders WHERE status IN (?,?,?) ORDER BY rowid",
+            tuple(s.value for s in WORKING_STATUSES),
+        )
+        return [self._order(r) for r in rows]
+
+    def fills(self) -> list[Fill]:
+        if not self._has_schema():
+            return []
+        return read_fills(self._db, "fills")
+
+    def positions(self) -> list[Position]:
+        """Open positions, and flat ones that realized P&L (today's record)."""
+        if not self._has_schema():
+            return []
+        rows = self._db.execute(
+            "SELECT token, qty, avg_price, realized_pnl, charges FROM positions "
+            "WHERE qty != 0 OR realized_pnl != 0 ORDER BY token"
+        )
+        return [Position(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def get_risk(self, key: str) -> dict[str, Any] | None:
+        if not self._has_schema():
+            return None
+        row = self._db.execute("SELECT value FROM risk_state WHERE key=?", (key,)).fetchone()
+        return None if row is None else msgspec.json.decode(row[0], type=dict[str, Any])
+
+    def check(self) -> list[str]:
+        """Invariant violations, empty when healthy. One read transaction, O(fills)."""
+        problems: list[str] = []
+        if not self._has_schema():
+            return problems
+        db = self._db
+        db.execute("BEGIN")  # one consistent snapshot for every query below
+        try:
+            fills = db.execute(
+                "SELECT fill_id, client_order_id, token, side, qty, price, charges "
+                "FROM fills ORDER BY rowid"
+            ).fetchall()
+            # Positions, replayed from the fills in booking order.
+            expect: dict[str, list[float]] = {}
+            ledger_expect: dict[str, float] = {}
+            per_order: dict[str, int] = {}
+            for fill_id, coid, token, side, qty, price, charges in fills:
+                if qty <= 0:
+                    problems.append(f"fill {fill_id}: qty {qty} <= 0")
+                q, a, r, c = expect.get(token, [0, 0.0, 0.0, 0.0])
+                q, a, r = apply_fill(int(q), a, r, Side(side), qty, price)
+                expect[token] = [q, a, r, c + charges]
+                notional = qty * price
+                ledger_expect[fill_id] = (-notional if side == "BUY" else notional) - charges
+                per_order[coid] = per_order.get(coid, 0) + qty
+            held = {
+                r[0]: r[1:]
+                for r in db.execute(
+                    "SELECT token, qty, avg_price, realized_pnl, charges FROM positions"
+                )
+            }
+            for token in sorted(set(expect) | set(held)):
+                eq, ea, er, ec = expect.get(token, [0, 0.0, 0.0, 0.0])
+                hq, ha, hr, hc = held.get(token, (0, 0.0, 0.0, 0.0))
+                if hq != eq:
+                    problems.append(f"position {token}: qty {hq} != signed sum of fills {eq}")
+                for name, h, e in (
+                    ("avg_price", ha, ea),
+                    ("realized_pnl", hr, er),
+                    ("charges", hc, ec),
+                ):
+                    if not math.isclose(h, e, rel_tol=1e-9, abs_tol=_EPS):
+                        problems.append(f"position {token}: {name} {h} != replayed {e}")
+            # Cash: every fill has exactly its ledger rows, and nothing else is in there.
+            ledger: dict[str, float] = {}
+            total = 0.0
+            for ref, amount in db.execute("SELECT ref, amount FROM cash_ledger"):
+                ledger[ref] = ledger.get(ref, 0.0) + amount
+                total += amount
+            for ref in sorted(set(ledger) | set(ledger_expect)):
+                got, want = ledger.get(ref), ledger_expect.get(ref)
+                if want is None:
+                    problems.append(f"cash ledger: rows for {ref!r}, which is no fill")
+                elif got is None:
+                    problems.append(f"cash ledger: fill {ref} has no cash rows")
+                elif not math.isclose(got, want, rel_tol=1e-9, abs_tol=_EPS):
+                    problems.append(f"cash ledger: fill {ref} moved {got}, expected {want}")
+            want_total = sum(ledger_expect.values())
+            if not math.isclose(total, want_total, rel_tol=1e-9, abs_tol=_EPS):
+                problems.append(
+                    f"cash: ledger sum {total} != -signed notional - charges {want_total}"
+                )
+            # Orders: fills booked <= filled_qty <= qty, and every fill has its order.
+            orders = {
+                r[0]: (r[1], r[2])
+                for r in db.execute("SELECT client_order_id, qty, filled_qty FROM orders")
+            }
+            for coid, (qty, filled) in orders.items():
+                if not 0 <= filled <= qty:
+                    problems.append(f"order {coid}: filled_qty {filled} outside 0..{qty}")
+                booked = per_order.get(coid, 0)
+                if booked > filled:
+                    problems.append(f"order {coid}: fills sum {booked} > filled_qty {filled}")
+            for coid in sorted(set(per_order) - set(orders)):
+                problems.append(f"fills for order {coid}, which the journal does not have")
+        finally:
+            db.execute("COMMIT")
+        return problems
+
+
+class Journal(_JournalReads):
     """The engine-side journal for one mode. Not thread-safe: use it from one thread."""
 
     def __init__(
@@ -351,6 +531,11 @@ class Journal:
             log.warning("journal.starting_cash_ignored", stored=stored, given=starting_cash)
         return stored
 
+    @staticmethod
+    def open_readonly(data_dir: str | Path, mode: str, *, snapshot: bool = False) -> JournalReader:
+        """A read-only view of this mode's journal (see JournalReader)."""
+        return JournalReader(journal_path(data_dir, mode), snapshot=snapshot)
+
     def close(self) -> None:
         self._db.close()
 
@@ -392,26 +577,6 @@ class Journal:
                 f"it was decided before and must not be sent again"
             ) from None
 
-    def intent(self, intent_id: str) -> OrderIntent | None:
-        row = self._db.execute(
-            "SELECT intent_id, token, exchange_type, side, qty, ref_price, bar_start_ms, "
-            "signal_seq, exchange_ts_ms FROM intents WHERE intent_id=?",
-            (intent_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return OrderIntent(
-            client_order_id=row[0],
-            token=row[1],
-            exchange_type=row[2],
-            side=Side(row[3]),
-            qty=row[4],
-            ref_price=row[5],
-            bar_start_ms=row[6],
-            signal_seq=row[7],
-            exchange_ts_ms=row[8],
-        )
-
     def record_order(self, request: OrderRequest) -> None:
         """Write-ahead: the order is PENDING and committed before the broker sees it."""
         try:
@@ -447,47 +612,6 @@ class Journal:
                 f"journal: order {request.client_order_id!r} is already journaled; it may "
                 f"have reached the broker — reconcile instead of sending it again"
             ) from None
-
-    _ORDER_COLS = (
-        "client_order_id, token, exchange_type, side, qty, limit_price, status, "
-        "broker_order_id, filled_qty, avg_price, reason, intent_id, purpose"
-    )
-
-    @staticmethod
-    def _order(row: tuple[Any, ...]) -> Order:
-        return Order(
-            client_order_id=row[0],
-            token=row[1],
-            exchange_type=row[2],
-            side=Side(row[3]),
-            qty=row[4],
-            limit_price=row[5],
-            status=OrderStatus(row[6]),
-            broker_order_id=row[7],
-            filled_qty=row[8],
-            avg_fill_price=row[9],
-            reason=row[10],
-            intent_id=row[11],
-            purpose=Purpose(row[12]),
-        )
-
-    def order(self, client_order_id: str) -> Order | None:
-        row = self._db.execute(
-            f"SELECT {self._ORDER_COLS} FROM orders WHERE client_order_id=?",
-            (client_order_id,),
-        ).fetchone()
-        return None if row is None else self._order(row)
-
-    def orders(self) -> list[Order]:
-        rows = self._db.execute(f"SELECT {self._ORDER_COLS} FROM orders ORDER BY rowid")
-        return [self._order(r) for r in rows]
-
-    def open_orders(self) -> list[Order]:
-        rows = self._db.execute(
-            f"SELECT {self._ORDER_COLS} FROM orders WHERE status IN (?,?,?) ORDER BY rowid",
-            tuple(s.value for s in WORKING_STATUSES),
-        )
-        return [self._order(r) for r in rows]
 
     # ---- reports and fills ---------------------------------------------------------------
 
@@ -720,24 +844,13 @@ class Journal:
 
     # ---- reads ---------------------------------------------------------------------------
 
-    def fills(self) -> list[Fill]:
-        return read_fills(self._db, "fills")
-
-    def positions(self) -> list[Position]:
-        """Open positions, and flat ones that realized P&L (today's record)."""
-        rows = self._db.execute(
-            "SELECT token, qty, avg_price, realized_pnl, charges FROM positions "
-            "WHERE qty != 0 OR realized_pnl != 0 ORDER BY token"
-        )
-        return [Position(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-
     @property
     def starting_cash(self) -> float:
         return self._starting_cash
 
     def cash(self) -> float:
         (total,) = self._db.execute("SELECT COALESCE(SUM(amount), 0.0) FROM cash_ledger").fetchone()
-        return self._starting_cash + total
+        return self._starting_cash + float(total)
 
     # ---- risk state ----------------------------------------------------------------------
 
@@ -748,85 +861,97 @@ class Journal:
                 (key, msgspec.json.encode(value).decode()),
             )
 
-    def get_risk(self, key: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT value FROM risk_state WHERE key=?", (key,)).fetchone()
-        return None if row is None else msgspec.json.decode(row[0], type=dict[str, Any])
-
     # ---- invariants ----------------------------------------------------------------------
 
-    def check(self) -> list[str]:
-        """Invariant violations, empty when healthy. One read transaction, O(fills)."""
-        problems: list[str] = []
-        db = self._db
-        db.execute("BEGIN")  # one consistent snapshot for every query below
+
+class JournalReader(_JournalReads):
+    """A read-only view of a journal file for everything that is not the engine (doctor,
+    cortex, metrics, reports): SQLite ``mode=ro``, no migration, no meta rows, nothing
+    written. A file with no schema yet (0 bytes, or the engine is creating it) reads as
+    empty until the engine has initialized it.
+
+    ``snapshot=True`` (doctor) also creates no ``-wal`` / ``-shm`` when no writer has the
+    file open; ``unchanged()`` then says whether the reads can be trusted."""
+
+    def __init__(self, path: str | Path, *, snapshot: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ChimeraError(f"journal: no journal at {self.path} (`chimera live` creates it)")
+        self._state = file_state(self.path)
+        self._ready = False
         try:
-            fills = db.execute(
-                "SELECT fill_id, client_order_id, token, side, qty, price, charges "
-                "FROM fills ORDER BY rowid"
-            ).fetchall()
-            # Positions, replayed from the fills in booking order.
-            expect: dict[str, list[float]] = {}
-            ledger_expect: dict[str, float] = {}
-            per_order: dict[str, int] = {}
-            for fill_id, coid, token, side, qty, price, charges in fills:
-                if qty <= 0:
-                    problems.append(f"fill {fill_id}: qty {qty} <= 0")
-                q, a, r, c = expect.get(token, [0, 0.0, 0.0, 0.0])
-                q, a, r = apply_fill(int(q), a, r, Side(side), qty, price)
-                expect[token] = [q, a, r, c + charges]
-                notional = qty * price
-                ledger_expect[fill_id] = (-notional if side == "BUY" else notional) - charges
-                per_order[coid] = per_order.get(coid, 0) + qty
-            held = {
-                r[0]: r[1:]
-                for r in db.execute(
-                    "SELECT token, qty, avg_price, realized_pnl, charges FROM positions"
+            self._db = connect_readonly(self.path, snapshot=snapshot)
+        except sqlite3.Error as exc:
+            raise ChimeraError(f"journal: cannot open {self.path} read-only: {exc}") from exc
+        try:
+            version = self.schema_version
+            if version > SCHEMA_VERSION:
+                raise ChimeraError(
+                    f"journal: {self.path} has schema {version}, this code knows up to "
+                    f"{SCHEMA_VERSION}; run the newer Chimera version that wrote it"
                 )
-            }
-            for token in sorted(set(expect) | set(held)):
-                eq, ea, er, ec = expect.get(token, [0, 0.0, 0.0, 0.0])
-                hq, ha, hr, hc = held.get(token, (0, 0.0, 0.0, 0.0))
-                if hq != eq:
-                    problems.append(f"position {token}: qty {hq} != signed sum of fills {eq}")
-                for name, h, e in (
-                    ("avg_price", ha, ea),
-                    ("realized_pnl", hr, er),
-                    ("charges", hc, ec),
-                ):
-                    if not math.isclose(h, e, rel_tol=1e-9, abs_tol=_EPS):
-                        problems.append(f"position {token}: {name} {h} != replayed {e}")
-            # Cash: every fill has exactly its ledger rows, and nothing else is in there.
-            ledger: dict[str, float] = {}
-            total = 0.0
-            for ref, amount in db.execute("SELECT ref, amount FROM cash_ledger"):
-                ledger[ref] = ledger.get(ref, 0.0) + amount
-                total += amount
-            for ref in sorted(set(ledger) | set(ledger_expect)):
-                got, want = ledger.get(ref), ledger_expect.get(ref)
-                if want is None:
-                    problems.append(f"cash ledger: rows for {ref!r}, which is no fill")
-                elif got is None:
-                    problems.append(f"cash ledger: fill {ref} has no cash rows")
-                elif not math.isclose(got, want, rel_tol=1e-9, abs_tol=_EPS):
-                    problems.append(f"cash ledger: fill {ref} moved {got}, expected {want}")
-            want_total = sum(ledger_expect.values())
-            if not math.isclose(total, want_total, rel_tol=1e-9, abs_tol=_EPS):
-                problems.append(
-                    f"cash: ledger sum {total} != -signed notional - charges {want_total}"
-                )
-            # Orders: fills booked <= filled_qty <= qty, and every fill has its order.
-            orders = {
-                r[0]: (r[1], r[2])
-                for r in db.execute("SELECT client_order_id, qty, filled_qty FROM orders")
-            }
-            for coid, (qty, filled) in orders.items():
-                if not 0 <= filled <= qty:
-                    problems.append(f"order {coid}: filled_qty {filled} outside 0..{qty}")
-                booked = per_order.get(coid, 0)
-                if booked > filled:
-                    problems.append(f"order {coid}: fills sum {booked} > filled_qty {filled}")
-            for coid in sorted(set(per_order) - set(orders)):
-                problems.append(f"fills for order {coid}, which the journal does not have")
-        finally:
-            db.execute("COMMIT")
-        return problems
+        except sqlite3.Error as exc:
+            self._db.close()
+            if is_corruption(exc):
+                raise corrupt_error(self.path, exc) from None
+            raise ChimeraError(f"journal: cannot read {self.path}: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        """PRAGMA user_version: 0 before the engine's first open has created the schema."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _has_schema(self) -> bool:
+        # Migrations commit the schema and user_version together; once seen, it stays.
+        if not self._ready:
+            self._ready = self.schema_version >= 1
+        return self._ready
+
+    def _meta(self, key: str) -> str | None:
+        if not self._has_schema():
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def mode(self) -> str | None:
+        """The mode the file belongs to; None before the engine has stamped it."""
+        return self._meta("mode")
+
+    @property
+    def starting_cash(self) -> float | None:
+        """None before the engine's first open has fixed it."""
+        value = self._meta("starting_cash")
+        return None if value is None else float(value)
+
+    def cash(self) -> float | None:
+        """Starting cash plus the ledger; None while the starting cash is not fixed."""
+        start = self.starting_cash
+        if start is None:
+            return None
+        (total,) = self._db.execute("SELECT COALESCE(SUM(amount), 0.0) FROM cash_ledger").fetchone()
+        return start + float(total)
+
+    def unchanged(self) -> bool:
+        """True when no writer has touched the file since this reader opened it."""
+        try:
+            return file_state(self.path) == self._state
+        except FileNotFoundError:
+            return False
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JournalReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

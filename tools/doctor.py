@@ -4,11 +4,16 @@ Checks the config, credentials (names only: a secret's value is never printed), 
 directory, the telemetry/control ports, the SQLite journals, the last black-box session
 and its clock offset, and (live) whether the broker's feed host answers. Prints one row per
 check (``check  status  detail``); exits 1 if any row is FAIL, else 0.
+
+Doctor only looks: every store is opened read-only (SQLite ``mode=ro``, as a snapshot when
+no writer has it open, so not even a ``-wal`` / ``-shm`` appears) and nothing under
+data_dir is created, changed or removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -16,7 +21,6 @@ import sqlite3
 import stat
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +41,7 @@ from chimera_core.config import (
 from chimera_core.contracts import SessionInfo, TickRecord
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
+from chimera_core.sqlite_files import connect_readonly, file_state
 from chimera_core.telemetry import TOPIC_SESSION, TOPIC_TICK, decode_payload, split
 from tools.blackbox import ReadReport, iter_session, segments
 
@@ -126,12 +131,11 @@ def check_data_dir(cfg: Config) -> list[Row]:
     if not target.is_dir():
         return [Row("data dir", FAIL, f"{target} exists and is not a directory")]
     note = "" if target == data_dir else f" (does not exist yet; {target} allows creating it)"
-    probe = target / f".doctor-{uuid.uuid4().hex}"
-    try:
-        probe.write_bytes(b"chimera doctor\n")
-        probe.unlink()
-    except OSError as exc:
-        return [Row("data dir", FAIL, f"{target} is not writable: {exc.strerror or exc}")]
+    # Asked, not tried: doctor creates nothing (a probe file would be a write).
+    if os.statvfs(target).f_flag & os.ST_RDONLY:
+        return [Row("data dir", FAIL, f"{target} is on a read-only filesystem")]
+    if not os.access(target, os.W_OK | os.X_OK):
+        return [Row("data dir", FAIL, f"{target} is not writable by this user")]
     free = shutil.disk_usage(target).free
     free_text = f"{free / GIB:.1f} GiB free"
     if free < FAIL_FREE_BYTES:
@@ -179,20 +183,27 @@ def check_sqlite(cfg: Config) -> list[Row]:
     if not dbs:
         return [Row("sqlite", OK, "no databases yet")]
     bad: list[str] = []
+    busy: list[str] = []
     for db in dbs:
         try:
-            conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=2.0)
+            state = file_state(db)
+            # Read-only, and a snapshot: no -wal / -shm is created beside an idle store.
+            conn = connect_readonly(db, snapshot=True, timeout=2.0)
             try:
                 result = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             finally:
                 conn.close()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ChimeraError, OSError) as exc:
             bad.append(f"{db}: {exc}")
             continue
-        if result != ["ok"]:
+        if result != ["ok"] and file_state(db) != state:
+            busy.append(str(db))  # a writer started meanwhile: the snapshot proves nothing
+        elif result != ["ok"]:
             bad.append(f"{db}: {'; '.join(str(r) for r in result[:3])}")
     if bad:
         return [Row("sqlite", FAIL, " | ".join(bad))]
+    if busy:
+        return [Row("sqlite", WARN, f"changed while checked, run doctor again: {', '.join(busy)}")]
     return [Row("sqlite", OK, f"{len(dbs)} database(s) pass integrity_check")]
 
 
@@ -336,21 +347,49 @@ def check_broker(cfg: Config) -> list[Row]:
 def check_journal(cfg: Config) -> list[Row]:
     """The execution journal's own invariants: positions are the sum of fills, the cash
     ledger balances, no order over-filled."""
-    from chimera_execution.journal import Journal, journal_path
+    from chimera_execution.journal import SCHEMA_VERSION, JournalReader, journal_path
 
     path = journal_path(cfg.data_dir, cfg.mode)
     if not path.is_file():
         return [Row("journal", OK, f"no journal yet ({path})")]
     try:
-        with Journal(cfg.data_dir, cfg.mode) as journal:
+        # Read-only: doctor never migrates, stamps or fixes the starting cash of a journal.
+        with JournalReader(path, snapshot=True) as journal:
+            version, mode = journal.schema_version, journal.mode
             problems = journal.check()
             orders, fills = len(journal.orders()), len(journal.fills())
             open_orders = len(journal.open_orders())
-    except Exception as exc:
+            unchanged = journal.unchanged()
+    except (ChimeraError, sqlite3.Error) as exc:
         return [Row("journal", FAIL, f"{path}: {exc}")]
+    if version == 0:
+        size = path.stat().st_size
+        return [
+            Row(
+                "journal",
+                WARN,
+                f"{path} has no schema ({size} bytes): `chimera live` initializes it, "
+                "with the starting cash from the config",
+            )
+        ]
+    if mode is not None and mode != cfg.mode:
+        return [Row("journal", FAIL, f"{path} belongs to mode {mode!r}, config is {cfg.mode!r}")]
+    if problems and not unchanged:
+        return [Row("journal", WARN, f"{path} changed while checked; run doctor again")]
     if problems:
         return [Row("journal", FAIL, f"{path}: " + " | ".join(problems[:3]))]
-    return [Row("journal", OK, f"{orders} orders, {fills} fills, {open_orders} open; consistent")]
+    migrate = (
+        f"; schema {version}, `chimera live` migrates it to {SCHEMA_VERSION}"
+        if version < SCHEMA_VERSION
+        else ""
+    )
+    return [
+        Row(
+            "journal",
+            OK,
+            f"{orders} orders, {fills} fills, {open_orders} open; consistent{migrate}",
+        )
+    ]
 
 
 # ---- output --------------------------------------------------------------------------
