@@ -4,23 +4,27 @@ length-prefixed with a CRC32, plus a session manifest.
 Layout: ``data/blackbox/<session>/manifest.json`` and ``seg-000001.chbb``, ``seg-000002.chbb``…
 A segment starts with an 8-byte magic; each record is ``<II`` (body length, CRC32 of body)
 followed by the body, which is one telemetry message exactly as published
-(``topic NUL seq payload``, see chimera_core.telemetry). A torn last record (a crash
-mid-write) is reported and skipped on read; nothing before it is lost.
+(``topic NUL seq payload``, see chimera_core.telemetry). Reading never raises on damage:
+a torn last record (a crash mid-write) is reported and skipped, a broken frame elsewhere
+is reported and reading resumes at the next intact record. ``check_session`` judges a
+session against its manifest: only a torn tail at the end of the last segment of an
+unclean stop is harmless; anything else, and any record the manifest counts but the
+files do not hold, fails verification.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import structlog
-
-from chimera_core.errors import ProtocolError
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +32,7 @@ MAGIC = b"CHBBOX1\n"
 RECORD = struct.Struct("<II")
 MAX_RECORD = 16 << 20
 SEGMENT_GLOB = "seg-*.chbb"
+_SEQ = struct.Struct("<Q")  # the publisher sequence after the topic (chimera_core.telemetry)
 
 
 def segment_name(index: int) -> str:
@@ -100,44 +105,123 @@ class SegmentWriter:
 
 @dataclass
 class ReadReport:
-    """What a read of a session found: records, bad CRCs, torn tails, per segment."""
+    """What a read of a session found, per segment: records read, bad CRCs, torn tails
+    (a record cut short at the very end of a segment: what a crash mid-write leaves) and
+    damage (framing broken anywhere else: a bad length prefix, zero fill, a missing magic
+    header, an unreadable tail). Whether a torn tail is harmless depends on where it is and
+    how the session ended; ``check_session`` decides that."""
 
     records: int = 0
     crc_errors: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.crc_errors
+        return not self.crc_errors and not self.damage
+
+
+# A body is one telemetry message, ``topic NUL seq(8) payload``: never shorter than this.
+# (A zero-filled header would otherwise read as a valid empty record: crc32(b"") == 0.)
+MIN_BODY = 1 + 1 + 8
+# Where a record body could start when hunting for the next intact record after damage:
+# a lowercase topic name followed by NUL (overlapping matches: every start is tried).
+_BODY_START = re.compile(rb"(?=[a-z][a-z0-9._-]{0,63}\x00)")
+
+
+def _record_at(data: bytes, pos: int, end: int) -> int:
+    """Length of the intact record (plausible length, matching CRC) at ``pos``, else -1."""
+    if end - pos < RECORD.size + MIN_BODY:
+        return -1
+    length, crc = RECORD.unpack_from(data, pos)
+    start = pos + RECORD.size
+    if length < MIN_BODY or length > MAX_RECORD or start + length > end:
+        return -1
+    return length if zlib.crc32(data[start : start + length]) == crc else -1
+
+
+def _resync(data: bytes, pos: int, end: int) -> int | None:
+    """Offset of the next intact record at or after ``pos`` (None: nothing readable left).
+    A false match needs a plausible length and a 32-bit CRC to agree by chance."""
+    for m in _BODY_START.finditer(data, pos + RECORD.size):
+        candidate = m.start() - RECORD.size
+        if _record_at(data, candidate, end) >= 0:
+            return candidate
+    return None
 
 
 def iter_segment(path: Path, report: ReadReport | None = None) -> Iterator[bytes]:
-    """Record bodies of one segment. A bad CRC mid-file is reported and skipped (the length
-    prefix still frames the next record); a torn tail ends the segment with a warning."""
+    """Record bodies of one segment, never raising on damage: every problem is reported.
+
+    A bad CRC whose length prefix still frames an intact next record skips that record;
+    any other break (bad length, zero fill, no magic) resumes at the next intact record
+    and is damage. Unreadable bytes running to the end are a torn tail only when they look
+    like one record cut short; zeros or anything else are damage.
+    """
     report = report if report is not None else ReadReport()
-    data = Path(path).read_bytes()
+    path = Path(path)
+    name = path.name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        report.damage.append(f"{name}: unreadable ({exc.strerror or exc})")
+        log.warning("blackbox_damage", segment=str(path), error=str(exc))
+        return
+    end = len(data)
+    pos = len(MAGIC)
     if not data.startswith(MAGIC):
-        raise ProtocolError(f"{path} is not a Chimera black-box segment (no {MAGIC!r} magic)")
-    pos, end = len(MAGIC), len(data)
+        first = _resync(data, 0, end)
+        where = f"records resume at @{first}" if first is not None else "no readable record in it"
+        report.damage.append(
+            f"{name}: no {MAGIC!r} magic header: not a Chimera black-box segment, or its "
+            f"first bytes are damaged ({where})"
+        )
+        log.warning("blackbox_damage", segment=str(path), offset=0, kind="no_magic")
+        if first is None:
+            return
+        pos = first
     while pos < end:
-        if end - pos < RECORD.size:
-            report.torn.append(f"{path.name}@{pos}")
-            log.warning("blackbox_torn_tail", segment=str(path), offset=pos)
-            return
-        length, crc = RECORD.unpack_from(data, pos)
+        length = _record_at(data, pos, end)
         start = pos + RECORD.size
-        if length > MAX_RECORD or start + length > end:
-            report.torn.append(f"{path.name}@{pos}")
-            log.warning("blackbox_torn_tail", segment=str(path), offset=pos, length=length)
-            return
-        body = data[start : start + length]
-        pos = start + length
-        if zlib.crc32(body) != crc:
-            report.crc_errors.append(f"{path.name}@{start - RECORD.size}")
-            log.warning("blackbox_crc_mismatch", segment=str(path), offset=start - RECORD.size)
+        if length >= 0:
+            report.records += 1
+            pos = start + length
+            yield data[start:pos]
             continue
-        report.records += 1
-        yield body
+        claimed = RECORD.unpack_from(data, pos)[0] if end - pos >= RECORD.size else -1
+        after = start + claimed
+        if MIN_BODY <= claimed <= MAX_RECORD and (
+            after == end or (after < end and _record_at(data, after, end) >= 0)
+        ):
+            # The length prefix frames the next record intact: only this body is bad.
+            report.crc_errors.append(f"{name}@{pos}")
+            log.warning("blackbox_crc_mismatch", segment=str(path), offset=pos)
+            pos = after
+            continue
+        nxt = _resync(data, pos + 1, end)
+        if nxt is not None:
+            report.damage.append(
+                f"{name}@{pos}: broken record framing (length prefix {claimed}); "
+                f"{nxt - pos} bytes skipped, reading resumed at @{nxt}"
+            )
+            log.warning("blackbox_damage", segment=str(path), offset=pos, resumed=nxt)
+            pos = nxt
+            continue
+        if end - pos >= RECORD.size and not data[pos:].strip(b"\x00"):
+            report.damage.append(
+                f"{name}@{pos}: zero-filled tail ({end - pos} bytes of zeros where records "
+                "should be)"
+            )
+            log.warning("blackbox_damage", segment=str(path), offset=pos, kind="zero_fill")
+        elif claimed < 0 or (MIN_BODY <= claimed <= MAX_RECORD and after > end):
+            report.torn.append(f"{name}@{pos}")
+            log.warning("blackbox_torn_tail", segment=str(path), offset=pos, length=claimed)
+        else:
+            report.damage.append(
+                f"{name}@{pos}: unreadable tail ({end - pos} bytes, length prefix {claimed})"
+            )
+            log.warning("blackbox_damage", segment=str(path), offset=pos, kind="tail")
+        return
 
 
 def iter_session(session_dir: Path, report: ReadReport | None = None) -> Iterator[bytes]:
@@ -145,3 +229,186 @@ def iter_session(session_dir: Path, report: ReadReport | None = None) -> Iterato
     report = report if report is not None else ReadReport()
     for seg in segments(Path(session_dir)):
         yield from iter_segment(seg, report)
+
+
+# ---- checking a session against its manifest ------------------------------------------
+
+
+@dataclass
+class SessionCheck:
+    """A session read back and compared with its manifest.
+
+    ``errors`` make the session fail verification (damage, lost records, records of another
+    engine run); ``notes`` do not (publisher gaps the recorder saw, a torn tail after an
+    unclean stop, a missing manifest).
+    """
+
+    session_dir: Path
+    report: ReadReport
+    manifest: dict[str, Any] | None
+    segments: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    first_seq: int | None = None
+    last_seq: int | None = None
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (after seq, missed)
+    steps_back: list[tuple[int, int, int]] = field(default_factory=list)  # (index, prev, seq)
+    malformed: int = 0
+    expected: int | None = None  # records the manifest says were written
+    lost: int = 0  # records the manifest counts that could not be read back
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def read_manifest(session_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None), (None, None) when there is none, or (None, why it is unreadable)."""
+    path = Path(session_dir) / "manifest.json"
+    if not path.is_file():
+        return None, None
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return None, f"{path.name} is unreadable ({exc})"
+    if not isinstance(manifest, dict):
+        return None, f"{path.name} is not a JSON object"
+    return manifest, None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_session(session_dir: Path, keep_bodies: bool = False) -> SessionCheck:
+    """Read every record of a session and judge it against its manifest (see SessionCheck).
+
+    A torn tail is harmless only at the end of the last segment of a session whose
+    recorder did not stop cleanly (manifest ``complete`` false, or no manifest); anywhere
+    else it is damage. Fewer records than the manifest says were written is a loss, counted.
+    """
+    session_dir = Path(session_dir)
+    report = ReadReport()
+    manifest, manifest_error = read_manifest(session_dir)
+    segs = segments(session_dir)
+    check = SessionCheck(session_dir, report, manifest, segments=len(segs))
+    counts = check.counts
+    prev = 0
+    index = 0
+    for body in iter_session(session_dir, report):
+        if keep_bodies:
+            check.bodies.append(body)
+        index += 1
+        cut = body.find(b"\x00")
+        if cut <= 0 or len(body) < cut + 9:
+            check.malformed += 1
+            continue
+        key = body[:cut].decode("ascii", "replace")
+        (seq,) = _SEQ.unpack_from(body, cut + 1)
+        counts[key] = counts.get(key, 0) + 1
+        if prev and seq > prev + 1:
+            check.gaps.append((prev, seq - prev - 1))
+        elif prev and seq <= prev:
+            check.steps_back.append((index, prev, seq))
+        prev = seq
+        check.first_seq = seq if check.first_seq is None else check.first_seq
+        check.last_seq = seq
+
+    errors, notes = check.errors, check.notes
+    errors += [f"damage: {d}" for d in report.damage]
+    errors += [f"crc mismatch at {where}" for where in report.crc_errors]
+    complete = manifest.get("complete") if manifest is not None else None
+    last_segment = segs[-1].name if segs else ""
+    for where in report.torn:
+        if not where.startswith(last_segment + "@"):
+            errors.append(
+                f"damage: record cut short at {where}, which is not the end of the last "
+                "segment (a crash only ever tears the end of the last segment)"
+            )
+        elif complete is True:
+            errors.append(
+                f"damage: record cut short at {where}, but the recorder stopped this session "
+                "cleanly (the file was truncated or damaged afterwards)"
+            )
+        else:
+            notes.append(
+                f"torn tail at {where}: the recorder did not stop cleanly (a crash leaves "
+                "this); the records before it are intact"
+            )
+    for i, (at, before, seq) in enumerate(check.steps_back):
+        if i == 3:
+            errors.append(f"... {len(check.steps_back) - 3} more sequence steps back")
+            break
+        errors.append(
+            f"sequence goes back from {before} to {seq} at record #{at}: messages of another "
+            "engine run are filed in this session"
+        )
+    if manifest_error is not None:
+        errors.append(f"manifest: {manifest_error}")
+    elif manifest is None:
+        notes.append("no manifest.json: records cannot be checked against what was written")
+    else:
+        _compare_manifest(check, manifest, complete)
+    if check.first_seq is not None and check.first_seq > 1:
+        notes.append(
+            f"the session's first {check.first_seq - 1} message(s) were not recorded "
+            f"(first recorded seq {check.first_seq})"
+        )
+    seen = _manifest_gaps(manifest)
+    for after, missed in check.gaps:
+        # The manifest lists what the publisher dropped; any other gap is lost from the files.
+        lost_here = manifest is not None and (after, missed) not in seen
+        where = " (not in the manifest: lost from the files)" if lost_here else ""
+        notes.append(f"gap after seq {after}: {missed} missed{where}")
+    return check
+
+
+def _manifest_gaps(manifest: dict[str, Any] | None) -> set[tuple[int, int]]:
+    out = set()
+    for g in (manifest or {}).get("gaps") or ():
+        if isinstance(g, dict):
+            after, missed = _int_or_none(g.get("after_seq")), _int_or_none(g.get("missed"))
+            if after is not None and missed is not None:
+                out.add((after, missed))
+    return out
+
+
+def _compare_manifest(check: SessionCheck, manifest: dict[str, Any], complete: Any) -> None:
+    read = check.report.records
+    expected = _int_or_none(manifest.get("records"))
+    check.expected = expected
+    if expected is None:
+        check.notes.append("manifest has no record count: cannot check for lost records")
+        return
+    if read < expected:
+        check.lost = expected - read
+        check.errors.append(
+            f"{check.lost} record(s) lost: the manifest says {expected} were written, "
+            f"{read} could be read back"
+        )
+    elif read > expected and complete is True:
+        check.errors.append(
+            f"{read - expected} record(s) more than the {expected} the manifest says were "
+            "written (records appended after the recorder closed the session?)"
+        )
+    write_lost = _int_or_none(manifest.get("records_lost")) or 0
+    if write_lost:
+        check.notes.append(
+            f"{write_lost} message(s) were received but could not be written "
+            f"({manifest.get('write_error') or 'write failure'})"
+        )
+    last = _int_or_none(manifest.get("last_seq"))
+    if (
+        complete is True
+        and not write_lost
+        and last is not None
+        and check.last_seq is not None
+        and check.last_seq != last
+        and not check.lost
+    ):
+        check.errors.append(
+            f"last record has seq {check.last_seq}, the manifest says {last}: the end of "
+            "the session is missing or foreign"
+        )

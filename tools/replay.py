@@ -70,7 +70,7 @@ from chimera_core.telemetry import (
     split,
 )
 from chimera_governance.pipeline import GovernancePipeline
-from tools.blackbox import ReadReport, iter_session
+from tools.blackbox import ReadReport, SessionCheck, check_session, iter_session
 
 REPLAYED_COMMANDS = frozenset({"halt", "pause", "resume", "approve", "reject"})
 EXPORT_COLUMNS = (
@@ -118,6 +118,7 @@ class ReplayResult:
     divergence: Divergence | None = None
     gaps: list[Gap] = field(default_factory=list)
     read_report: ReadReport = field(default_factory=ReadReport)
+    check: SessionCheck | None = None  # the recording judged against its manifest
     undecodable: int = 0
     feed_events: int = 0
     control_applied: int = 0
@@ -134,7 +135,12 @@ class ReplayResult:
     @property
     def incomplete(self) -> bool:
         rr = self.read_report
-        return bool(self.gaps or rr.crc_errors or rr.torn)
+        return bool(self.gaps or rr.crc_errors or rr.torn or rr.damage)
+
+    @property
+    def damaged(self) -> list[str]:
+        """Why the recording itself fails verification (damage, lost records), if it does."""
+        return list(self.check.errors) if self.check is not None else []
 
     @property
     def verified(self) -> bool:
@@ -241,16 +247,17 @@ def replay_session(
     session_dir = Path(session_dir)
     if not session_dir.is_dir():
         raise ReplayError(f"{session_dir} is not a session directory")
-    report = ReadReport()
-    try:
-        bodies = list(iter_session(session_dir, report))
-    except ProtocolError as exc:
-        raise ReplayError(str(exc)) from exc
+    check = check_session(session_dir, keep_bodies=True)
+    bodies, report = check.bodies, check.report
     if not bodies:
-        raise ReplayError(f"{session_dir}: no black-box records (no seg-*.chbb segments?)")
+        problems = "; ".join(check.errors)
+        raise ReplayError(
+            f"{session_dir}: no readable black-box records"
+            + (f" ({problems})" if problems else " (no seg-*.chbb segments?)")
+        )
     manifest = _read_manifest(session_dir)
     cfg, session_id = _load_config(manifest, bodies, session_dir)
-    result = ReplayResult(session_dir, session_id, cfg, read_report=report)
+    result = ReplayResult(session_dir, session_id, cfg, read_report=report, check=check)
     result.gaps = _manifest_gaps(manifest)
 
     warm_up_kernels()  # load/compile the numba kernels outside the timed loop
@@ -609,6 +616,8 @@ def _describe_gaps(result: ReplayResult) -> str:
         parts.append(f"{len(rr.crc_errors)} CRC-damaged records skipped")
     if rr.torn:
         parts.append(f"torn tail(s) at {', '.join(rr.torn)}")
+    if rr.damage:
+        parts.append(f"{len(rr.damage)} damaged region(s) skipped")
     more = f" (+{len(result.gaps) - 5} more gaps)" if len(result.gaps) > 5 else ""
     return "; ".join(parts) + more
 
@@ -666,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if result.undecodable:
         _warn(f"{result.undecodable} records could not be decoded and were skipped")
+    for problem in result.damaged:
+        _warn(f"recording damaged: {problem}")
     print(
         f"replayed session {result.session_id}: {result.messages} messages, {result.ticks} "
         f"ticks, {result.decisions} decisions, {result.feed_events} feed events, "
@@ -680,6 +691,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported {n} decisions to {out}")
     if not args.verify:
         return 0
+    if result.damaged:
+        # A replay that matches what could be read proves nothing about what was lost.
+        lost = result.check.lost if result.check is not None else 0
+        print(
+            f"VERIFY FAILED: the recording is damaged ({len(result.damaged)} problem(s)"
+            + (f", {lost} record(s) lost" if lost else "")
+            + f"): {result.damaged[0]}"
+            + (
+                f"; the {result.compared} readable tick records replay "
+                + ("identically" if result.divergence is None else "with a divergence")
+            )
+        )
+        return 1
     if result.divergence is not None:
         print(format_divergence(result.divergence))
         gap_note = " (the session has gaps; one may precede it)" if result.incomplete else ""
