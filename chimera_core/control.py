@@ -4,12 +4,19 @@ The server awaits one request at a time, calls the engine's handler synchronousl
 loop thread (so the handler needs no locks) and replies at once. It yields to the loop
 after every request, so a flood of commands cannot starve tick processing.
 
-Wire format (JSON): request ``{"token", "command", "arg", "id"}``; reply
-``{"ok", "command", "id", "result"}`` or ``{"ok": false, "error", ...}``.
+Wire format (JSON): request ``{"v": 2, "command", "arg", "id", "nonce", "ts_ms", "mac"}``;
+reply ``{"ok", "command", "id", "result"}`` or ``{"ok": false, "error", ...}``.
+
+The token itself never travels: ``mac`` is HMAC-SHA256 with the token as key over the
+request's fields (``request_mac``), so a captured request cannot be altered, and it
+carries a random ``nonce`` and the sender's wall-clock ``ts_ms``: the server refuses a
+request more than ``MAX_SKEW_S`` away from its own clock and any nonce it has already
+accepted within that window, so a captured request cannot be replayed either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import itertools
 import os
@@ -17,6 +24,7 @@ import secrets
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +58,24 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
 TOKEN_ENV = "CHIMERA_CONTROL_TOKEN"
 TOKEN_FILE = "control.token"
 REFUSED = "refused: bad token"
+REFUSED_STALE = "refused: stale request"
+REFUSED_REPLAY = "refused: replayed request"
+REFUSED_BUSY = "refused: too many requests"
+PROTOCOL_VERSION = 2
+# A request is fresh for this long either side of the engine's clock; its nonce is kept
+# for twice as long, past the last moment the timestamp check alone would accept it.
+MAX_SKEW_S = 30.0
+# Only a token holder can add nonces (the MAC is checked first); this caps the memory
+# one can spend: 100k requests in a minute is ~1.7k/s, far above any operator's use.
+MAX_NONCES = 100_000
+# 128 bits as 32 hex characters; the generated token (token_urlsafe(32)) has 43.
+MIN_TOKEN_CHARS = 32
+_MIN_DISTINCT_CHARS = 8
+GENERATE_HINT = (
+    "generate one with `python -c 'import secrets; print(secrets.token_hex(16))'` and put "
+    f"it in {TOKEN_ENV} or data_dir/{TOKEN_FILE} (mode 0600), or delete data_dir/"
+    f"{TOKEN_FILE} and let `chimera live` create one"
+)
 # Control messages are tiny; anything bigger is garbage or an attack, and zmq drops it.
 MAX_MESSAGE_BYTES = 64 * 1024
 # Read-only queries are logged at debug: the cortex polls status every second.
@@ -59,10 +85,73 @@ LOG_BURST = 10
 LOG_INTERVAL_S = 60.0
 
 Handler = Callable[[str, str], tuple[bool, dict[str, Any]]]
+_FIELDS = '{"v", "command", "arg", "id", "nonce", "ts_ms", "mac"}'
+_SIGN_HINT = (
+    "requests no longer carry the token: sign them with it "
+    "(chimera_core.control.encode_request or ControlClient)"
+)
 
 
 class ControlError(ChimeraError):
     """The control channel failed: no reply, a refused token, or a malformed reply."""
+
+
+def check_token(token: str, source: str) -> str:
+    """``token`` if it is long and varied enough to guard the kill switch; else ControlError.
+
+    ``source`` names where it came from (never the token itself) for the message.
+    """
+    if not token:
+        raise ControlError(f"the control token from {source} is empty: {GENERATE_HINT}")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ControlError(
+            f"the control token from {source} is {len(token)} characters; at least "
+            f"{MIN_TOKEN_CHARS} (128 bits as hex) are needed: {GENERATE_HINT}"
+        )
+    if len(set(token)) < _MIN_DISTINCT_CHARS:
+        raise ControlError(
+            f"the control token from {source} is not random (only {len(set(token))} "
+            f"distinct characters): {GENERATE_HINT}"
+        )
+    return token
+
+
+def request_mac(token: str, request: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 (hex) of a request's signed fields, keyed with the control token."""
+    signed = orjson.dumps(
+        [
+            "chimera-control",
+            PROTOCOL_VERSION,
+            request.get("command"),
+            request.get("arg"),
+            request.get("id"),
+            request.get("nonce"),
+            request.get("ts_ms"),
+        ]
+    )
+    return hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def encode_request(
+    token: str,
+    command: str,
+    arg: str = "",
+    *,
+    rid: str,
+    ts_ms: int,
+    nonce: str | None = None,
+) -> bytes:
+    """One signed request payload, as ``ControlClient`` sends it (for any other client)."""
+    request: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "command": command,
+        "arg": arg,
+        "id": rid,
+        "nonce": secrets.token_hex(16) if nonce is None else nonce,
+        "ts_ms": ts_ms,
+    }
+    request["mac"] = request_mac(token, request)
+    return orjson.dumps(request)
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -90,12 +179,19 @@ class ControlServer:
         token: str,
         handler: Handler,
         ctx: zmq.asyncio.Context | None = None,
+        clock: Callable[[], float] = time.time,
+        max_skew_s: float = MAX_SKEW_S,
     ) -> None:
-        if not token:
-            raise ValueError("control token is empty: use resolve_token() to get one")
+        check_token(token, "the engine's configuration")
         bind_to = check_endpoint(endpoint)
-        self._token = token.encode()
+        self._token = token
         self._handler = handler
+        # Wall time on purpose: freshness is judged against the sender's clock, which
+        # knows nothing of exchange time. Injectable for tests.
+        self._clock = clock
+        self._max_skew_ms = int(max_skew_s * 1000)
+        self._nonces: set[str] = set()
+        self._nonce_expiry: deque[tuple[int, str]] = deque()
         from chimera_core.logging import RateLimiter  # the CLI client never needs it
 
         # A flood of bad requests is counted in full but logged only a few times.
@@ -157,24 +253,35 @@ class ControlServer:
         if not isinstance(request, dict):
             return self._malformed("not a JSON object")
         rid = request.get("id")
-        presented = request.get("token")
-        if not (
-            isinstance(presented, str) and hmac.compare_digest(presented.encode(), self._token)
-        ):
-            self.refused += 1
-            # Neither the expected nor the presented token is logged.
-            if self._log_limiter.allow("control_refused"):
-                log.warning(
-                    "control_refused",
-                    command=str(request.get("command"))[:32],
-                    id=str(rid)[:64],
-                    reason="missing" if presented is None else "mismatch",
-                )
-            return orjson.dumps({"ok": False, "id": rid, "error": REFUSED})
+        mac = request.get("mac")
+        if not isinstance(mac, str):
+            # A v1 client sent the token itself; it is not compared, only refused.
+            if "token" in request:
+                return self._refuse(request, "unsigned", hint=_SIGN_HINT)
+            return self._refuse(request, "missing")
+        if not hmac.compare_digest(mac.encode(), request_mac(self._token, request).encode()):
+            return self._refuse(request, "mismatch")
         command = request.get("command")
         arg = request.get("arg", "")
+        nonce = request.get("nonce")
+        ts_ms = request.get("ts_ms")
         if not isinstance(command, str) or not isinstance(arg, str):
             return self._malformed("'command' and 'arg' must be strings", rid)
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
+            return self._malformed("'nonce' must be a string of 16 to 128 characters", rid)
+        if not isinstance(ts_ms, int) or isinstance(ts_ms, bool):
+            return self._malformed("'ts_ms' must be an integer (ms since the epoch)", rid)
+        now_ms = int(self._clock() * 1000)
+        if abs(now_ms - ts_ms) > self._max_skew_ms:
+            return self._refuse(request, "stale", REFUSED_STALE, now_ms=now_ms)
+        while self._nonce_expiry and self._nonce_expiry[0][0] <= now_ms:
+            self._nonces.discard(self._nonce_expiry.popleft()[1])
+        if nonce in self._nonces:
+            return self._refuse(request, "replayed", REFUSED_REPLAY)
+        if len(self._nonces) >= MAX_NONCES:
+            return self._refuse(request, "busy", REFUSED_BUSY)
+        self._nonces.add(nonce)
+        self._nonce_expiry.append((now_ms + 2 * self._max_skew_ms, nonce))
         if command not in COMMANDS:
             return orjson.dumps(
                 {
@@ -203,6 +310,24 @@ class ControlServer:
         emit("control_served", command=command, arg=arg, id=rid, ok=bool(ok))
         return reply
 
+    def _refuse(
+        self, request: dict[str, Any], reason: str, error: str = REFUSED, **extra: Any
+    ) -> bytes:
+        self.refused += 1
+        rid = request.get("id")
+        # Neither the token nor the MAC is logged.
+        if self._log_limiter.allow("control_refused"):
+            log.warning(
+                "control_refused",
+                command=str(request.get("command"))[:32],
+                id=str(rid)[:64],
+                reason=reason,
+            )
+        reply: dict[str, Any] = {"ok": False, "id": rid, "error": error, **extra}
+        if error == REFUSED_STALE:
+            reply["max_skew_s"] = self._max_skew_ms / 1000
+        return orjson.dumps(reply)
+
     def _malformed(self, why: str, rid: Any = None) -> bytes:
         self.malformed += 1
         if self._log_limiter.allow("control_malformed"):
@@ -211,7 +336,7 @@ class ControlServer:
             {
                 "ok": False,
                 "id": rid,
-                "error": f'malformed request: {why} (expected {{"token", "command", "arg", "id"}})',
+                "error": f"malformed request: {why} (expected {_FIELDS})",
             }
         )
 
@@ -228,7 +353,7 @@ class ControlClient:
     def __init__(self, endpoint: str, token: str, timeout_s: float = 2.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self._token = token
+        self._token = check_token(token, "this client's configuration")
         # The process-wide context: a client dropped without close() (an exception on the
         # way) leaves only a LINGER=0 socket, which its finaliser closes. A private context
         # would be terminated by the garbage collector, which then waits for that socket
@@ -246,7 +371,8 @@ class ControlClient:
         reply is not JSON. A not-ok reply for any other reason is returned, not raised.
         """
         rid = f"{self._prefix}-{next(self._seq)}"
-        payload = orjson.dumps({"token": self._token, "command": command, "arg": arg, "id": rid})
+        # Wall time: the engine checks it against its own clock (a side process may use it).
+        payload = encode_request(self._token, command, arg, rid=rid, ts_ms=int(time.time() * 1000))
         with self._lock:
             sock = self._socket()
             deadline = time.monotonic() + self.timeout_s
@@ -273,11 +399,20 @@ class ControlClient:
                 # Replies to earlier, timed-out requests carry their own id: skip them.
                 if reply.get("id", rid) in (rid, None):
                     break
-        if reply.get("error") == REFUSED:
+        error = reply.get("error")
+        if error == REFUSED:
             raise ControlError(
                 f"the engine at {self.endpoint} refused the control token: use the same "
                 f"{TOKEN_ENV} or data_dir/{TOKEN_FILE} as the running engine"
             )
+        if error == REFUSED_STALE:
+            raise ControlError(
+                f"the engine at {self.endpoint} refused the request as stale: this machine's "
+                f"clock and the engine's differ by more than {reply.get('max_skew_s')} s "
+                "(sync both clocks, e.g. with NTP)"
+            )
+        if isinstance(error, str) and error.startswith("refused:"):
+            raise ControlError(f"the engine at {self.endpoint} {error}; try again")
         return reply
 
     def close(self) -> None:
@@ -323,7 +458,7 @@ class ControlClient:
 def _token_from(env: Mapping[str, str], path: Path) -> str | None:
     from_env = env.get(TOKEN_ENV, "").strip()
     if from_env:
-        return from_env
+        return check_token(from_env, f"${TOKEN_ENV}")
     try:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -332,13 +467,14 @@ def _token_from(env: Mapping[str, str], path: Path) -> str | None:
         raise ConfigError(f"control token file {path} is empty (delete it to get a new token)")
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("control_token_file_open", path=str(path), fix=f"chmod 600 {path}")
-    return text
+    return check_token(text, str(path))
 
 
 def resolve_token(env: Mapping[str, str], data_dir: Path) -> str:
     """The control token: $CHIMERA_CONTROL_TOKEN, else data_dir/control.token, else a new one.
 
-    A new token is written to data_dir/control.token with mode 0600.
+    A new token is written to data_dir/control.token with mode 0600. A token shorter than
+    ``MIN_TOKEN_CHARS`` is refused with ControlError (it says how to make one).
     """
     path = Path(data_dir) / TOKEN_FILE
     found = _token_from(env, path)

@@ -60,7 +60,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
     from chimera_core.config import load_config, load_env
-    from chimera_core.control import ControlClient, read_token
+    from chimera_core.control import ControlClient, check_token, read_token
 
     cfg = load_config(args.config)
     control = getattr(cfg, "control", None)
@@ -71,8 +71,7 @@ def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
             token = Path(args.token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ChimeraError(f"cannot read --token-file {args.token_file}: {exc}") from exc
-        if not token:
-            raise ChimeraError(f"--token-file {args.token_file} is empty")
+        check_token(token, f"--token-file {args.token_file}")
     else:
         token = read_token(load_env(args.env_file), Path(cfg.data_dir))
     with ControlClient(endpoint, token, timeout_s) as client:

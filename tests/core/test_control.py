@@ -20,11 +20,14 @@ from structlog.testing import capture_logs
 
 from chimera_core.control import (
     COMMANDS,
+    MIN_TOKEN_CHARS,
     ControlClient,
     ControlError,
     ControlServer,
     check_endpoint,
+    encode_request,
     read_token,
+    request_mac,
     resolve_token,
 )
 from chimera_core.errors import ConfigError
@@ -120,7 +123,7 @@ async def test_unknown_command_and_handler_failure_are_answered() -> None:
 async def test_wrong_token_refused_counted_and_never_logged() -> None:
     engine = FakeEngine()
     server, stop, task = await _serving(engine)
-    presented = "wrong-token-XYZ-987654321"
+    presented = "wrong-token-XYZ-987654321-abcdefghijklmnop"
     with capture_logs() as logs:
         with ControlClient(server.endpoint, presented) as client:
             for _ in range(2):
@@ -128,15 +131,34 @@ async def test_wrong_token_refused_counted_and_never_logged() -> None:
                     await _in_thread(client.request, "halt")
         # A request with no token at all, through a raw socket.
         raw = await _in_thread(_raw_request, server.endpoint, b'{"command": "halt"}')
+        # A v1 request carrying the right token in clear: no longer enough.
+        v1 = orjson.dumps({"token": TOKEN, "command": "halt", "arg": "", "id": "v1"})
+        old = await _in_thread(_raw_request, server.endpoint, v1)
     assert raw["ok"] is False and raw["error"] == "refused: bad token"
-    assert server.refused == 3 and server.served == 0 and engine.state == "ACTIVE"
+    assert old["ok"] is False and old["error"] == "refused: bad token" and "sign" in old["hint"]
+    assert server.refused == 4 and server.served == 0 and engine.state == "ACTIVE"
     refusals = [e for e in logs if e["event"] == "control_refused"]
-    assert len(refusals) == 3 and refusals[0]["log_level"] == "warning"
-    assert {e["reason"] for e in refusals} == {"mismatch", "missing"}
+    assert len(refusals) == 4 and refusals[0]["log_level"] == "warning"
+    assert {e["reason"] for e in refusals} == {"mismatch", "missing", "unsigned"}
     dumped = repr(logs)
     assert TOKEN not in dumped and presented not in dumped
     stop.set()
     await asyncio.wait_for(task, 2)
+
+
+def _signed(**fields: Any) -> bytes:
+    """A correctly signed request with the given fields replaced (possibly by bad types)."""
+    request: dict[str, Any] = {
+        "v": 2,
+        "command": "status",
+        "arg": "",
+        "id": "r1",
+        "nonce": os.urandom(16).hex(),
+        "ts_ms": int(time.time() * 1000),
+        **fields,
+    }
+    request["mac"] = request_mac(TOKEN, request)
+    return orjson.dumps(request)
 
 
 def _raw_request(endpoint: str, payload: bytes) -> dict[str, Any]:
@@ -161,8 +183,12 @@ def _raw_request(endpoint: str, payload: bytes) -> dict[str, Any]:
         (b"{not json", "not JSON"),
         (b"[1, 2, 3]", "not a JSON object"),
         (b"\xff\xfe", "not JSON"),
-        (orjson.dumps({"token": TOKEN, "command": 5}), "must be strings"),
-        (orjson.dumps({"token": TOKEN, "command": "approve", "arg": ["x"]}), "must be strings"),
+        (_signed(command=5), "must be strings"),
+        (_signed(command="approve", arg=["x"]), "must be strings"),
+        (_signed(nonce=7), "'nonce' must be a string"),
+        (_signed(nonce="short"), "'nonce' must be a string"),
+        (_signed(ts_ms="1700000000000"), "'ts_ms' must be an integer"),
+        (_signed(ts_ms=True), "'ts_ms' must be an integer"),
     ],
 )
 async def test_malformed_requests_get_an_error_reply(payload: bytes, why: str) -> None:
@@ -298,10 +324,11 @@ async def test_a_flood_of_requests_yields_to_ticks() -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 5000)
         sock.connect(server.endpoint)
-        payload = orjson.dumps({"token": TOKEN, "command": "status", "arg": "", "id": "f"})
-        for _ in range(500):
+        now_ms = int(time.time() * 1000)
+        for i in range(500):
+            payload = encode_request(TOKEN, "status", rid=f"f{i}", ts_ms=now_ms)
             sock.send_multipart([b"", payload])
-        got = sum(1 for _ in range(500) if sock.recv_multipart())
+        got = sum(1 for _ in range(500) if orjson.loads(sock.recv_multipart()[-1])["ok"])
         sock.close()
         ctx.term()
         return got
@@ -312,6 +339,7 @@ async def test_a_flood_of_requests_yields_to_ticks() -> None:
     assert await asyncio.to_thread(flood) == 500
     # Between consecutive requests the ticker ran: tick counts strictly increase.
     seen = engine.ticks_seen
+    assert len(seen) == 500
     bad = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seen)) if b <= a]
     assert not bad, (bad[:10], len(seen))
     stop.set()
@@ -365,7 +393,7 @@ def test_local_endpoints_are_accepted(tmp_path: Path) -> None:
 
 
 def test_empty_token_is_refused() -> None:
-    with pytest.raises(ValueError, match="token is empty"):
+    with pytest.raises(ControlError, match=r"token .* is empty: generate one"):
         ControlServer("tcp://127.0.0.1:0", "", FakeEngine().handle)
 
 
@@ -384,9 +412,10 @@ def test_resolve_token_creates_a_private_file_once(tmp_path: Path) -> None:
 
 def test_env_token_wins(tmp_path: Path) -> None:
     resolve_token({}, tmp_path)
-    env = {"CHIMERA_CONTROL_TOKEN": "from-env-token"}
-    assert resolve_token(env, tmp_path) == "from-env-token"
-    assert read_token(env, tmp_path / "nowhere") == "from-env-token"
+    from_env = "from-env-token-0123456789abcdefghij"
+    env = {"CHIMERA_CONTROL_TOKEN": from_env}
+    assert resolve_token(env, tmp_path) == from_env
+    assert read_token(env, tmp_path / "nowhere") == from_env
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -406,7 +435,7 @@ def test_a_client_dropped_without_close_never_hangs_the_garbage_collector() -> N
     server = ctx.socket(zmq.ROUTER)
     port = server.bind_to_random_port("tcp://127.0.0.1")
     try:
-        client = ControlClient(f"tcp://127.0.0.1:{port}", "tok", timeout_s=2.0)
+        client = ControlClient(f"tcp://127.0.0.1:{port}", TOKEN, timeout_s=2.0)
         done = threading.Event()
 
         def answer() -> None:
@@ -460,3 +489,181 @@ async def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines() -> N
         assert 1 <= len(shown) <= 10, (event, len(shown))
         # The summary at shutdown accounts for every request that was not logged.
         assert len(summary) == 1 and summary[0]["suppressed"] == 300 - len(shown)
+
+
+# -- replay, freshness and token strength ------------------------------------------------
+
+
+class Sniffer(threading.Thread):
+    """A ROUTER in front of the engine that records every request payload it passes on,
+    as anyone able to read the loopback traffic (or a proxy) could."""
+
+    def __init__(self, upstream: str | None) -> None:
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.front.bind_to_random_port('tcp://127.0.0.1')}"
+        self.upstream = upstream
+        self.captured: list[bytes] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        back = self.ctx.socket(zmq.DEALER)
+        back.setsockopt(zmq.LINGER, 0)
+        if self.upstream:
+            back.connect(self.upstream)
+        while not self.done.is_set():
+            if not self.front.poll(50):
+                continue
+            ident, empty, payload = self.front.recv_multipart()
+            self.captured.append(payload)
+            if self.upstream:  # else swallow it: the engine never sees the original
+                back.send_multipart([empty, payload])
+                if back.poll(2000):
+                    self.front.send_multipart([ident, *back.recv_multipart()])
+        back.close()
+
+    def close(self) -> None:
+        self.done.set()
+        self.join(2)
+        self.front.close()
+        self.ctx.term()
+
+
+async def test_a_captured_request_resent_on_a_raw_socket_is_refused() -> None:
+    engine = FakeEngine()
+    server, stop, task = await _serving(engine)
+    sniffer = Sniffer(server.endpoint)
+    sniffer.start()
+    try:
+        with ControlClient(sniffer.endpoint, TOKEN) as client:
+            assert (await _in_thread(client.request, "pause"))["ok"] is True
+            assert (await _in_thread(client.request, "resume"))["ok"] is True
+        assert engine.state == "ACTIVE" and len(sniffer.captured) == 2
+        pause = sniffer.captured[0]
+        # The token never crossed the wire, so the capture cannot be turned into others.
+        assert TOKEN.encode() not in pause
+        with capture_logs() as logs:
+            again = await _in_thread(_raw_request, server.endpoint, pause)
+            # Nor can it be altered: the same request with another command fails the MAC.
+            forged = orjson.loads(pause)
+            forged["command"], forged["nonce"] = "halt", os.urandom(16).hex()
+            altered = await _in_thread(_raw_request, server.endpoint, orjson.dumps(forged))
+        assert again["ok"] is False and again["error"] == "refused: replayed request"
+        assert altered["ok"] is False and altered["error"] == "refused: bad token"
+        assert engine.state == "ACTIVE" and server.served == 2 and server.refused == 2
+        assert [e["reason"] for e in logs if e["event"] == "control_refused"] == [
+            "replayed",
+            "mismatch",
+        ]
+        # Normal commands still work afterwards.
+        with ControlClient(server.endpoint, TOKEN) as client:
+            assert (await _in_thread(client.request, "halt"))["result"] == {"state": "HALTED"}
+    finally:
+        sniffer.close()
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("skew_s", [-31.0, 31.0, 3600.0])
+async def test_a_request_outside_the_time_window_is_refused(skew_s: float) -> None:
+    """A request captured (never delivered) and sent later, or one from a clock that is off,
+    is refused as stale; the same request inside the window would have been served."""
+    engine = FakeEngine()
+    clock = WallClock()
+    server = ControlServer("tcp://127.0.0.1:0", TOKEN, engine.handle, clock=clock, max_skew_s=30)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.serve(stop))
+    sniffer = Sniffer(None)
+    sniffer.start()
+    try:
+        with (
+            ControlClient(sniffer.endpoint, TOKEN, timeout_s=0.3) as client,
+            pytest.raises(ControlError, match="no reply"),
+        ):
+            await _in_thread(client.request, "halt")
+        captured = sniffer.captured[0]
+        clock.now += skew_s
+        late = await _in_thread(_raw_request, server.endpoint, captured)
+        assert late["ok"] is False and late["error"] == "refused: stale request"
+        assert engine.state == "ACTIVE" and server.served == 0
+        clock.now -= skew_s - 29.0 if skew_s > 0 else skew_s + 29.0  # 29 s off: still fresh
+        in_time = await _in_thread(_raw_request, server.endpoint, captured)
+        assert in_time["ok"] is True and engine.state == "HALTED"
+        # The client explains a stale refusal as a clock problem.
+        clock.now += 120
+        with (
+            ControlClient(server.endpoint, TOKEN) as client,
+            pytest.raises(ControlError, match=r"stale.*differ by more than 30"),
+        ):
+            await _in_thread(client.request, "status")
+    finally:
+        sniffer.close()
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+async def test_nonces_are_forgotten_only_after_the_window_has_closed() -> None:
+    engine = FakeEngine()
+    clock = WallClock()
+    server = ControlServer("tcp://127.0.0.1:0", TOKEN, engine.handle, clock=clock, max_skew_s=30)
+    sent_ms = int(clock.now * 1000)
+    payload = encode_request(TOKEN, "pause", rid="r", ts_ms=sent_ms)
+    assert orjson.loads(server.answer(payload))["ok"] is True
+    for advance in (1.0, 29.0, 30.0, 59.0, 3600.0):
+        clock.now = sent_ms / 1000 + advance
+        reply = orjson.loads(server.answer(payload))
+        assert reply["ok"] is False
+        assert reply["error"] == (
+            "refused: replayed request" if advance <= 30 else "refused: stale request"
+        )
+    assert server.served == 1
+    stop = asyncio.Event()
+    stop.set()
+    await server.serve(stop)
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("a", "is 1 characters; at least 32"),
+        ("0123456789abcdef0123456789abcde", "is 31 characters"),
+        ("ab" * 20, "not random"),
+        ("", "is empty"),
+    ],
+)
+def test_a_weak_token_is_refused_everywhere(tmp_path: Path, token: str, why: str) -> None:
+    handler = FakeEngine().handle
+    with pytest.raises(ControlError, match=why) as info:
+        ControlServer("tcp://127.0.0.1:0", token, handler)
+    assert "secrets.token_hex(16)" in str(info.value)
+    if token:
+        with pytest.raises(ControlError, match=why):
+            resolve_token({"CHIMERA_CONTROL_TOKEN": token}, tmp_path)
+        with pytest.raises(ControlError, match=why):
+            read_token({"CHIMERA_CONTROL_TOKEN": token}, tmp_path)
+        (tmp_path / "control.token").write_text(token + "\n")
+        with pytest.raises(ControlError, match=rf"control.token is|{why}") as from_file:
+            read_token({}, tmp_path)
+        assert str(tmp_path / "control.token") in str(from_file.value)
+        with pytest.raises(ControlError, match=why):
+            resolve_token({}, tmp_path)
+        with pytest.raises(ControlError, match=why):
+            ControlClient("tcp://127.0.0.1:1", token)
+        # The message never repeats the token itself.
+        assert (len(token) < 4) or token not in str(from_file.value)
+
+
+def test_a_generated_token_is_accepted() -> None:
+    token = os.urandom(16).hex()
+    assert len(token) == MIN_TOKEN_CHARS
+    ControlClient("tcp://127.0.0.1:1", token).close()

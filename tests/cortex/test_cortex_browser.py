@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(300)
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "cortex"
-TOKEN = "cortex-browser-test-token"
+TOKEN = "cortex-browser-test-token-0123456789abcdef"  # >= 32 chars, as the engine requires
 TOKENS = ("2885", "1594", "3045")
 
 

@@ -130,7 +130,7 @@ def test_wrong_token_is_refused_with_a_clear_message(
     live: LiveServer, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wrong = workdir / "wrong.token"
-    wrong.write_text("not-the-engine-token\n")
+    wrong.write_text("not-the-engine-token-0123456789abcdef\n")
     code = _cli("kill", "--token-file", str(wrong), endpoint=live.endpoint)
     assert code in (1, 2)
     err = capsys.readouterr().err
@@ -173,3 +173,53 @@ def test_usage_errors(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "allowed: status" in capsys.readouterr().err
     assert main("status", ["--config", str(workdir / "nope.toml")]) == 2
     assert "nope.toml not found" in capsys.readouterr().err
+
+
+def test_a_short_token_file_is_refused_before_sending(
+    live: LiveServer, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = workdir / "short.token"
+    short.write_text("1234\n")
+    assert _cli("kill", "--token-file", str(short), endpoint=live.endpoint) == 2
+    err = capsys.readouterr().err
+    assert "--token-file" in err and "at least 32" in err and "token_hex(16)" in err
+    assert live.engine.calls == [] and live.server.refused == 0
+
+
+@pytest.mark.parametrize("token", ["x", "short-token-1234"])
+def test_cli_with_a_short_env_token_exits_2_and_says_how_to_make_one(
+    live: LiveServer, workdir: Path, token: str
+) -> None:
+    """A real `chimera kill` process: refused locally, before anything reaches the engine."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "kill", "--endpoint", live.endpoint],
+        cwd=workdir, capture_output=True, text=True, timeout=30,
+        env={**os.environ, "CHIMERA_CONTROL_TOKEN": token, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "$CHIMERA_CONTROL_TOKEN" in done.stderr and "at least 32" in done.stderr
+    assert "secrets.token_hex(16)" in done.stderr
+    assert live.engine.calls == [] and live.engine.state == "ACTIVE"
+
+
+def test_cli_commands_work_in_a_real_process(live: LiveServer, workdir: Path) -> None:
+    """`chimera kill` and `status` as subprocesses, signing with the data_dir token."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    for command, state in (("kill", "HALTED"), ("status", "HALTED")):
+        done = subprocess.run(
+            [sys.executable, "-m", "tools.cli", command, "--endpoint", live.endpoint],
+            cwd=workdir, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["result"]["state"] == state
+    assert live.server.served == 2 and live.server.refused == 0
