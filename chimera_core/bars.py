@@ -47,6 +47,16 @@ class BarBuilder:
     def forming(self) -> bool:
         return self.start_ms >= 0
 
+    def discard_forming(self) -> None:
+        """Drop the forming bar (its first tick came from a bad clock); the next trade
+        starts a new one. Closed bars are untouched."""
+        self.start_ms = -1
+        self._open = self._high = self._low = 0.0
+        self.close = float("nan")
+        self._volume = 0
+        self._ticks = 0
+        self._last_ts_ms = -1
+
     def accepts(self, exchange_ts_ms: int) -> bool:
         """False for a tick that belongs to a bar already closed (it would be refused)."""
         return exchange_ts_ms >= self.start_ms

@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +49,7 @@ from chimera_core.control import ControlServer
 from chimera_core.errors import ChimeraError, IllegalTransition, ProtocolError
 from chimera_core.execution import Router
 from chimera_core.feed.client import FeedClient
-from chimera_core.feed.sanity import PriceFilter, Seq, SequenceTracker
+from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
 from chimera_core.logging import redactor
@@ -85,6 +86,9 @@ class EngineStats:
         self.gaps = 0
         self.bad_price = 0
         self.late = 0
+        self.seq_jumps = 0  # sequence implausibly far ahead: a corrupt frame
+        self.bad_time = 0  # exchange time outside the plausible window or far ahead
+        self.rebaselines = 0  # tokens that took a new sequence/bar baseline after refusals
         self.depth_updates = 0
         self.illegal_transitions = 0
         self.vetoes = 0
@@ -114,7 +118,9 @@ class SymbolContext:
             band_n=s.band_lookback,
             k=s.band_k,
         )
-        self.sequence = SequenceTracker()
+        self.sequence = SequenceTracker(cfg.sanity.max_seq_jump, cfg.sanity.rebaseline_after)
+        self.seq_epoch = 0  # the feed connection the sequence baseline belongs to
+        self.late_in_row = 0  # frames refused in a row as older than the forming bar
         self.prices = PriceFilter(cfg.sanity.max_jump_pct)
         self.machine = ExecutionStateMachine(token, exchange_type)
         self.armed_direction = 0
@@ -151,7 +157,14 @@ class Engine:
         self.stats = EngineStats()
         self.halted = False
         self.paused = False  # no new entries; positions and pending intents carry on
+        # Exits only (a journal that cannot write, a position whose feed is dark): no new
+        # entries, protective exits keep working; the reason says why ("" = not reducing).
+        self.exits_only = ""
+        self._reducing: dict[str, str] = {}  # cause ("journal_write_failed", ...) → reason
         self.feed_epoch = 0  # set by the feed on every (re)connect
+        sanity = cfg.sanity
+        self.feed_clock = FeedClock(int(sanity.max_clock_ahead_s * 1000), sanity.rebaseline_after)
+        self._rebaseline_after = sanity.rebaseline_after
         self._stale_ns = int(cfg.feed.stale_after_s * 1e9)
         self._execute_timeout_ms = int(cfg.strategy.execute_timeout_s * 1000)
         self._cooldown_ms = int(cfg.strategy.cooldown_s * 1000)
@@ -200,22 +213,41 @@ class Engine:
             sym.book = tick
             stats.depth_updates += 1
             return None
+        # A corrupt time is refused before the frame's sequence number can count.
+        if not self.feed_clock.accept(tick.exchange_ts_ms):
+            stats.bad_time += 1  # corrupt or implausibly far ahead: never a bar or a day
+            return None
+        if sym.seq_epoch != self.feed_epoch:
+            sym.seq_epoch = self.feed_epoch  # a new connection may number afresh
+            sym.sequence.reset()
         verdict = sym.sequence.check(tick.sequence)
-        if verdict is Seq.DUPLICATE or verdict is Seq.OUT_OF_ORDER:
+        if verdict is not Seq.OK:
             if verdict is Seq.DUPLICATE:
                 stats.duplicates += 1
-            else:
+                return None
+            if verdict is Seq.OUT_OF_ORDER:
                 stats.out_of_order += 1
-            return None
-        if verdict is Seq.GAP:
-            stats.gaps += 1
+                return None
+            if verdict is Seq.JUMP:
+                stats.seq_jumps += 1
+                return None
+            if verdict is Seq.GAP:
+                stats.gaps += 1
+            elif verdict is Seq.REBASELINE:
+                self._rebaselined(sym, "sequence", tick)
         if not sym.prices.accept(tick.ltp):
             stats.bad_price += 1
             return None
         bar_start = sym.physics.bar_start_ms
         if bar_start is not None and tick.exchange_ts_ms < bar_start:
-            stats.late += 1  # never reopen a closed bar
-            return None
+            sym.late_in_row += 1
+            if sym.late_in_row <= self._rebaseline_after:
+                stats.late += 1  # never reopen a closed bar
+                return None
+            # The forming bar itself is the outlier (its first tick came from the future).
+            sym.physics.discard_forming_bar()
+            self._rebaselined(sym, "bar", tick)
+        sym.late_in_row = 0
         if tick.mode == Mode.SNAP_QUOTE:
             sym.book = tick
         self.last_tick = tick
@@ -270,6 +302,18 @@ class Engine:
             sink(decision)
         return decision
 
+    def _rebaselined(self, sym: SymbolContext, what: str, tick: Tick) -> None:
+        self.stats.rebaselines += 1
+        sym.late_in_row = 0
+        log.warning(
+            "feed_rebaselined",
+            token=sym.token,
+            what=what,
+            after=self._rebaseline_after,
+            sequence=tick.sequence,
+            exchange_ts_ms=tick.exchange_ts_ms,
+        )
+
     def after_publish(self) -> None:
         """Run the per-bar governance work deferred by on_frame. Callers that time the hot
         path call it after publishing; otherwise the next on_frame runs it first, so the
@@ -299,6 +343,7 @@ class Engine:
                     direction
                     and not stale
                     and not self.paused
+                    and not self.exits_only
                     and self.reconciled
                     and sym.vetoed_bar_ms != sym.physics.bar_start_ms
                     and not self._past_square_off(ts)
@@ -308,9 +353,10 @@ class Engine:
                         machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
                     ), None
             elif state is State.READY:
-                if direction == sym.armed_direction and not stale:
+                blocked = self._entry_blocked()
+                if direction == sym.armed_direction and not stale and not blocked:
                     return self._fire(sym, tick, physics, confidence, stale)
-                reason = "feed_stale" if stale else "signal_gone"
+                reason = "feed_stale" if stale else blocked or "signal_gone"
                 sym.armed_direction = 0
                 return (machine.apply(Event.DISARM, ts, reason),), None
             elif state is State.EXECUTE and ts - machine.entered_ms >= self._execute_timeout_ms:
@@ -379,6 +425,15 @@ class Engine:
         sym.entry_features = {"energy_threshold": abs(physics.energy), "band_k": band_dist}
         self.stats.intents += 1
         return (transition,), intent
+
+    def _entry_blocked(self) -> str:
+        """Why no entry may fire now ("" when it may): checked again at FIRE, since a
+        pause or exits-only can come between ARM and FIRE."""
+        if self.paused:
+            return "paused"
+        if self.exits_only:
+            return "exits_only"
+        return ""
 
     def _past_square_off(self, exchange_ts_ms: int) -> bool:
         if not self.execution_enabled:
@@ -504,7 +559,37 @@ class Engine:
         if command == "resume":
             moved = self.resume(arg or "operator") if self.halted else []
             self.paused = False
-            return True, {"paused": False, "halted": False, "symbols_moved": len(moved)}
+            cleared = self.exits_only
+            self._reducing.clear()
+            self.exits_only = ""
+            return True, {
+                "paused": False,
+                "halted": False,
+                "exits_only_cleared": cleared,
+                "symbols_moved": len(moved),
+            }
+        if command == "reduce":
+            # Exits only: from the journal's failure or a dark position (recorded like any
+            # command, so replay reduces at the same frame); an operator may ask for it too.
+            reason = arg or "operator"
+            cause = reason.partition(":")[0]
+            if self._reducing.get(cause) != reason:
+                log.error("engine_exits_only", reason=reason)
+            self._reducing[cause] = reason
+            self.exits_only = "; ".join(self._reducing.values())
+            return True, {"exits_only": self.exits_only}
+        if command == "reduce_clear":
+            # A cause that has gone (a dark feed that came back) lifts its own exits-only;
+            # the others stay until they go too or the operator resumes.
+            if self._reducing.pop(arg, None) is not None:
+                log.warning("engine_exits_only_cleared", cause=arg)
+            self.exits_only = "; ".join(self._reducing.values())
+            return True, {"exits_only": self.exits_only}
+        if command == "flatten_token":
+            if not self.execution_enabled:
+                return False, {"error": "no broker is wired (execution.enabled = false)"}
+            self.actions.append(("flatten_token", arg))
+            return True, {"flattening": arg}
         if command == "flatten":
             if not self.execution_enabled:
                 return False, {"error": "no broker is wired (execution.enabled = false)"}
@@ -528,6 +613,7 @@ class Engine:
         return {
             "halted": self.halted,
             "paused": self.paused,
+            "exits_only": self.exits_only,
             "states": states,
             "symbols": {t: _STATE_NAME[s.machine.state] for t, s in self.symbols.items()},
             "stats": self.stats.as_dict(),
@@ -540,6 +626,21 @@ class Engine:
     def on_feed_state(self, connected: bool) -> None:
         if connected:
             self.feed_epoch += 1
+
+    def unprotected(self, now_ns: int, dark_after_ns: int, since_ns: int) -> list[str]:
+        """Tokens holding a position whose feed has accepted no frame for ``dark_after_ns``
+        (counted from ``since_ns`` for a token never heard from): their stop, target and
+        square-off cannot be watched. Local time, by the health loop, never per tick."""
+        out = []
+        for pos in self.positions.positions():
+            sym = self.symbols.get(pos.token)
+            if (
+                pos.qty
+                and sym is not None
+                and now_ns - max(sym.last_recv_ns, since_ns) > dark_after_ns
+            ):
+                out.append(pos.token)
+        return out
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
@@ -712,6 +813,17 @@ async def run_live(
         engine.on_feed_state(connected)
         telemetry.publish(TOPIC_FEED, FeedEvent(connected, engine.feed_epoch, engine.clock()))
 
+    def on_journal_failure(error: str) -> None:
+        # Nothing new that cannot be recorded: exits only (or a halt that cancels), as a
+        # recorded command so replay reduces where live did.
+        journal_error[:] = [error]
+        if cfg.execution.on_journal_failure == "halt":
+            on_control("halt", f"journal_write_failed: {error}")
+        elif "journal_write_failed" not in engine.exits_only:
+            on_control("reduce", f"journal_write_failed: {error}")
+
+    journal_error: list[str] = []
+
     def on_control(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
         ok, result = engine.control(command, arg)
         if actions and router is not None:
@@ -723,6 +835,9 @@ async def run_live(
             )
             log.warning("control_applied", command=command, arg=arg, ok=ok)
         return ok, result
+
+    if router is not None:
+        router.on_journal_failure = on_journal_failure
 
     feed = FeedClient(
         cfg.feed.url,
@@ -787,7 +902,9 @@ async def run_live(
     trading = "trading" if engine.reconciled else "NOT trading (reconciliation mismatches)"
     sd_notify(f"READY=1\nSTATUS={trading} {cfg.mode}")
     tasks = [
-        asyncio.ensure_future(_report_health(engine, feed, telemetry, session, cfg, stop)),
+        asyncio.ensure_future(
+            _report_health(engine, feed, telemetry, session, cfg, stop, on_control, journal_error)
+        ),
     ]
     if control is not None:
         tasks.append(asyncio.ensure_future(control.serve(stop)))
@@ -835,17 +952,52 @@ async def _report_health(
     session: SessionInfo,
     cfg: Config,
     stop: asyncio.Event,
+    on_control: Callable[[str, str], tuple[bool, dict[str, Any]]],
+    journal_error: list[str],
 ) -> None:
     """Health on telemetry every interval (with the session info, for late joiners), and a
-    log line every stats interval."""
+    log line every stats interval. It also watches what no tick can: positions whose feed
+    went dark, and the free space under data_dir."""
     interval_s = cfg.telemetry.health_interval_s
     next_log = time.monotonic() + cfg.logging.stats_interval_s
+    ex = cfg.execution
+    dark_after_ns = int(ex.unprotected_after_s * 1e9)
+    started_ns = engine.clock()
+    unprotected: list[str] = []
+    low_disk = False
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except TimeoutError:
             pass
         telemetry.drain_subscriptions()
+        dark = engine.unprotected(engine.clock(), dark_after_ns, started_ns)
+        if dark != unprotected:
+            for token in sorted(set(dark) - set(unprotected)):
+                log.error(
+                    "position_unprotected",
+                    token=token,
+                    qty=engine.positions.get(token).qty,
+                    dark_after_s=ex.unprotected_after_s,
+                    action=ex.unprotected_action,
+                )
+                if ex.unprotected_action == "flatten":
+                    on_control("flatten_token", token)
+            if dark and ex.unprotected_action == "exits_only":
+                on_control("reduce", "position_unprotected: " + ",".join(dark))
+            elif not dark:
+                log.warning("positions_protected_again", tokens=unprotected)
+                on_control("reduce_clear", "position_unprotected")
+            unprotected = dark
+        disk_free_mb = _disk_free_mb(cfg.data_dir)
+        if (0 <= disk_free_mb < cfg.min_free_disk_mb) != low_disk:
+            low_disk = not low_disk
+            if low_disk:
+                log.warning(
+                    "disk_space_low", free_mb=round(disk_free_mb, 1), min_mb=cfg.min_free_disk_mb
+                )
+            else:
+                log.info("disk_space_ok", free_mb=round(disk_free_mb, 1))
         states = engine.status()["states"]
         silent_s = (engine.clock() - feed.stats.last_frame_ns) / 1e9 if feed.stats.frames else None
         stale = not feed.stats.connected or (
@@ -863,6 +1015,11 @@ async def _report_health(
             states=states,
             paused=engine.paused,
             reconciled=engine.reconciled,
+            exits_only=bool(engine.exits_only),
+            exits_only_reason=engine.exits_only,
+            journal_error=journal_error[0] if journal_error else "",
+            disk_free_mb=round(disk_free_mb, 1),
+            unprotected=unprotected,
         )
         telemetry.publish(TOPIC_SESSION, session)
         telemetry.publish(TOPIC_HEALTH, health)
@@ -885,3 +1042,11 @@ async def _report_health(
                 telemetry_dropped=telemetry.dropped,
                 states=states,
             )
+
+
+def _disk_free_mb(path: str) -> float:
+    """Free space for an unprivileged writer under ``path`` in MB; -1 if it cannot be read."""
+    try:
+        return shutil.disk_usage(path).free / 1e6
+    except OSError:
+        return -1.0

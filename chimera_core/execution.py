@@ -12,6 +12,9 @@ from chimera_core.contracts import ExecutionReport, OrderIntent, Reconciliation,
 
 class Router(Protocol):
     sink: Callable[[ExecutionReport], None]  # where journaled reports go (the engine)
+    # Told (with the error text) when a journal write fails: the wiring moves the engine to
+    # exits only or halts it. The router keeps working in memory meanwhile.
+    on_journal_failure: Callable[[str], None]
 
     async def connect(self) -> None:
         """Open the broker session (login, order-update stream)."""
@@ -34,7 +37,8 @@ class Router(Protocol):
         """Every accepted tick, after its decision was published."""
 
     def apply(self, actions: list[tuple[str, str]]) -> None:
-        """Carry out (and clear) the engine's queued actions: cancel, cancel_all, flatten."""
+        """Carry out (and clear) the engine's queued actions: cancel, cancel_all, flatten,
+        flatten_token, resume."""
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Cancel open orders when configured, wait for the answers, close the broker."""

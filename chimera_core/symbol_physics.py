@@ -135,6 +135,10 @@ class SymbolPhysics:
     def profile(self) -> VolumeProfile | None:
         return self._profile
 
+    def discard_forming_bar(self) -> None:
+        """Forget the forming bar, for a token whose bar clock was set by a bad frame."""
+        self._bars.discard_forming()
+
     def on_trade(
         self, exchange_ts_ms: int, price: float, cum_volume: int, ltq: int
     ) -> tuple[PhysicsState, Bar | None]:

@@ -44,7 +44,14 @@ from chimera_core.contracts import (
     Side,
     Tick,
 )
-from chimera_core.errors import BrokerError, BrokerReject, ConfigError, DuplicateOrder, RateLimited
+from chimera_core.errors import (
+    BrokerError,
+    BrokerReject,
+    ConfigError,
+    DuplicateOrder,
+    JournalWriteError,
+    RateLimited,
+)
 from chimera_core.position_book import PositionBook
 from chimera_execution.brokers.base import Broker, report_for
 from chimera_execution.journal import Journal, journal_path
@@ -115,6 +122,16 @@ class OrderRouter:
         self.broker: Broker | None = None  # set by build_router (the broker reports to us)
         self.clock = clock
         self.sink: ReportSink = _nowhere
+        self.on_journal_failure: Callable[[str], None] = _no_journal_alarm
+        # While the journal cannot write, what it could not record is kept here so the
+        # router still knows its orders: exits sent unjournaled (a position must not lose
+        # its stop to a full disk), reports it could not book (deduplicated here instead),
+        # and orders whose end it could not record. Reconciliation at the next start
+        # brings the journal back in line with the broker.
+        self._unjournaled: dict[str, OrderRequest] = {}
+        self._unbooked: set[tuple[str, str, str]] = set()
+        self._ended_unrecorded: set[str] = set()
+        self.journal_failures = 0
         # Angel One budgets each order endpoint on its own (placeOrder, modifyOrder and
         # cancelOrder: 20/s, 500/min, 1000/h each), so a kill switch's cancels never queue
         # behind the places that used up the placeOrder budget.
@@ -150,6 +167,12 @@ class OrderRouter:
             # A restart or replay re-fired the same bar's signal: never sent twice.
             log.warning("intent_duplicate", intent_id=intent.client_order_id)
             self.sink(_reject(intent, intent.client_order_id, f"duplicate: {exc}", self.clock()))
+            return
+        except JournalWriteError as exc:
+            # An entry that cannot be recorded is never sent.
+            self._journal_failed(exc, intent.client_order_id)
+            why = f"journal_write_failed: {exc.cause}"
+            self.sink(_reject(intent, intent.client_order_id, why, self.clock()))
             return
         s = self.ex.slicing
         slicer = None
@@ -260,6 +283,17 @@ class OrderRouter:
             log.warning("order_duplicate", coid=request.client_order_id)
             self.on_broker_report(_reject_request(request, f"duplicate: {exc}", self.clock()))
             return
+        except JournalWriteError as exc:
+            self._journal_failed(exc, request.client_order_id)
+            if request.purpose is Purpose.ENTRY:
+                self.on_broker_report(
+                    _reject_request(request, f"journal_write_failed: {exc.cause}", self.clock())
+                )
+                return
+            # A protective exit goes out all the same; the next start's reconciliation
+            # journals what the broker did with it.
+            log.error("exit_sent_unjournaled", coid=request.client_order_id, token=request.token)
+            self._unjournaled[request.client_order_id] = request
         self.stats["orders"] += 1
         self._spawn(self._place(request))
 
@@ -318,13 +352,13 @@ class OrderRouter:
     def on_broker_report(self, report: ExecutionReport) -> None:
         """Every report from the broker (or made here): journal, then the engine."""
         self.stats["reports"] += 1
-        if not self.journal.apply_report(report):
-            self.stats["duplicates"] += 1
-            log.info("report_duplicate", coid=report.client_order_id, kind=report.kind.value)
-            return
-        token = report.token
         coid = report.client_order_id
         terminal = report.kind in (ExecKind.FILLED, ExecKind.REJECTED, ExecKind.CANCELLED)
+        if not self._book(report, terminal):
+            self.stats["duplicates"] += 1
+            log.info("report_duplicate", coid=coid, kind=report.kind.value)
+            return
+        token = report.token
         if report.kind is ExecKind.REJECTED:
             self.stats["rejects"] += 1
         if report.fill is not None:
@@ -349,11 +383,49 @@ class OrderRouter:
             final = True  # an order from before a restart: nothing else works for it
         self._rewatch(token)
         self.sink(msgspec.structs.replace(report, final=True) if final else report)
-        if self._cancel_all_ns and not self.journal.open_orders():
+        if self._cancel_all_ns and not self.open_orders():
             took_us = (self.clock() - self._cancel_all_ns) / 1000
             self.kill_latencies_us.append(took_us)
             self._cancel_all_ns = 0
             log.warning("kill_switch_all_cancelled", latency_us=round(took_us, 1))
+
+    def _book(self, report: ExecutionReport, terminal: bool) -> bool:
+        """Journal a report; False for a duplicate. When the journal cannot write, the
+        report still counts (the broker did it) and duplicates are caught in memory."""
+        coid = report.client_order_id
+        key = (coid, report.kind.value, report.fill.fill_id if report.fill is not None else "")
+        if key in self._unbooked:
+            return False
+        if coid not in self._unjournaled:  # the journal does not know an unjournaled exit
+            try:
+                return self.journal.apply_report(report)
+            except JournalWriteError as exc:
+                self._journal_failed(exc, coid)
+        self._unbooked.add(key)
+        if terminal:
+            self._unjournaled.pop(coid, None)
+            self._ended_unrecorded.add(coid)
+        return True
+
+    def open_orders(self) -> list[str]:
+        """Client ids of the orders open at the broker as far as we know: the journal's,
+        less those whose end it could not record, plus exits sent unjournaled."""
+        ended = self._ended_unrecorded
+        out = [o.client_order_id for o in self.journal.open_orders()]
+        return [c for c in out if c not in ended] + list(self._unjournaled)
+
+    def _journal_failed(self, exc: JournalWriteError, coid: str) -> None:
+        self.journal_failures += 1
+        log.error("journal_write_failed", coid=coid, path=exc.path, error=str(exc.cause))
+        self.on_journal_failure(str(exc.cause) or str(exc))
+
+    def _set_risk(self, key: str, value: dict[str, Any]) -> None:
+        """Risk state (brackets, the kill switch) is kept in memory whatever the disk does;
+        a write that fails is reported, never raised into the tick path."""
+        try:
+            self.journal.set_risk(key, value)
+        except JournalWriteError as exc:
+            self._journal_failed(exc, key)
 
     def _on_fill(self, report: ExecutionReport, fill: Fill) -> None:
         token = fill.token
@@ -361,7 +433,7 @@ class OrderRouter:
         pos = self._positions.get(token)
         if pos.qty == 0:
             if self._brackets.pop(token, None) is not None:
-                self.journal.set_risk(f"bracket:{token}", {})
+                self._set_risk(f"bracket:{token}", {})
             return
         parent = self._parents.get(report.intent_id)
         if report.purpose is Purpose.ENTRY and parent is not None and parent.atr > 0:
@@ -379,7 +451,7 @@ class OrderRouter:
                 log.warning("bracket_refused", token=token, error=str(exc))
                 return
             self._brackets[token] = (report.intent_id, bracket)
-            self.journal.set_risk(
+            self._set_risk(
                 f"bracket:{token}",
                 {"intent_id": report.intent_id, "side": side.value, "entry": pos.avg_price,
                  "atr": parent.atr},
@@ -456,9 +528,11 @@ class OrderRouter:
                 self.cancel_all(arg)
             elif action == "flatten":
                 self.flatten(arg)
+            elif action == "flatten_token":
+                self.flatten(f"flatten_token:{arg}", only=arg)
             elif action == "resume":
                 self.halted = False
-                self.journal.set_risk(KILL_SWITCH_KEY, {})
+                self._set_risk(KILL_SWITCH_KEY, {})
                 log.warning("router_resumed", reason=arg)
             else:
                 log.error("router_unknown_action", action=action)
@@ -484,24 +558,30 @@ class OrderRouter:
         """
         self.halted = True
         if not reason.startswith(("shutdown", "meta_risk", KILL_SWITCH_PERSISTED)):
-            self.journal.set_risk(KILL_SWITCH_KEY, {"reason": reason})
+            self._set_risk(KILL_SWITCH_KEY, {"reason": reason})
         for parent in self._parents.values():
             parent.stopped = True
-        open_orders = self.journal.open_orders()
-        if open_orders:
+        open_orders = [
+            o for o in self.journal.open_orders() if o.client_order_id not in self._ended_unrecorded
+        ]
+        if open_orders or self._unjournaled:
             self._cancel_all_ns = self.clock()
         for order in open_orders:
             if order.status is OrderStatus.PENDING and not order.broker_order_id:
                 self._dont_send.add(order.client_order_id)  # its _place task drops it
             else:
                 self._spawn(self._cancel(order.client_order_id))
-        log.warning("cancel_all", reason=reason, orders=len(open_orders))
-        return len(open_orders)
+        for coid in self._unjournaled:
+            self._spawn(self._cancel(coid))
+        n = len(open_orders) + len(self._unjournaled)
+        log.warning("cancel_all", reason=reason, orders=n)
+        return n
 
-    def flatten(self, reason: str) -> int:
+    def flatten(self, reason: str, only: str | None = None) -> int:
+        """Close positions at market (every one, or only token ``only``)."""
         flattened = 0
         for pos in self._positions.positions():
-            if pos.qty:
+            if pos.qty and (only is None or pos.token == only):
                 tick = self._last_tick.get(pos.token)
                 now = tick.exchange_ts_ms if tick is not None else 0
                 self._exits.pop(pos.token, None)  # the flatten supersedes a working exit
@@ -646,11 +726,11 @@ class OrderRouter:
         """Cancel open orders (when configured) and wait for the answers, then close."""
         if self.ex.cancel_on_stop and self.broker is not None and self.cancel_all("shutdown"):
             deadline = time.monotonic() + timeout_s
-            while self.journal.open_orders() and time.monotonic() < deadline:
+            while self.open_orders() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            left = self.journal.open_orders()
+            left = self.open_orders()
             if left:
-                log.error("stop_orders_left_open", orders=[o.client_order_id for o in left])
+                log.error("stop_orders_left_open", orders=left)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
         if self.broker is not None:
@@ -665,6 +745,10 @@ class OrderRouter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("router_task_failed", error=repr(task.exception()))
+
+
+def _no_journal_alarm(error: str) -> None:
+    log.error("journal_failure_unhandled", error=error)
 
 
 def _nowhere(report: ExecutionReport) -> None:

@@ -12,36 +12,120 @@ class Seq(enum.Enum):
     GAP = "GAP"  # accepted; some packets were missed
     DUPLICATE = "DUPLICATE"  # dropped
     OUT_OF_ORDER = "OUT_OF_ORDER"  # dropped
+    JUMP = "JUMP"  # dropped: implausibly far ahead (a corrupt field, not a new baseline)
+    REBASELINE = "REBASELINE"  # accepted as the new baseline after refusals in a row
 
 
 class SequenceTracker:
-    """Classifies each sequence number against the last accepted one for a token."""
+    """Classifies each sequence number against the last accepted one for a token.
 
-    def __init__(self) -> None:
+    One corrupt number must not become the baseline every later frame is judged by: a
+    jump beyond ``max_jump`` is dropped, and ``rebaseline_after`` refusals in a row (the
+    feed really did move, or the baseline itself was bad) make the next number the new
+    baseline. A reconnect calls ``reset``: a new connection may number afresh.
+    """
+
+    def __init__(self, max_jump: int = 1 << 62, rebaseline_after: int = 1 << 62) -> None:
         self.last = -1
+        self.max_jump = max_jump
+        self.rebaseline_after = rebaseline_after
+        self.refused_in_row = 0
         self.gaps = 0
         self.missed = 0
         self.duplicates = 0
         self.out_of_order = 0
+        self.jumps = 0
+        self.rebaselines = 0
+
+    def reset(self) -> None:
+        self.last = -1
+        self.refused_in_row = 0
 
     def check(self, seq: int) -> Seq:
         last = self.last
-        if last < 0:
+        if last < 0 or seq < 0:
+            if seq < 0:  # never a baseline; the codec reads int64, so a sign bit can come
+                self.jumps += 1
+                return Seq.JUMP
             self.last = seq
             return Seq.FIRST
         if seq == last + 1:
             self.last = seq
+            self.refused_in_row = 0
             return Seq.OK
-        if seq > last:
+        if last < seq <= last + self.max_jump:
             self.gaps += 1
             self.missed += seq - last - 1
             self.last = seq
+            self.refused_in_row = 0
             return Seq.GAP
         if seq == last:
             self.duplicates += 1
             return Seq.DUPLICATE
+        self.refused_in_row += 1
+        if self.refused_in_row > self.rebaseline_after:
+            self.rebaselines += 1
+            self.refused_in_row = 0
+            self.last = seq
+            return Seq.REBASELINE
+        if seq > last:
+            self.jumps += 1
+            return Seq.JUMP
         self.out_of_order += 1
         return Seq.OUT_OF_ORDER
+
+
+# Exchange times outside this window are corrupt whatever the feed's clock says
+# (2000-01-01 .. 2200-01-01 UTC, in ms): no calendar or bar arithmetic ever sees them.
+MIN_EXCHANGE_MS = 946_684_800_000
+MAX_EXCHANGE_MS = 7_258_118_400_000
+
+
+class FeedClock:
+    """The feed's exchange clock: the latest exchange time accepted from any token.
+
+    A frame far ahead of it (``max_ahead_ms``) is a corrupt time, not a new bar, unless a
+    second frame confirms the new time (a real jump: the next session's open, or a feed
+    that was dark): a lone bad frame is dropped and the clock stays where the stream is.
+    A clock that is itself wrong (its first frame was the bad one) heals when
+    ``rebaseline_after`` frames in a row lie far behind it.
+    """
+
+    def __init__(self, max_ahead_ms: int, rebaseline_after: int) -> None:
+        self.now_ms = -1
+        self.max_ahead_ms = max_ahead_ms
+        self.rebaseline_after = rebaseline_after
+        self._pending_ms = -1
+        self._behind_in_row = 0
+        self.refused = 0
+        self.rebaselines = 0
+
+    def accept(self, ts_ms: int) -> bool:
+        if not MIN_EXCHANGE_MS <= ts_ms <= MAX_EXCHANGE_MS:
+            self.refused += 1
+            return False
+        now = self.now_ms
+        if now < 0 or ts_ms <= now + self.max_ahead_ms:
+            if now >= 0 and ts_ms < now - self.max_ahead_ms:
+                self._behind_in_row += 1
+                if self._behind_in_row > self.rebaseline_after:
+                    self.rebaselines += 1
+                    self._behind_in_row = 0
+                    self.now_ms = ts_ms
+            else:
+                self._behind_in_row = 0
+                if ts_ms > now:
+                    self.now_ms = ts_ms
+            return True
+        pending = self._pending_ms
+        if pending >= 0 and pending <= ts_ms <= pending + self.max_ahead_ms:
+            self._pending_ms = -1
+            self.now_ms = ts_ms
+            self._behind_in_row = 0
+            return True
+        self._pending_ms = ts_ms
+        self.refused += 1
+        return False
 
 
 class PriceFilter:

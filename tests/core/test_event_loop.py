@@ -165,14 +165,19 @@ def test_duplicates_out_of_order_bad_prices_and_late_ticks_are_counted_and_dropp
         encode(
             msgspec.structs.replace(a, sequence=a.sequence + 10_001, ltp=a.ltp * 5)
         ),  # fat finger
-        encode(msgspec.structs.replace(a, sequence=a.sequence + 10_002, exchange_ts_ms=0)),  # late
+        encode(  # late: a bar already closed
+            msgspec.structs.replace(
+                a, sequence=a.sequence + 10_002, exchange_ts_ms=a.exchange_ts_ms - 3_600_000
+            )
+        ),
+        encode(msgspec.structs.replace(a, sequence=a.sequence + 10_003, exchange_ts_ms=0)),  # 1970
     ]
     engine = Engine(parse_config(FAST))
     decided = sum(engine.on_frame(f, i) is not None for i, f in enumerate(frames[:350]))
     results = [engine.on_frame(f, 10**9) for f in bad]
-    assert results == [None, None, None, None]
+    assert results == [None] * len(bad)
     s = engine.stats
-    assert (s.out_of_order + s.duplicates, s.bad_price, s.late) == (1, 2, 1)
+    assert (s.out_of_order + s.duplicates, s.bad_price, s.late, s.bad_time) == (1, 2, 1, 1)
     assert decided == 350
     assert s.gaps >= 1  # the +10_000 jump registered as a gap
 
