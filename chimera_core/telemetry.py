@@ -8,11 +8,14 @@ at once with ``zmq.Again``: the message is dropped and counted, the tick loop go
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import structlog
 import zmq
 
 from chimera_core.contracts import (
@@ -38,6 +41,17 @@ TOPIC_HEALTH = b"health"
 TOPIC_SESSION = b"session"
 TOPIC_EXEC = b"exec"
 TOPIC_RECON = b"recon"
+# The recorder subscribes to this prefix besides everything (b""): no message matches it
+# (topics never start with NUL), so it costs nothing, but the publisher sees it arrive and
+# can tell "the black box is attached" from "some subscriber (the cortex) is attached".
+RECORDER_SUBSCRIPTION = b"\x00recorder"
+# The recorder re-dials a restarted engine this often (ZeroMQ's RECONNECT_IVL, no backoff):
+# it bounds how long a restarted engine waits in wait_for_recorder.
+RECORDER_RECONNECT_MS = 100
+# A clean close waits at most this long for queued messages to reach the subscribers.
+CLOSE_FLUSH_MS = 2_000
+
+log = structlog.get_logger(__name__)
 
 PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_RAW: TickRecord,
@@ -105,7 +119,10 @@ class TelemetryPublisher:
         hwm: int = 100_000,
         ctx: zmq.Context[Any] | None = None,
     ) -> None:
-        self._ctx = ctx or zmq.Context.instance()
+        # An own context unless given one: close() terminates it, which is what makes the
+        # last queued messages leave before the process exits (a clean stop loses nothing).
+        self._own_ctx = ctx is None
+        self._ctx = ctx if ctx is not None else zmq.Context()
         sock = self._ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(
@@ -116,6 +133,8 @@ class TelemetryPublisher:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            if self._own_ctx:
+                self._ctx.term()
             raise ChimeraError(
                 f"cannot bind telemetry to {endpoint}: {exc.strerror} (another `chimera live` "
                 "running? set telemetry.endpoint to a free port or ipc:// path)"
@@ -128,7 +147,8 @@ class TelemetryPublisher:
         self._topics: dict[str, bytes] = {}
         self.sent = 0
         self.dropped = 0
-        self.subscriptions = 0
+        self.subscriptions = 0  # distinct topic subscriptions (the recorder's marker not counted)
+        self.recorders = 0  # recorders attached (their marker subscription)
 
     def publish(self, topic: bytes, obj: Any) -> bool:
         """Encode and send; False (and counted) when it had to be dropped."""
@@ -160,15 +180,51 @@ class TelemetryPublisher:
                 msg = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return n
-            if msg[:1] == b"\x01":
+            if msg[1:] == RECORDER_SUBSCRIPTION:
+                self.recorders += 1 if msg[:1] == b"\x01" else -1
+            elif msg[:1] == b"\x01":
                 self.subscriptions += 1
                 n += 1
             elif msg[:1] == b"\x00":
                 self.subscriptions -= 1
                 n -= 1
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
+    async def wait_for_recorder(self, wait_s: float, stop: asyncio.Event | None = None) -> bool:
+        """Before the first publish: wait up to ``wait_s`` for the black-box recorder.
+
+        A PUB socket drops what it sends while nobody is subscribed, so an engine that
+        publishes before a long-running recorder has re-dialled it (every
+        ``RECORDER_RECONNECT_MS``) loses the head of its session. Another subscriber (the
+        cortex) does not count. True when a recorder is attached; False after the wait
+        (then the engine goes on: trading never depends on the recorder), at once for 0.
+        """
+        self.drain_subscriptions()
+        if self.recorders > 0 or wait_s <= 0:
+            return self.recorders > 0
+        deadline = time.monotonic() + wait_s  # start-up wait only, never engine logic
+        while self.recorders <= 0 and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                break
+            await asyncio.sleep(0.01)
+            self.drain_subscriptions()
+        if self.recorders > 0:
+            log.info("telemetry_recorder_attached", subscriptions=self.subscriptions)
+            return True
+        log.warning(
+            "telemetry_no_recorder",
+            waited_s=wait_s,
+            subscriptions=self.subscriptions,
+            hint="is `chimera record` running on this telemetry endpoint?",
+        )
+        return False
+
+    def close(self, flush_ms: int = CLOSE_FLUSH_MS) -> None:
+        """Close; queued messages get up to ``flush_ms`` to reach the subscribers (0: drop)."""
+        if self._sock.closed:
+            return
+        self._sock.close(linger=flush_ms)
+        if self._own_ctx:
+            self._ctx.term()  # returns once the queue is sent or the linger has passed
 
 
 class TelemetrySubscriber:

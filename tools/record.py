@@ -32,12 +32,20 @@ import msgspec
 import orjson
 import structlog
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from chimera_core.config import default_config_path, load_config
 from chimera_core.contracts import Decision, Health, SessionInfo, TickRecord
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
-from chimera_core.telemetry import TOPIC_HEALTH, TOPIC_SESSION, TOPIC_TICK, split
+from chimera_core.telemetry import (
+    RECORDER_RECONNECT_MS,
+    RECORDER_SUBSCRIPTION,
+    TOPIC_HEALTH,
+    TOPIC_SESSION,
+    TOPIC_TICK,
+    split,
+)
 from tools.blackbox import SegmentWriter, check_session, segments
 
 log = structlog.get_logger(__name__)
@@ -115,7 +123,11 @@ class Recorder:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.pending_since: float | None = None
-        self.prev_seq = 0  # last publisher seq seen, across sessions
+        self.prev_seq = 0  # last publisher seq seen in the current engine run
+        # The publisher's connection dropped (engine stopped or died): the next message that
+        # does not continue its sequence, or a new SessionInfo, starts another engine run.
+        self.publisher_gone = False
+        self.engine_restarts = 0
         self.malformed = 0
         self.total = 0
         self.sessions_closed = 0
@@ -133,17 +145,33 @@ class Recorder:
     def on_message(self, message: bytes, now: float) -> None:
         try:
             topic, seq, payload = split(message)
-            if topic == TOPIC_SESSION:
-                self._on_session(_session_decoder.decode(payload), now)
-            elif topic.startswith(TOPIC_TICK):
-                self._on_decision(_tick_decoder.decode(payload).decision)
-            elif topic == TOPIC_HEALTH:
-                self.health = _health_decoder.decode(payload)
-                self._state_dirty = True
+            info = _session_decoder.decode(payload) if topic == TOPIC_SESSION else None
+            decision = (
+                _tick_decoder.decode(payload).decision if topic.startswith(TOPIC_TICK) else None
+            )
+            health = _health_decoder.decode(payload) if topic == TOPIC_HEALTH else None
         except (ProtocolError, msgspec.DecodeError) as exc:
             self.malformed += 1
             log.warning("recorder_malformed", error=str(exc), size=len(message))
             return
+        if self._new_engine_run(seq, info):
+            # A restarted engine numbers from 1 again. Its messages must not land in the
+            # previous session: that one ends here, and these wait for their SessionInfo.
+            self.engine_restarts += 1
+            log.info(
+                "recorder_engine_restarted",
+                previous_session=self.session_name,
+                previous_seq=self.prev_seq,
+                seq=seq,
+            )
+            self._end_engine_run(reason="engine_restarted")
+        if info is not None:
+            self._on_session(info, now)
+        elif decision is not None:
+            self._on_decision(decision)
+        elif health is not None:
+            self.health = health
+            self._state_dirty = True
         self._track_seq(seq)
         key = topic.decode("ascii", "replace")
         counts = self.stats.counts
@@ -160,14 +188,48 @@ class Recorder:
             if self.pending_bytes > PENDING_MAX_BYTES:
                 self._open(None)
 
+    def _new_engine_run(self, seq: int, info: SessionInfo | None) -> bool:
+        """Does this message belong to another engine run than the session being recorded?
+
+        ZeroMQ neither reorders nor repeats, so a sequence that does not go forward is a
+        restarted publisher; after a disconnect, so is any sequence that does not continue.
+        A SessionInfo names its session itself (``_on_session``).
+        """
+        prev = self.prev_seq
+        if not prev:
+            return False
+        if info is not None:
+            same = self.session is not None and info.session_id == self.session.session_id
+            if same:
+                self.publisher_gone = False
+            return False
+        return seq <= prev or (self.publisher_gone and seq != prev + 1)
+
+    def _end_engine_run(self, reason: str) -> None:
+        if self.writer is not None:
+            self.close_session(complete=True, reason=reason)
+        elif self.pending:  # the previous run never named itself: file it on its own
+            self._open(None)
+            self.close_session(complete=True, reason=reason)
+        self.session = None
+        self.latest.clear()  # the old engine's state is history
+        self.last_intent.clear()
+        self.last_transitions.clear()
+        self.prev_seq = 0
+        self.publisher_gone = False
+
+    def on_publisher_disconnected(self) -> None:
+        """The telemetry connection dropped: the engine stopped, died or is restarting."""
+        self.publisher_gone = True
+        log.info("recorder_publisher_disconnected", session=self.session_name)
+
     def _track_seq(self, seq: int) -> None:
         st = self.stats
         prev = self.prev_seq
         if prev and seq > prev + 1:
             st.gaps.append({"after_seq": prev, "missed": seq - prev - 1})
             log.warning("recorder_gap", after_seq=prev, missed=seq - prev - 1)
-        elif prev and seq <= prev:
-            # The publisher restarted (its sequence starts again at 1): not a loss.
+        elif prev and seq <= prev:  # only a SessionInfo of a new run gets here first
             st.seq_resets += 1
             log.info("recorder_seq_reset", previous=prev, seq=seq)
         self.prev_seq = seq
@@ -182,9 +244,11 @@ class Recorder:
             self.latest.clear()
             self.last_intent.clear()
             self.last_transitions.clear()
+            self.prev_seq = 0
         if self.writer is not None:
             self.close_session(complete=True, reason="new_session")
         self.session = info
+        self.publisher_gone = False
         self._open(info)
 
     def _on_decision(self, d: Decision | None) -> None:
@@ -364,14 +428,29 @@ def run(
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.LINGER, 0)
+    # A restarted engine waits for us (TelemetryPublisher.wait_for_recorder) before its
+    # first message: re-dial it quickly and at a fixed pace, never backing off.
+    sock.setsockopt(zmq.RECONNECT_IVL, RECORDER_RECONNECT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.SUBSCRIBE, RECORDER_SUBSCRIPTION)  # "the black box is here"
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     sock.connect(endpoint)
-    recv, poll, monotonic = sock.recv, sock.poll, time.monotonic
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    recv, monotonic = sock.recv, time.monotonic
     on_message, on_timer = recorder.on_message, recorder.on_timer
     log.info("recorder_started", endpoint=endpoint, data_dir=str(recorder.data_dir))
     try:
         while not stop[0]:
-            if poll(POLL_MS):
+            ready = dict(poller.poll(POLL_MS))
+            if monitor in ready:
+                while monitor.poll(0):
+                    event = recv_monitor_message(monitor)
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        recorder.on_publisher_disconnected()
+            if sock in ready:
                 now = monotonic()
                 for _ in range(BATCH):
                     try:
@@ -387,12 +466,15 @@ def run(
                 break
             on_message(message, monotonic())
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
         recorder.stop()
     log.info(
         "recorder_stopped",
         records=recorder.total,
         sessions=recorder.sessions_closed,
+        engine_restarts=recorder.engine_restarts,
         malformed=recorder.malformed,
     )
 

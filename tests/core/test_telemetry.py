@@ -158,3 +158,84 @@ async def test_a_slow_then_stopped_then_killed_subscriber_never_slows_the_tick_l
     assert slow_drops > 0  # 100 msg/s reader against 4000/s: the HWM fills and sends drop
     assert stopped_drops > 0.5 * rate * 3.0  # a stopped reader takes nothing
     assert pub.sent + pub.dropped == engine.stats.frames
+
+
+async def test_wait_for_recorder_waits_for_the_black_box_not_any_subscriber(tmp_path):
+    """A restarted engine holds its first publish for the recorder; the cortex (any other
+    subscriber) attached first does not release it, a real `chimera record` does."""
+    pub = TelemetryPublisher("tcp://127.0.0.1:0")
+    cortex = TelemetrySubscriber(pub.endpoint)
+    recorder = None
+    try:
+        _wait_subscribed(pub)
+        assert await pub.wait_for_recorder(0) is False  # 0: never waits
+        assert await pub.wait_for_recorder(0.3) is False
+        cmd = [sys.executable, "-m", "tools.record", "--data-dir", str(tmp_path / "data")]
+        recorder = subprocess.Popen(
+            [*cmd, "--endpoint", pub.endpoint],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert await pub.wait_for_recorder(30) is True
+        assert pub.recorders == 1 and pub.subscriptions == 1  # the marker is not a topic
+        stop = asyncio.Event()
+        stop.set()
+        assert await pub.wait_for_recorder(30, stop) is True  # attached: no wait at all
+        recorder.send_signal(signal.SIGINT)
+        assert recorder.wait(15) == 0
+        deadline = time.monotonic() + 10
+        while pub.recorders and time.monotonic() < deadline:
+            pub.drain_subscriptions()
+            await asyncio.sleep(0.02)
+        assert pub.recorders == 0
+        assert await pub.wait_for_recorder(30, stop) is False  # stop ends the wait
+    finally:
+        if recorder is not None and recorder.poll() is None:
+            recorder.kill()
+            recorder.wait()
+        cortex.close()
+        pub.close()
+
+
+CLEAN_STOP_PUBLISHER = """
+import sys, time
+from chimera_core.contracts import TickRecord
+from chimera_core.telemetry import TOPIC_RAW, TelemetryPublisher
+pub = TelemetryPublisher(sys.argv[1], hwm=1_000_000)
+while pub.subscriptions == 0:
+    pub.drain_subscriptions()
+    time.sleep(0.01)
+for i in range(int(sys.argv[2])):  # 40 MB: more than the kernel's socket buffers hold
+    assert pub.publish(TOPIC_RAW, TickRecord(i, bytes(2000), None))
+print("published", flush=True)
+pub.close()  # then the process exits at once, as `chimera live` does after its stop
+"""
+
+
+def test_a_clean_stop_delivers_every_message_already_published(tmp_path):
+    """close() flushes: the last messages of a stopping engine reach the recorder, even
+    when the recorder is behind (most of them still queued in the publisher)."""
+    from tests.loopback import free_port
+
+    n = 20_000
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # the default transport
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLEAN_STOP_PUBLISHER, endpoint, str(n)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+    )
+    sub = TelemetrySubscriber(endpoint, rcvhwm=1_000)  # a reader that lags: queue backs up
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"published"
+        got = 0
+        while got < n and sub.recv(timeout_ms=5_000) is not None:
+            got += 1
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    assert got == n and sub.gaps == 0 and sub.last_seq == n

@@ -345,3 +345,67 @@ def test_sigkill_torn_tail_and_crc_error(tmp_path: Path, recorder: Any) -> None:
     out = _verify(tmp_path, str(session_dir))
     assert out.returncode == 1
     assert f"crc mismatch at {first.name}@8" in out.stdout
+
+
+def test_a_restarted_engine_lands_in_its_own_session_even_when_its_head_was_lost(
+    tmp_path: Path, recorder: Any
+) -> None:
+    """The recorder outlives three engine runs on one endpoint. The second and third
+    publish before the recorder has re-dialled (their first messages are lost, as with
+    ``wait_for_subscriber_s = 0``) and name their session only later, as the health loop
+    does: none of their messages may be filed in the session before."""
+    from tests.loopback import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = recorder(endpoint)
+    runs: list[tuple[str, list[bytes]]] = []
+
+    def run(name: str, lost_head: int, before_info: int, after_info: int) -> None:
+        pub = TelemetryPublisher(endpoint, hwm=1_000_000)
+        sent: list[bytes] = []
+        must = 0  # the last `must` messages of `sent` were published to an attached recorder
+
+        def send(topic: bytes, obj: Any) -> None:
+            pub.publish(topic, obj)
+            sent.append(encode_message(topic, len(sent) + 1, obj))
+
+        for n in range(lost_head):  # nobody attached yet (as a rule): ZeroMQ drops these
+            send(TOPIC_HEALTH, _health(n))
+        _wait(lambda: (pub.drain_subscriptions(), pub.recorders > 0)[1], what="recorder")
+        head = len(sent)
+        if not lost_head:
+            send(TOPIC_SESSION, _session(name))
+        for n in range(before_info):
+            send(TOPIC_HEALTH, _health(n))
+        if lost_head:
+            send(TOPIC_SESSION, _session(name))
+        for n in range(after_info):
+            send(TOPIC_HEALTH, _health(n))
+        must = len(sent) - head
+        assert pub.dropped == 0
+        pub.close()
+        runs.append((name, sent, must))
+        _wait(lambda: _state_session(tmp_path / "data") == name, what=f"session {name}")
+
+    run("run-1", lost_head=0, before_info=0, after_info=200)
+    run("run-2", lost_head=300, before_info=50, after_info=20)  # first seen seq 301 > 201
+    run("run-3", lost_head=5, before_info=40, after_info=10)  # first seen seq 6 < 371
+    time.sleep(0.3)
+    _stop(proc)
+
+    blackbox = tmp_path / "data" / "blackbox"
+    assert sorted(p.name for p in blackbox.iterdir()) == ["run-1", "run-2", "run-3"]
+    for name, sent, must in runs:
+        got = list(iter_session(blackbox / name))
+        # Exactly this run's messages from wherever the recorder caught it, to its end.
+        assert len(got) >= must and got == sent[len(sent) - len(got) :], name
+        manifest = _read_json(blackbox / name / "manifest.json")
+        assert manifest["records"] == len(got) and manifest["seq_resets"] == 0
+        assert manifest["complete"] is True
+        out = _verify(tmp_path, name)
+        assert out.returncode == 0, out.stdout + out.stderr
+        missing = len(sent) - len(got)
+        assert (f"first {missing} message(s) were not recorded" in out.stdout) == (missing > 0)
+    assert _read_json(blackbox / "run-1" / "manifest.json")["end_reason"] == "engine_restarted"
+    log = (tmp_path / "recorder0.log").read_text()
+    assert '"engine_restarts": 2' in log
