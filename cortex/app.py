@@ -17,7 +17,7 @@ import streamlit as st
 
 from cortex import charts, sources
 from cortex.runtime import Runtime, build_runtime
-from cortex.state import LAYERS, Snapshot, percentiles_us
+from cortex.state import LAYERS, Snapshot, disk_free_text, health_alerts, percentiles_us
 
 IST = timezone(timedelta(hours=5, minutes=30))
 NOTABLE_ROWS = 50
@@ -44,6 +44,24 @@ def fmt(x: float | None, spec: str = ".4f") -> str:
 def mode_label(snap: Snapshot, rt: Runtime) -> str:
     mode = snap.session.mode if snap.session is not None else rt.cfg.mode
     return mode.upper()
+
+
+def min_free_disk_mb(rt: Runtime) -> float:
+    return float(getattr(rt.cfg, "min_free_disk_mb", 0) or 0)
+
+
+def login_id() -> str | None:
+    """This browser session's operator login (checked by the runtime on every command)."""
+    value = st.session_state.get("operator_login")
+    return value if isinstance(value, str) else None
+
+
+def logged_in(rt: Runtime) -> bool:
+    return not rt.can_control() and rt.logins.valid(login_id())
+
+
+def command(rt: Runtime, name: str, arg: str = "") -> dict[str, Any]:
+    return rt.command(name, arg, login_id())
 
 
 def _waiting(rt: Runtime) -> None:
@@ -81,11 +99,20 @@ def sidebar(rt: Runtime) -> None:
                 f"{' · STALE' if h.feed_stale else ''}"
             )
             (st.error if halted else st.warning if h.paused else st.caption)(text)
+        for alert in health_alerts(h, min_free_disk_mb(rt)):
+            st.error(alert)
+        disk = disk_free_text(h)
+        if disk:
+            st.caption(disk)
 
     with sb:
         status()
-    if rt.control is None:
-        sb.warning("Read-only: no control token. " + rt.read_only_reason)
+    why = rt.can_control()
+    if why:
+        sb.warning("Read-only: " + why)
+        return
+    if not rt.logins.valid(login_id()):
+        operator_login_form(rt)
         return
     st.html(
         "<style>.st-key-halt button{background:#dc2626;color:#fff;border-color:#b91c1c;"
@@ -99,7 +126,7 @@ def sidebar(rt: Runtime) -> None:
         sb.error("Halt all trading? Cancels new entries on every symbol.")
         c1, c2 = sb.columns(2)
         if c1.button("Confirm HALT", key="confirm_halt_button", type="primary"):
-            reply = rt.command("halt", "cortex")
+            reply = command(rt, "halt", "cortex")
             st.session_state.confirm_halt = False
             st.session_state.last_command = ("halt", reply)
             st.rerun()
@@ -108,15 +135,35 @@ def sidebar(rt: Runtime) -> None:
             st.rerun()
     c1, c2 = sb.columns(2)
     if c1.button("Pause", key="pause", use_container_width=True):
-        st.session_state.last_command = ("pause", rt.command("pause", "cortex"))
+        st.session_state.last_command = ("pause", command(rt, "pause", "cortex"))
     if c2.button("Resume", key="resume", use_container_width=True):
-        st.session_state.last_command = ("resume", rt.command("resume", "cortex"))
+        st.session_state.last_command = ("resume", command(rt, "resume", "cortex"))
     last = st.session_state.get("last_command")
     if last is not None:
         name, reply = last
         (sb.success if reply.get("ok") else sb.error)(
             f"{name}: " + str(reply.get("result") or reply.get("error"))
         )
+    if sb.button("Log out", key="logout"):
+        rt.logins.logout(login_id())
+        st.session_state.operator_login = None
+        st.rerun()
+
+
+def operator_login_form(rt: Runtime) -> None:
+    """Read-only until the operator types the password; then this session may command."""
+    sb = st.sidebar
+    with sb.form("operator_login_form", clear_on_submit=True):
+        password = st.text_input("Operator password", type="password", key="operator_password")
+        submitted = st.form_submit_button("Log in")
+    if submitted:
+        new_login, why = rt.logins.login(password)
+        if new_login is not None:
+            st.session_state.operator_login = new_login
+            st.session_state.last_command = None
+            st.rerun()
+        sb.error(f"Login refused: {why}")
+    sb.caption("Read-only until the operator logs in: no HALT, pause or approvals.")
 
 
 # ---- Brain / neural map ---------------------------------------------------------------
@@ -379,8 +426,11 @@ def page_governance() -> None:
                         "created_ms": a.ts_ms,
                     }
                 )
+        operator = logged_in(rt)
         if not pending:
             st.caption("No intent waits for approval.")
+        elif not operator:
+            st.caption("Read-only: log in as the operator (sidebar) to approve or reject.")
         for r in pending[:10]:
             aid = r["approval_id"]
             c = st.columns([6, 1, 1])
@@ -389,11 +439,12 @@ def page_governance() -> None:
                 f" · conf {fmt(r['confidence'], '.3f')} · {r['reason']} · "
                 f"queued {ts(r['created_ms'])}"
             )
-            disabled = rt.control is None
-            if c[1].button("Approve", key=f"approve-{aid}", disabled=disabled, type="primary"):
-                st.session_state.last_approval = ("approve", aid, rt.command("approve", aid))
-            if c[2].button("Reject", key=f"reject-{aid}", disabled=disabled):
-                st.session_state.last_approval = ("reject", aid, rt.command("reject", aid))
+            if not operator:
+                continue  # read-only: no approval controls at all
+            if c[1].button("Approve", key=f"approve-{aid}", type="primary"):
+                st.session_state.last_approval = ("approve", aid, command(rt, "approve", aid))
+            if c[2].button("Reject", key=f"reject-{aid}"):
+                st.session_state.last_approval = ("reject", aid, command(rt, "reject", aid))
         if len(pending) > 10:
             st.caption(f"… and {len(pending) - 10} more pending (newest not shown)")
         last = st.session_state.get("last_approval")
@@ -466,6 +517,18 @@ def page_health() -> None:
         snap = rt.listener.state.snapshot()
         h = snap.health
         now = time.monotonic_ns()
+        st.subheader("Safety")
+        for alert in health_alerts(h, min_free_disk_mb(rt)):
+            st.error(alert)
+        safety = st.columns(4)
+        if h is not None:
+            safety[0].metric("new entries", "EXITS ONLY" if h.exits_only else "allowed")
+            safety[1].metric("journal", "WRITE FAILED" if h.journal_error else "ok")
+            safety[2].metric(
+                "disk free (data_dir)",
+                f"{h.disk_free_mb:,.0f} MB" if h.disk_free_mb >= 0 else "not measured",
+            )
+            safety[3].metric("unprotected positions", len(h.unprotected))
         st.subheader("Feed")
         c = st.columns(5)
         if h is None:

@@ -2,7 +2,9 @@
 
 Binds 127.0.0.1 unless ``--allow-remote`` (the cortex shows positions and can HALT the
 engine); headless, no usage statistics. The app finds its config in
-``CHIMERA_CORTEX_CONFIG``.
+``CHIMERA_CORTEX_CONFIG``. ``chimera cortex --set-password`` stores the operator's
+password (scrypt hash, data_dir/cortex.password, mode 0600): without one the cortex is
+read-only, with one a browser session commands only after the operator logs in.
 """
 
 from __future__ import annotations
@@ -44,7 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --address")
     p.add_argument("--env-file", default=".env", help="file with CHIMERA_* variables")
     p.add_argument("--refresh-s", type=float, default=2.0, help="seconds between live page updates")
+    p.add_argument(
+        "--set-password",
+        action="store_true",
+        help="set the operator password the browser asks before any command (prompted; "
+        "read from stdin when it is not a terminal), then exit",
+    )
     return p
+
+
+def set_password(args: argparse.Namespace) -> int:
+    """Prompt for (or read from stdin) the operator password and store its hash."""
+    import getpass
+
+    from cortex.operator_login import hash_password, write_password_hash
+
+    try:
+        cfg = load_config(args.config)
+        if sys.stdin.isatty():
+            password = getpass.getpass("operator password: ")
+            if getpass.getpass("again: ") != password:
+                print("chimera cortex: the two passwords differ; nothing changed", file=sys.stderr)
+                return 2
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        path = write_password_hash(Path(cfg.data_dir), hash_password(password))
+    except ChimeraError as exc:
+        print(f"chimera cortex: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"chimera cortex: operator password set ({path}, mode 0600); a running cortex uses "
+        "it from the next login",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def command(args: argparse.Namespace) -> list[str]:
@@ -75,6 +110,8 @@ def command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.set_password:
+        return set_password(args)
     if not is_loopback(args.address) and not args.allow_remote:
         print(
             f"chimera cortex: refusing to bind {args.address}: the cortex can HALT the engine "
@@ -83,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        load_config(args.config)  # fail here with the key's name, not inside Streamlit
+        cfg = load_config(args.config)  # fail here with the key's name, not inside Streamlit
+        from chimera_core.config import load_env
+        from cortex.operator_login import load_password_hash
+
+        # A malformed password hash: say so now, not at the operator's first login.
+        load_password_hash(load_env(args.env_file), Path(cfg.data_dir))
     except ChimeraError as exc:
         print(f"chimera cortex: {exc}", file=sys.stderr)
         return 2

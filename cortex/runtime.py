@@ -1,8 +1,10 @@
 """The cortex's long-lived pieces, one per Streamlit server process: config, the telemetry
-listener thread and (only with a control token) the control client.
+listener thread, the control client (only with a control token) and the operator logins.
 
 The launcher passes the config path in ``CHIMERA_CORTEX_CONFIG``. Without a control token
-(``CHIMERA_CONTROL_TOKEN`` or ``data_dir/control.token``) the cortex is read-only.
+(``CHIMERA_CONTROL_TOKEN`` or ``data_dir/control.token``) the cortex is read-only; with
+one, a browser session may send commands only after the operator logs in with the
+password set by ``chimera cortex --set-password`` (none set: read-only too).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from chimera_core.config import Config, load_config, load_env
 from chimera_core.control import ControlClient, ControlError, read_token
 from chimera_core.errors import ChimeraError
 from cortex.listener import TelemetryListener
+from cortex.operator_login import OperatorLogins, load_password_hash
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +37,7 @@ class Runtime:
     control: ControlClient | None
     read_only_reason: str
     refresh_s: float
+    logins: OperatorLogins
 
     @property
     def data_dir(self) -> Path:
@@ -43,10 +47,26 @@ class Runtime:
     def mode_dir(self) -> Path:
         return Path(self.cfg.data_dir) / self.cfg.mode
 
-    def command(self, command: str, arg: str = "") -> dict[str, Any]:
-        """Send one operator command; the reply, or ``{"ok": False, "error"}``."""
+    def can_control(self) -> str:
+        """ "" when a logged-in operator may send commands, else why not (for the page)."""
         if self.control is None:
-            return {"ok": False, "error": f"read-only cortex: {self.read_only_reason}"}
+            return "no control token. " + self.read_only_reason
+        if not self.logins.configured():
+            return (
+                "no operator password is set: run `chimera cortex --set-password` "
+                "and log in here to send commands"
+            )
+        return ""
+
+    def command(self, command: str, arg: str, login_id: str | None) -> dict[str, Any]:
+        """Send one operator command for a logged-in session; the reply, or
+        ``{"ok": False, "error"}``. The login is checked here, not only by hiding buttons."""
+        why = self.can_control()
+        if why or self.control is None:
+            return {"ok": False, "error": f"read-only cortex: {why}"}
+        if not self.logins.valid(login_id):
+            log.warning("cortex_command_refused", command=command, reason="not logged in")
+            return {"ok": False, "error": "log in as the operator first"}
         try:
             reply = self.control.request(command, arg)
         except ControlError as exc:
@@ -71,10 +91,13 @@ def build_runtime(environ: dict[str, str] | None = None) -> Runtime:
         reason = str(exc)
         log.warning("cortex_read_only", reason=reason)
     refresh_s = float(env.get(REFRESH_ENV, "2") or 2)
+    data_dir = Path(cfg.data_dir)
+    logins = OperatorLogins(lambda: load_password_hash(merged, data_dir))
     log.info(
         "cortex_started",
         telemetry=cfg.telemetry.endpoint,
         control=cfg.control.endpoint,
         read_only=control is None,
+        operator_login=logins.configured(),
     )
-    return Runtime(cfg, config_path, listener, control, reason, refresh_s)
+    return Runtime(cfg, config_path, listener, control, reason, refresh_s, logins)

@@ -151,6 +151,34 @@ class ApprovalSeen:
     confidence: float
 
 
+def health_alerts(h: Health | None, min_free_disk_mb: float = 0.0) -> list[str]:
+    """The red banners the engine's health calls for; [] when it is healthy (or unknown)."""
+    if h is None:
+        return []
+    alerts = []
+    if h.exits_only:
+        alerts.append(f"EXITS ONLY: {h.exits_only_reason or 'no reason given'}")
+    if h.journal_error:
+        alerts.append(f"JOURNAL WRITE FAILED: {h.journal_error}")
+    if h.unprotected:
+        alerts.append(
+            "UNPROTECTED POSITIONS (feed dark, stop and target not watched): "
+            + ", ".join(h.unprotected)
+        )
+    if 0 <= h.disk_free_mb < min_free_disk_mb:
+        alerts.append(f"DISK LOW: {disk_free_text(h)} (warning below {min_free_disk_mb:g} MB)")
+    return alerts
+
+
+def disk_free_text(h: Health | None) -> str:
+    """Free space under data_dir as the engine measured it, or "" when it did not."""
+    if h is None or h.disk_free_mb < 0:
+        return ""
+    if h.disk_free_mb >= 10_240:
+        return f"disk free {h.disk_free_mb / 1024:,.1f} GB"
+    return f"disk free {h.disk_free_mb:,.0f} MB"
+
+
 @dataclass
 class Snapshot:
     """A consistent copy of the state for one page render."""

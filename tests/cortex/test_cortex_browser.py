@@ -1,7 +1,8 @@
 """The cortex in a real browser against a real session: simulator, engine, recorder and
 cortex as processes on loopback; Debian's chromium driven by Playwright (never its own
-browser download). Opens every page, checks it shows this session's values, approves a
-queued intent and hits HALT, and confirms both through the engine, not the page.
+browser download). Opens every page, checks it shows this session's values, that no
+control is offered until the operator logs in (a wrong password is refused), then
+approves a queued intent and hits HALT, and confirms both through the engine, not the page.
 
 Screenshots of every page go to ``test-artifacts/cortex/<page>.png``.
 """
@@ -9,11 +10,14 @@ Screenshots of every page go to ``test-artifacts/cortex/<page>.png``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "cortex"
 TOKEN = "cortex-browser-test-token-0123456789abcdef"  # >= 32 chars, as the engine requires
 TOKENS = ("2885", "1594", "3045")
+PASSWORD = "cortex operator passphrase"
 
 
 def _settle(page, timeout_s: float = 30.0) -> str:
@@ -104,6 +109,16 @@ def _launch(pw, profile: str):
     )
 
 
+def _assert_no_controls(page) -> None:
+    for name in ("HALT", "Pause", "Resume", "Approve", "Reject"):
+        assert page.get_by_role("button", name=name, exact=True).count() == 0, name
+
+
+def _log_in(page, password: str) -> None:
+    page.get_by_label("Operator password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def _approval_status(db: Path, approval_id: str) -> str | None:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -120,6 +135,7 @@ def _approval_status(db: Path, approval_id: str) -> str | None:
     reason=f"NO BROWSER: {CHROMIUM} is missing — install Debian's chromium "
     "(`apt-get install -y chromium`; .ci/run does it) to run the cortex browser test",
 )
+@pytest.mark.timeout(600)  # ~1-2 min alone; a loaded 2-core box takes several
 def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -133,15 +149,22 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
         "wait_for_subscriber_s = 15.0\n"
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
-        # Intents below 0.5 confidence queue for a human and stay queued (the simulator's
-        # exchange clock runs far ahead of the wall clock); the others trade on paper.
-        "[governance]\napproval_min_confidence = 0.5\napproval_ttl_s = 10000000.0\n"
+        # Intents below 0.5 confidence queue for a human and stay queued for the longest TTL
+        # (7 days of exchange time: at --rate 1000 the simulator's clock runs ~200x the wall
+        # clock and skips nights, so ~9 min here); the others trade on paper.
+        "[governance]\napproval_min_confidence = 0.5\napproval_ttl_s = 604800.0\n"
     )
     env = {"CHIMERA_CONTROL_TOKEN": TOKEN}
     procs: list[subprocess.Popen[bytes]] = []
     data_dir = tmp_path / "data"
+    setpw = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "cortex", "--config", "chimera.toml", "--set-password"],
+        cwd=tmp_path, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert setpw.returncode == 0, setpw.stderr
     try:
-        procs.append(chimera("sim", "--port", str(sim_port), "--rate", "4000", cwd=tmp_path))
+        procs.append(chimera("sim", "--port", str(sim_port), "--rate", "1000", cwd=tmp_path))
         wait_port(sim_port)
         procs.append(chimera("record", "--config", "chimera.toml", cwd=tmp_path, env=env))
         procs.append(
@@ -184,6 +207,10 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
                 assert token in text
             assert "Waiting for telemetry" not in text
             assert page.locator(".js-plotly-plot").count() >= 1
+            # The cortex holds the token, but offers no control before the login.
+            assert "Read-only until the operator logs in" in text
+            assert page.get_by_label("Operator password").count() == 1
+            _assert_no_controls(page)
 
             # Market: the price metric agrees with the recorder's view of the same symbol.
             page.goto(base + "market")
@@ -211,13 +238,37 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             _wait_text(page, r"p50\s*\n\s*[1-9][\d.]* µs")
             text = _open(page, base, "health", "health")
             assert "connected" in text and "recorder lag" in text
+            # The engine's safety fields: healthy by default, so no red banner.
+            assert re.search(r"new entries\s*\n\s*allowed", text), text[:3000]
+            assert re.search(r"journal\s*\n\s*ok", text)
+            assert "EXITS ONLY" not in text and "JOURNAL WRITE FAILED" not in text
 
-            # Governance: approve the first queued intent, then ask the engine's db.
+            # Replay: the recorded session is listed and its decisions load.
+            page.goto(base + "replay")
+            _wait_text(page, re.escape(session_id))
+            _wait_text(page, r"[1-9]\d* records, [1-9]\d* decisions that moved")
+            _settle(page)
+            page.screenshot(path=str(ARTIFACTS / "replay.png"), full_page=True)
+
+            # Governance: the queue shows, but approving needs the operator's login.
             page.goto(base + "governance")
             m = _wait_text(page, r"(apv-[0-9a-f]{20}) · ", timeout_s=120)
             approval_id = m.group(1)
             text = _open(page, base, "governance", "governance")
             assert "Regime timeline" in text
+            assert "log in as the operator (sidebar) to approve" in text
+            _assert_no_controls(page)
+            # A wrong password is refused and changes nothing.
+            _log_in(page, "not the operator passphrase")
+            _wait_text(page, "Login refused: wrong password")
+            _settle(page)
+            _assert_no_controls(page)
+            page.screenshot(path=str(ARTIFACTS / "login-refused.png"), full_page=True)
+            # The right one: controls appear in this browser session.
+            _log_in(page, PASSWORD)
+            page.get_by_role("button", name="HALT", exact=True).wait_for()
+            assert page.get_by_label("Operator password").count() == 0
+            assert client.request("status")["result"]["halted"] is False
             page.locator(f".st-key-approve-{approval_id} button").click()
             _wait_text(page, f"approve {approval_id}: ")
             db = data_dir / "paper" / "approvals.db"
@@ -227,16 +278,8 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
                 time.sleep(0.2)
             page.screenshot(path=str(ARTIFACTS / "governance-approved.png"), full_page=True)
 
-            # Replay: the recorded session is listed and its decisions load.
-            page.goto(base + "replay")
-            _wait_text(page, re.escape(session_id))
-            _wait_text(page, r"[1-9]\d* records, [1-9]\d* decisions that moved")
-            _settle(page)
-            page.screenshot(path=str(ARTIFACTS / "replay.png"), full_page=True)
-
-            # HALT with confirmation, then ask the engine.
+            # HALT with confirmation (same logged-in session), then ask the engine.
             assert client.request("status")["result"]["halted"] is False
-            page.goto(base)
             _settle(page)
             page.get_by_role("button", name="HALT", exact=True).click()
             page.get_by_role("button", name="Confirm HALT").click()
@@ -249,6 +292,8 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             # a slow rerun of the clicked page cannot hide it).
             page.goto(base)
             _wait_text(page, "engine HALTED", timeout_s=30)
+            # A fresh page load is a new browser session: read-only again until a login.
+            _assert_no_controls(page)
             page.screenshot(path=str(ARTIFACTS / "halted.png"), full_page=True)
             browser.close()
         client.close()
@@ -266,16 +311,35 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"NO BROWSER: {CHROMIUM} is missing")
 def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
-    """No CHIMERA_CONTROL_TOKEN and no token file: the cortex shows, but offers no control."""
+    """No CHIMERA_CONTROL_TOKEN and no token file: the cortex shows, but offers no control.
+    The engine's health says exits-only and a failed journal write: red banners say so."""
     from playwright.sync_api import sync_playwright
 
+    from chimera_core.contracts import Health
+    from chimera_core.telemetry import TOPIC_HEALTH, TelemetryPublisher
+
     monkeypatch.delenv("CHIMERA_CONTROL_TOKEN", raising=False)
-    web_port = free_port()
+    web_port, tel_port = free_port(), free_port()
     (tmp_path / "chimera.toml").write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
-        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
     )
+    # An engine stand-in on the telemetry port: health only, as the engine publishes it.
+    pub = TelemetryPublisher(f"tcp://127.0.0.1:{tel_port}")
+    health = Health(
+        1, {}, True, 1, False, 0, 0, False, {"IDLE": 1},
+        exits_only=True, exits_only_reason="journal write failed",
+        journal_error="database or disk is full", disk_free_mb=12.0, unprotected=["2885"],
+    )  # fmt: skip
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.3):
+            pub.publish(TOPIC_HEALTH, health)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
     cortex = chimera("cortex", "--config", "chimera.toml", "--port", str(web_port), cwd=tmp_path)
     try:
         wait_port(web_port, timeout=60)
@@ -284,11 +348,24 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.goto(f"http://127.0.0.1:{web_port}/")
             _wait_text(page, "Read-only: no control token")
-            assert page.get_by_role("button", name="HALT", exact=True).count() == 0
-            assert page.get_by_role("button", name="Pause").count() == 0
+            _wait_text(page, "EXITS ONLY: journal write failed")
+            text = _settle(page)
+            assert "JOURNAL WRITE FAILED: database or disk is full" in text
+            assert "UNPROTECTED POSITIONS" in text and "2885" in text
+            assert "disk free 12 MB" in text and "DISK LOW" in text
+            _assert_no_controls(page)
+            assert page.get_by_label("Operator password").count() == 0
             page.screenshot(path=str(ARTIFACTS / "read-only.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{web_port}/health")
+            text = _wait_text(page, r"new entries\s*\n\s*EXITS ONLY").string
+            assert re.search(r"journal\s*\n\s*WRITE FAILED", text), text[:3000]
+            assert re.search(r"disk free \(data_dir\)\s*\n\s*12 MB", text)
+            page.screenshot(path=str(ARTIFACTS / "health-alerts.png"), full_page=True)
             browser.close()
     finally:
+        stop.set()
+        beater.join(2)
+        pub.close()
         cortex.send_signal(signal.SIGINT)
         try:
             cortex.wait(timeout=20)

@@ -45,7 +45,14 @@ from chimera_core.telemetry import (
 )
 from cortex import charts, sources
 from cortex.listener import TelemetryListener
-from cortex.state import BARS_PER_SYMBOL, NOTABLE_DECISIONS, CortexState, percentiles_us
+from cortex.state import (
+    BARS_PER_SYMBOL,
+    NOTABLE_DECISIONS,
+    CortexState,
+    disk_free_text,
+    health_alerts,
+    percentiles_us,
+)
 from tests.loopback import free_port
 
 BAR_MS = 10_000
@@ -268,3 +275,53 @@ def test_the_cortex_never_imports_the_hot_path():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _health(**kw: object) -> Health:
+    return Health(1, {}, True, 1, False, 0, 0, False, {}, **kw)  # type: ignore[arg-type]
+
+
+def test_a_healthy_engine_raises_no_alert() -> None:
+    assert health_alerts(None) == [] and disk_free_text(None) == ""
+    assert health_alerts(_health(), min_free_disk_mb=500) == []
+    assert disk_free_text(_health()) == ""  # -1: not measured
+    assert health_alerts(_health(disk_free_mb=800.0), 500) == []
+    assert disk_free_text(_health(disk_free_mb=800.4)) == "disk free 800 MB"
+    assert disk_free_text(_health(disk_free_mb=51_200.0)) == "disk free 50.0 GB"
+
+
+def test_exits_only_journal_failure_unprotected_and_low_disk_are_alerts() -> None:
+    h = _health(
+        exits_only=True,
+        exits_only_reason="journal write failed",
+        journal_error="database or disk is full",
+        disk_free_mb=42.0,
+        unprotected=["2885", "1594"],
+    )
+    alerts = health_alerts(h, min_free_disk_mb=500)
+    assert alerts == [
+        "EXITS ONLY: journal write failed",
+        "JOURNAL WRITE FAILED: database or disk is full",
+        "UNPROTECTED POSITIONS (feed dark, stop and target not watched): 2885, 1594",
+        "DISK LOW: disk free 42 MB (warning below 500 MB)",
+    ]
+    assert health_alerts(_health(exits_only=True)) == ["EXITS ONLY: no reason given"]
+
+
+def test_new_health_fields_arrive_through_the_listener() -> None:
+    port = free_port()
+    pub = TelemetryPublisher(f"tcp://127.0.0.1:{port}")
+    listener = TelemetryListener(f"tcp://127.0.0.1:{port}").start()
+    try:
+        deadline = time.monotonic() + 10
+        h = _health(exits_only=True, exits_only_reason="unprotected 2885", unprotected=["2885"])
+        while listener.state.snapshot().health is None:
+            assert time.monotonic() < deadline and listener.alive
+            pub.publish(TOPIC_HEALTH, h)
+            time.sleep(0.05)
+        got = listener.state.snapshot().health
+        assert health_alerts(got)[0] == "EXITS ONLY: unprotected 2885"
+        assert got is not None and got.unprotected == ["2885"]
+    finally:
+        listener.stop()
+        pub.close()
