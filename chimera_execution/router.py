@@ -131,6 +131,7 @@ class OrderRouter:
         self._unjournaled: dict[str, OrderRequest] = {}
         self._unbooked: set[tuple[str, str, str]] = set()
         self._ended_unrecorded: set[str] = set()
+        self._acked_unrecorded: set[str] = set()  # at the broker, the journal says PENDING
         self.journal_failures = 0
         # Angel One budgets each order endpoint on its own (placeOrder, modifyOrder and
         # cancelOrder: 20/s, 500/min, 1000/h each), so a kill switch's cancels never queue
@@ -402,6 +403,8 @@ class OrderRouter:
             except JournalWriteError as exc:
                 self._journal_failed(exc, coid)
         self._unbooked.add(key)
+        if report.kind is ExecKind.ACK or report.kind is ExecKind.PARTIAL:
+            self._acked_unrecorded.add(coid)
         if terminal:
             self._unjournaled.pop(coid, None)
             self._ended_unrecorded.add(coid)
@@ -567,12 +570,16 @@ class OrderRouter:
         if open_orders or self._unjournaled:
             self._cancel_all_ns = self.clock()
         for order in open_orders:
-            if order.status is OrderStatus.PENDING and not order.broker_order_id:
+            unsent = order.status is OrderStatus.PENDING and not order.broker_order_id
+            if unsent and order.client_order_id not in self._acked_unrecorded:
                 self._dont_send.add(order.client_order_id)  # its _place task drops it
             else:
                 self._spawn(self._cancel(order.client_order_id))
         for coid in self._unjournaled:
-            self._spawn(self._cancel(coid))
+            if coid in self._acked_unrecorded:
+                self._spawn(self._cancel(coid))
+            else:
+                self._dont_send.add(coid)  # still queued for the broker: never sent
         n = len(open_orders) + len(self._unjournaled)
         log.warning("cancel_all", reason=reason, orders=n)
         return n

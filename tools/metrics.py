@@ -23,8 +23,10 @@ What is exported (all prefixed ``chimera_``):
   real P&L arrives with the execution layer; until then these are governance's view).
 * from ``health``: ``feed_connected``, ``feed_reconnects_total`` (connects - 1),
   ``feed_gaps`` (engine ``gaps``), ``feed_stale``, ``telemetry_dropped`` (publisher side),
-  ``vetoes_total``, ``halted``, ``states{state}``, ``engine_counter{name}`` (every engine
-  counter) and ``health_age_seconds``. These appear after the first health message.
+  ``vetoes_total``, ``halted``, ``exits_only``, ``journal_write_failed``,
+  ``position_unprotected{token}`` and ``positions_unprotected``, ``disk_free_bytes``,
+  ``states{state}``, ``engine_counter{name}`` (every engine counter) and
+  ``health_age_seconds``. These appear after the first health message.
 * subscriber side: ``telemetry_gaps_total`` / ``telemetry_missed_total`` (publisher
   sequence gaps seen here), ``telemetry_messages_total{topic}``, ``decode_errors_total``.
 * ``feed_events_total{connected}``, ``control_commands_total{command,ok}``,
@@ -466,6 +468,27 @@ class MetricsExporter(Collector):
         p = PREFIX
         yield GaugeMetricFamily(p + "halted", "1 while the engine is halted", float(h.halted))
         yield GaugeMetricFamily(p + "feed_stale", "1 while the feed is stale", float(h.feed_stale))
+        yield GaugeMetricFamily(
+            p + "exits_only", "1 while no new entries are made (exits work)", float(h.exits_only)
+        )
+        yield GaugeMetricFamily(
+            p + "journal_write_failed", "1 while the journal's last write failed",
+            float(bool(h.journal_error)),
+        )  # fmt: skip
+        unprotected = GaugeMetricFamily(
+            p + "position_unprotected", "1 per token holding a position its feed no longer "
+            "watches", labels=["token"],
+        )  # fmt: skip
+        for token in h.unprotected:
+            unprotected.add_metric([token], 1.0)
+        yield unprotected
+        yield GaugeMetricFamily(
+            p + "positions_unprotected", "Positions whose feed went dark", len(h.unprotected)
+        )
+        if h.disk_free_mb >= 0:
+            yield GaugeMetricFamily(
+                p + "disk_free_bytes", "Free space under data_dir", h.disk_free_mb * 1e6
+            )
         yield CounterMetricFamily(
             p + "feed_reconnects", "Feed reconnects (connects - 1)", max(0, h.feed_connects - 1)
         )

@@ -55,7 +55,7 @@ from chimera_core.contracts import (
     Side,
     Tick,
 )
-from chimera_core.errors import BrokerError, BrokerReject, ChimeraError
+from chimera_core.errors import BrokerError, BrokerReject, ChimeraError, JournalWriteError
 from chimera_execution.brokers.base import ReportSink, report_for
 from chimera_execution.charges import PRODUCTS, compute_charges
 from chimera_execution.journal import apply_fill, read_fills, stored_mode
@@ -135,6 +135,7 @@ class PaperBroker:
         self._on_report = on_report
         self._clock = clock
         self._db: sqlite3.Connection | None = None
+        self._unrecorded_cancels: set[str] = set()  # cancelled, not yet in the ledger
         self._working: dict[str, _Working] = {}  # client_order_id → resting order
         self._last_px: dict[str, float] = {}  # token → last traded price (marks, margin)
         self._last_ts: dict[str, int] = {}  # token → exchange time of its last tick
@@ -196,20 +197,36 @@ class PaperBroker:
         log.info("paper.connected", path=str(self.path), resting=len(self._working))
 
     async def close(self) -> None:
+        if self._db is not None and not self._record_cancels():
+            log.error("paper.cancels_unrecorded", orders=sorted(self._unrecorded_cancels))
         if self._db is not None:
             self._db.close()
             self._db = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One ledger transaction; SQLite's own failures (a full disk) come out as
+        JournalWriteError after the rollback, so the exchange can refuse what it cannot
+        record instead of half-doing it."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                log.error("paper.ledger_write_failed", path=str(self.path), error=str(exc))
+                raise JournalWriteError(
+                    f"paper ledger {self.path}: write failed: {exc}; free disk space there",
+                    str(self.path),
+                    exc,
+                ) from exc
             raise
-        db.execute("COMMIT")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -291,6 +308,35 @@ class PaperBroker:
         decided = order.exchange_ts_ms or self._last_ts.get(order.token, 0)
         eligible = decided + self._cfg.latency_ms
         status = OrderStatus.REJECTED if reason else OrderStatus.OPEN
+        try:
+            self._insert_order(broker_id, seq, order, status, eligible, reason)
+        except JournalWriteError as exc:
+            # The simulated exchange takes no order it cannot record.
+            raise BrokerReject(f"paper: order {order.client_order_id} refused: {exc}") from exc
+        self._next_seq = seq + 1
+        if reason:
+            log.warning("paper.rejected", client_order_id=order.client_order_id, reason=reason)
+            self._emit(ExecKind.REJECTED, order, broker_id, 0, 0.0, decided, reason=reason)
+            raise BrokerReject(f"paper: order {order.client_order_id} rejected: {reason}")
+        self._working[order.client_order_id] = _Working(broker_id, seq, order, eligible)
+        log.info(
+            "paper.accepted",
+            client_order_id=order.client_order_id,
+            broker_order_id=broker_id,
+            eligible_ts_ms=eligible,
+        )
+        self._emit(ExecKind.ACK, order, broker_id, 0, 0.0, decided)
+        return broker_id
+
+    def _insert_order(
+        self,
+        broker_id: str,
+        seq: int,
+        order: OrderRequest,
+        status: OrderStatus,
+        eligible: int,
+        reason: str,
+    ) -> None:
         with self._tx() as tx:
             tx.execute(
                 "INSERT INTO paper_orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0.0,0,0,?,?)",
@@ -313,32 +359,17 @@ class PaperBroker:
                     reason,
                 ),
             )
-        self._next_seq = seq + 1
-        if reason:
-            log.warning("paper.rejected", client_order_id=order.client_order_id, reason=reason)
-            self._emit(ExecKind.REJECTED, order, broker_id, 0, 0.0, decided, reason=reason)
-            raise BrokerReject(f"paper: order {order.client_order_id} rejected: {reason}")
-        self._working[order.client_order_id] = _Working(broker_id, seq, order, eligible)
-        log.info(
-            "paper.accepted",
-            client_order_id=order.client_order_id,
-            broker_order_id=broker_id,
-            eligible_ts_ms=eligible,
-        )
-        self._emit(ExecKind.ACK, order, broker_id, 0, 0.0, decided)
-        return broker_id
 
     async def cancel(self, client_order_id: str) -> None:
-        """Cancel a resting order (CANCELLED report); unknown or terminal: no-op."""
+        """Cancel a resting order (CANCELLED report); unknown or terminal: no-op.
+
+        A cancel always takes effect (it only removes risk); if the ledger cannot record it
+        the update is retried on the next ledger write and at close."""
         w = self._working.get(client_order_id)
         if w is None:
             return
-        with self._tx() as tx:
-            tx.execute(
-                "UPDATE paper_orders SET status=?, reason='cancelled by client' "
-                "WHERE broker_order_id=?",
-                (OrderStatus.CANCELLED.value, w.broker_order_id),
-            )
+        self._unrecorded_cancels.add(w.broker_order_id)
+        self._record_cancels()
         del self._working[client_order_id]
         log.info("paper.cancelled", client_order_id=client_order_id, filled_qty=w.filled_qty)
         self._emit(
@@ -349,6 +380,23 @@ class PaperBroker:
             w.avg_price,
             self._last_ts.get(w.request.token, 0),
         )
+
+    def _record_cancels(self) -> bool:
+        """Write the cancels the ledger still lacks; False if it still cannot."""
+        if not self._unrecorded_cancels:
+            return True
+        try:
+            with self._tx() as tx:
+                for broker_id in self._unrecorded_cancels:
+                    tx.execute(
+                        "UPDATE paper_orders SET status=?, reason='cancelled by client' "
+                        "WHERE broker_order_id=?",
+                        (OrderStatus.CANCELLED.value, broker_id),
+                    )
+        except JournalWriteError:
+            return False
+        self._unrecorded_cancels.clear()
+        return True
 
     def _emit(
         self,
@@ -403,18 +451,22 @@ class PaperBroker:
                 crossed = tick.ltp >= req.trigger_price if buy else tick.ltp <= req.trigger_price
                 if not crossed:
                     continue
+                try:
+                    with self._tx() as tx:
+                        tx.execute(
+                            "UPDATE paper_orders SET triggered=1 WHERE broker_order_id=?",
+                            (w.broker_order_id,),
+                        )
+                except JournalWriteError:
+                    continue  # not triggered until the ledger can say so
                 w.triggered = True
-                with self._tx() as tx:
-                    tx.execute(
-                        "UPDATE paper_orders SET triggered=1 WHERE broker_order_id=?",
-                        (w.broker_order_id,),
-                    )
                 log.info("paper.triggered", client_order_id=req.client_order_id, ltp=tick.ltp)
             limit: float | None = None
             if req.order_type in (OrderType.LIMIT, OrderType.STOPLOSS_LIMIT):
                 limit = req.limit_price
             for price, qty in self._takes(w, tick, limit, no_book, taken):
-                self._fill(w, price, qty, limit, tick.exchange_ts_ms)
+                if not self._fill(w, price, qty, limit, tick.exchange_ts_ms):
+                    break  # the ledger cannot record it: the order rests, unfilled
             if w.remaining == 0:
                 del self._working[req.client_order_id]
 
@@ -455,7 +507,7 @@ class PaperBroker:
             out.append((level.price, take))
         return out
 
-    def _fill(self, w: _Working, book_price: float, qty: int, limit: float | None, ts: int) -> None:
+    def _fill(self, w: _Working, book_price: float, qty: int, limit: float | None, ts: int) -> bool:
         req = w.request
         buy = req.side is Side.BUY
         slip = self._cfg.slippage_bps / 10_000.0
@@ -479,6 +531,31 @@ class PaperBroker:
         filled = w.filled_qty + qty
         avg = (w.avg_price * w.filled_qty + price * qty) / filled
         status = OrderStatus.FILLED if filled == req.qty else OrderStatus.PARTIAL
+        if not self._record_cancels():
+            return False
+        try:
+            self._book_fill(w, fill, filled, avg, n, status)
+        except JournalWriteError:
+            return False  # a fill the exchange cannot record does not happen (yet)
+        w.filled_qty, w.avg_price, w.fills_n = filled, avg, n
+        log.info(
+            "paper.fill",
+            client_order_id=req.client_order_id,
+            fill_id=fill.fill_id,
+            qty=qty,
+            price=price,
+            filled_qty=filled,
+        )
+        kind = ExecKind.FILLED if status is OrderStatus.FILLED else ExecKind.PARTIAL
+        self._emit(kind, req, w.broker_order_id, filled, avg, ts, fill=fill)
+        return True
+
+    def _book_fill(
+        self, w: _Working, fill: Fill, filled: int, avg: float, n: int, status: OrderStatus
+    ) -> None:
+        req, qty, price, charges = w.request, fill.qty, fill.price, fill.charges
+        ts = fill.exchange_ts_ms
+        buy = req.side is Side.BUY
         with self._tx() as tx:
             tx.execute(
                 "INSERT INTO paper_fills VALUES (?,?,?,?,?,?,?,?,?)",
@@ -517,17 +594,6 @@ class PaperBroker:
                 "INSERT INTO paper_cash (ts, amount, kind, ref) VALUES (?,?,'CHARGES',?)",
                 (ts, -charges, fill.fill_id),
             )
-        w.filled_qty, w.avg_price, w.fills_n = filled, avg, n
-        log.info(
-            "paper.fill",
-            client_order_id=req.client_order_id,
-            fill_id=fill.fill_id,
-            qty=qty,
-            price=price,
-            filled_qty=filled,
-        )
-        kind = ExecKind.FILLED if status is OrderStatus.FILLED else ExecKind.PARTIAL
-        self._emit(kind, req, w.broker_order_id, filled, avg, ts, fill=fill)
 
     # ---- the broker's books --------------------------------------------------------------
 

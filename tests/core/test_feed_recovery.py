@@ -6,6 +6,8 @@ what it decides afterwards with the same stream without the poison.
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -188,3 +190,52 @@ def test_a_ready_symbol_survives_an_exchange_time_past_year_9999(tmp_path):
     assert engine.stats.bad_time == 1
     rest = [engine.on_frame(f, 2_000_000_000 + j) for j, f in enumerate(frames[i + 1 : i + 200])]
     assert all(d is not None for d in rest)
+
+
+@pytest.mark.parametrize("poison", ["sequence+2^32", "time+1year"])
+async def test_an_open_position_still_hits_its_stop_after_a_poisoned_frame(tmp_path, poison):
+    """Engine → router → paper broker → journal, wired as ``chimera live`` wires them (in
+    process, on exchange time): a long position, one poisoned frame, then the price falls
+    through the stop. The stop loss must fire and fill."""
+    from chimera_core.contracts import ExecKind, Purpose, Side
+    from chimera_execution.router import build_router
+    from tests.execution.test_router import T0, TOKEN, intent, snap
+
+    cfg = parse_config(
+        f'data_dir = "{tmp_path}"\n[feed]\ntokens = ["{TOKEN}"]\nmode = "SNAP_QUOTE"\n'
+        '[execution.paper]\nlatency_ms = 0\nslippage_bps = 0.0\n[logging]\ndecisions = "none"\n'
+    )
+    engine = Engine(cfg, clock=lambda: 0)
+    router = build_router(cfg, {})
+    reports = []
+
+    def on_report(report):
+        reports.append(report)
+        engine.on_report(report)
+
+    router.sink = on_report
+    await router.connect()
+    engine.on_reconciled(await router.reconcile())
+
+    async def frame(tick):
+        decision = engine.on_frame(encode(tick), 0)
+        if decision is not None:
+            router.on_tick(engine.last_tick)
+        router.apply(engine.actions)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    ts = T0
+    for i in range(30):
+        await frame(snap(ts + i * 1000))
+    router.submit(intent(ts + 30_000, 10, side=Side.BUY), atr=1.0)  # stop 2 ATR below
+    for i in range(31, 40):
+        await frame(snap(ts + i * 1000))
+    assert engine.positions.get(TOKEN).qty == 10
+    await frame(POISONS[poison](snap(ts + 40_000)))
+    for i, ltp in enumerate([99.5, 99.0, 98.5, 97.9, 97.5, 97.0]):
+        await frame(snap(ts + 41_000 + i * 1000, ltp=ltp))
+    stops = [r for r in reports if r.purpose is Purpose.STOP_LOSS and r.kind is ExecKind.FILLED]
+    assert stops, [r.kind.value + " " + r.purpose.value for r in reports]
+    assert engine.positions.get(TOKEN).qty == 0
+    await router.stop()

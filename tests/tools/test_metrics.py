@@ -175,3 +175,37 @@ def test_bad_messages_are_counted_not_fatal() -> None:
     assert exp.decode_errors == 3 and exp.ticks == 0
     text = "\n".join(str(m) for m in exp.collect())
     assert "chimera_decode_errors" in text
+
+
+def test_exits_only_journal_failure_dark_positions_and_disk_are_metrics(
+    exporter: tuple[MetricsExporter, TelemetryPublisher, int],
+) -> None:
+    exp, pub, port = exporter
+    engine = Engine(parse_config(CFG))
+    for exits_only, journal_error, dark in ((False, "", []), (True, "disk full", ["2885"])):
+        pub.publish(
+            TOPIC_HEALTH,
+            Health(
+                at_ns=time.monotonic_ns(),
+                engine=engine.stats.as_dict(),
+                feed_connected=True,
+                feed_connects=1,
+                feed_stale=False,
+                telemetry_sent=pub.sent,
+                telemetry_dropped=pub.dropped,
+                halted=False,
+                states={},
+                exits_only=exits_only,
+                exits_only_reason="journal_write_failed: disk full" if exits_only else "",
+                journal_error=journal_error,
+                disk_free_mb=12.5,
+                unprotected=dark,
+            ),
+        )
+        _wait(lambda e=exits_only: exp.health is not None and exp.health.exits_only == e, "health")
+        text = _scrape(port)
+        assert _value(text, "chimera_exits_only") == float(exits_only)
+        assert _value(text, "chimera_journal_write_failed") == float(bool(journal_error))
+        assert _value(text, "chimera_positions_unprotected") == len(dark)
+        assert _value(text, "chimera_disk_free_bytes") == 12.5e6
+    assert 'chimera_position_unprotected{token="2885"} 1.0' in text
