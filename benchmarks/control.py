@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel}"\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl}"\n'
     )
-    env = {**os.environ, "CHIMERA_CONTROL_TOKEN": "bench-token-0123456789"}
+    env = {**os.environ, "CHIMERA_CONTROL_TOKEN": secrets.token_hex(16)}
     sim = _start_sim(sim_port, 2000, 7)
     live = subprocess.Popen([sys.executable, "-m", "tools.cli", "live"], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # Orders rest at the paper broker (eligible after ~3 hours of exchange time).
         "[execution.paper]\nlatency_ms = 10000000\n"
     )
-    env = {**os.environ, "CHIMERA_CONTROL_TOKEN": "bench-token-0123456789"}
+    env = {**os.environ, "CHIMERA_CONTROL_TOKEN": secrets.token_hex(16)}
     cli = [sys.executable, "-m", "tools.cli"]
     sim = subprocess.Popen(
         [*cli, "sim", "--port", str(sim_port), "--rate", "3000", "--seed", "3",

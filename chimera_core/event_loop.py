@@ -52,7 +52,7 @@ from chimera_core.feed.client import FeedClient
 from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
-from chimera_core.logging import redactor
+from chimera_core.logging import RateLimiter, redactor
 from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
@@ -155,6 +155,9 @@ class Engine:
         self.symbols = {t: SymbolContext(t, exchange_type, cfg) for t in cfg.feed.tokens}
         self.strategy = DefaultStrategy(cfg.strategy.energy_threshold)
         self.stats = EngineStats()
+        # A flood of bad frames costs a counter, not a log line each (the summary says how
+        # many were not logged). Logs only: nothing the engine decides depends on it.
+        self.log_limiter = RateLimiter(log, burst=10, interval_s=60.0)
         self.halted = False
         self.paused = False  # no new entries; positions and pending intents carry on
         # Exits only (a journal that cannot write, a position whose feed is dark): no new
@@ -202,7 +205,8 @@ class Engine:
             tick = decode(frame, recv_ns)
         except ProtocolError as exc:
             stats.malformed += 1
-            log.warning("frame_malformed", size=len(frame), error=str(exc))
+            if self.log_limiter.allow("frame_malformed"):
+                log.warning("frame_malformed", size=len(frame), error=str(exc))
             return None
         sym = self.symbols.get(tick.token)
         if sym is None:
@@ -305,6 +309,8 @@ class Engine:
     def _rebaselined(self, sym: SymbolContext, what: str, tick: Tick) -> None:
         self.stats.rebaselines += 1
         sym.late_in_row = 0
+        if not self.log_limiter.allow("feed_rebaselined"):
+            return
         log.warning(
             "feed_rebaselined",
             token=sym.token,
@@ -922,6 +928,7 @@ async def run_live(
             # journaled and published before the telemetry socket closes.
             await router.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        engine.log_limiter.flush(final=True)
         telemetry.close()
         log.info(
             "engine_stopped",
@@ -1023,6 +1030,7 @@ async def _report_health(
         )
         telemetry.publish(TOPIC_SESSION, session)
         telemetry.publish(TOPIC_HEALTH, health)
+        engine.log_limiter.flush()  # a flood that has stopped still gets its summary
         if stale:
             # No trading happens on it: each token re-confirms its signal after a silence.
             log.warning(

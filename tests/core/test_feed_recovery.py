@@ -239,3 +239,18 @@ async def test_an_open_position_still_hits_its_stop_after_a_poisoned_frame(tmp_p
     assert stops, [r.kind.value + " " + r.purpose.value for r in reports]
     assert engine.positions.get(TOKEN).qty == 0
     await router.stop()
+
+
+def test_a_malformed_flood_logs_a_bounded_number_of_lines():
+    """100k malformed frames: every one is counted, a handful are logged, and the summary
+    line says how many were not."""
+    engine = _engine()
+    with capture_logs() as logs:
+        for i in range(100_000):
+            engine.on_frame(b"\x01" + bytes([i % 251]) * 10, i)
+        engine.log_limiter.flush(final=True)
+    assert engine.stats.malformed == 100_000
+    shown = [e for e in logs if e["event"] == "frame_malformed"]
+    summaries = [e for e in logs if e["event"] == "frame_malformed_suppressed"]
+    assert 1 <= len(shown) <= 10
+    assert len(shown) + sum(e["suppressed"] for e in summaries) == 100_000
