@@ -14,6 +14,7 @@ files do not hold, fails verification.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
@@ -43,64 +44,152 @@ def segments(session_dir: Path) -> list[Path]:
     return sorted(Path(session_dir).glob(SEGMENT_GLOB))
 
 
+DIR_MODE = 0o700  # the black box holds the account's whole trading history
+FILE_MODE = 0o600
+FLUSH_BYTES = 256 << 10  # buffered records go to the OS past this much, or on flush()
+
+
+def make_private_dir(path: Path) -> None:
+    """``mkdir -p`` whose new directories (and ``path`` itself) are 0700 whatever the umask."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for d in [*missing, path]:
+        os.chmod(d, DIR_MODE)
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
+    """A file descriptor on ``path``, created 0600 (an existing file is made 0600 too)."""
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
 class SegmentWriter:
     """Appends records; rotates to a new segment past ``max_segment_bytes``.
 
-    ``flush()`` pushes to the OS, ``sync()`` also fsyncs (the recorder calls it on a timer).
+    Records are buffered here and go to the OS on ``flush()`` (or past FLUSH_BYTES);
+    ``sync()`` also fsyncs (the recorder calls it on a timer). A write that fails (a full
+    disk: ENOSPC, a file size limit: EFBIG, EIO) never raises: the file is cut back to its
+    last whole record, the records that did not make it are counted in ``lost``, and the
+    next flush tries again, so writing resumes by itself when space returns.
+    ``records`` counts records in the files (flushed), ``pending`` those still buffered.
     """
 
     def __init__(self, session_dir: Path, max_segment_bytes: int = 64 << 20) -> None:
         self.session_dir = Path(session_dir)
-        self.session_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.session_dir)
         self.max_segment_bytes = max_segment_bytes
         existing = segments(self.session_dir)
         self.index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
         self.records = 0
-        self._fh: BinaryIO | None = None
-        self._size = 0
-        self._open()
+        self.pending = 0
+        self.lost = 0  # records that could not be written
+        self.failures = 0  # failed flushes
+        self.failing = False
+        self.last_error = ""
+        self._fd: int | None = None
+        self._closed = False
+        self._size = 0  # bytes of the current segment in the file
+        self._buf = bytearray()
 
-    def _open(self) -> None:
-        path = self.session_dir / segment_name(self.index)
-        self._fh = open(path, "ab")  # noqa: SIM115 - closed in rotate()/close()
-        self._fh.write(MAGIC)
-        self._size = len(MAGIC)
+    def _segment_path(self) -> Path:
+        return self.session_dir / segment_name(self.index)
 
     def write(self, body: bytes) -> None:
-        fh = self._fh
-        assert fh is not None, "writer is closed"
-        if self._size + RECORD.size + len(body) > self.max_segment_bytes and self._size > len(
-            MAGIC
-        ):
+        assert not self._closed, "writer is closed"
+        used = (self._size or len(MAGIC)) + len(self._buf)
+        if used + RECORD.size + len(body) > self.max_segment_bytes and used > len(MAGIC):
             self.rotate()
-            fh = self._fh
-            assert fh is not None
-        fh.write(RECORD.pack(len(body), zlib.crc32(body)))
-        fh.write(body)
-        self._size += RECORD.size + len(body)
-        self.records += 1
+        self._buf += RECORD.pack(len(body), zlib.crc32(body))
+        self._buf += body
+        self.pending += 1
+        if len(self._buf) >= FLUSH_BYTES:
+            self.flush()
 
     def rotate(self) -> None:
         self.sync()
-        assert self._fh is not None
-        self._fh.close()
-        self.index += 1
-        self._open()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._size = 0
+            self.index += 1
 
-    def flush(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
+    def flush(self) -> bool:
+        """Buffered records to the OS; False (and counted, logged) when the write failed."""
+        if not self._buf:
+            return True
+        try:
+            if self._fd is None:
+                self._fd = open_private(self._segment_path())
+                self._size = 0
+            data = bytes(self._buf) if self._size else MAGIC + bytes(self._buf)
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        self._size += len(data)
+        self.records += self.pending
+        self.pending = 0
+        self._buf.clear()
+        if self.failing:
+            self.failing = False
+            log.warning("recorder_write_resumed", segment=str(self._segment_path()), lost=self.lost)
+        return True
 
-    def sync(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+    def _failed(self, exc: OSError) -> None:
+        lost, self.pending = self.pending, 0
+        self._buf.clear()
+        self.lost += lost
+        self.failures += 1
+        self.last_error = f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror}"
+        if self._fd is not None:
+            try:  # no partial record left behind: the file ends on a whole record again
+                if self._size:
+                    os.ftruncate(self._fd, self._size)
+                else:  # a segment without even its magic is no segment: start it again later
+                    os.close(self._fd)
+                    self._fd = None
+                    self._segment_path().unlink(missing_ok=True)
+            except OSError:
+                pass
+        if not self.failing or self.failures % 100 == 0:
+            log.error(
+                "recorder_write_failed",
+                segment=str(self._segment_path()),
+                error=self.last_error,
+                records_lost=self.lost,
+                hint="free space under the data dir; writing resumes by itself",
+            )
+        self.failing = True
+
+    def sync(self) -> bool:
+        ok = self.flush()
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.failures += 1
+                self.last_error = f"fsync: {exc.strerror}"
+                log.error("recorder_write_failed", op="fsync", error=self.last_error)
+                return False
+        return ok
 
     def close(self) -> None:
-        if self._fh is not None:
-            self.sync()
-            self._fh.close()
-            self._fh = None
+        if self._closed:
+            return
+        self.sync()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._closed = True
 
 
 @dataclass
@@ -357,9 +446,11 @@ def check_session(session_dir: Path, keep_bodies: bool = False) -> SessionCheck:
             f"(first recorded seq {check.first_seq})"
         )
     seen = _manifest_gaps(manifest)
+    write_lost = _int_or_none((manifest or {}).get("records_lost")) or 0
     for after, missed in check.gaps:
-        # The manifest lists what the publisher dropped; any other gap is lost from the files.
-        lost_here = manifest is not None and (after, missed) not in seen
+        # The manifest lists what the publisher dropped, and counts what the recorder could
+        # not write; any other gap is lost from the files.
+        lost_here = manifest is not None and (after, missed) not in seen and not write_lost
         where = " (not in the manifest: lost from the files)" if lost_here else ""
         notes.append(f"gap after seq {after}: {missed} missed{where}")
     return check

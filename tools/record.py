@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -46,13 +47,14 @@ from chimera_core.telemetry import (
     TOPIC_TICK,
     split,
 )
-from tools.blackbox import SegmentWriter, check_session, segments
+from tools.blackbox import SegmentWriter, check_session, open_private, segments
 
 log = structlog.get_logger(__name__)
 
 MANIFEST = "manifest.json"
 NEURAL_STATE = "neural_state.json"
 MANIFEST_INTERVAL_S = 2.0
+DISK_CHECK_S = 5.0
 # Messages before the first SessionInfo wait this long for it (the engine repeats it with
 # every health message), then go to an ``unknown-…`` session.
 SESSION_WAIT_S = 2.0
@@ -71,10 +73,23 @@ def _utc_iso(ts: float | None = None) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Readers see the old file or the new one, never a partial one. NaN/inf become null."""
+    """Readers see the old file or the new one, never a partial one (0600, fsynced before
+    the rename). NaN/inf become null. Raises OSError, leaving no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    os.replace(tmp, path)
+    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    try:
+        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -103,6 +118,7 @@ class Recorder:
         neural_state_interval_s: float,
         now: float,
         session_wait_s: float = SESSION_WAIT_S,
+        min_free_disk_mb: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.blackbox_dir = self.data_dir / "blackbox"
@@ -110,6 +126,13 @@ class Recorder:
         self.fsync_interval_s = fsync_interval_s
         self.neural_state_interval_s = neural_state_interval_s
         self.session_wait_s = session_wait_s
+        self.min_free_disk_mb = min_free_disk_mb
+        self.disk_free_mb: float | None = None
+        self.disk_low = False
+        self.json_write_errors = 0  # manifest / neural_state writes that failed
+        self.last_write_error = ""
+        self.records_lost = 0  # of sessions already closed (the open one: its writer)
+        self._next_disk = now
         self.started_wall = _utc_iso()
         self.started_at = now
         self.unknown_name = "unknown-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -285,10 +308,12 @@ class Recorder:
         log.info(
             "recorder_session_closed",
             session=self.session_name,
-            records=self.stats.records,
+            records=self.writer.records,
+            records_lost=self.writer.lost,
             gaps=len(self.stats.gaps),
             reason=reason,
         )
+        self.records_lost += self.writer.lost
         self.writer = None
         self.session = None
         self.stats = StreamStats()
@@ -325,6 +350,10 @@ class Recorder:
             "seq_resets": st.seq_resets,
             "malformed": self.malformed,
             "complete": complete,
+            # What could not be written (ENOSPC, EFBIG, EIO): counted, never silently.
+            "records_lost": self.writer.lost if self.writer is not None else 0,
+            "write_failures": self.writer.failures if self.writer is not None else 0,
+            "write_error": (self.writer.last_error or None) if self.writer is not None else None,
         }
 
     def write_manifest(self, complete: bool, ended: bool = False, reason: str = "") -> None:
@@ -334,7 +363,51 @@ class Recorder:
             # The manifest's record count must be on disk (in the OS) before the manifest
             # says so: verification treats fewer records than it counts as a loss.
             self.writer.flush()
-        write_json_atomic(self.session_dir / MANIFEST, self.manifest(complete, ended, reason))
+        self._write_json(self.session_dir / MANIFEST, self.manifest(complete, ended, reason))
+
+    def _write_json(self, path: Path, obj: Any) -> bool:
+        try:
+            write_json_atomic(path, obj)
+        except OSError as exc:
+            self.json_write_errors += 1
+            self.last_write_error = f"{path.name}: {exc.strerror or exc}"
+            if self.json_write_errors % 100 == 1:
+                log.error("recorder_write_failed", file=str(path), error=str(exc))
+            return False
+        return True
+
+    def recorder_status(self) -> dict[str, Any]:
+        w = self.writer
+        lost = self.records_lost + (w.lost if w is not None else 0)
+        return {
+            "records_lost": lost,
+            "writing": not (w is not None and w.failing),
+            "write_error": (w.last_error if w is not None else "") or self.last_write_error or None,
+            "json_write_errors": self.json_write_errors,
+            "disk_free_mb": self.disk_free_mb,
+            "disk_space_low": self.disk_low,
+        }
+
+    def check_disk(self) -> None:
+        """Low free space under data_dir is a warning (before it becomes lost records)."""
+        try:
+            free = shutil.disk_usage(self.data_dir).free / (1 << 20)
+        except OSError:
+            return
+        self.disk_free_mb = round(free, 1)
+        low = free < self.min_free_disk_mb
+        if low and not self.disk_low:
+            log.warning(
+                "disk_space_low",
+                data_dir=str(self.data_dir),
+                free_mb=self.disk_free_mb,
+                min_free_disk_mb=self.min_free_disk_mb,
+            )
+        elif self.disk_low and not low:
+            log.info("disk_space_ok", data_dir=str(self.data_dir), free_mb=self.disk_free_mb)
+        if low != self.disk_low:
+            self.disk_low = low
+            self._state_dirty = True
 
     # ---- neural state --------------------------------------------------------------
     def neural_state(self) -> dict[str, Any]:
@@ -387,12 +460,13 @@ class Recorder:
             "updated": _utc_iso(),
             "health": msgspec.to_builtins(self.health) if self.health is not None else None,
             "symbols": symbols,
+            "recorder": self.recorder_status(),
         }
 
     def write_neural_state(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.data_dir / NEURAL_STATE, self.neural_state())
-        self._state_dirty = False
+        if self._write_json(self.data_dir / NEURAL_STATE, self.neural_state()):
+            self._state_dirty = False
 
     # ---- timers --------------------------------------------------------------------
     def on_timer(self, now: float) -> None:
@@ -406,6 +480,9 @@ class Recorder:
             if self.writer is not None:
                 self.writer.sync()
             self._next_sync = now + self.fsync_interval_s
+        if now >= self._next_disk:
+            self.check_disk()
+            self._next_disk = now + DISK_CHECK_S
         if now >= self._next_manifest:
             self.write_manifest(complete=False)
             self._next_manifest = now + MANIFEST_INTERVAL_S
@@ -547,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         neural_state_interval_s=cfg.recorder.neural_state_interval_s,
         now=time.monotonic(),
         session_wait_s=args.session_wait_s,
+        min_free_disk_mb=cfg.min_free_disk_mb,
     )
     stop = [False]
 
