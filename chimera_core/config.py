@@ -7,6 +7,7 @@ never live in the TOML: they come from the environment or a ``.env`` file beside
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -20,9 +21,20 @@ from dotenv import dotenv_values
 
 from chimera_core.errors import ConfigError
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+# Every number has an upper bound: far above anything a real trader sets, low enough that
+# no later arithmetic (seconds to ns, int64 arrays, sleep(), sizing) overflows or stalls.
+# inf and nan are refused for every float (parse_config), before these bounds apply.
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=604_800)]  # up to one week
+ShortSeconds = Annotated[float, msgspec.Meta(gt=0, le=3_600)]  # intervals, timeouts: an hour
+Rupees = Annotated[float, msgspec.Meta(gt=0, le=1e12)]  # up to ₹1 lakh crore
+Multiple = Annotated[float, msgspec.Meta(gt=0, le=100)]  # band k, ATR multiples, leverage
+Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+PositiveFraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+Count = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]  # trades, frames, per-day limits
+Qty = Annotated[int, msgspec.Meta(gt=0, le=10_000_000)]  # shares / units in one order
 Lookback = Annotated[int, msgspec.Meta(ge=2, le=250)]
+# Angel One's SmartAPI websocket takes at most 1000 tokens per connection (error E1005).
+MAX_TOKENS = 1000
 
 FeedMode = Literal["LTP", "QUOTE", "SNAP_QUOTE"]
 ExchangeName = Literal["NSE_CM", "NSE_FO", "BSE_CM", "BSE_FO", "MCX_FO", "NCX_FO", "CDE_FO"]
@@ -33,94 +45,98 @@ class FeedConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     # DEPTH (20-level) carries no trades, so the engine cannot run on it alone.
     mode: FeedMode = "QUOTE"
     exchange_type: ExchangeName = "NSE_CM"
-    tokens: list[str] = msgspec.field(default_factory=lambda: ["2885", "1594", "3045"])
-    reconnect_initial_s: Positive = 0.5
-    reconnect_max_s: Positive = 30.0
-    ping_interval_s: Positive = 10.0
-    ping_timeout_s: Positive = 20.0
+    tokens: Annotated[
+        list[str],
+        msgspec.Meta(max_length=MAX_TOKENS, description="Angel One's limit per connection"),
+    ] = msgspec.field(default_factory=lambda: ["2885", "1594", "3045"])
+    reconnect_initial_s: ShortSeconds = 0.5
+    reconnect_max_s: ShortSeconds = 30.0
+    ping_interval_s: ShortSeconds = 10.0
+    ping_timeout_s: ShortSeconds = 20.0
     # A token quiet for longer than this (local clock) must re-confirm before trading.
-    stale_after_s: Positive = 5.0
+    stale_after_s: Seconds = 5.0
 
 
 class StrategyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    bar_interval_s: PositiveInt = 60
+    bar_interval_s: Annotated[int, msgspec.Meta(gt=0, le=86_400)] = 60  # up to one day
     energy_lookback: Lookback = 20
     z_lookback: Lookback = 60
     band_lookback: Lookback = 140
-    band_k: Positive = 2.0
-    energy_threshold: Positive = 0.2
-    order_qty: PositiveInt = 1
+    band_k: Multiple = 2.0
+    energy_threshold: Annotated[float, msgspec.Meta(gt=0, le=1_000)] = 0.2  # percent per bar
+    order_qty: Qty = 1
     # Exchange-time seconds: an intent with no execution report expires, then cools down.
-    execute_timeout_s: Positive = 30.0
-    cooldown_s: Positive = 60.0
+    execute_timeout_s: Seconds = 30.0
+    cooldown_s: Seconds = 60.0
 
 
 class SanityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     # A trade this far (percent) from the token's previous price is treated as a bad print.
-    max_jump_pct: Positive = 10.0
+    max_jump_pct: Annotated[float, msgspec.Meta(gt=0, le=1_000)] = 10.0
     # A sequence number further ahead than this of the token's last one is a bad frame,
     # not the new baseline (one flipped bit must not silence the token for good).
-    max_seq_jump: PositiveInt = 1_000_000
-    # An exchange time this far (seconds) ahead of the feed's clock (the latest accepted
-    # exchange time of any token) is a bad frame, not a new bar.
-    max_clock_ahead_s: Positive = 3_600.0
+    max_seq_jump: Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)] = 100_000
+    # An exchange time this far (seconds; at least 3 bar intervals) ahead of the feed's
+    # clock (the latest accepted exchange time of any token) is a bad frame, not a new
+    # bar, unless the next frame confirms the jump (then only the first is dropped). Raise
+    # it for a single illiquid instrument whose trades come further apart than this.
+    max_clock_ahead_s: Seconds = 300.0
     # A token that has dropped this many frames in a row as out-of-order or late takes the
     # next one as its new baseline and logs ``feed_rebaselined``.
-    rebaseline_after: PositiveInt = 50
+    rebaseline_after: Count = 50
 
 
 class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Which decisions are logged: every one, only those that change state, or none.
     decisions: Literal["all", "transitions", "none"] = "transitions"
-    stats_interval_s: Positive = 5.0
+    stats_interval_s: ShortSeconds = 5.0
 
 
 class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     endpoint: str = "tcp://127.0.0.1:7001"
     # Messages queued per subscriber before sends fail (and are counted as dropped).
-    hwm: PositiveInt = 100_000
-    health_interval_s: Positive = 1.0
+    hwm: Annotated[int, msgspec.Meta(gt=0, le=10_000_000)] = 100_000
+    health_interval_s: ShortSeconds = 1.0
     # Hold the feed until a subscriber (the recorder) is attached, so a session is recorded
     # from its first tick; 0 = never wait (trading does not depend on the recorder).
-    wait_for_subscriber_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    wait_for_subscriber_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 0.0
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     endpoint: str = "tcp://127.0.0.1:7002"
-    timeout_s: Positive = 2.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0
 
 
 class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    segment_mb: PositiveInt = 64
-    fsync_interval_s: Positive = 1.0
-    neural_state_interval_s: Positive = 0.25
+    segment_mb: Annotated[int, msgspec.Meta(gt=0, le=16_384)] = 64
+    fsync_interval_s: ShortSeconds = 1.0
+    neural_state_interval_s: ShortSeconds = 0.25
 
 
 class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     enabled: bool = True
-    equity: Positive = 1_000_000.0  # rupees the capital brain and meta-risk size against
-    max_leverage: Positive = 2.0  # hard cap; no layer can exceed it
-    lot_size: PositiveInt = 1
-    risk_per_trade: Positive = 0.01  # of equity, at an ATR-based stop
-    stop_atr_multiple: Positive = 2.0
-    daily_loss_pct: Positive = 0.02  # of the day's starting equity → HALT for the day
-    max_drawdown: Positive = 0.10  # from peak equity → HALT until reset
-    max_trades_per_symbol: PositiveInt = 10  # per IST trading day
-    max_trades_per_day: PositiveInt = 50
-    max_open_positions: PositiveInt = 5
-    max_position_value: Positive = 200_000.0  # rupees per symbol; sizing stays under it
-    max_spread_pct: Positive = 0.5  # percent of mid
+    equity: Rupees = 1_000_000.0  # rupees the capital brain and meta-risk size against
+    max_leverage: Multiple = 2.0  # hard cap; no layer can exceed it
+    lot_size: Annotated[int, msgspec.Meta(gt=0, le=100_000)] = 1
+    risk_per_trade: PositiveFraction = 0.01  # of equity, at an ATR-based stop
+    stop_atr_multiple: Multiple = 2.0
+    daily_loss_pct: PositiveFraction = 0.02  # of the day's starting equity → HALT for the day
+    max_drawdown: PositiveFraction = 0.10  # from peak equity → HALT until reset
+    max_trades_per_symbol: Count = 10  # per IST trading day
+    max_trades_per_day: Count = 50
+    max_open_positions: Annotated[int, msgspec.Meta(gt=0, le=MAX_TOKENS)] = 5
+    max_position_value: Rupees = 200_000.0  # rupees per symbol; sizing stays under it
+    max_spread_pct: Percent = 0.5  # percent of mid
     min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
     # Intents above this value or below this confidence wait for a human (cortex / CLI).
-    approval_size_limit: Positive = 200_000.0
+    approval_size_limit: Rupees = 200_000.0
     approval_min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.35
-    approval_ttl_s: Positive = 120.0
+    approval_ttl_s: Seconds = 120.0
     families: dict[str, str] = msgspec.field(default_factory=dict)  # token → genome family
 
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 
 
@@ -128,24 +144,25 @@ class ChargesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     """Indian equity charges (NSE cash). Rates are fractions of turnover unless named
     otherwise; the defaults, their sources and dates are in chimera_execution/charges.py."""
 
-    brokerage_flat: NonNegative = 20.0  # rupees per executed order, the cap
-    brokerage_pct_intraday: NonNegative = 0.0003  # of turnover, if lower than the flat fee
-    brokerage_pct_delivery: NonNegative = 0.001
-    stt_intraday_sell: NonNegative = 0.00025  # sell side only
-    stt_delivery: NonNegative = 0.001  # both sides
-    exchange_txn: NonNegative = 0.0000297  # NSE cash, both sides
-    sebi_per_crore: NonNegative = 10.0  # rupees per ₹1 crore of turnover
-    gst: NonNegative = 0.18  # on brokerage + exchange charge + SEBI fee
-    stamp_intraday_buy: NonNegative = 0.00003  # buy side only
-    stamp_delivery_buy: NonNegative = 0.00015
+    brokerage_flat: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 20.0  # rupees per order
+    brokerage_pct_intraday: Fraction = 0.0003  # of turnover, if lower than the flat fee
+    brokerage_pct_delivery: Fraction = 0.001
+    stt_intraday_sell: Fraction = 0.00025  # sell side only
+    stt_delivery: Fraction = 0.001  # both sides
+    exchange_txn: Fraction = 0.0000297  # NSE cash, both sides
+    sebi_per_crore: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 10.0  # per ₹1 crore
+    gst: Fraction = 0.18  # on brokerage + exchange charge + SEBI fee
+    stamp_intraday_buy: Fraction = 0.00003  # buy side only
+    stamp_delivery_buy: Fraction = 0.00015
 
 
 class PaperConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    starting_cash: Positive = 1_000_000.0
-    # Exchange-time milliseconds before an order reaches the simulated book.
-    latency_ms: Annotated[int, msgspec.Meta(ge=0)] = 50
+    starting_cash: Rupees = 1_000_000.0
+    # Exchange-time milliseconds before an order reaches the simulated book (tests set it
+    # huge so orders rest; the bound keeps it int64-safe in nanoseconds).
+    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 50
     # Extra adverse price on every fill, basis points (on top of walking the book).
-    slippage_bps: NonNegative = 1.0
+    slippage_bps: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 1.0
     # RMS: margin the simulated broker blocks per rupee of exposure. An order that adds
     # exposure beyond equity / margin is rejected, as a real broker's RMS does. Intraday
     # 0.2 (5x) is the floor SEBI's peak-margin rules leave for cash equity; delivery is
@@ -160,30 +177,30 @@ class AngelOneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     # token → trading symbol (e.g. "3045" = "SBIN-EQ"); placeOrder needs both.
     symbols: dict[str, str] = msgspec.field(default_factory=dict)
     exchange: Literal["NSE", "BSE", "NFO", "BFO", "MCX", "CDS", "NCDEX"] = "NSE"
-    request_timeout_s: Positive = 7.0
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 7.0
     # Order-book poll that recovers order updates the websocket dropped.
-    poll_interval_s: Positive = 2.0
+    poll_interval_s: ShortSeconds = 2.0
 
 
 class ThrottleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Order-call budgets (placeOrder/modify/cancel share them): Angel One's published limits."""
 
-    per_second: PositiveInt = 20
-    per_minute: PositiveInt = 500
-    per_hour: PositiveInt = 1000
+    per_second: Annotated[int, msgspec.Meta(gt=0, le=1_000)] = 20
+    per_minute: Annotated[int, msgspec.Meta(gt=0, le=60_000)] = 500
+    per_hour: Annotated[int, msgspec.Meta(gt=0, le=3_600_000)] = 1000
 
 
 class SlicingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """VWAP slicing of parents at or above ``min_qty``, and the liquidity adjuster."""
 
-    min_qty: PositiveInt = 1000  # smaller parents go as one order
-    window_s: Positive = 300.0
+    min_qty: Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)] = 1000  # smaller: one order
+    window_s: Seconds = 300.0
     participation: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.10  # of observed volume
     # Child size is capped at this fraction of the displayed opposite-side depth (best 5).
     depth_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     # Wider than this (percent of mid): wait, up to max_wait_s, then cross anyway.
-    max_spread_pct: Positive = 0.3
-    max_wait_s: Positive = 30.0
+    max_spread_pct: Percent = 0.3
+    max_wait_s: Seconds = 30.0
 
 
 class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -197,12 +214,12 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     cancel_on_stop: bool = True  # a clean stop (SIGTERM, systemd) cancels open orders
     flatten_on_halt: bool = False  # the kill switch also closes positions at market
     square_off_at: ClockTime = "15:15"  # IST: no entries after, positions closed at it
-    stop_atr_multiple: Positive = 2.0  # bracket stop loss distance
-    take_profit_atr_multiple: Positive = 3.0
+    stop_atr_multiple: Multiple = 2.0  # bracket stop loss distance
+    take_profit_atr_multiple: Multiple = 3.0
     journal_sync: Literal["NORMAL", "FULL"] = "FULL"  # SQLite synchronous; FULL survives power loss
     # A position whose token has been dark (no accepted frame) this long, in local seconds,
     # is flagged ``position_unprotected``: its stop and target cannot be watched.
-    unprotected_after_s: Positive = 30.0
+    unprotected_after_s: Seconds = 30.0
     # ...and then either closed at market ("flatten") or the engine takes no new entries
     # until the token is healthy again ("exits_only").
     unprotected_action: Literal["flatten", "exits_only"] = "exits_only"
@@ -221,7 +238,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     data_dir: str = "data"
     # Free space under data_dir below this many MB is a warning in doctor, health, metrics
     # and the recorder, before a full disk becomes an outage.
-    min_free_disk_mb: Annotated[int, msgspec.Meta(ge=0)] = 500
+    min_free_disk_mb: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 500  # up to 10 TB
     feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
     sanity: SanityConfig = msgspec.field(default_factory=SanityConfig)
@@ -268,13 +285,50 @@ def _allowed(root: type, path: list[str]) -> str:
         if part not in hints:
             return ""
         tp = hints[part]
+    metas: list[msgspec.Meta] = []
     while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
+        args = typing.get_args(tp)
+        tp = args[0]
+        metas += [a for a in args[1:] if isinstance(a, msgspec.Meta)]
     if typing.get_origin(tp) is Literal:
         return "allowed: " + ", ".join(repr(a) for a in typing.get_args(tp))
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return "allowed keys: " + ", ".join(tp.__struct_fields__)
+    bounds = [
+        f"{op} {_num(getattr(m, attr))}"
+        for m in metas
+        for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if getattr(m, attr) is not None
+    ]
+    bounds += [f"at most {m.max_length} entries" for m in metas if m.max_length is not None]
+    bounds += [f"({m.description})" for m in metas if m.description]
+    if bounds:
+        kind = "a finite number" if tp is float else "an integer" if tp is int else ""
+        return "allowed: " + " ".join(x for x in (kind, " and ".join(bounds)) if x)
+    if tp is float:
+        return "allowed: a finite number"
     return ""
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "_") if float(value).is_integer() else repr(value)
+
+
+def _non_finite(raw: object, path: list[str]) -> tuple[list[str], float] | None:
+    """The first inf / nan in the parsed TOML, with its key path (TOML has both literals,
+    and ``inf > 0`` passes every lower bound)."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return path, raw
+    items: typing.Iterable[tuple[str, object]] = ()
+    if isinstance(raw, dict):
+        items = ((str(k), v) for k, v in raw.items())
+    elif isinstance(raw, list):
+        items = ((str(i), v) for i, v in enumerate(raw))
+    for key, value in items:
+        found = _non_finite(value, [*path, key])
+        if found is not None:
+            return found
+    return None
 
 
 def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
@@ -301,12 +355,54 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    bad = _non_finite(raw, [])
+    if bad is not None:
+        path, value = bad
+        hint = _allowed(Config, [p for p in path if not p.isdigit()]) or "allowed: a finite number"
+        if "finite" not in hint:
+            hint += " (a finite number)"
+        raise ConfigError(
+            f"{source}: bad value for '{'.'.join(path)}': {value} is not a finite number ({hint})"
+        )
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise _explain(exc, source) from None
     _check(cfg, source)
     return cfg
+
+
+def _check_url(source: str, key: str, url: str, schemes: tuple[str, ...]) -> None:
+    """Scheme, host and a port in 1-65535 (urllib only fails on the port when asked)."""
+    parsed = urlparse(url)
+    allowed = " or ".join(f"{s}://" for s in schemes)
+    if parsed.scheme not in schemes:
+        raise ConfigError(f"{source}: '{key}' must start with {allowed}, got {url!r}")
+    if not parsed.hostname:
+        raise ConfigError(f"{source}: '{key}' = {url!r} has no host ({allowed}HOST[:PORT]/...)")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{source}: '{key}' = {url!r}: the port must be 1-65535")
+
+
+def _check_data_dir(cfg: Config, source: str) -> None:
+    """data_dir is a directory or can become one: checked (read-only) before anything is
+    created under it."""
+    if not cfg.data_dir.strip():
+        raise ConfigError(f"{source}: 'data_dir' is empty (allowed: a directory path)")
+    p = Path(cfg.data_dir)
+    while not p.exists():
+        if p.parent == p:
+            return
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(
+            f"{source}: 'data_dir' = {cfg.data_dir!r}: {p} exists and is not a directory "
+            "(allowed: a directory, or a path that can be created as one)"
+        )
 
 
 def _check(cfg: Config, source: str) -> None:
@@ -319,10 +415,12 @@ def _check(cfg: Config, source: str) -> None:
         )
     if len(set(cfg.feed.tokens)) != len(cfg.feed.tokens):
         raise ConfigError(f"{source}: 'feed.tokens' lists a token twice")
-    if urlparse(cfg.feed.url).scheme not in ("ws", "wss"):
-        raise ConfigError(
-            f"{source}: 'feed.url' must start with ws:// or wss://, got {cfg.feed.url!r}"
-        )
+    _check_url(source, "feed.url", cfg.feed.url, ("ws", "wss"))
+    _check_url(source, "execution.angelone.rest_url", cfg.execution.angelone.rest_url,
+               ("https", "http"))  # fmt: skip
+    _check_url(source, "execution.angelone.order_ws_url", cfg.execution.angelone.order_ws_url,
+               ("wss", "ws"))  # fmt: skip
+    _check_data_dir(cfg, source)
     if cfg.feed.reconnect_max_s < cfg.feed.reconnect_initial_s:
         raise ConfigError(
             f"{source}: 'feed.reconnect_max_s' ({cfg.feed.reconnect_max_s}) is below "
@@ -332,6 +430,11 @@ def _check(cfg: Config, source: str) -> None:
         ("telemetry.endpoint", cfg.telemetry.endpoint),
         ("control.endpoint", cfg.control.endpoint),
     ):
+        m = re.fullmatch(r"tcp://([^:]+):(\d+)", endpoint)
+        if m and not 1 <= int(m.group(2)) <= 65535:
+            raise ConfigError(
+                f"{source}: '{key}' = {endpoint!r}: the port must be 1-65535 (tcp://127.0.0.1:PORT)"
+            )
         if not _is_local_endpoint(endpoint):
             raise ConfigError(
                 f"{source}: '{key}' = {endpoint!r} must bind to loopback or ipc "
@@ -371,13 +474,27 @@ def default_config_path() -> str | None:
 def load_config(path: str | Path | None) -> Config:
     """Load ``path`` (or the defaults when None). Missing file is an error naming it."""
     if path is None:
-        return Config()
+        cfg = Config()
+        _check(cfg, "built-in defaults (no chimera.toml)")
+        return cfg
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
             f"config file {p} not found (copy chimera.example.toml to {p} or pass --config)"
         )
-    return parse_config(p.read_text(encoding="utf-8"), str(p))
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{p}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    return parse_config(text, str(p))
 
 
 def is_loopback_url(url: str) -> bool:
