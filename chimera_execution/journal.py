@@ -42,7 +42,7 @@ from chimera_core.contracts import (
     Side,
 )
 from chimera_core.errors import ChimeraError, DuplicateOrder, JournalCorrupt, JournalWriteError
-from chimera_core.sqlite_files import connect_readonly, file_state
+from chimera_core.sqlite_files import connect_readonly, file_state, private_file
 
 log = structlog.get_logger(__name__)
 
@@ -422,7 +422,9 @@ class Journal(_JournalReads):
                 f"journal: {self.path} belongs to mode {found!r}, this journal is {mode!r}; "
                 f"each mode keeps its own file under <data_dir>/<mode>/ — do not copy them"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 in 0700 directories, set before SQLite opens it (SQLite itself would create it
+        # 0644, and gives -wal / -shm the file's mode): positions and cash are private.
+        private_file(self.path)
         # Autocommit at the driver level: every write below opens its own BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         try:

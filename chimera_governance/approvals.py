@@ -21,6 +21,7 @@ import structlog
 
 from chimera_core.contracts import ApprovalOutput, OrderIntent
 from chimera_core.errors import ChimeraError
+from chimera_core.sqlite_files import private_file
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +107,9 @@ class ApprovalQueue:
         self.size_limit_value = size_limit_value
         self.min_confidence = min_confidence
         self.ttl_ms = int(ttl_s * 1000)
+        # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
+        # take the file's mode.
+        private_file(db_path)
         # autocommit: every statement is its own transaction, so a crash loses nothing
         self._db = sqlite3.connect(str(db_path), isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -45,6 +45,7 @@ import msgspec
 from chimera_core.config import StrategyConfig
 from chimera_core.contracts import GenomeOutput
 from chimera_core.errors import ChimeraError
+from chimera_core.sqlite_files import private_file
 
 MIN_HISTORY = 31  # closed trades before the genome may learn (design: > 30)
 LEARNING_RATE = 0.01
@@ -254,7 +255,9 @@ class GenomeStore:
         self.learn_window = learn_window
         self.rollback_window = rollback_window
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
+        # take the file's mode.
+        private_file(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
