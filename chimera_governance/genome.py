@@ -45,7 +45,7 @@ import msgspec
 from chimera_core.config import StrategyConfig
 from chimera_core.contracts import GenomeOutput
 from chimera_core.errors import ChimeraError
-from chimera_core.sqlite_files import private_file
+from chimera_core.sqlite_files import connect_readonly, private_file
 
 MIN_HISTORY = 31  # closed trades before the genome may learn (design: > 30)
 LEARNING_RATE = 0.01
@@ -226,6 +226,22 @@ def _row_to_version(row: tuple[Any, ...]) -> GenomeVersion:
     )
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    # A snapshot when no writer has the file open: not even a -wal / -shm appears.
+    try:
+        db = connect_readonly(path, snapshot=True)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except (sqlite3.Error, ChimeraError) as exc:
+        raise GenomeError(f"cannot read genome db {path}: {exc}") from None
+    if "genome_version" not in tables:
+        db.close()
+        raise GenomeError(
+            f"{path} holds no genome tables (not a genome db, or the engine has not "
+            "written one yet); nothing was changed"
+        )
+    return db
+
+
 class GenomeStore:
     """The genomes of all instrument families, persisted in one SQLite file."""
 
@@ -240,7 +256,10 @@ class GenomeStore:
         update_every: int = UPDATE_EVERY,
         learn_window: int = LEARN_WINDOW,
         rollback_window: int = ROLLBACK_WINDOW,
+        readonly: bool = False,
     ) -> None:
+        """``readonly=True`` (``chimera genome show|history``): SQLite ``mode=ro``, no schema
+        created, nothing written; a file without genome tables is a GenomeError."""
         if update_every < 1 or learn_window < 2 or rollback_window < 1:
             raise GenomeError(
                 "expected update_every >= 1, learn_window >= 2, rollback_window >= 1; got "
@@ -255,14 +274,17 @@ class GenomeStore:
         self.learn_window = learn_window
         self.rollback_window = rollback_window
         self.path = Path(path)
-        # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
-        # take the file's mode.
-        private_file(self.path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        if readonly:
+            self._db = _open_readonly(self.path)
+        else:
+            # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
+            # take the file's mode.
+            private_file(self.path)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
         # current() is cached; PRAGMA data_version changes when another connection (the
         # CLI's rollback) commits, which invalidates the cache.
         self._cache: dict[str, GenomeOutput] = {}

@@ -74,7 +74,8 @@ def _run(args: argparse.Namespace) -> str:
     db = Path(args.db)
     if not db.is_file():
         raise GenomeError(f"no genome db at {db} (expected the file the engine writes; --db)")
-    with GenomeStore(db) as store:
+    # Only rollback writes; show and history open the file read-only.
+    with GenomeStore(db, readonly=args.action != "rollback") as store:
         if args.family not in store.families():
             known = ", ".join(store.families()) or "none"
             raise GenomeError(f"unknown genome family {args.family!r} (known: {known})")
