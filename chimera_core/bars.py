@@ -47,6 +47,10 @@ class BarBuilder:
     def forming(self) -> bool:
         return self.start_ms >= 0
 
+    @property
+    def ticks(self) -> int:
+        return self._ticks if self.start_ms >= 0 else 0
+
     def discard_forming(self) -> None:
         """Drop the forming bar (its first tick came from a bad clock); the next trade
         starts a new one. Closed bars are untouched."""

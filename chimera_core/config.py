@@ -76,11 +76,11 @@ class SanityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     # A sequence number further ahead than this of the token's last one is a bad frame,
     # not the new baseline (one flipped bit must not silence the token for good).
     max_seq_jump: Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)] = 100_000
-    # An exchange time this far (seconds; at least 3 bar intervals) ahead of the feed's
+    # An exchange time this far (seconds; at least 2 bar intervals) ahead of the feed's
     # clock (the latest accepted exchange time of any token) is a bad frame, not a new
     # bar, unless the next frame confirms the jump (then only the first is dropped). Raise
     # it for a single illiquid instrument whose trades come further apart than this.
-    max_clock_ahead_s: Seconds = 300.0
+    max_clock_ahead_s: Seconds = 60.0
     # A token that has dropped this many frames in a row as out-of-order or late takes the
     # next one as its new baseline and logs ``feed_rebaselined``.
     rebaseline_after: Count = 50
@@ -98,9 +98,11 @@ class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     # Messages queued per subscriber before sends fail (and are counted as dropped).
     hwm: Annotated[int, msgspec.Meta(gt=0, le=10_000_000)] = 100_000
     health_interval_s: ShortSeconds = 1.0
-    # Hold the feed until a subscriber (the recorder) is attached, so a session is recorded
-    # from its first tick; 0 = never wait (trading does not depend on the recorder).
-    wait_for_subscriber_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 0.0
+    # Hold the first message until the recorder (not just any subscriber) is attached, so
+    # the black box files a session from its first message; it re-attaches within ~100 ms
+    # of a restart. If none comes the engine starts anyway, after this long, with a
+    # ``telemetry_no_recorder`` warning. 0 = never wait.
+    wait_for_subscriber_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 5.0
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

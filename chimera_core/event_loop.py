@@ -89,6 +89,7 @@ class EngineStats:
         self.seq_jumps = 0  # sequence implausibly far ahead: a corrupt frame
         self.bad_time = 0  # exchange time outside the plausible window or far ahead
         self.rebaselines = 0  # tokens that took a new sequence/bar baseline after refusals
+        self.time_outliers = 0  # a forming bar opened by one tick from ahead, undone
         self.depth_updates = 0
         self.illegal_transitions = 0
         self.vetoes = 0
@@ -121,6 +122,8 @@ class SymbolContext:
         self.sequence = SequenceTracker(cfg.sanity.max_seq_jump, cfg.sanity.rebaseline_after)
         self.seq_epoch = 0  # the feed connection the sequence baseline belongs to
         self.late_in_row = 0  # frames refused in a row as older than the forming bar
+        self.last_ts = -1  # exchange time of the last accepted trade, and of the one before
+        self.prev_ts = -1
         self.prices = PriceFilter(cfg.sanity.max_jump_pct)
         self.machine = ExecutionStateMachine(token, exchange_type)
         self.armed_direction = 0
@@ -166,7 +169,8 @@ class Engine:
         self._reducing: dict[str, str] = {}  # cause ("journal_write_failed", ...) → reason
         self.feed_epoch = 0  # set by the feed on every (re)connect
         sanity = cfg.sanity
-        self.feed_clock = FeedClock(int(sanity.max_clock_ahead_s * 1000), sanity.rebaseline_after)
+        ahead_ms = int(max(sanity.max_clock_ahead_s, 2 * cfg.strategy.bar_interval_s) * 1000)
+        self.feed_clock = FeedClock(ahead_ms, sanity.rebaseline_after)
         self._rebaseline_after = sanity.rebaseline_after
         self._stale_ns = int(cfg.feed.stale_after_s * 1e9)
         self._execute_timeout_ms = int(cfg.strategy.execute_timeout_s * 1000)
@@ -243,15 +247,25 @@ class Engine:
             stats.bad_price += 1
             return None
         bar_start = sym.physics.bar_start_ms
-        if bar_start is not None and tick.exchange_ts_ms < bar_start:
-            sym.late_in_row += 1
-            if sym.late_in_row <= self._rebaseline_after:
-                stats.late += 1  # never reopen a closed bar
-                return None
-            # The forming bar itself is the outlier (its first tick came from the future).
-            sym.physics.discard_forming_bar()
-            self._rebaselined(sym, "bar", tick)
+        ts = tick.exchange_ts_ms
+        if bar_start is not None and ts < bar_start:
+            if sym.physics.forming_ticks == 1 and ts >= sym.prev_ts:
+                # One tick opened the forming bar ahead of the stream and the stream goes
+                # on from before it: that tick's time was the corrupt one. Its bar goes.
+                stats.time_outliers += 1
+                sym.physics.discard_forming_bar()
+                sym.last_ts = sym.prev_ts
+            else:
+                sym.late_in_row += 1
+                if sym.late_in_row <= self._rebaseline_after:
+                    stats.late += 1  # never reopen a closed bar
+                    return None
+                # The forming bar itself is the outlier (its first tick came from the future).
+                sym.physics.discard_forming_bar()
+                self._rebaselined(sym, "bar", tick)
         sym.late_in_row = 0
+        sym.prev_ts = sym.last_ts
+        sym.last_ts = ts
         if tick.mode == Mode.SNAP_QUOTE:
             sym.book = tick
         self.last_tick = tick
@@ -872,7 +886,9 @@ async def run_live(
         telemetry=telemetry.endpoint,
         control=control.endpoint if control else None,
     )
-    await _wait_for_subscriber(telemetry, cfg.telemetry.wait_for_subscriber_s, stop)
+    # The recorder (not just any subscriber) must be attached before the first message, so
+    # the black box files this session from its first message.
+    await telemetry.wait_for_recorder(cfg.telemetry.wait_for_subscriber_s, stop)
     telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
     if router is not None:
         try:
@@ -938,18 +954,6 @@ async def run_live(
             telemetry_dropped=telemetry.dropped,
         )
     return engine
-
-
-async def _wait_for_subscriber(
-    telemetry: TelemetryPublisher, wait_s: float, stop: asyncio.Event
-) -> None:
-    if wait_s <= 0:
-        return
-    deadline = time.monotonic() + wait_s
-    while telemetry.subscriptions <= 0 and time.monotonic() < deadline and not stop.is_set():
-        telemetry.drain_subscriptions()
-        await asyncio.sleep(0.05)
-    log.info("telemetry_subscribers", count=telemetry.subscriptions)
 
 
 async def _report_health(

@@ -135,6 +135,11 @@ class SymbolPhysics:
     def profile(self) -> VolumeProfile | None:
         return self._profile
 
+    @property
+    def forming_ticks(self) -> int:
+        """Trades in the forming bar so far (0 before the first)."""
+        return self._bars.ticks
+
     def discard_forming_bar(self) -> None:
         """Forget the forming bar, for a token whose bar clock was set by a bad frame."""
         self._bars.discard_forming()

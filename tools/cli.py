@@ -24,6 +24,8 @@ CONTROL_COMMANDS = ("status", "pause", "resume", "kill", "flatten", "approve", "
 
 
 def cmd_live(args: argparse.Namespace) -> int:
+    import sqlite3
+
     import structlog
     import uvloop
 
@@ -46,17 +48,29 @@ def cmd_live(args: argparse.Namespace) -> int:
             "live_mode", broker=cfg.execution.broker, note="orders go to the real broker"
         )
     governance = None
-    if cfg.governance.enabled:
-        from chimera_governance.pipeline import GovernancePipeline
-
-        # Paper and live keep separate governance state: no path lets one touch the other.
-        governance = GovernancePipeline(cfg, Path(cfg.data_dir) / cfg.mode)
     router = None
-    if cfg.execution.enabled:
-        from chimera_execution.router import build_router
+    state_dir = Path(cfg.data_dir) / cfg.mode
+    try:
+        if cfg.governance.enabled:
+            from chimera_governance.pipeline import GovernancePipeline
 
-        # The journal for this mode only (data/<mode>/chimera.db) and the configured broker.
-        router = build_router(cfg, env)
+            # Paper and live keep separate governance state: no path lets one touch the other.
+            governance = GovernancePipeline(cfg, state_dir)
+        if cfg.execution.enabled:
+            from chimera_execution.router import build_router
+
+            # The journal for this mode only (data/<mode>/chimera.db) and the configured broker.
+            router = build_router(cfg, env)
+    except BaseException as exc:
+        if governance is not None:
+            governance.close()
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            # A store that does not name its file itself: one clean message, no traceback.
+            raise ChimeraError(
+                f"cannot open the state under {state_dir}: {exc}; `chimera doctor` names the "
+                "damaged or unreadable file (docs/RUNBOOK.md, 'After a crash')"
+            ) from exc
+        raise
     try:
         uvloop.run(
             run_live(cfg, credentials, control_token=token, governance=governance, router=router)
@@ -84,6 +98,10 @@ def cmd_bench(argv: list[str]) -> int:
         from benchmarks.kill_switch import main as kill_bench
 
         return kill_bench(argv)
+    if argv and argv[0] == "fuzz":
+        from benchmarks.fuzz import main as fuzz_bench
+
+        return fuzz_bench(argv)
     from benchmarks.hot_path import main as bench_main
 
     return bench_main(argv)

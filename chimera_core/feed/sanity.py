@@ -27,6 +27,9 @@ class SequenceTracker:
 
     def __init__(self, max_jump: int = 1 << 62, rebaseline_after: int = 1 << 62) -> None:
         self.last = -1
+        # The baseline before the last big gap: if the next number lies between it and the
+        # gap, the gap was one corrupt number (a flipped bit), not the feed moving on.
+        self.before_gap = -1
         self.max_jump = max_jump
         self.rebaseline_after = rebaseline_after
         self.refused_in_row = 0
@@ -35,10 +38,12 @@ class SequenceTracker:
         self.duplicates = 0
         self.out_of_order = 0
         self.jumps = 0
+        self.outliers = 0
         self.rebaselines = 0
 
     def reset(self) -> None:
         self.last = -1
+        self.before_gap = -1
         self.refused_in_row = 0
 
     def check(self, seq: int) -> Seq:
@@ -51,17 +56,27 @@ class SequenceTracker:
             return Seq.FIRST
         if seq == last + 1:
             self.last = seq
+            self.before_gap = -1
             self.refused_in_row = 0
             return Seq.OK
         if last < seq <= last + self.max_jump:
             self.gaps += 1
             self.missed += seq - last - 1
+            self.before_gap = last if seq - last > BIG_GAP else -1
             self.last = seq
             self.refused_in_row = 0
             return Seq.GAP
         if seq == last:
             self.duplicates += 1
             return Seq.DUPLICATE
+        if 0 <= self.before_gap < seq < last:
+            # The frame before this one carried a corrupt, too-high number: it was a real
+            # tick all the same, but its number is not the baseline.
+            self.outliers += 1
+            self.last = seq
+            self.before_gap = -1
+            self.refused_in_row = 0
+            return Seq.GAP
         self.refused_in_row += 1
         if self.refused_in_row > self.rebaseline_after:
             self.rebaselines += 1
@@ -74,6 +89,10 @@ class SequenceTracker:
         self.out_of_order += 1
         return Seq.OUT_OF_ORDER
 
+
+# A gap wider than this is remembered, so that one corrupt sequence number can be undone
+# by the next frame; reordered frames (a few numbers apart) stay out of order.
+BIG_GAP = 1_000
 
 # Exchange times outside this window are corrupt whatever the feed's clock says
 # (2000-01-01 .. 2200-01-01 UTC, in ms): no calendar or bar arithmetic ever sees them.

@@ -88,13 +88,12 @@ def test_one_poisoned_frame_changes_no_later_decision(poison):
     assert engine.stats.seq_jumps + engine.stats.bad_time == 1
 
 
-@pytest.mark.parametrize("poison", ["sequence=INT64_MAX", "time+1year", "time+1day"])
-def test_a_token_whose_first_frame_was_poisoned_rebaselines(poison):
-    """The bad frame is the token's (and the feed's) first: it becomes the baseline, later
-    frames are refused as out of order / late, and after ``rebaseline_after`` of them in a
-    row the token takes a new baseline, logs it, and decides again."""
+def test_a_token_whose_first_sequence_was_poisoned_rebaselines():
+    """The bad frame is the token's first: its number becomes the baseline, later frames
+    are refused as out of order, and after ``rebaseline_after`` of them in a row the token
+    takes a new baseline, logs it, and decides again."""
     ticks = [t for t in _ticks(9000) if t.token == "2885"]
-    first = POISONS[poison](ticks[0])
+    first = POISONS["sequence=INT64_MAX"](ticks[0])
     frames = [encode(first)] + [encode(t) for t in ticks[1:]]
     engine = _engine(FAST + "[sanity]\nrebaseline_after = 20\n")
     with capture_logs() as logs:
@@ -105,6 +104,22 @@ def test_a_token_whose_first_frame_was_poisoned_rebaselines(poison):
     assert engine.stats.rebaselines == 1
     rebaselined = [e for e in logs if e["event"] == "feed_rebaselined"]
     assert [(e["token"], e["log_level"]) for e in rebaselined] == [("2885", "warning")]
+
+
+@pytest.mark.parametrize("poison", ["time+1year", "time+1day"])
+def test_a_first_frame_from_the_future_is_undone_by_the_second(poison):
+    """The very first frame (of the token and the feed) carries a time far ahead: nothing
+    can refuse it yet, but the bar it opened is dropped as soon as the stream goes on from
+    before it, and no later frame is lost."""
+    ticks = [t for t in _ticks(9000) if t.token == "2885"]
+    frames = [encode(POISONS[poison](ticks[0]))] + [encode(t) for t in ticks[1:]]
+    engine = _engine()
+    out = _run(engine, frames)
+    assert all(d is not None for d in out)
+    assert engine.stats.time_outliers == 1 and engine.stats.late == 0
+    assert engine.feed_clock.rebaselines == 1  # the feed clock healed too
+    first_bar = out[1].bar_start_ms
+    assert first_bar == ticks[1].exchange_ts_ms - ticks[1].exchange_ts_ms % 5000
 
 
 def test_a_reconnect_resets_the_sequence_baseline():
@@ -254,3 +269,23 @@ def test_a_malformed_flood_logs_a_bounded_number_of_lines():
     summaries = [e for e in logs if e["event"] == "frame_malformed_suppressed"]
     assert 1 <= len(shown) <= 10
     assert len(shown) + sum(e["suppressed"] for e in summaries) == 100_000
+
+
+@pytest.mark.parametrize("field,delta", [("sequence", 5_000), ("exchange_ts_ms", 30_000)])
+def test_a_corrupt_field_inside_the_plausible_range_costs_no_later_frame(field, delta):
+    """A bit flip small enough to look plausible (a 5,000 sequence gap, 30 s ahead) is
+    taken, but it does not become the baseline: the very next frame undoes it, and no later
+    frame of the token is dropped."""
+    ticks = _ticks(6000)
+    at = next(i for i in range(3000, 6000) if ticks[i].token == "2885")
+    victim = ticks[at]
+    corrupt = msgspec.structs.replace(victim, **{field: getattr(victim, field) + delta})
+    clean = [encode(t) for t in ticks]
+    dirty = [*clean[:at], encode(corrupt), *clean[at + 1 :]]
+    engine = _engine()
+    out = _run(engine, dirty)
+    assert all(d is not None for d in out[at:])
+    assert engine.stats.out_of_order + engine.stats.late + engine.stats.rebaselines == 0
+    if field == "sequence":  # the tick itself was real: nothing else changes
+        without = _run(_engine(), clean)
+        assert msgspec.msgpack.encode(out[at + 1 :]) == msgspec.msgpack.encode(without[at + 1 :])

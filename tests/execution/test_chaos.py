@@ -39,6 +39,7 @@ def _config(tmp_path: Path, sim_port: int) -> None:
         "cooldown_s = 600\nexecute_timeout_s = 60\n"
         '[logging]\ndecisions = "none"\nstats_interval_s = 1.0\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+        "wait_for_subscriber_s = 0.0\n"  # no recorder here: never wait for one
         f'[control]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
         # Governance would stop a losing strategy (rolling Sharpe); the chaos is about
         # the order path, so let every intent through.
