@@ -101,3 +101,24 @@ def connect_readonly(
     db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
     db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return db
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """True when ``exc`` is SQLite saying the file itself is damaged (not busy or full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        or "malformed" in str(exc)
+        or "not a database" in str(exc)
+    )
+
+
+def open_failure(path: str | Path, exc: BaseException) -> str:
+    """What went wrong opening the store at ``path`` and what to do, for an error message."""
+    if is_damaged(exc):
+        return (
+            f"{path} is damaged ({exc}): stop every chimera process, move it aside with its "
+            f"-wal and -shm (keep them), salvage with `sqlite3 <moved file> .recover | "
+            f"sqlite3 {path}`; see docs/RUNBOOK.md, 'After a crash'"
+        )
+    return f"cannot open {path}: {exc}"

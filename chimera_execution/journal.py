@@ -42,7 +42,7 @@ from chimera_core.contracts import (
     Side,
 )
 from chimera_core.errors import ChimeraError, DuplicateOrder, JournalCorrupt, JournalWriteError
-from chimera_core.sqlite_files import connect_readonly, file_state, private_file
+from chimera_core.sqlite_files import connect_readonly, file_state, is_damaged, private_file
 
 log = structlog.get_logger(__name__)
 
@@ -165,23 +165,12 @@ def read_fills(db: sqlite3.Connection, table: str) -> list[Fill]:
     return [Fill(r[0], r[1], r[2], Side(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
 
-# SQLite's own verdict that a file is damaged (as opposed to busy, full or unreadable).
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 RECOVERY_ADVICE = (
     "stop every chimera process, move the file aside with its -wal and -shm (keep them), "
     "salvage what SQLite can read with `sqlite3 <moved file> .recover | sqlite3 {path}`, "
     "run `chimera doctor`, and let the start-up reconciliation compare the result with "
     "the broker; see docs/RUNBOOK.md, 'After a crash'"
 )
-
-
-def is_corruption(exc: BaseException) -> bool:
-    """True when ``exc`` is SQLite saying the file itself is damaged."""
-    return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
-        or "malformed" in str(exc)
-        or "not a database" in str(exc)
-    )
 
 
 def corrupt_error(path: Path, exc: BaseException) -> JournalCorrupt:
@@ -215,7 +204,7 @@ def stored_mode(path: Path) -> str | None:
         row = db.execute("SELECT value FROM meta WHERE key='mode'").fetchone()
         return None if row is None else str(row[0])
     except sqlite3.DatabaseError as exc:
-        if is_corruption(exc):
+        if is_damaged(exc):
             raise corrupt_error(path, exc) from None
         raise
     finally:
@@ -436,7 +425,7 @@ class Journal(_JournalReads):
             self._starting_cash = self._init_meta(starting_cash)
         except sqlite3.Error as exc:
             self._db.close()
-            if is_corruption(exc):
+            if is_damaged(exc):
                 raise corrupt_error(self.path, exc) from None
             raise ChimeraError(f"journal: cannot open {self.path}: {exc}") from exc
         except BaseException:
@@ -485,7 +474,7 @@ class Journal(_JournalReads):
         text = str(exc)
         if "full" in text:
             advice = f"free disk space under {self.path.parent}"
-        elif is_corruption(exc):
+        elif is_damaged(exc):
             advice = RECOVERY_ADVICE.format(path=self.path)
         elif "readonly" in text or "read-only" in text:
             advice = f"make {self.path} and its directory writable by this user"
@@ -894,7 +883,7 @@ class JournalReader(_JournalReads):
                 )
         except sqlite3.Error as exc:
             self._db.close()
-            if is_corruption(exc):
+            if is_damaged(exc):
                 raise corrupt_error(self.path, exc) from None
             raise ChimeraError(f"journal: cannot read {self.path}: {exc}") from exc
         except BaseException:

@@ -21,7 +21,7 @@ import structlog
 
 from chimera_core.contracts import ApprovalOutput, OrderIntent
 from chimera_core.errors import ChimeraError
-from chimera_core.sqlite_files import private_file
+from chimera_core.sqlite_files import open_failure, private_file
 
 log = structlog.get_logger(__name__)
 
@@ -112,8 +112,12 @@ class ApprovalQueue:
         private_file(db_path)
         # autocommit: every statement is its own transaction, so a crash loses nothing
         self._db = sqlite3.connect(str(db_path), isolation_level=None, timeout=5.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise ApprovalError(f"approvals: {open_failure(db_path, exc)}") from None
 
     def check(self, intent: OrderIntent, confidence: float, exchange_ts_ms: int) -> ApprovalOutput:
         """NOT_REQUIRED, or queue the intent (once) and return its current status."""

@@ -45,7 +45,7 @@ import msgspec
 from chimera_core.config import StrategyConfig
 from chimera_core.contracts import GenomeOutput
 from chimera_core.errors import ChimeraError
-from chimera_core.sqlite_files import connect_readonly, private_file
+from chimera_core.sqlite_files import connect_readonly, open_failure, private_file
 
 MIN_HISTORY = 31  # closed trades before the genome may learn (design: > 30)
 LEARNING_RATE = 0.01
@@ -281,10 +281,14 @@ class GenomeStore:
             # take the file's mode.
             private_file(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA busy_timeout=5000")
+                self._db.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                self._db.close()
+                raise GenomeError(f"genome: {open_failure(self.path, exc)}") from None
         # current() is cached; PRAGMA data_version changes when another connection (the
         # CLI's rollback) commits, which invalidates the cache.
         self._cache: dict[str, GenomeOutput] = {}
