@@ -48,7 +48,6 @@ from tools.blackbox import ReadReport, iter_session, segments
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GIB = 1 << 30
 MIB = 1 << 20
-WARN_FREE_BYTES = GIB
 FAIL_FREE_BYTES = 100 * MIB
 MAX_CLOCK_OFFSET_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
@@ -140,8 +139,15 @@ def check_data_dir(cfg: Config) -> list[Row]:
     free_text = f"{free / GIB:.1f} GiB free"
     if free < FAIL_FREE_BYTES:
         return [Row("data dir", FAIL, f"{data_dir}: only {free / MIB:.0f} MiB free{note}")]
-    if free < WARN_FREE_BYTES:
-        return [Row("data dir", WARN, f"{data_dir}: low disk, {free_text}{note}")]
+    if free < cfg.min_free_disk_mb * MIB:
+        return [
+            Row(
+                "data dir",
+                WARN,
+                f"{data_dir}: low disk, {free_text} (min_free_disk_mb = {cfg.min_free_disk_mb})"
+                f"{note}",
+            )
+        ]
     return [Row("data dir", OK, f"{data_dir} writable, {free_text}{note}")]
 
 

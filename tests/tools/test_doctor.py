@@ -295,3 +295,15 @@ def test_journal_invariants_are_checked(capsys, tmp_path):
         conn.execute("UPDATE positions SET qty = qty + 1")
     code, rows = run(capsys, config, tmp_path)
     assert code == 1 and rows["journal"][0] == "FAIL", rows["_out"][1]
+
+
+def test_low_disk_warning_follows_min_free_disk_mb(capsys, tmp_path):
+    config = write_config(tmp_path, "")
+    text = config.read_text()
+    config.write_text("min_free_disk_mb = 10000000\n" + text)  # 10 TB: more than this disk
+    code, rows = run(capsys, config, tmp_path)
+    assert code == 0, rows["_out"][1]
+    assert rows["data dir"][0] == "WARN" and "min_free_disk_mb" in rows["data dir"][1]
+    config.write_text("min_free_disk_mb = 0\n" + text)
+    code, rows = run(capsys, config, tmp_path)
+    assert rows["data dir"][0] == "OK", rows["_out"][1]
