@@ -98,6 +98,10 @@ def cmd_bench(argv: list[str]) -> int:
         from benchmarks.kill_switch import main as kill_bench
 
         return kill_bench(argv)
+    if argv and argv[0] == "engine-ab":
+        from benchmarks.engine_ab import main as ab_bench
+
+        return ab_bench(argv)
     if argv and argv[0] == "fuzz":
         from benchmarks.fuzz import main as fuzz_bench
 
