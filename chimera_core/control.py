@@ -34,6 +34,7 @@ import orjson
 import zmq
 
 from chimera_core.errors import ChimeraError, ConfigError
+from chimera_core.sqlite_files import private_dir
 
 if TYPE_CHECKING:
     import asyncio
@@ -480,7 +481,7 @@ def resolve_token(env: Mapping[str, str], data_dir: Path) -> str:
     found = _token_from(env, path)
     if found is not None:
         return found
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     token = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -43,6 +43,7 @@ import structlog
 
 from chimera_core.contracts import MetaRiskOutput, Veto
 from chimera_core.errors import ChimeraError
+from chimera_core.sqlite_files import private_file
 
 log = structlog.get_logger(__name__)
 
@@ -129,7 +130,7 @@ class MetaRisk:
 
     def __init__(self, state_path: str | Path, limits: MetaRiskLimits | None = None) -> None:
         self.limits = limits or MetaRiskLimits()
-        self._db = sqlite3.connect(str(state_path), isolation_level=None)
+        self._db = sqlite3.connect(str(private_file(state_path)), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)

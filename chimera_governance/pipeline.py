@@ -21,6 +21,7 @@ from chimera_core.contracts import (
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
+from chimera_core.sqlite_files import private_dir
 from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
@@ -38,7 +39,7 @@ class GovernancePipeline:
 
     def __init__(self, cfg: Config, state_dir: Path) -> None:
         g = cfg.governance
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)  # 0700: positions, halts and approvals live here
         self.equity = g.equity
         self.lot_size = g.lot_size
         self.max_position_value = g.max_position_value

@@ -39,11 +39,12 @@ from chimera_core.config import (
     load_env,
 )
 from chimera_core.contracts import SessionInfo, TickRecord
+from chimera_core.control import TOKEN_ENV, TOKEN_FILE, ControlError, check_token
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
 from chimera_core.sqlite_files import connect_readonly, file_state
 from chimera_core.telemetry import TOPIC_SESSION, TOPIC_TICK, decode_payload, split
-from tools.blackbox import ReadReport, iter_session, segments
+from tools.blackbox import ReadReport, check_session, iter_session, segments
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GIB = 1 << 30
@@ -51,8 +52,6 @@ MIB = 1 << 20
 FAIL_FREE_BYTES = 100 * MIB
 MAX_CLOCK_OFFSET_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
-TOKEN_ENV = "CHIMERA_CONTROL_TOKEN"
-TOKEN_FILE = "control.token"
 MANIFEST = "manifest.json"
 
 
@@ -106,10 +105,18 @@ def check_credentials(cfg: Config, env: dict[str, str]) -> list[Row]:
 
 def check_control_token(cfg: Config, env: dict[str, str]) -> Row:
     if env.get(TOKEN_ENV):
+        try:
+            check_token(env[TOKEN_ENV], TOKEN_ENV)
+        except ControlError as exc:
+            return Row("control token", FAIL, str(exc))
         return Row("control token", OK, f"{TOKEN_ENV} set")
     path = Path(cfg.data_dir) / TOKEN_FILE
     if not path.is_file():
         return Row("control token", OK, f"missing ({path} is created by `chimera live`)")
+    try:
+        check_token(path.read_text(encoding="utf-8").strip(), str(path))
+    except (ControlError, OSError, UnicodeDecodeError) as exc:
+        return Row("control token", FAIL, str(exc))
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         return Row(
@@ -249,7 +256,10 @@ def check_blackbox(cfg: Config) -> list[Row]:
             Row("clock offset", WARN, "not checked (unreadable session)"),
         ]
     name = session.name
-    if report.crc_errors:
+    verdict = check_session(session)  # against the manifest: damage and lost records
+    if not verdict.ok:
+        row = Row("black box", FAIL, f"{name}: " + "; ".join(verdict.errors[:2]))
+    elif report.crc_errors:
         where = ", ".join(report.crc_errors[:3])
         row = Row("black box", FAIL, f"{name}: {len(report.crc_errors)} CRC error(s) at {where}")
     elif report.torn:

@@ -74,6 +74,7 @@ from chimera_core.contracts import (
     Tick,
 )
 from chimera_core.errors import AuthError, BrokerError, BrokerReject, RateLimited
+from chimera_core.sqlite_files import private_dir
 from chimera_execution.brokers.base import ReportSink
 
 log = structlog.get_logger(__name__)
@@ -565,7 +566,7 @@ class AngelOneBroker:
                 self._tags[meta["tag"]] = meta
 
     def _append_tag(self, meta: dict[str, str]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         with self._tag_file.open("a") as f:
             f.write(json.dumps(meta) + "\n")
 

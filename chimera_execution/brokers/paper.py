@@ -56,6 +56,7 @@ from chimera_core.contracts import (
     Tick,
 )
 from chimera_core.errors import BrokerError, BrokerReject, ChimeraError, JournalWriteError
+from chimera_core.sqlite_files import private_file
 from chimera_execution.brokers.base import ReportSink, report_for
 from chimera_execution.charges import PRODUCTS, compute_charges
 from chimera_execution.journal import apply_fill, read_fills, stored_mode
@@ -147,8 +148,7 @@ class PaperBroker:
         """Open the ledger and put resting orders back on the book."""
         if self._db is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        db = sqlite3.connect(private_file(self.path), isolation_level=None, timeout=10.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=10000")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 
 import msgspec
 import pytest
@@ -119,14 +120,16 @@ async def _live_briefly(cfg, governance: GovernancePipeline) -> None:
         live_cfg = msgspec.structs.replace(
             cfg,
             feed=msgspec.structs.replace(cfg.feed, url=sim.url),
-            telemetry=msgspec.structs.replace(
-                cfg.telemetry, endpoint=f"tcp://127.0.0.1:{free_port()}"
+            telemetry=msgspec.structs.replace(  # no recorder here: never wait for one
+                cfg.telemetry, endpoint=f"tcp://127.0.0.1:{free_port()}", wait_for_subscriber_s=0.0
             ),
             control=msgspec.structs.replace(cfg.control, endpoint=f"tcp://127.0.0.1:{free_port()}"),
         )
         stop = asyncio.Event()
         task = asyncio.ensure_future(
-            run_live(live_cfg, load_credentials(live_cfg, {}), stop, "tok-123456", governance)
+            run_live(
+                live_cfg, load_credentials(live_cfg, {}), stop, secrets.token_hex(16), governance
+            )
         )
         await asyncio.sleep(2.0)
         stop.set()

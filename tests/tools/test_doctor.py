@@ -28,6 +28,8 @@ SECRETS = {
     "CHIMERA_JWT": "sekrit.jwt.value",
 }
 
+TOKEN = "9f2c4e6a8b1d3f5e7a9c0b2d4f6e8a1c"  # 128 bits, as `chimera live` makes them
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -121,7 +123,7 @@ def test_healthy_paper_setup(capsys, tmp_path):
     record_session(session)
     write_manifest(session, time.time())
     token = data / "control.token"
-    token.write_text("tok\n")
+    token.write_text(TOKEN + "\n")
     token.chmod(0o600)
 
     code, rows = run(capsys, config, tmp_path)
@@ -207,12 +209,22 @@ def test_group_readable_token_warns(capsys, tmp_path):
     config = write_config(tmp_path)
     (tmp_path / "data").mkdir()
     token = tmp_path / "data" / "control.token"
-    token.write_text("tok\n")
+    token.write_text(TOKEN + "\n")
     token.chmod(0o644)
     code, rows = run(capsys, config, tmp_path)
     assert code == 0
     assert rows["control token"][0] == "WARN"
-    assert "tok" not in rows["control token"][1].replace("token", "")
+    assert TOKEN not in rows["control token"][1]
+
+
+def test_a_weak_token_fails_without_showing_it(capsys, tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "control.token").write_text("tok\n")
+    code, rows = run(capsys, config, tmp_path)
+    assert code == 1
+    assert rows["control token"][0] == "FAIL" and "32" in rows["control token"][1]
+    assert "tok\n" not in rows["control token"][1]
 
 
 def test_corrupt_sqlite_fails(capsys, tmp_path):
@@ -234,7 +246,7 @@ def test_blackbox_flipped_byte_fails(capsys, tmp_path):
     seg.write_bytes(bytes(data))
     code, rows = run(capsys, config, tmp_path)
     assert code == 1
-    assert rows["black box"][0] == "FAIL" and "CRC" in rows["black box"][1]
+    assert rows["black box"][0] == "FAIL" and "crc" in rows["black box"][1].lower()
 
 
 def test_blackbox_torn_tail_warns(capsys, tmp_path):
@@ -307,3 +319,18 @@ def test_low_disk_warning_follows_min_free_disk_mb(capsys, tmp_path):
     config.write_text("min_free_disk_mb = 0\n" + text)
     code, rows = run(capsys, config, tmp_path)
     assert rows["data dir"][0] == "OK", rows["_out"][1]
+
+
+def test_blackbox_cut_to_half_fails_as_damage_not_a_torn_tail(capsys, tmp_path):
+    """The manifest says how many records were written: half of them gone is a loss."""
+    config = write_config(tmp_path)
+    session = tmp_path / "data" / "blackbox" / "s1"
+    record_session(session, n=60)
+    (session / "manifest.json").write_bytes(  # a clean stop's manifest: 61 records written
+        orjson.dumps({"session_id": "s1", "complete": True, "records": 61, "last_seq": 61})
+    )
+    seg = segments(session)[-1]
+    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+    code, rows = run(capsys, config, tmp_path)
+    assert code == 1
+    assert rows["black box"][0] == "FAIL" and "lost" in rows["black box"][1]
