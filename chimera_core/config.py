@@ -118,17 +118,26 @@ class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 
 class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     enabled: bool = True
-    equity: Rupees = 1_000_000.0  # rupees the capital brain and meta-risk size against
+    # Rupees the capital brain sizes against until the account's equity (cash + positions
+    # marked to market) is known; risk is always measured on the account's.
+    equity: Rupees = 1_000_000.0
     max_leverage: Multiple = 2.0  # hard cap; no layer can exceed it
     lot_size: Annotated[int, msgspec.Meta(gt=0, le=100_000)] = 1
     risk_per_trade: PositiveFraction = 0.01  # of equity, at an ATR-based stop
     stop_atr_multiple: Multiple = 2.0
-    daily_loss_pct: PositiveFraction = 0.02  # of the day's starting equity → HALT for the day
-    max_drawdown: PositiveFraction = 0.10  # from peak equity → HALT until reset
+    # Of the account's equity at the session's open → REDUCING (exits only) for the session.
+    daily_loss_pct: PositiveFraction = 0.02
+    max_drawdown: PositiveFraction = 0.10  # from the equity high-water mark → HALT until reset
     max_trades_per_symbol: Count = 10  # per IST trading day
     max_trades_per_day: Count = 50
     max_open_positions: Annotated[int, msgspec.Meta(gt=0, le=MAX_TOKENS)] = 5
+    # Caps on the position and the book (held + working + the entry), not on one order.
     max_position_value: Rupees = 200_000.0  # rupees per symbol; sizing stays under it
+    max_position_qty: Qty = 1_000_000  # units per symbol
+    max_gross_exposure: Multiple = 2.0  # sum of |position value| over the book, x equity
+    max_net_exposure: Multiple = 1.0  # |sum of signed position values|, x equity
+    # Entries into one open position: 1 = no pyramiding (exit, then enter again).
+    max_entries_per_position: Annotated[int, msgspec.Meta(gt=0, le=100)] = 1
     max_spread_pct: Percent = 0.5  # percent of mid
     min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
     # Intents above this value or below this confidence wait for a human (cortex / CLI).

@@ -372,10 +372,45 @@ class MetaRiskOutput(msgspec.Struct, frozen=True, gc=False):
     halt: bool  # a kill-switch rule fired (daily loss, max drawdown): HALT for the day
     vetoes: tuple[Veto, ...]
     rolling_sharpe: float
-    drawdown: float  # from peak equity, as a fraction
-    daily_pnl: float
+    drawdown: float  # from the equity high-water mark, as a fraction
+    daily_pnl: float  # account equity now minus at the session's open
     trades_today: int
     open_positions: int
+    equity: float = 0.0  # the account's: cash + positions marked to market
+    session_open_equity: float = 0.0
+    high_water_mark: float = 0.0
+    # "" | "daily_loss" (REDUCING until the next session opens) | "max_drawdown" (HALTED
+    # until an operator resets it): the engine's trading state follows it.
+    kill_switch: str = ""
+
+
+class TradingState(enum.Enum):
+    """The one trading state of the whole process. Protective exits (stop, target,
+    square-off) work in every state; only new entries differ."""
+
+    ACTIVE = "ACTIVE"  # entries and exits
+    REDUCING = "REDUCING"  # exits only (a daily-loss halt, a journal that cannot write, ...)
+    PAUSED = "PAUSED"  # an operator's pause: no entries until resumed
+    HALTED = "HALTED"  # kill switch: open orders cancelled, no entries until an operator
+
+
+class AccountSnapshot(msgspec.Struct, frozen=True, gc=False):
+    """The account as risk sees it, at one instant: what the capital brain, meta-risk and
+    the exposure caps read. Exposures are in rupees at the marks, working entry orders
+    included (they may fill)."""
+
+    cash: float
+    equity: float  # cash + positions marked to market
+    realized_pnl: float  # this session, net of charges
+    unrealized_pnl: float
+    charges: float
+    gross_exposure: float  # sum of |qty| x mark over positions and working entries
+    net_exposure: float  # sum of signed qty x mark, the same
+    open_positions: int
+    positions: dict[str, int]  # token → signed qty held
+    working: dict[str, int]  # token → signed qty of entry orders still working
+    entries: dict[str, int]  # token → entries made into the position now open
+    marks: dict[str, float]  # token → the price exposures are valued at
 
 
 class GenomeOutput(msgspec.Struct, frozen=True, gc=False):

@@ -24,8 +24,10 @@ import msgspec
 import orjson
 import structlog
 
+from chimera_core.account import Account
 from chimera_core.config import Config, Credentials
 from chimera_core.contracts import (
+    AccountSnapshot,
     Bar,
     ControlEvent,
     Decision,
@@ -43,6 +45,7 @@ from chimera_core.contracts import (
     SessionInfo,
     Side,
     Tick,
+    TradingState,
     Transition,
 )
 from chimera_core.control import ControlServer
@@ -132,6 +135,7 @@ class SymbolContext:
         self.last_epoch = 0
         self.book: Tick | None = None  # latest depth/best-5 snapshot
         self.pending_intent = ""  # the intent this symbol's EXECUTE waits for
+        self.pending_qty = 0  # its signed quantity (the exposure caps count what may fill)
         self.intent_filled = 0  # quantity filled for it so far (over all its child orders)
         self.entry_features: dict[str, float] = {}  # the signal at the last fire
         self.working: set[str] = set()  # orders the broker holds open
@@ -186,6 +190,10 @@ class Engine:
         ex = cfg.execution
         self.execution_enabled = ex.enabled
         self.positions = PositionBook()
+        # Cash and marks: the account risk reads (seeded from the reconciled journal).
+        self.account = Account(
+            ex.paper.starting_cash if ex.enabled and ex.broker == "paper" else cfg.governance.equity
+        )
         self.actions: list[tuple[str, str]] = []  # ("cancel", coid) | ("cancel_all"|"flatten", why)
         self._flatten_on_halt = ex.flatten_on_halt
         hh, mm = ex.square_off_at.split(":")
@@ -340,10 +348,55 @@ class Engine:
         order of evaluation is the same in live and replay."""
         governance = self.governance
         work = self._bar_work
-        if governance is not None:
+        if governance is not None and work:
+            equity = self.account_snapshot().equity
             for token, bar, physics in work:
-                governance.on_bar(token, bar, physics)
+                governance.on_bar(token, bar, physics, equity)
+            # The account is judged at every bar close, not only when an entry is asked
+            # for: a loss on open positions trips the daily-loss switch on its own, and a
+            # new session lifts a daily-loss REDUCING at its first bar.
+            self._kill_switch(governance.observe(equity, work[-1][1].end_ms))
         work.clear()
+
+    def account_snapshot(self) -> AccountSnapshot:
+        """The account now, every position at its symbol's last price."""
+        marks = {}
+        working = {}
+        for token, sym in self.symbols.items():
+            close = sym.physics.last_price
+            if close == close:
+                marks[token] = close
+            if sym.pending_intent:
+                remaining = abs(sym.pending_qty) - sym.intent_filled
+                if remaining > 0:
+                    working[token] = remaining if sym.pending_qty > 0 else -remaining
+        return self.account.snapshot(self.positions, marks, working)
+
+    @property
+    def trading_state(self) -> TradingState:
+        if self.halted:
+            return TradingState.HALTED
+        if self.paused:
+            return TradingState.PAUSED
+        if self.exits_only:
+            return TradingState.REDUCING
+        return TradingState.ACTIVE
+
+    def _kill_switch(self, rule: str, exchange_ts_ms: int | None = None) -> list[Transition]:
+        """Follow meta-risk's kill switch: the max drawdown halts (an operator resets it);
+        the daily loss makes the engine REDUCING (working entries cancelled, exits go on)
+        until meta-risk's next session clears it, and then the engine trades again."""
+        if rule == "max_drawdown":
+            return self.halt("meta_risk:max_drawdown", exchange_ts_ms) if not self.halted else []
+        if rule == "daily_loss":
+            if "meta_risk" not in self._reducing:
+                self.control("reduce", "meta_risk:daily_loss")
+                if self.execution_enabled:
+                    self.actions.append(("cancel_entries", "meta_risk:daily_loss"))
+        elif "meta_risk" in self._reducing:
+            self.control("reduce_clear", "meta_risk")
+            log.warning("daily_loss_cleared", state=self.trading_state.value)
+        return []
 
     def _step(
         self,
@@ -373,7 +426,7 @@ class Engine:
                         machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
                     ), None
             elif state is State.READY:
-                blocked = self._entry_blocked()
+                blocked = self._entry_blocked(ts)
                 if direction == sym.armed_direction and not stale and not blocked:
                     return self._fire(sym, tick, physics, confidence, stale)
                 reason = "feed_stale" if stale else blocked or "signal_gone"
@@ -413,18 +466,19 @@ class Engine:
         governance = self.governance
         if governance is not None:
             gate = governance.gate(
-                intent,
-                physics,
-                confidence,
-                _spread_pct(sym.book),
-                stale,
-                self.positions.open_positions(),
+                intent, physics, confidence, _spread_pct(sym.book), stale, self.account_snapshot()
             )
             self._gate = gate
             if gate.halt_reason:
                 self.stats.vetoes += 1
                 sym.armed_direction = 0
-                return tuple(self.halt(gate.halt_reason, tick.exchange_ts_ms)), None
+                rule = gate.halt_reason.partition(":")[2].split(",")[0]
+                rule = governance.kill_switch or rule
+                moved = self._kill_switch(rule, tick.exchange_ts_ms)
+                if sym.machine.state is State.READY:
+                    sym.vetoed_bar_ms = bar_start
+                    moved.append(sym.machine.apply(Event.DISARM, tick.exchange_ts_ms, gate.reason))
+                return tuple(moved), None
             if not gate.allowed:
                 self.stats.vetoes += 1
                 sym.armed_direction = 0
@@ -435,6 +489,7 @@ class Engine:
         assert fired_id == coid  # next_fire and fire agree by construction
         sym.armed_direction = 0
         sym.pending_intent = coid
+        sym.pending_qty = intent.qty if direction > 0 else -intent.qty
         sym.intent_filled = 0
         # What the signal looked like, named after the genome's genes it speaks to.
         band_dist = (
@@ -446,13 +501,15 @@ class Engine:
         self.stats.intents += 1
         return (transition,), intent
 
-    def _entry_blocked(self) -> str:
+    def _entry_blocked(self, exchange_ts_ms: int) -> str:
         """Why no entry may fire now ("" when it may): checked again at FIRE, since a
-        pause or exits-only can come between ARM and FIRE."""
+        pause, exits-only or the entry cut-off can come between ARM and FIRE."""
         if self.paused:
             return "paused"
         if self.exits_only:
             return "exits_only"
+        if self._past_square_off(exchange_ts_ms):
+            return "past_entry_cutoff"
         return ""
 
     def _past_square_off(self, exchange_ts_ms: int) -> bool:
@@ -482,16 +539,19 @@ class Engine:
             self.stats.fills += 1
             if report.intent_id == sym.pending_intent:
                 sym.intent_filled += fill.qty
-            features = sym.entry_features if report.purpose is Purpose.ENTRY else {}
-            closed = self.positions.apply(fill, features)
+            entry = report.purpose is Purpose.ENTRY
+            features = sym.entry_features if entry else {}
+            self.account.on_fill(fill)
+            closed = self.positions.apply(fill, features, report.intent_id if entry else "")
             if closed is not None:
                 self.stats.trades_closed += 1
-                if self.governance is not None:
-                    self.governance.on_trade_closed(
+                governance = self.governance
+                if governance is not None:
+                    governance.on_trade_closed(
                         closed.token, closed.pnl, closed.exchange_ts_ms, closed.entry_features
                     )
-                    if self.governance.halted and not self.halted:
-                        transitions.extend(self.halt("meta_risk:trade_closed", ts))
+                    equity = self.account_snapshot().equity
+                    transitions.extend(self._kill_switch(governance.observe(equity, ts), ts))
         if kind is ExecKind.REJECTED:
             self.stats.rejects += 1
         if (
@@ -521,6 +581,7 @@ class Engine:
         """Seed positions and working orders from the start-up reconciliation; entries are
         allowed from here on only if it found nothing it could not make agree."""
         self.positions.seed(recon.positions)
+        self.account.seed(recon.cash)
         for sym in self.symbols.values():
             sym.working = {o.client_order_id for o in recon.open_orders if o.token == sym.token}
             pos = self.positions.get(sym.token)
@@ -631,6 +692,7 @@ class Engine:
             name = _STATE_NAME[sym.machine.state]
             states[name] = states.get(name, 0) + 1
         return {
+            "trading_state": self.trading_state.value,
             "halted": self.halted,
             "paused": self.paused,
             "exits_only": self.exits_only,
@@ -916,10 +978,13 @@ async def run_live(
     if router is not None and router.persisted_halt():
         # An operator's kill switch holds across restarts until someone resumes.
         on_control("halt", "kill_switch_persisted:" + router.persisted_halt())
-    if governance is not None and governance.halted:
-        # A kill switch from an earlier session (daily loss, drawdown) still holds: start
+    if governance is not None and governance.kill_switch == "max_drawdown":
+        # A drawdown halt from an earlier session holds until an operator resets it: start
         # halted, as a recorded control event, so replay starts halted too.
-        on_control("halt", "meta_risk_persisted")
+        on_control("halt", "meta_risk_persisted:max_drawdown")
+    elif governance is not None and governance.kill_switch == "daily_loss":
+        # Today's daily-loss switch still holds: exits only until the next session.
+        on_control("reduce", "meta_risk:daily_loss")
     # systemd (Type=notify): ready once the engine is up and the broker reconciled.
     trading = "trading" if engine.reconciled else "NOT trading (reconciliation mismatches)"
     sd_notify(f"READY=1\nSTATUS={trading} {cfg.mode}")

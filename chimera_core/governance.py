@@ -8,6 +8,7 @@ from typing import Protocol
 import msgspec
 
 from chimera_core.contracts import (
+    AccountSnapshot,
     ApprovalOutput,
     Bar,
     CapitalOutput,
@@ -25,14 +26,17 @@ class GateVerdict(msgspec.Struct, frozen=True, gc=False):
     allowed: bool
     qty: int  # the size to trade (capital brain), 0 if it cannot be sized
     reason: str  # why not, when not allowed ("" when allowed)
-    halt_reason: str  # non-empty: a kill-switch rule fired, HALT everything
+    # non-empty: a kill switch is in force ("meta_risk:<rule>"): daily_loss → REDUCING for
+    # the session, max_drawdown → HALT until an operator resets it
+    halt_reason: str
     meta_risk: MetaRiskOutput | None
     approval: ApprovalOutput | None
 
 
 class Governance(Protocol):
-    def on_bar(self, token: str, bar: Bar, physics: PhysicsState) -> None:
-        """A bar closed: refresh the per-bar layers (drift, capital)."""
+    def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
+        """A bar closed: refresh the per-bar layers (drift, capital) at the account's
+        ``equity``."""
 
     def layers(
         self, token: str
@@ -49,9 +53,18 @@ class Governance(Protocol):
         confidence: float,
         spread_pct: float,
         feed_stale: bool,
-        open_positions: int = 0,
+        account: AccountSnapshot,
     ) -> GateVerdict:
-        """Size the intent and decide whether it may go (meta-risk, then approvals)."""
+        """Size the intent inside the exposure caps and decide whether it may go (meta-risk,
+        then approvals), judged on the account as it is now."""
+
+    def observe(self, equity: float, exchange_ts_ms: int) -> str:
+        """The account's equity now (per closed bar, per closed trade): returns the kill
+        switch in force ("", "daily_loss", "max_drawdown")."""
+
+    @property
+    def kill_switch(self) -> str:
+        """The kill switch in force ("", "daily_loss", "max_drawdown")."""
 
     def on_trade_closed(
         self, token: str, pnl: float, exchange_ts_ms: int, features: dict[str, float]

@@ -28,7 +28,10 @@ class ClosedTrade:
 
 
 class SymbolPosition:
-    __slots__ = ("avg_price", "charges", "features", "qty", "realized", "trip_pnl")
+    __slots__ = (
+        "avg_price", "charges", "entries", "features", "last_entry", "qty", "realized",
+        "trip_pnl",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.qty = 0  # signed
@@ -37,6 +40,8 @@ class SymbolPosition:
         self.charges = 0.0
         self.trip_pnl = 0.0  # net P&L of the round trip in progress
         self.features: dict[str, float] = {}  # what the signal looked like at entry
+        self.entries = 0  # entry intents that built the position now open
+        self.last_entry = ""
 
 
 class PositionBook:
@@ -56,6 +61,7 @@ class PositionBook:
             pos = self.get(p.token)
             pos.qty = p.qty
             pos.avg_price = p.avg_price if p.qty else 0.0
+            pos.entries = 1 if p.qty else 0  # restored: counts as one entry
 
     def by_token(self) -> dict[str, SymbolPosition]:
         """Every symbol the book has seen (a copy of the mapping; the entries are live)."""
@@ -72,10 +78,11 @@ class PositionBook:
         ]
 
     def apply(
-        self, fill: Fill, entry_features: dict[str, float] | None = None
+        self, fill: Fill, entry_features: dict[str, float] | None = None, entry_id: str = ""
     ) -> ClosedTrade | None:
         """Book one fill. Returns the round trip it closed, if it brought the position to
-        zero or through it (a flip closes one trip and opens the next)."""
+        zero or through it (a flip closes one trip and opens the next). ``entry_id``: the
+        entry intent the fill belongs to ("" for an exit), counted in ``entries``."""
         pos = self.get(fill.token)
         signed = fill.qty if fill.side is Side.BUY else -fill.qty
         price = fill.price
@@ -87,6 +94,11 @@ class PositionBook:
             # Opening or adding: average price moves, nothing realised.
             if pos.qty == 0:
                 pos.features = dict(entry_features or {})
+                pos.entries = 0
+                pos.last_entry = ""
+            if entry_id and entry_id != pos.last_entry:
+                pos.entries += 1
+                pos.last_entry = entry_id
             total = pos.qty + signed
             pos.avg_price = (pos.avg_price * abs(pos.qty) + price * abs(signed)) / abs(total)
             pos.qty = total
@@ -103,6 +115,8 @@ class PositionBook:
             pos.trip_pnl = 0.0
             pos.features = dict(entry_features or {}) if remaining else {}
             pos.avg_price = price if remaining else 0.0
+            pos.entries = 1 if remaining and entry_id else 0
+            pos.last_entry = entry_id if remaining else ""
         pos.qty = remaining
         if not math.isfinite(pos.avg_price):
             pos.avg_price = 0.0

@@ -136,6 +136,11 @@ class SymbolPhysics:
         return self._profile
 
     @property
+    def last_price(self) -> float:
+        """The last accepted trade price (NaN before the first): the symbol's mark."""
+        return self._bars.close
+
+    @property
     def forming_ticks(self) -> int:
         """Trades in the forming bar so far (0 before the first)."""
         return self._bars.ticks

@@ -475,7 +475,9 @@ class OrderRouter:
             if parent.intent.token == token:
                 self._work(parent, tick, now)
         pos = self._positions.get(token)
-        if pos.qty == 0 or token in self._exits or self.halted:
+        # A halt never abandons a position: stops, targets and the square-off keep working
+        # in every trading state.
+        if pos.qty == 0 or token in self._exits:
             return
         if square_off_due(now, self._square_off_s):
             if token not in self._squared_off:
@@ -531,6 +533,10 @@ class OrderRouter:
                 self.cancel_all(arg)
             elif action == "flatten":
                 self.flatten(arg)
+            elif action == "cancel_entries":
+                for intent_id in list(self._parents):
+                    self.cancel_intent(intent_id)
+                log.warning("entries_cancelled", reason=arg)
             elif action == "flatten_token":
                 self.flatten(f"flatten_token:{arg}", only=arg)
             elif action == "resume":

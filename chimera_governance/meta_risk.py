@@ -1,18 +1,24 @@
 """Meta risk: the veto. Its limits are hard; no other layer can override them.
 
 State is explicit and time is an input: every call carries the exchange timestamp (epoch
-ms), and the trading day is the IST calendar date of that time. Two rules are kill
-switches: the daily loss limit halts for the rest of that trading day, the max drawdown
-halts until an explicit ``reset_halt("max_drawdown")``. Halts are persisted in a small
-SQLite file (WAL, one table) and reloaded at construction, so a restart cannot un-halt.
+ms), and the trading day is the IST calendar date of that time. Equity is the account's
+(cash + positions marked to market), observed by ``observe`` (per closed bar, per intent,
+per closed trade); never a configured figure. The daily loss is measured from the equity
+at the session's first observation, the drawdown from the equity high-water mark, so a
+profitable day can never read as a loss. Two rules are kill switches: the daily loss
+limit stops entries for the rest of that trading day (the engine goes REDUCING), the max
+drawdown halts until an explicit ``reset_halt("max_drawdown")``. Halts, the high-water
+mark and the session's opening equity are persisted in a small SQLite file (WAL) and
+reloaded at construction, so a restart can neither un-halt nor forget the peak.
 
 Rule names (``Veto.rule``), their ``value`` and ``limit``:
 
 =================== ============================== =========================== ==========
 rule                value                          limit                       breach
 =================== ============================== =========================== ==========
-daily_loss          loss today, rupees (positive)  pct x equity at day start   value >= limit
-max_drawdown        drawdown from peak, fraction   max_drawdown                value >= limit
+daily_loss          loss today, rupees (positive)  pct x equity at session open value >= limit
+max_drawdown        drawdown from the high-water   max_drawdown                value >= limit
+                    mark of equity, fraction
 trades_per_symbol   trades today on this token     max_trades_per_symbol       value >= limit
 trades_per_day      trades today, all tokens       max_trades_per_day          value >= limit
 open_positions      open positions                 max_open_positions          value >= limit
@@ -62,7 +68,6 @@ class MetaRiskError(ChimeraError):
 class MetaRiskLimits:
     """Hard limits. Defaults are the documented ones (DESIGN.md, Governance)."""
 
-    starting_equity: float = 1_000_000.0  # rupees; the equity curve starts here
     daily_loss_pct: float = 0.02  # of equity at the start of the trading day
     max_drawdown: float = 0.10  # fraction of peak equity
     max_trades_per_symbol: int = 10  # per trading day
@@ -78,11 +83,6 @@ class MetaRiskLimits:
     sharpe_min_trades: int = 20  # the Sharpe rule is silent below this many trades
 
     def __post_init__(self) -> None:
-        if self.starting_equity <= 0:
-            raise MetaRiskError(
-                f"starting_equity must be > 0 rupees, got {self.starting_equity}; "
-                "set it to the account's equity"
-            )
         if self.sharpe_window < 2:
             raise MetaRiskError(f"sharpe_window must be >= 2 trades, got {self.sharpe_window}")
 
@@ -121,6 +121,10 @@ CREATE TABLE IF NOT EXISTS halt (
     value       REAL NOT NULL,
     limit_value REAL NOT NULL,
     set_ts_ms   INTEGER NOT NULL    -- exchange time it tripped
+);
+CREATE TABLE IF NOT EXISTS equity_state (
+    key   TEXT PRIMARY KEY,  -- high_water_mark | session_day | session_open_equity
+    value TEXT NOT NULL
 )
 """
 
@@ -133,7 +137,7 @@ class MetaRisk:
         self._db = sqlite3.connect(str(private_file(state_path)), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         # reason -> (day, value, limit)
         self._halts: dict[str, tuple[dt.date, float, float]] = {
             reason: (dt.date.fromisoformat(day), value, limit)
@@ -142,11 +146,17 @@ class MetaRisk:
             )
         }
         self._pnls: deque[float] = deque(maxlen=self.limits.sharpe_window)
-        self._closed_equity = self.limits.starting_equity
-        self._peak = self.limits.starting_equity
-        self._day: dt.date | None = None
-        self._day_start_equity = self.limits.starting_equity
-        self._daily_pnl = 0.0
+        saved = dict(self._db.execute("SELECT key, value FROM equity_state").fetchall())
+        self._hwm: float | None = (
+            float(saved["high_water_mark"]) if saved.get("high_water_mark") else None
+        )
+        self._day: dt.date | None = (
+            dt.date.fromisoformat(saved["session_day"]) if saved.get("session_day") else None
+        )
+        self._open_equity: float | None = (
+            float(saved["session_open_equity"]) if saved.get("session_open_equity") else None
+        )
+        self._equity = self._open_equity if self._open_equity is not None else math.nan
         self._closed_today = 0
         if self._halts:
             log.warning("meta_risk.halt_loaded", halts=sorted(self._halts))
@@ -154,14 +164,38 @@ class MetaRisk:
     # ---- inputs ------------------------------------------------------------------------
 
     def on_trade_closed(self, pnl: float, exchange_ts_ms: int) -> None:
-        """A round trip closed with net P&L ``pnl`` (rupees, after charges)."""
-        day = self._roll_day(exchange_ts_ms)
+        """A round trip closed with net P&L ``pnl`` (rupees, after charges): it feeds the
+        rolling Sharpe and the day's count. Its effect on equity arrives with ``observe``."""
+        self._roll_day(exchange_ts_ms)
         self._pnls.append(float(pnl))
-        self._closed_equity += pnl
-        self._peak = max(self._peak, self._closed_equity)
-        self._daily_pnl += pnl
         self._closed_today += 1
-        self._check_kill_switches(day, exchange_ts_ms, self._closed_equity)
+
+    def observe(self, equity: float, exchange_ts_ms: int) -> list[Veto]:
+        """The account's equity at ``exchange_ts_ms``: moves the high-water mark, fixes the
+        session's opening equity at its first observation, and returns the kill-switch
+        rules it breaches (each also recorded as a halt)."""
+        day = self._roll_day(exchange_ts_ms)
+        if not math.isfinite(equity) or equity <= 0:
+            return []  # nothing to judge by (no marks yet); never a reason to halt
+        self._equity = equity
+        changed = False
+        if self._open_equity is None:
+            self._open_equity = equity
+            changed = True
+        if self._hwm is None or equity > self._hwm:
+            self._hwm = equity
+            changed = True
+        if changed:
+            self._save_equity_state()
+        return self._check_kill_switches(day, exchange_ts_ms, equity)
+
+    @property
+    def kill_switch(self) -> str:
+        """The kill switch in force: "max_drawdown" (HALTED until reset), "daily_loss"
+        (REDUCING until the next session), or ""."""
+        if MAX_DRAWDOWN in self._halts:
+            return MAX_DRAWDOWN
+        return DAILY_LOSS if DAILY_LOSS in self._halts else ""
 
     def update(
         self,
@@ -176,12 +210,11 @@ class MetaRisk:
         trades_today_symbol: int,
         equity: float,
     ) -> MetaRiskOutput:
-        """Judge an entry on ``token``. ``equity`` is mark-to-market equity; the loss and
-        drawdown rules use the worse of it and the closed-trade equity curve.
-        ``position_value`` is this token's position value including the proposed entry."""
+        """Judge an entry on ``token``. ``equity`` is the account's equity now (cash +
+        positions marked to market). ``position_value`` is this token's position value
+        including what is held, what is working and the proposed entry."""
         lim = self.limits
-        day = self._roll_day(exchange_ts_ms)
-        fired = self._check_kill_switches(day, exchange_ts_ms, equity)
+        fired = self.observe(equity, exchange_ts_ms)
         vetoes = list(fired)
 
         trades_today = self._closed_today + open_positions
@@ -254,10 +287,21 @@ class MetaRisk:
             vetoes=tuple(vetoes),
             rolling_sharpe=sharpe,
             drawdown=self._drawdown(equity),
-            daily_pnl=self._daily_pnl,
+            daily_pnl=self.daily_pnl,
             trades_today=trades_today,
             open_positions=open_positions,
+            equity=equity,
+            session_open_equity=self._open_equity or 0.0,
+            high_water_mark=self._hwm or 0.0,
+            kill_switch=self.kill_switch,
         )
+
+    @property
+    def daily_pnl(self) -> float:
+        """Equity now minus at the session's open (0 before both are known)."""
+        if self._open_equity is None or not math.isfinite(self._equity):
+            return 0.0
+        return self._equity - self._open_equity
 
     # ---- halt state --------------------------------------------------------------------
 
@@ -272,15 +316,16 @@ class MetaRisk:
 
     def reset_halt(self, reason: str) -> bool:
         """Clear a halt by hand (the drawdown halt needs this). Returns whether one was in
-        force. Resetting the drawdown halt re-bases the peak to the current closed equity,
-        so drawdown is measured from here; a daily-loss halt re-trips while the day's loss
-        still breaches, because that limit is hard."""
+        force. Resetting the drawdown halt re-bases the high-water mark to the equity last
+        observed, so drawdown is measured from here; a daily-loss halt re-trips while the
+        day's loss still breaches, because that limit is hard."""
         if reason not in HALT_RULES:
             raise MetaRiskError(
                 f"unknown halt rule {reason!r}; expected one of {', '.join(HALT_RULES)}"
             )
-        if reason == MAX_DRAWDOWN:
-            self._peak = self._closed_equity
+        if reason == MAX_DRAWDOWN and math.isfinite(self._equity):
+            self._hwm = self._equity
+            self._save_equity_state()
         was = self._halts.pop(reason, None) is not None
         self._db.execute("DELETE FROM halt WHERE reason = ?", (reason,))
         log.warning("meta_risk.halt_reset", reason=reason, was_halted=was)
@@ -303,9 +348,10 @@ class MetaRisk:
         if self._day is not None and day <= self._day:
             return self._day
         self._day = day
-        self._day_start_equity = self._closed_equity
-        self._daily_pnl = 0.0
+        self._open_equity = None  # the session's first observation fixes it
+        self._equity = math.nan
         self._closed_today = 0
+        self._save_equity_state()
         stale = self._halts.get(DAILY_LOSS)
         if stale is not None and stale[0] < day:
             del self._halts[DAILY_LOSS]
@@ -314,20 +360,30 @@ class MetaRisk:
         return day
 
     def _drawdown(self, equity: float) -> float:
-        """The worse of the closed-curve drawdown and the mark-to-market one (measured from
-        the closed peak, or from ``equity`` itself if higher: unrealised highs are not
-        locked in as a peak)."""
-        closed_dd = (self._peak - self._closed_equity) / self._peak
-        mtm_peak = max(self._peak, equity)
-        mtm_dd = (mtm_peak - equity) / mtm_peak if mtm_peak > 0 else 0.0
-        return max(0.0, closed_dd, mtm_dd)
+        """Fraction below the equity high-water mark (0 before any observation)."""
+        hwm = self._hwm
+        if hwm is None or hwm <= 0 or not math.isfinite(equity):
+            return 0.0
+        return max(0.0, (hwm - equity) / hwm)
+
+    def _save_equity_state(self) -> None:
+        rows = [
+            ("high_water_mark", "" if self._hwm is None else repr(self._hwm)),
+            ("session_day", "" if self._day is None else self._day.isoformat()),
+            (
+                "session_open_equity",
+                "" if self._open_equity is None else repr(self._open_equity),
+            ),
+        ]
+        self._db.executemany("INSERT OR REPLACE INTO equity_state VALUES (?, ?)", rows)
 
     def _check_kill_switches(self, day: dt.date, exchange_ts_ms: int, equity: float) -> list[Veto]:
         lim = self.limits
         out: list[Veto] = []
-        loss = max(-self._daily_pnl, self._day_start_equity - equity)
-        loss_limit = lim.daily_loss_pct * self._day_start_equity
-        if loss >= loss_limit:
+        opened = self._open_equity if self._open_equity is not None else equity
+        loss = opened - equity
+        loss_limit = lim.daily_loss_pct * opened
+        if loss > 0 and loss >= loss_limit:
             out.append(Veto(DAILY_LOSS, loss, loss_limit, "halt for the trading day"))
         dd = self._drawdown(equity)
         if dd >= lim.max_drawdown:

@@ -8,16 +8,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from chimera_core.config import Config
 from chimera_core.contracts import (
+    AccountSnapshot,
     Bar,
     CapitalOutput,
     DriftOutput,
     GenomeOutput,
     OrderIntent,
     PhysicsState,
+    Side,
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
@@ -26,6 +29,7 @@ from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
+from chimera_governance.exposure import ExposureLimits, fit
 from chimera_governance.genome import GenomeStore, genes_from_strategy
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
 
@@ -40,9 +44,18 @@ class GovernancePipeline:
     def __init__(self, cfg: Config, state_dir: Path) -> None:
         g = cfg.governance
         private_dir(state_dir)  # 0700: positions, halts and approvals live here
+        # The account's equity as last seen (cash + marks): what the capital brain sizes
+        # against. The configured figure only stands in until the first observation.
         self.equity = g.equity
         self.lot_size = g.lot_size
-        self.max_position_value = g.max_position_value
+        self.exposure = ExposureLimits(
+            max_position_value=g.max_position_value,
+            max_position_qty=g.max_position_qty,
+            max_gross_exposure=g.max_gross_exposure,
+            max_net_exposure=g.max_net_exposure,
+            max_open_positions=g.max_open_positions,
+            max_entries_per_position=g.max_entries_per_position,
+        )
         self.brain = CapitalBrain(
             max_leverage=g.max_leverage,
             risk_per_trade=g.risk_per_trade,
@@ -52,7 +65,6 @@ class GovernancePipeline:
         self.meta_risk = MetaRisk(
             state_dir / "meta_risk.db",
             MetaRiskLimits(
-                starting_equity=g.equity,
                 daily_loss_pct=g.daily_loss_pct,
                 max_drawdown=g.max_drawdown,
                 max_trades_per_symbol=g.max_trades_per_symbol,
@@ -87,7 +99,9 @@ class GovernancePipeline:
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     # ---- per bar ---------------------------------------------------------------------
-    def on_bar(self, token: str, bar: Bar, physics: PhysicsState) -> None:
+    def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
+        if math.isfinite(equity) and equity > 0:
+            self.equity = equity
         detector = self._drift.get(token)
         if detector is None:
             return
@@ -138,15 +152,18 @@ class GovernancePipeline:
         confidence: float,
         spread_pct: float,
         feed_stale: bool,
-        open_positions: int = 0,
+        account: AccountSnapshot,
     ) -> GateVerdict:
         token, ts, price = intent.token, intent.exchange_ts_ms, intent.ref_price
+        if math.isfinite(account.equity) and account.equity > 0:
+            self.equity = account.equity
         capital = self._capital_out.get(token)
-        qty = capital.qty if capital is not None else 0
-        # The capital brain sizes inside the position-value limit instead of sizing into a veto.
-        if price > 0 and math.isfinite(price):
-            cap = int(self.max_position_value // price) // self.lot_size * self.lot_size
-            qty = min(qty, cap)
+        wanted = capital.qty if capital is not None else 0
+        # The capital brain sizes inside every exposure cap instead of sizing into a veto.
+        qty, cap_veto = fit(
+            account, token, intent.side, wanted, price, self.exposure, self.lot_size
+        )
+        held = account.positions.get(token, 0) + account.working.get(token, 0)
         day = trading_day(ts)
         meta = self.meta_risk.update(
             token=token,
@@ -154,11 +171,13 @@ class GovernancePipeline:
             confidence=confidence,
             spread_pct=spread_pct,
             feed_stale=feed_stale,
-            open_positions=open_positions,
-            position_value=qty * price,
+            open_positions=account.open_positions,
+            position_value=abs(held + (qty if intent.side is Side.BUY else -qty)) * price,
             trades_today_symbol=self._fired.get((token, day), 0),
-            equity=self.equity,
+            equity=account.equity,
         )
+        if cap_veto is not None and wanted > 0:
+            meta = msgspec.structs.replace(meta, allowed=False, vetoes=(*meta.vetoes, cap_veto))
         rules = ",".join(v.rule for v in meta.vetoes)
         if meta.halt:
             return GateVerdict(False, qty, f"veto:{rules}", f"meta_risk:{rules}", meta, None)
@@ -179,6 +198,19 @@ class GovernancePipeline:
         self._fired[(token, day)] = self._fired.get((token, day), 0) + 1
         return GateVerdict(True, qty, "", "", meta, approval)
 
+    def observe(self, equity: float, exchange_ts_ms: int) -> str:
+        """The account's equity (per closed bar, after a closed trade): meta-risk's kill
+        switches judge it. Returns the kill switch in force ("" | daily_loss |
+        max_drawdown)."""
+        if math.isfinite(equity) and equity > 0:
+            self.equity = equity
+        self.meta_risk.observe(equity, exchange_ts_ms)
+        return self.meta_risk.kill_switch
+
+    @property
+    def kill_switch(self) -> str:
+        return self.meta_risk.kill_switch
+
     # ---- closed trades -----------------------------------------------------------------
     def on_trade_closed(
         self, token: str, pnl: float, exchange_ts_ms: int, features: dict[str, float]
@@ -194,6 +226,12 @@ class GovernancePipeline:
 
     # ---- operator commands -----------------------------------------------------------
     def control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]] | None:
+        if command == "reset_halt":
+            try:
+                was = self.meta_risk.reset_halt(arg)
+            except ChimeraError as exc:
+                return False, {"error": str(exc)}
+            return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
         if command not in ("approve", "reject"):
             return None
         try:

@@ -20,7 +20,9 @@ SUBCOMMANDS = {
     "metrics": "tools.metrics",
     "service": "tools.service",
 }
-CONTROL_COMMANDS = ("status", "pause", "resume", "kill", "flatten", "approve", "reject")
+CONTROL_COMMANDS = (
+    "status", "pause", "resume", "kill", "flatten", "approve", "reject", "reset-halt",
+)  # fmt: skip
 
 
 def cmd_live(args: argparse.Namespace) -> int:

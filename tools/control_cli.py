@@ -27,6 +27,11 @@ CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "flatten": ("flatten", "close all open positions", False),
     "approve": ("approve", "approve a pending intent", True),
     "reject": ("reject", "reject a pending intent", True),
+    "reset-halt": (
+        "reset_halt",
+        "clear meta-risk's max_drawdown halt (drawdown is measured from here); then resume",
+        True,
+    ),
 }
 
 
@@ -36,7 +41,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     _, what, takes_id = CLI_COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"chimera {command}", description=what)
     if takes_id:
-        parser.add_argument("id", help="the approval ID (from `chimera status` or the cortex)")
+        parser.add_argument(
+            "id",
+            help="the approval ID (from `chimera status` or the cortex); for reset-halt, "
+            "the rule (max_drawdown)",
+        )
     else:
         parser.add_argument(
             "--reason",

@@ -1,4 +1,5 @@
-"""Meta risk: the veto always wins, kill switches halt and persist, IST trading days."""
+"""Meta risk: the veto always wins, kill switches halt and persist, IST trading days, and
+equity is the account's: a profitable day never trips a loss rule."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def rules(out: Any) -> dict[str, Any]:
 
 # ---- the veto always wins --------------------------------------------------------------
 
-LIMITS = MetaRiskLimits(starting_equity=START, max_trades_per_day=35)
+LIMITS = MetaRiskLimits(max_trades_per_day=35)
 
 
 # each input: a range inside every limit, and a range that breaches its rule(s)
@@ -77,17 +78,16 @@ inputs = st.fixed_dictionaries({k: st.one_of(SAFE[k], BREACH[k]) for k in SAFE})
 
 
 def expected_breaches(x: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Independent statement of the rules for a fresh MetaRisk, trades closed earlier the
-    same IST day (so realised daily P&L = sum of the trades)."""
+    """Independent statement of the rules for a fresh MetaRisk that saw the account at
+    START when the session opened, then trades closing, then equity ``x["equity"]``."""
     out: dict[str, tuple[float, float]] = {}
     pnls = np.asarray(x["pnls"], dtype=float)
-    curve = START + np.concatenate([[0.0], np.cumsum(pnls)])
-    closed, eq = curve[-1], x["equity"]
-    loss = max(-pnls.sum(), START - eq)
-    if loss >= 0.02 * START:
+    eq = x["equity"]
+    loss = START - eq
+    if loss > 0 and loss >= 0.02 * START:
         out["daily_loss"] = (loss, 0.02 * START)
-    peak = curve.max()
-    dd = max((peak - closed) / peak, (max(peak, eq) - eq) / max(peak, eq))
+    peak = max(START, eq)
+    dd = (peak - eq) / peak
     if dd >= 0.10:
         out["max_drawdown"] = (dd, 0.10)
     if x["trades_today_symbol"] >= 10:
@@ -122,6 +122,7 @@ def expected_breaches(x: dict[str, Any]) -> dict[str, tuple[float, float]]:
 
 def evaluate(x: dict[str, Any]) -> Any:
     with tempfile.TemporaryDirectory() as d, MetaRisk(Path(d) / "risk.db", LIMITS) as risk:
+        risk.observe(START, ist_ms(2, 0, 0, 0))  # the account when the session opened
         for i, pnl in enumerate(x["pnls"]):
             risk.on_trade_closed(pnl, ist_ms(2, 0, 0, 1) + i)
         hh, mm = divmod(x["minute_of_day"], 60)
@@ -174,14 +175,17 @@ def test_sharpe_and_drawdown_match_numpy(pnls: list[float]) -> None:
     arr = np.asarray(pnls)
     window = arr[-50:]
     std = window.std(ddof=1)
+    curve = START + np.concatenate([[0.0], np.cumsum(arr)])
     with tempfile.TemporaryDirectory() as d, MetaRisk(Path(d) / "r.db") as risk:
+        risk.observe(START, ist_ms(2, 9, 15))
         for i, pnl in enumerate(pnls):
             risk.on_trade_closed(pnl, ist_ms(2, 9, 30) + i * 1000)
-        curve = START + np.concatenate([[0.0], np.cumsum(arr)])
+            risk.observe(float(curve[i + 1]), ist_ms(2, 9, 30) + i * 1000)
         out = risk.update(**safe_inputs(equity=float(curve[-1])))
     peak = np.maximum.accumulate(curve)[-1]
     assert out.drawdown == pytest.approx((peak - curve[-1]) / peak, abs=1e-12)
     assert out.daily_pnl == pytest.approx(arr.sum(), abs=1e-6)
+    assert out.high_water_mark == pytest.approx(peak) and out.session_open_equity == START
     if std > 1e-6:
         assert out.rolling_sharpe == pytest.approx(window.mean() / std, rel=1e-9, abs=1e-9)
 
@@ -189,8 +193,12 @@ def test_sharpe_and_drawdown_match_numpy(pnls: list[float]) -> None:
 def test_sharpe_hand_computed(tmp_path: Path) -> None:
     # pnls 100, -50, 25: mean 25, sample var (75² + 75² + 0²) / 2 = 5625, std 75
     with MetaRisk(tmp_path / "r.db") as risk:
+        risk.observe(START, ist_ms(2, 9, 15))
+        equity = START
         for i, pnl in enumerate([100.0, -50.0, 25.0]):
             risk.on_trade_closed(pnl, ist_ms(2, 9, 30) + i)
+            equity += pnl
+            risk.observe(equity, ist_ms(2, 9, 30) + i)
         out = risk.update(**safe_inputs(equity=START + 75.0))
     assert out.rolling_sharpe == pytest.approx(25.0 / 75.0)
     assert out.drawdown == pytest.approx(25.0 / (START + 100.0))
@@ -214,18 +222,21 @@ def test_sharpe_floor_needs_twenty_trades(tmp_path: Path) -> None:
 def test_daily_loss_halts_persists_and_clears_next_ist_day(tmp_path: Path) -> None:
     path = tmp_path / "risk.db"
     with MetaRisk(path) as risk:
+        risk.observe(START, ist_ms(1, 9, 15))  # the session opens at 1,000,000
         risk.on_trade_closed(-15_000.0, ist_ms(1, 10, 0))
+        risk.observe(START - 15_000.0, ist_ms(1, 10, 0))
         assert not risk.halted
         risk.on_trade_closed(-6_000.0, ist_ms(1, 10, 5))  # 21,000 >= 2% of 1,000,000
+        risk.observe(START - 21_000.0, ist_ms(1, 10, 5))
         assert risk.halts == {"daily_loss": dt.date(2024, 1, 1)}
         out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(1, 11, 0), equity=START - 21_000))
         assert out.halt and not out.allowed
         v = rules(out)["daily_loss"]
         assert (v.value, v.limit) == (pytest.approx(21_000.0), pytest.approx(20_000.0))
 
-    # a restart the same day (in-memory P&L gone) is still halted, with the numbers
+    # a restart the same day is still halted, with the numbers and the day's opening equity
     with MetaRisk(path) as risk:
-        assert risk.halted
+        assert risk.halted and risk.kill_switch == "daily_loss"
         # 23:30 IST on Jan 1 is 18:00 UTC: same trading day, still halted
         out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(1, 23, 30)))
         assert out.halt and not out.allowed
@@ -244,25 +255,78 @@ def test_daily_loss_halts_persists_and_clears_next_ist_day(tmp_path: Path) -> No
 
 def test_daily_loss_from_mark_to_market_equity(tmp_path: Path) -> None:
     with MetaRisk(tmp_path / "r.db") as risk:
+        risk.observe(START, ist_ms(2, 9, 15))
         out = risk.update(**safe_inputs(equity=START - 20_000.0))
     assert out.halt and rules(out)["daily_loss"].value == pytest.approx(20_000.0)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    opening=st.floats(1e4, 1e9),
+    days=st.lists(st.lists(st.floats(0.0, 1e6), max_size=30), min_size=1, max_size=5),
+)
+def test_winning_trades_never_trip_a_loss_rule(opening: float, days: list[list[float]]) -> None:
+    """The bug this replaces: the configured equity was the yardstick, so a +213k day read
+    as a 213k loss. Equity that only rises, over days, can trip neither kill switch."""
+    with tempfile.TemporaryDirectory() as d, MetaRisk(Path(d) / "r.db") as risk:
+        equity = opening
+        for day, wins in enumerate(days, start=2):
+            risk.observe(equity, ist_ms(day, 9, 15))
+            for i, pnl in enumerate(wins):
+                risk.on_trade_closed(pnl, ist_ms(day, 10, 0) + i)
+                equity += pnl
+                assert risk.observe(equity, ist_ms(day, 10, 0) + i) == []
+            out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(day, 15, 0), equity=equity))
+            assert not out.halt and out.daily_pnl >= 0 and out.drawdown == 0.0
+        assert not risk.halted
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    opening=st.floats(1e5, 1e8),
+    moves=st.lists(st.floats(-0.05, 0.05), min_size=1, max_size=60),
+)
+def test_the_daily_loss_trips_exactly_when_equity_falls_two_percent_below_the_open(
+    opening: float, moves: list[float]
+) -> None:
+    """Any equity path within one session: the daily-loss switch trips at the first
+    observation 2 % or more below the session's opening equity, and never before."""
+    path = [opening]
+    for m in moves:
+        path.append(path[-1] * (1.0 + m))
+    first_breach = next(
+        (i for i, e in enumerate(path) if opening - e > 0 and opening - e >= 0.02 * opening), None
+    )
+    limits = MetaRiskLimits(max_drawdown=0.99)  # isolate the daily loss
+    with tempfile.TemporaryDirectory() as d, MetaRisk(Path(d) / "r.db", limits) as risk:
+        tripped = None
+        for i, equity in enumerate(path):
+            fired = risk.observe(equity, ist_ms(2, 9, 15) + i)
+            if fired and tripped is None:
+                tripped = i
+                assert [v.rule for v in fired] == ["daily_loss"]
+    assert tripped == first_breach
+
+
 def test_drawdown_halt_survives_day_change_until_reset(tmp_path: Path) -> None:
     path = tmp_path / "risk.db"
-    limits = MetaRiskLimits(starting_equity=START, daily_loss_pct=0.5)  # isolate drawdown
+    limits = MetaRiskLimits(daily_loss_pct=0.5)  # isolate drawdown
     with MetaRisk(path, limits) as risk:
-        risk.on_trade_closed(100_000.0, ist_ms(1, 10, 0))  # peak 1,100,000
-        risk.on_trade_closed(-115_000.0, ist_ms(1, 11, 0))  # 985,000: dd 10.45 %
+        risk.observe(START, ist_ms(1, 9, 15))
+        risk.observe(START + 100_000.0, ist_ms(1, 10, 0))  # peak 1,100,000
+        risk.observe(START - 15_000.0, ist_ms(1, 11, 0))  # 985,000: dd 10.45 %
         assert risk.halts == {"max_drawdown": dt.date(2024, 1, 1)}
+        assert risk.kill_switch == "max_drawdown"
     with MetaRisk(path, limits) as risk:
         for day in (2, 3):
-            out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(day, 10, 0)))
+            out = risk.update(
+                **safe_inputs(exchange_ts_ms=ist_ms(day, 10, 0), equity=START - 15_000.0)
+            )
             assert out.halt and not out.allowed
             v = rules(out)["max_drawdown"]
             assert v.value == pytest.approx(115_000 / 1_100_000) and v.limit == 0.10
         assert risk.reset_halt("max_drawdown") is True
-        out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(3, 10, 1)))
+        out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(3, 10, 1), equity=START - 15_000.0))
         assert out.allowed and not out.halt
     with MetaRisk(path, limits) as risk:
         assert not risk.halted

@@ -1,5 +1,6 @@
 """Governance wired into the engine over simulated sessions: regime flips the capital brain,
-a daily loss halts trading, and the halt survives a restart."""
+a daily loss on the account's equity stops entries (REDUCING) until the next session, and
+survives a restart."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ import msgspec
 import pytest
 
 from chimera_core.config import load_credentials, parse_config
-from chimera_core.contracts import Mode, Regime
+from chimera_core.contracts import (
+    ExecKind,
+    ExecutionReport,
+    Fill,
+    Mode,
+    Purpose,
+    Regime,
+    Side,
+    TradingState,
+)
 from chimera_core.event_loop import Engine, run_live
-from chimera_core.feed.smartapi_v2 import encode
+from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_governance.pipeline import GovernancePipeline
 from tests.loopback import free_port
 from tools.sim.market import Market
@@ -90,29 +100,66 @@ def test_decisions_with_governance_are_deterministic(tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_a_daily_loss_halts_trading_and_the_halt_survives_a_restart(tmp_path):
+def _round_trip(engine: Engine, token: str, qty: int, buy: float, sell: float, ts: int) -> None:
+    """A closed trade as the router reports it: an entry fill, then an exit fill."""
+    for kind, side, price, purpose, n in (
+        ("entry", Side.BUY, buy, Purpose.ENTRY, 1),
+        ("exit", Side.SELL, sell, Purpose.STOP_LOSS, 2),
+    ):
+        coid = f"T-{token}-{ts}-{kind}"
+        fill = Fill(f"{coid}-f", coid, token, side, qty, price, 0.0, ts + n)
+        engine.on_report(
+            ExecutionReport(
+                kind=ExecKind.FILLED, client_order_id=coid, intent_id=coid, token=token,
+                side=side, order_qty=qty, filled_qty=qty, avg_price=price, purpose=purpose,
+                fill=fill, final=True, exchange_ts_ms=ts + n,
+            )
+        )  # fmt: skip
+
+
+def test_a_daily_loss_goes_reducing_survives_a_restart_and_clears_at_the_next_session(tmp_path):
     cfg = parse_config(CFG)
     state = tmp_path / "governance"
     gov = GovernancePipeline(cfg, state)
     engine = Engine(cfg, governance=gov, clock=lambda: 0)
     frames = _frames(30_000)
     before = _run(engine, frames[:15_000])
-    assert any(d.intent for d in before) and not engine.halted
-    # A losing round trip of 3% of equity (as Engine.on_report feeds closed trades in).
-    gov.meta_risk.on_trade_closed(-30_000.0, before[-1].exchange_ts_ms)
+    assert any(d.intent for d in before) and engine.trading_state is TradingState.ACTIVE
+    # A losing round trip of 3 % of the account's equity.
+    equity = engine.account_snapshot().equity
+    _round_trip(
+        engine, "2885", 1000, 1000.0, 1000.0 - 0.03 * equity / 1000, before[-1].exchange_ts_ms
+    )
+    assert engine.account_snapshot().equity == pytest.approx(0.97 * equity)
+    assert engine.trading_state is TradingState.REDUCING  # exits only, not HALT
+    assert gov.kill_switch == "daily_loss"
     after = _run(engine, frames[15_000:], start=15_000)
-    assert engine.halted
-    halting = next(d for d in after if d.meta_risk is not None and d.meta_risk.halt)
-    assert "daily_loss" in {v.rule for v in halting.meta_risk.vetoes}
-    assert {t.to_state for t in halting.transitions} == {"HALT"}
     assert not any(d.intent for d in after)
+    assert not engine.halted and all(
+        s.machine.state.value != "HALT" for s in engine.symbols.values()
+    )
     gov.close()
 
-    # Restart: a new process on the same state starts halted, as a recorded control event.
+    # Restart the same day: a new process on the same state starts REDUCING.
     restarted = GovernancePipeline(cfg, state)
-    assert restarted.halted
+    assert restarted.kill_switch == "daily_loss"
     asyncio.run(_live_briefly(cfg, restarted))
     restarted.close()
+
+    # The next session: its first bar close lifts the switch and entries come back.
+    nextday = GovernancePipeline(cfg, state)
+    engine = Engine(cfg, governance=nextday, clock=lambda: 0)
+    engine.control("reduce", "meta_risk:daily_loss")  # as run_live starts it
+    tomorrow = [_shifted(f, 86_400_000) for f in frames]
+    decisions = _run(engine, tomorrow)
+    assert engine.trading_state is TradingState.ACTIVE
+    assert any(d.intent for d in decisions)
+    nextday.close()
+
+
+def _shifted(frame: bytes, ms: int) -> bytes:
+    tick = decode(frame)
+    return encode(msgspec.structs.replace(tick, exchange_ts_ms=tick.exchange_ts_ms + ms))
 
 
 async def _live_briefly(cfg, governance: GovernancePipeline) -> None:
@@ -134,9 +181,8 @@ async def _live_briefly(cfg, governance: GovernancePipeline) -> None:
         await asyncio.sleep(2.0)
         stop.set()
         engine = await asyncio.wait_for(task, 10)
-    assert engine.halted and engine.stats.decisions > 100
+    assert engine.trading_state is TradingState.REDUCING and engine.stats.decisions > 100
     assert engine.stats.intents == 0
-    assert all(s.machine.state.value == "HALT" for s in engine.symbols.values())
 
 
 @pytest.mark.parametrize("command", ["approve", "reject"])
