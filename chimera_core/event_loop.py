@@ -36,6 +36,7 @@ from chimera_core.contracts import (
     ExecutionOutput,
     ExecutionReport,
     FeedEvent,
+    GenomeOutput,
     Health,
     Mode,
     OrderIntent,
@@ -128,6 +129,9 @@ class SymbolContext:
         self.last_ts = -1  # exchange time of the last accepted trade, and of the one before
         self.prev_ts = -1
         self.prices = PriceFilter(cfg.sanity.max_jump_pct)
+        # The strategy's parameters: [strategy] until the genome in force says otherwise.
+        self.strategy = DefaultStrategy(s.energy_threshold)
+        self.genome: GenomeOutput | None = None  # the version the strategy runs on
         self.machine = ExecutionStateMachine(token, exchange_type)
         self.armed_direction = 0
         self.vetoed_bar_ms = -1  # a vetoed signal does not re-arm within the same bar
@@ -160,7 +164,6 @@ class Engine:
         self.sinks: list[DecisionSink] = list(sinks or [])
         exchange_type = int(ExchangeType[cfg.feed.exchange_type])
         self.symbols = {t: SymbolContext(t, exchange_type, cfg) for t in cfg.feed.tokens}
-        self.strategy = DefaultStrategy(cfg.strategy.energy_threshold)
         self.stats = EngineStats()
         # A flood of bad frames costs a counter, not a log line each (the summary says how
         # many were not logged). Logs only: nothing the engine decides depends on it.
@@ -205,6 +208,9 @@ class Engine:
             empty = ExecutionOutput(0, 0.0, 0.0, 0.0, 0, "")
             for sym in self.symbols.values():
                 sym.execution = empty
+        if governance is not None:
+            for token, sym in self.symbols.items():  # the genome in force at start
+                self._take_genome(sym, governance.layers(token)[2])
 
     # ---- the hot path --------------------------------------------------------------
     def on_frame(self, frame: bytes, recv_ns: int) -> Decision | None:
@@ -295,14 +301,16 @@ class Engine:
                 # the layers as of the previous bar close.
                 self._bar_work.append((tick.token, closed, physics))
         # 4. strategy
-        signal_, confidence = self.strategy.evaluate(physics)
-        # 5. governance: per-bar layers (drift, capital, genome); meta-risk and approvals
-        #    are asked inside the state machine step, only when a signal is about to fire.
+        signal_, confidence = sym.strategy.evaluate(physics)
+        # 5. governance: per-bar layers (drift, capital); meta-risk and approvals are asked
+        #    inside the state machine step, only when a signal is about to fire. The genome
+        #    named is the one the strategy ran on (a new version takes effect at a bar).
+        genome = sym.genome
         if governance is not None:
-            drift, capital, genome = governance.layers(tick.token)
+            drift, capital, _ = governance.layers(tick.token)
             confidence, influence = governance.weigh(tick.token, confidence)
         else:
-            drift = capital = genome = None
+            drift = capital = None
             influence = _PHYSICS_ONLY
         self._gate = None
         # 6. state machine
@@ -352,11 +360,46 @@ class Engine:
             equity = self.account_snapshot().equity
             for token, bar, physics in work:
                 governance.on_bar(token, bar, physics, equity)
+                self._take_genome(self.symbols[token], governance.layers(token)[2])
             # The account is judged at every bar close, not only when an entry is asked
             # for: a loss on open positions trips the daily-loss switch on its own, and a
             # new session lifts a daily-loss REDUCING at its first bar.
             self._kill_switch(governance.observe(equity, work[-1][1].end_ms))
         work.clear()
+
+    def _take_genome(self, sym: SymbolContext, genome: GenomeOutput | None) -> None:
+        """Run the strategy on ``genome``'s genes from the next tick on (at a bar close, or
+        at start): a learning step, rollback or promotion takes effect here, the same way
+        in live and replay, and every later decision names the version."""
+        current = sym.genome
+        if genome is None or (
+            current is not None
+            and (genome.family, genome.version) == (current.family, current.version)
+        ):
+            return
+        p = genome.params
+        try:
+            sym.physics.set_params(
+                int(p.get("energy_lookback", sym.physics.energy_n)),
+                int(p.get("z_lookback", sym.physics.z_n)),
+                int(p.get("band_lookback", sym.physics.band_n)),
+                float(p.get("band_k", sym.physics.k)),
+            )
+            threshold = float(p.get("energy_threshold", sym.strategy.energy_threshold))
+            sym.strategy = DefaultStrategy(threshold)
+        except (ValueError, TypeError) as exc:
+            log.error("genome_refused", token=sym.token, version=genome.version, error=str(exc))
+            return
+        previous = current.version if current is not None else None
+        sym.genome = genome
+        log.info(
+            "genome_applied",
+            token=sym.token,
+            family=genome.family,
+            version=genome.version,
+            previous=previous,
+            params=p,
+        )
 
     def account_snapshot(self) -> AccountSnapshot:
         """The account now, every position at its symbol's last price."""

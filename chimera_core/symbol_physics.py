@@ -34,6 +34,9 @@ def _positive_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+MAX_LOOKBACK = 250  # the config's and the genome's upper bound for a window
+
+
 class SymbolPhysics:
     """Owns one symbol's BarBuilder, BarRing and VolumeDelta and runs the kernels.
 
@@ -97,7 +100,14 @@ class SymbolPhysics:
         self._profile_bucket = float(profile_bucket)
         self._value_area = float(value_area)
         self._bars = BarBuilder(token, interval_ms)
-        self._ring = BarRing(capacity, max_lookback=max(energy_n, z_n, band_n, atr_n))
+        longest = max(energy_n, z_n, band_n, atr_n)
+        if isinstance(capacity, int) and capacity <= longest + 1:
+            raise ValueError(
+                f"capacity {capacity} is too small for a lookback of {longest}: it must "
+                f"exceed lookback + 1 (use at least {longest + 2})"
+            )
+        # Room for any window the genome may choose later (its genes stop at 250 bars).
+        self._ring = BarRing(capacity, max_lookback=max(longest, min(capacity - 2, MAX_LOOKBACK)))
         self._volume = VolumeDelta()
         self._live_out = np.full(physics.LIVE_SIZE, np.nan)
         self._closed_out = np.full(physics.CLOSED_SIZE, np.nan)
@@ -134,6 +144,42 @@ class SymbolPhysics:
     @property
     def profile(self) -> VolumeProfile | None:
         return self._profile
+
+    @property
+    def energy_n(self) -> int:
+        return self._energy_n
+
+    @property
+    def z_n(self) -> int:
+        return self._z_n
+
+    @property
+    def band_n(self) -> int:
+        return self._band_n
+
+    @property
+    def k(self) -> float:
+        return self._k
+
+    def set_params(self, energy_n: int, z_n: int, band_n: int, k: float) -> None:
+        """New windows and band width (a genome version taking effect at a bar boundary).
+        The closed bars are kept: the next evaluation reads the new windows over them."""
+        windows = {"energy_n": energy_n, "z_n": z_n, "band_n": band_n}
+        for name, n in windows.items():
+            _positive_int(name, n, 2)
+            if n > self._ring.capacity - 2:
+                raise ValueError(f"{name} {n} exceeds the ring's {self._ring.capacity - 2} bars")
+        if not (0.0 <= k < math.inf):
+            raise ValueError(f"k must be a finite number >= 0, got {k!r}")
+        self._energy_n, self._z_n, self._band_n, self._k = (
+            int(energy_n),
+            int(z_n),
+            int(band_n),
+            float(k),
+        )
+        self._warm_count = max(energy_n - 1, z_n, band_n - 1)
+        if self._ring.count:
+            self._refresh_closed_statistics()  # volatility over the new z window
 
     @property
     def last_price(self) -> float:

@@ -12,7 +12,7 @@ position_value      |held + working + entry| x price, rupees     max_position_va
 position_qty        |held + working + entry|, units              max_position_qty
 gross_exposure      sum |qty| x mark over the book, with entry   max_gross_exposure x equity
 net_exposure        |sum qty x mark| over the book, with entry    max_net_exposure x equity
-open_positions      positions open, counting the one it opens    max_open_positions
+open_positions      positions held or being opened, with this    max_open_positions
 pyramiding          entries already made into this position      max_entries_per_position
 opposite_position   the position's signed qty                    0 (exit it first)
 =================== ============================================ ===========================
@@ -58,10 +58,10 @@ def fit(
     if held != 0 and account.entries.get(token, 0) >= limits.max_entries_per_position:
         n = float(account.entries.get(token, 0))
         return 0, Veto("pyramiding", n, float(limits.max_entries_per_position), token)
-    if current == 0 and held == 0 and account.open_positions >= limits.max_open_positions:
-        return 0, Veto(
-            "open_positions", float(account.open_positions + 1), float(limits.max_open_positions)
-        )
+    # Positions held, and entries still working that would open one, count alike.
+    busy = len({t for t, q in account.positions.items() if q} | set(account.working))
+    if current == 0 and held == 0 and busy >= limits.max_open_positions:
+        return 0, Veto("open_positions", float(busy + 1), float(limits.max_open_positions))
     equity = account.equity
     mark = account.marks.get(token, price)
     # Room, in units of this token, under each cap (the entry adds |qty| x price).

@@ -413,6 +413,24 @@ class GenomeStore:
             metrics = window_metrics(self.trade_pnls(family, cur.version)[-self.rollback_window :])
             return self._insert(cur, target.params, reason, metrics, exchange_ts_ms, target.version)
 
+    def new_version(
+        self, family: str, params: Mapping[str, float], reason: str, exchange_ts_ms: int
+    ) -> GenomeVersion:
+        """Put ``params`` in force for ``family`` as a new version (a promotion, an operator's
+        change). Every gene must be present and inside its bounds."""
+        missing = {g.name for g in self.genes} - set(params)
+        if missing:
+            raise GenomeError(f"params for {family!r} lack genes {sorted(missing)}")
+        for g in self.genes:
+            value = float(params[g.name])
+            if not (g.lo <= value <= g.hi):
+                raise GenomeError(
+                    f"gene {g.name}={value} is outside its bounds [{g.lo}, {g.hi}] for {family!r}"
+                )
+        with self._write():
+            cur = self._ensure(family, exchange_ts_ms)
+            return self._insert(cur, params, reason, {}, exchange_ts_ms, None)
+
     # ------------------------------------------------------------------ internals
 
     def _govern(self, cur: GenomeVersion, closed: int, ts: int) -> None:

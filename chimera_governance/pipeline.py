@@ -98,6 +98,12 @@ class GovernancePipeline:
         drift_warm_up()
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
+    def reload_genomes(self) -> None:
+        """Read the version in force for every family again (after a promotion or rollback
+        written by another process); the engine takes it at each symbol's next bar."""
+        for t in self._genome_out:
+            self._genome_out[t] = self.genomes.current(self.genomes.family_for(t))
+
     # ---- per bar ---------------------------------------------------------------------
     def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
         if math.isfinite(equity) and equity > 0:

@@ -109,6 +109,24 @@ async def test_entry_fills_then_the_bracket_stop_closes_it(tmp_path: Path) -> No
     assert desk.journal.check() == []
 
 
+async def test_a_halt_keeps_the_stop_of_an_open_position_working(tmp_path: Path) -> None:
+    """The kill switch cancels what is open and sends no entry, but a position keeps its
+    stop: a halted router used to stop managing positions altogether."""
+    desk = Desk(tmp_path)
+    await desk.start()
+    await desk.tick(snap(T0))
+    desk.router.submit(intent(T0, 50), atr=0.5)
+    await desk.tick(snap(T0 + 100))
+    assert desk.journal.positions()[0].qty == 50
+    desk.router.apply([("cancel_all", "operator")])
+    desk.router.submit(intent(T0 + 150, 10, seq=1), atr=0.5)  # refused while halted
+    await desk.tick(snap(T0 + 200, ltp=99.00))  # through the stop
+    await desk.tick(snap(T0 + 300, ltp=99.00))
+    stops = [r for r in desk.reports if r.purpose is Purpose.STOP_LOSS]
+    assert stops and stops[-1].kind is ExecKind.FILLED and stops[-1].filled_qty == 50
+    assert desk.journal.positions()[0].qty == 0
+
+
 async def test_the_same_intent_twice_is_never_sent_twice(tmp_path: Path) -> None:
     desk = Desk(tmp_path)
     await desk.start()

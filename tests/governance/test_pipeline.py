@@ -224,3 +224,34 @@ def test_deferred_bar_work_gives_the_same_decisions_whether_or_not_the_caller_fl
     assert msgspec.msgpack.encode(flushed) == msgspec.msgpack.encode(lazy)
     flushed_gov.close()
     lazy_gov.close()
+
+
+def test_the_genome_in_force_drives_the_strategy_from_the_next_bar(tmp_path):
+    """Decisions name the genome version the strategy ran on; a new version (here put in
+    force by a promotion written to the store) takes effect at the symbol's next bar close,
+    and its genes are what the strategy and the kernels then use."""
+    cfg = parse_config(CFG)
+    gov = GovernancePipeline(cfg, tmp_path)
+    engine = Engine(cfg, governance=gov, clock=lambda: 0)
+    frames = _frames(20_000)
+    first = _run(engine, frames[:10_000])
+    family = gov.genomes.family_for("2885")
+    v1 = gov.genomes.current(family)
+    assert {d.genome.version for d in first if d.token == "2885"} == {v1.version}
+    assert any(d.intent for d in first)
+    params = {**v1.params, "energy_threshold": 2.0, "band_k": 3.0, "energy_lookback": 30}
+    v2 = gov.genomes.new_version(family, params, "promotion", first[-1].exchange_ts_ms)
+    gov.reload_genomes()
+    second = _run(engine, frames[10_000:], start=10_000)
+    mine = [d for d in second if d.token == "2885"]
+    switched = next(i for i, d in enumerate(mine) if d.genome.version == v2.version)
+    assert all(d.genome.version == v1.version for d in mine[:switched])
+    # The switch comes at the first tick after the one that closed this symbol's bar (that
+    # tick opened the new bar: its bar start moved on from the tick before it).
+    assert switched >= 2
+    assert mine[switched - 1].bar_start_ms > mine[switched - 2].bar_start_ms
+    sym = engine.symbols["2885"]
+    assert (sym.strategy.energy_threshold, sym.physics.k, sym.physics.energy_n) == (2.0, 3.0, 30)
+    # An energy threshold of 2.0 is beyond this market: nothing fires on v2.
+    assert not any(d.intent for d in mine[switched:])
+    gov.close()
