@@ -85,6 +85,7 @@ __all__ = [
     "build_calendars",
     "calendar_for_exchange_type",
     "market_of_exchange_type",
+    "merged_market",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,6 +125,13 @@ class MarketConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     # move late_close_min later (MCX: 23:30 -> 23:55 in the US winter). "none" = never.
     late_close_tz: str | None = None
     late_close_min: Annotated[int, msgspec.Meta(ge=0, le=720)] | None = None
+    # Charges on this market's fills (chimera_execution/charges.py): "schedule" = the dated
+    # Indian schedule (brokerage, STT/CTT, exchange, SEBI, GST, stamp) for the segment;
+    # "percent" = charges_pct percent of each fill's turnover; "fixed" = charges_fixed per
+    # executed order; "none". Presets: "schedule" for the Indian segments, "none" generic.
+    charges: Literal["schedule", "percent", "fixed", "none"] | None = None
+    charges_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    charges_fixed: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] | None = None
 
     def __post_init__(self) -> None:
         # Field-level checks here (msgspec reports them at load); the cross-field ones need
@@ -157,6 +165,7 @@ _MON_FRI: list[Weekday] = ["Mon", "Tue", "Wed", "Thu", "Fri"]
 _EQUITY = MarketConfig(
     timezone=_INDIA, open="09:15", close="15:30", entry_cutoff="15:00", square_off="15:15",
     weekdays=_MON_FRI, holidays=[], extra_days=[], late_close_tz="none", late_close_min=0,
+    charges="schedule", charges_pct=0.0, charges_fixed=0.0,
 )  # fmt: skip
 PRESETS: dict[str, MarketConfig] = {
     "NSE_CM": _EQUITY,
@@ -189,6 +198,9 @@ PRESETS: dict[str, MarketConfig] = {
         extra_days=[],
         late_close_tz="none",
         late_close_min=0,
+        charges="none",
+        charges_pct=0.0,
+        charges_fixed=0.0,
     ),
 }
 
@@ -254,12 +266,22 @@ class _Spec(msgspec.Struct, frozen=True):
     late_min: int
 
 
-def _merge(name: str, override: MarketConfig | None) -> _Spec:
+def merged_market(name: str, override: MarketConfig | None = None) -> MarketConfig:
+    """``override``'s keys over NAME's preset (``generic`` for a NAME that is not a
+    segment): a MarketConfig with no None left."""
     base = PRESETS.get(name, PRESETS["generic"])
-    got: dict[str, Any] = {}
-    for field in MarketConfig.__struct_fields__:
-        value = getattr(override, field, None) if override is not None else None
-        got[field] = getattr(base, field) if value is None else value
+    if override is None:
+        return base
+    changes = {
+        f: getattr(override, f)
+        for f in MarketConfig.__struct_fields__
+        if getattr(override, f) is not None
+    }
+    return msgspec.structs.replace(base, **changes)
+
+
+def _merge(name: str, override: MarketConfig | None) -> _Spec:
+    got: dict[str, Any] = msgspec.structs.asdict(merged_market(name, override))
     key = f"markets.{name}"
     if not _NAME_RE.match(name):
         raise ConfigError(
