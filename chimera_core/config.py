@@ -20,6 +20,8 @@ import msgspec
 from dotenv import dotenv_values
 
 from chimera_core.errors import ConfigError
+from chimera_core.instruments import InstrumentsConfig
+from chimera_core.markets import MarketConfig
 
 # Every number has an upper bound: far above anything a real trader sets, low enough that
 # no later arithmetic (seconds to ns, int64 arrays, sleep(), sizing) overflows or stalls.
@@ -259,6 +261,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     governance: GovernanceConfig = msgspec.field(default_factory=GovernanceConfig)
     execution: ExecutionConfig = msgspec.field(default_factory=ExecutionConfig)
+    # Calendars by market name (presets and keys: chimera_core/markets.py).
+    markets: dict[str, MarketConfig] = msgspec.field(default_factory=dict)
+    # The instrument master and instruments by name (chimera_core/instruments.py).
+    instruments: InstrumentsConfig = msgspec.field(default_factory=InstrumentsConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):

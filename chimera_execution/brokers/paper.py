@@ -24,7 +24,9 @@ Matching, all in exchange time so replays are exact:
   ltp >= trigger, SELL: ltp <= trigger) and then act as MARKET / LIMIT on that same tick.
 - ``slippage_bps`` moves every fill price against us; a limit order's fill is capped at
   its limit (an exchange never fills a limit order worse than its limit).
-- Charges per fill via ``compute_charges``; brokerage is per executed order (a market
+- Charges per fill via ``ChargeCalculator.for_request`` (per segment, product and
+  instrument kind; a bare ``ChargesConfig`` is NSE/BSE cash equity with those rates over
+  the dated schedule); brokerage is per executed order (a market
   order walking three levels pays one fee, charged as the order's turnover grows).
 """
 
@@ -58,7 +60,7 @@ from chimera_core.contracts import (
 from chimera_core.errors import BrokerError, BrokerReject, ChimeraError, JournalWriteError
 from chimera_core.sqlite_files import private_file
 from chimera_execution.brokers.base import ReportSink, report_for
-from chimera_execution.charges import PRODUCTS, compute_charges
+from chimera_execution.charges import PRODUCTS, ChargeCalculator
 from chimera_execution.journal import apply_fill, read_fills, stored_mode
 
 log = structlog.get_logger(__name__)
@@ -115,7 +117,7 @@ class PaperBroker:
         self,
         journal_db: Path,
         cfg: PaperConfig,
-        charges: ChargesConfig,
+        charges: ChargesConfig | ChargeCalculator,
         product: str,
         on_report: ReportSink,
         clock: Callable[[], int] = time.monotonic_ns,
@@ -131,7 +133,9 @@ class PaperBroker:
             raise ChimeraError(f"paper broker: expected product in {PRODUCTS}, got {product!r}")
         self.path = path
         self._cfg = cfg
-        self._charges = charges
+        self._charges = (
+            charges if isinstance(charges, ChargeCalculator) else ChargeCalculator(equity=charges)
+        )
         self._product = product
         self._on_report = on_report
         self._clock = clock
@@ -514,9 +518,7 @@ class PaperBroker:
         price = book_price * (1 + slip) if buy else book_price * (1 - slip)
         if limit is not None:
             price = min(price, limit) if buy else max(price, limit)
-        charges = compute_charges(
-            req.side, qty, price, req.product, self._charges, w.avg_price * w.filled_qty
-        ).total
+        charges = self._charges.for_request(req, qty, price, ts, w.avg_price * w.filled_qty).total
         n = w.fills_n + 1
         fill = Fill(
             fill_id=f"{w.broker_order_id}-{n}",

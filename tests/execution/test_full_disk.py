@@ -77,7 +77,7 @@ async def test_a_full_disk_moves_the_engine_to_exits_only_and_a_stop_leaves_noth
                 "[governance]\nmin_confidence = 0.0\napproval_min_confidence = 0.0\n"
                 '[logging]\ndecisions = "none"\n'
                 f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
-                "health_interval_s = 0.2\n"
+                "health_interval_s = 0.2\nwait_for_subscriber_s = 0.0\n"
                 f'[control]\nendpoint = "{control}"\n'
             )
             proc = chimera("live", "--config", str(cfg), cwd=tmp_path)

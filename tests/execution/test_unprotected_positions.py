@@ -76,6 +76,7 @@ async def test_a_dark_feed_flags_an_open_position_end_to_end(tmp_path, action):
         "[governance]\nenabled = false\n"
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\nhealth_interval_s = 0.2\n'
+        "wait_for_subscriber_s = 0.0\n"
         f'[control]\nendpoint = "{control}"\n'
         f'[execution]\nunprotected_after_s = 1.0\nunprotected_action = "{action}"\n'
     )

@@ -546,7 +546,7 @@ def test_cli_refuses_a_non_loopback_host_without_allow_remote(host: str) -> None
     import subprocess
 
     done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "chimera"), "sim", "--host", host, "--port", "0"],
+        [sys.executable, "-m", "tools.cli", "sim", "--host", host, "--port", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
@@ -558,7 +558,7 @@ async def test_cli_binds_a_non_loopback_host_with_allow_remote() -> None:
     # 0.0.0.0 is the wildcard bind; --allow-remote says the operator means it. The loopback
     # address is reachable through it, which is all this machine allows.
     proc = await asyncio.create_subprocess_exec(
-        str(REPO / ".venv" / "bin" / "chimera"), "sim", "--host", "0.0.0.0", "--allow-remote",
+        sys.executable, "-m", "tools.cli", "sim", "--host", "0.0.0.0", "--allow-remote",
         "--port", "0", "--no-orders", "--tokens", "2885",
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -58,6 +58,7 @@ from aiohttp import WSMsgType, web
 
 from chimera_core.contracts import Mode
 from tools.sim.market import IST, Market
+from tools.sim.master import MASTER_PATH, SAMPLE_MASTER
 
 log = structlog.get_logger(__name__)
 
@@ -268,7 +269,12 @@ class OrderGateway:
         post(f"{_ORDER}/getLtpData", self._secure(self._ltp))
         get(f"{_ORDER}/details/{{uniqueorderid}}", self._secure(self._details))
         get(ORDER_WS_PATH, self._order_socket)
+        # The public instrument master (no auth, as the real one): tools/sim/master.py.
+        get(MASTER_PATH, self._instrument_master)
         return app
+
+    async def _instrument_master(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(SAMPLE_MASTER)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
