@@ -226,7 +226,10 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     orphans: Literal["cancel", "adopt"] = "cancel"
     cancel_on_stop: bool = True  # a clean stop (SIGTERM, systemd) cancels open orders
     flatten_on_halt: bool = False  # the kill switch also closes positions at market
-    square_off_at: ClockTime = "15:15"  # IST: no entries after, positions closed at it
+    # The square-off of the feed's segment, local time, over [markets.<SEGMENT>]'s own
+    # (NSE 15:15): positions are closed at it. "" = the market's. Entries stop at the
+    # market's entry_cutoff (or at this square-off, if it comes first).
+    square_off_at: Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")] = ""
     stop_atr_multiple: Multiple = 2.0  # bracket stop loss distance
     take_profit_atr_multiple: Multiple = 3.0
     journal_sync: Literal["NORMAL", "FULL"] = "FULL"  # SQLite synchronous; FULL survives power loss

@@ -57,6 +57,7 @@ from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracke
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
 from chimera_core.logging import RateLimiter, redactor
+from chimera_core.markets import calendar_for
 from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
@@ -199,8 +200,8 @@ class Engine:
         )
         self.actions: list[tuple[str, str]] = []  # ("cancel", coid) | ("cancel_all"|"flatten", why)
         self._flatten_on_halt = ex.flatten_on_halt
-        hh, mm = ex.square_off_at.split(":")
-        self._square_off_s = int(hh) * 3600 + int(mm) * 60
+        # The segment's market calendar: entry hours, cut-off and square-off, holidays.
+        self.calendar = calendar_for(cfg.markets, exchange_type, ex.square_off_at)
         # No entries while False: run_live clears it until the broker is reconciled.
         self.reconciled = True
         self.last_tick: Tick | None = None
@@ -462,7 +463,7 @@ class Engine:
                     and not self.exits_only
                     and self.reconciled
                     and sym.vetoed_bar_ms != sym.physics.bar_start_ms
-                    and not self._past_square_off(ts)
+                    and not self._entries_closed(ts)
                 ):
                     sym.armed_direction = direction
                     return (
@@ -551,14 +552,15 @@ class Engine:
             return "paused"
         if self.exits_only:
             return "exits_only"
-        if self._past_square_off(exchange_ts_ms):
+        if self._entries_closed(exchange_ts_ms):
             return "past_entry_cutoff"
         return ""
 
-    def _past_square_off(self, exchange_ts_ms: int) -> bool:
+    def _entries_closed(self, exchange_ts_ms: int) -> bool:
+        """Outside the market's entry hours (closed, a holiday, past the cut-off)."""
         if not self.execution_enabled:
             return False
-        return (exchange_ts_ms // 1000 + _IST_OFFSET_S) % 86_400 >= self._square_off_s
+        return not self.calendar.entries_allowed(exchange_ts_ms)
 
     # ---- execution reports (between frames, in arrival order; replay re-applies them) ----
     def on_report(self, report: ExecutionReport) -> tuple[Transition, ...]:
@@ -770,7 +772,6 @@ class Engine:
 
 _PHYSICS_ONLY = {"physics": 1.0}
 _REFUSED_BY = {"veto": {"meta_risk": 1.0}, "capital": {"capital": 1.0}}
-_IST_OFFSET_S = 19_800  # UTC+5:30, no daylight saving
 _STATE_NAME = {s: s.value for s in State}
 
 

@@ -302,7 +302,9 @@ def round_to_tick(
     n = price / tick
     up = (side is Side.SELL) if kind == "limit" else (side is Side.BUY)
     nearest = round(n)
-    on_grid = abs(n - nearest) < 1e-9  # float noise, not a price between ticks
+    # Float noise, not a price between ticks: the division's error grows with n (a price
+    # of 262,144.6075 on a 0.0025 grid is 1.5e-8 ticks off after dividing).
+    on_grid = abs(n - nearest) < 1e-9 + abs(n) * 1e-14
     k = nearest if on_grid else math.ceil(n) if up else math.floor(n)
     decimals = max(0, -math.floor(math.log10(tick)) + 4)
     return round(k * tick, decimals)

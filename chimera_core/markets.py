@@ -543,3 +543,16 @@ def calendar_for_exchange_type(
 ) -> MarketCalendar:
     """The calendar of a SmartAPI segment, e.g. ``calendar_for_exchange_type(cals, 2)``."""
     return calendars[market_of_exchange_type(exchange_type)]
+
+
+def calendar_for(
+    markets: Mapping[str, MarketConfig], exchange_type: int, square_off: str = ""
+) -> MarketCalendar:
+    """The calendar the engine, meta-risk and the router share for one segment, with
+    ``square_off`` ("HH:MM", from ``execution.square_off_at``) over the market's own when
+    given. Raises ConfigError as ``build_calendars`` does."""
+    name = market_of_exchange_type(exchange_type)
+    override = markets.get(name)
+    if square_off:
+        override = msgspec.structs.replace(override or MarketConfig(), square_off=square_off)
+    return MarketCalendar(name, _merge(name, override))

@@ -52,6 +52,7 @@ from chimera_core.errors import (
     JournalWriteError,
     RateLimited,
 )
+from chimera_core.markets import calendar_for
 from chimera_core.position_book import PositionBook
 from chimera_execution.brokers.base import Broker, report_for
 from chimera_execution.journal import Journal, journal_path
@@ -61,8 +62,6 @@ from chimera_execution.smart_execution import (
     Throttler,
     VwapSlicer,
     exit_request,
-    parse_clock,
-    square_off_due,
 )
 
 log = structlog.get_logger(__name__)
@@ -150,7 +149,8 @@ class OrderRouter:
         self._watch: set[str] = set()  # tokens with parents, positions or exits
         self._last_tick: dict[str, Tick] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._square_off_s = parse_clock(ex.square_off_at)
+        # One calendar for the engine, meta-risk and the router (chimera_core.markets).
+        self.calendar = calendar_for(cfg.markets, self._exchange_type, ex.square_off_at)
         self._squared_off: set[str] = set()
         self._cancel_all_ns = 0  # kill switch started (0: none pending)
         # Orders the kill switch caught before they reached the broker: never sent.
@@ -479,7 +479,7 @@ class OrderRouter:
         # in every trading state.
         if pos.qty == 0 or token in self._exits:
             return
-        if square_off_due(now, self._square_off_s):
+        if self.calendar.past_square_off(now):
             if token not in self._squared_off:
                 self._squared_off.add(token)
                 log.warning("square_off", token=token, qty=pos.qty)

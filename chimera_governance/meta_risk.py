@@ -1,7 +1,8 @@
 """Meta risk: the veto. Its limits are hard; no other layer can override them.
 
 State is explicit and time is an input: every call carries the exchange timestamp (epoch
-ms), and the trading day is the IST calendar date of that time. Equity is the account's
+ms), and the trading day is the session of the segment's market calendar that time falls
+in (chimera_core.markets: it turns at the next open, not at midnight). Equity is the account's
 (cash + positions marked to market), observed by ``observe`` (per closed bar, per intent,
 per closed trade); never a configured figure. The daily loss is measured from the equity
 at the session's first observation, the drawdown from the equity high-water mark, so a
@@ -26,7 +27,7 @@ position_value      this token's value, rupees     max_position_value          v
 stale_feed          1.0                            0.0                         feed stale
 spread              spread, percent                max_spread_pct              value > limit
 confidence          signal confidence              min_confidence              value < limit
-trading_hours       IST time as HHMM (914.0)       window edge as HHMM         outside
+trading_hours       local time as HHMM (914.0)     cut-off or next open, HHMM  outside entry hours
 rolling_sharpe      Sharpe of last N trades        sharpe_floor (>= 20 trades) value < limit
 =================== ============================== =========================== ==========
 
@@ -49,11 +50,12 @@ import structlog
 
 from chimera_core.contracts import MetaRiskOutput, Veto
 from chimera_core.errors import ChimeraError
+from chimera_core.feed.sanity import MAX_EXCHANGE_MS, MIN_EXCHANGE_MS
+from chimera_core.markets import MarketCalendar, calendar_for
 from chimera_core.sqlite_files import private_file
 
 log = structlog.get_logger(__name__)
 
-IST = ZoneInfo("Asia/Kolkata")
 
 DAILY_LOSS = "daily_loss"
 MAX_DRAWDOWN = "max_drawdown"
@@ -76,8 +78,6 @@ class MetaRiskLimits:
     max_position_value: float = 200_000.0  # rupees per symbol, including the new entry
     max_spread_pct: float = 0.5  # percent: 0.5 means 0.5 % of price
     min_confidence: float = 0.3
-    session_start: dt.time = dt.time(9, 15)  # IST, entries allowed from here ...
-    session_end: dt.time = dt.time(15, 20)  # ... up to (not including) here
     sharpe_window: int = 50  # closed trades in the rolling window
     sharpe_floor: float = -1.0
     sharpe_min_trades: int = 20  # the Sharpe rule is silent below this many trades
@@ -87,13 +87,25 @@ class MetaRiskLimits:
             raise MetaRiskError(f"sharpe_window must be >= 2 trades, got {self.sharpe_window}")
 
 
-def trading_day(exchange_ts_ms: int) -> dt.date:
-    """The IST calendar date of an exchange timestamp."""
-    return dt.datetime.fromtimestamp(exchange_ts_ms / 1000.0, tz=IST).date()
+_NSE = calendar_for({}, 1)
 
 
-def ist_time(exchange_ts_ms: int) -> dt.time:
-    return dt.datetime.fromtimestamp(exchange_ts_ms / 1000.0, tz=IST).time()
+def trading_day(exchange_ts_ms: int, calendar: MarketCalendar = _NSE) -> dt.date:
+    """The session (trading day) an exchange timestamp belongs to: the latest session that
+    opened at or before it, so the day turns at the next session's open, not at midnight.
+    Never raises: a time outside the calendar's range maps to 1970-01-01."""
+    day = calendar.session_day(exchange_ts_ms)
+    if day <= 0:
+        return dt.date(1970, 1, 1)
+    return dt.date(day // 10_000, day // 100 % 100, day % 100)
+
+
+def local_hhmm(exchange_ts_ms: int, calendar: MarketCalendar = _NSE) -> float:
+    """Local wall-clock time in the market's timezone as HHMM (914.0), for veto numbers."""
+    if not MIN_EXCHANGE_MS <= exchange_ts_ms <= MAX_EXCHANGE_MS:
+        return -1.0
+    t = dt.datetime.fromtimestamp(exchange_ts_ms / 1000.0, tz=ZoneInfo(calendar.timezone)).time()
+    return float(t.hour * 100 + t.minute)
 
 
 def rolling_sharpe(pnls: list[float] | deque[float]) -> float:
@@ -108,10 +120,6 @@ def rolling_sharpe(pnls: list[float] | deque[float]) -> float:
     if std <= 1e-12 * max(1.0, abs(mean)):
         return 0.0 if mean == 0 else math.copysign(math.inf, mean)
     return mean / std
-
-
-def _hhmm(t: dt.time) -> float:
-    return float(t.hour * 100 + t.minute)
 
 
 _SCHEMA = """
@@ -132,8 +140,14 @@ CREATE TABLE IF NOT EXISTS equity_state (
 class MetaRisk:
     """The veto. ``on_trade_closed`` feeds results in; ``update`` judges an entry."""
 
-    def __init__(self, state_path: str | Path, limits: MetaRiskLimits | None = None) -> None:
+    def __init__(
+        self,
+        state_path: str | Path,
+        limits: MetaRiskLimits | None = None,
+        calendar: MarketCalendar = _NSE,
+    ) -> None:
         self.limits = limits or MetaRiskLimits()
+        self.calendar = calendar
         self._db = sqlite3.connect(str(private_file(state_path)), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -251,11 +265,17 @@ class MetaRisk:
             (spread_pct > lim.max_spread_pct, "spread", spread_pct, lim.max_spread_pct, "%"),
             (confidence < lim.min_confidence, "confidence", confidence, lim.min_confidence, ""),
         ]
-        t = ist_time(exchange_ts_ms)
-        if t < lim.session_start:
-            checks.append((True, "trading_hours", _hhmm(t), _hhmm(lim.session_start), "early"))
-        elif t >= lim.session_end:
-            checks.append((True, "trading_hours", _hhmm(t), _hhmm(lim.session_end), "late"))
+        cal = self.calendar
+        if not cal.entries_allowed(exchange_ts_ms):
+            session = cal.session(exchange_ts_ms)
+            now = local_hhmm(exchange_ts_ms, cal)
+            if session is not None and cal.is_open(exchange_ts_ms):
+                edge = local_hhmm(session.entry_cutoff_ms, cal)
+                checks.append((True, "trading_hours", now, edge, "past the entry cut-off"))
+            else:
+                nxt = cal.next_session_open_ms(exchange_ts_ms)
+                edge = local_hhmm(nxt, cal) if nxt < MAX_EXCHANGE_MS else -1.0
+                checks.append((True, "trading_hours", now, edge, "market closed"))
         sharpe = rolling_sharpe(self._pnls)
         if len(self._pnls) >= lim.sharpe_min_trades and sharpe < lim.sharpe_floor:
             checks.append(
@@ -344,7 +364,7 @@ class MetaRisk:
 
     def _roll_day(self, exchange_ts_ms: int) -> dt.date:
         """Move to the trading day of ``exchange_ts_ms`` (never backwards)."""
-        day = trading_day(exchange_ts_ms)
+        day = trading_day(exchange_ts_ms, self.calendar)
         if self._day is not None and day <= self._day:
             return self._day
         self._day = day

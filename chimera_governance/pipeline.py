@@ -17,6 +17,7 @@ from chimera_core.contracts import (
     Bar,
     CapitalOutput,
     DriftOutput,
+    ExchangeType,
     GenomeOutput,
     OrderIntent,
     PhysicsState,
@@ -24,6 +25,7 @@ from chimera_core.contracts import (
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
+from chimera_core.markets import calendar_for
 from chimera_core.sqlite_files import private_dir
 from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
 from chimera_governance.capital_brain import CapitalBrain
@@ -62,6 +64,10 @@ class GovernancePipeline:
             stop_atr_multiple=g.stop_atr_multiple,
             lot_size=g.lot_size,
         )
+        # The segment's market calendar: trading days turn at its session open.
+        self.calendar = calendar_for(
+            cfg.markets, int(ExchangeType[cfg.feed.exchange_type]), cfg.execution.square_off_at
+        )
         self.meta_risk = MetaRisk(
             state_dir / "meta_risk.db",
             MetaRiskLimits(
@@ -74,6 +80,7 @@ class GovernancePipeline:
                 max_spread_pct=g.max_spread_pct,
                 min_confidence=g.min_confidence,
             ),
+            calendar=self.calendar,
         )
         self.approvals = ApprovalQueue(
             state_dir / "approvals.db",
@@ -170,7 +177,7 @@ class GovernancePipeline:
             account, token, intent.side, wanted, price, self.exposure, self.lot_size
         )
         held = account.positions.get(token, 0) + account.working.get(token, 0)
-        day = trading_day(ts)
+        day = trading_day(ts, self.calendar)
         meta = self.meta_risk.update(
             token=token,
             exchange_ts_ms=ts,

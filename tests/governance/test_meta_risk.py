@@ -54,7 +54,7 @@ LIMITS = MetaRiskLimits(max_trades_per_day=35)
 # each input: a range inside every limit, and a range that breaches its rule(s)
 SAFE: dict[str, st.SearchStrategy[Any]] = {
     "pnls": st.lists(st.floats(-150.0, 50.0), max_size=19),
-    "minute_of_day": st.integers(9 * 60 + 15, 15 * 60 + 19),
+    "minute_of_day": st.integers(9 * 60 + 15, 14 * 60 + 59),
     "confidence": st.floats(0.3, 1.0),
     "spread_pct": st.floats(0.0, 0.5),
     "feed_stale": st.just(False),
@@ -65,7 +65,7 @@ SAFE: dict[str, st.SearchStrategy[Any]] = {
 }
 BREACH: dict[str, st.SearchStrategy[Any]] = {
     "pnls": st.lists(st.floats(-150.0, -20.0), min_size=20, max_size=30),  # Sharpe < -1
-    "minute_of_day": st.one_of(st.integers(0, 9 * 60 + 14), st.integers(15 * 60 + 20, 1439)),
+    "minute_of_day": st.one_of(st.integers(0, 9 * 60 + 14), st.integers(15 * 60, 1439)),
     "confidence": st.floats(0.0, 0.3, exclude_max=True),
     "spread_pct": st.floats(0.5, 5.0, exclude_min=True),
     "feed_stale": st.just(True),
@@ -107,10 +107,10 @@ def expected_breaches(x: dict[str, Any]) -> dict[str, tuple[float, float]]:
         out["confidence"] = (x["confidence"], 0.3)
     hh, mm = divmod(x["minute_of_day"], 60)
     hhmm = hh * 100 + mm
-    if hhmm < 915:
+    if hhmm < 915 or hhmm >= 1530:  # the market is closed: the edge named is the next open
         out["trading_hours"] = (hhmm, 915)
-    elif hhmm >= 1520:
-        out["trading_hours"] = (hhmm, 1520)
+    elif hhmm >= 1500:  # open, past NSE's entry cut-off (chimera_core.markets)
+        out["trading_hours"] = (hhmm, 1500)
     if len(pnls) >= 20:
         mean, std = pnls.mean(), pnls.std(ddof=1)
         # identical losing trades: no dispersion, Sharpe is -inf (documented)
@@ -122,9 +122,9 @@ def expected_breaches(x: dict[str, Any]) -> dict[str, tuple[float, float]]:
 
 def evaluate(x: dict[str, Any]) -> Any:
     with tempfile.TemporaryDirectory() as d, MetaRisk(Path(d) / "risk.db", LIMITS) as risk:
-        risk.observe(START, ist_ms(2, 0, 0, 0))  # the account when the session opened
+        risk.observe(START, ist_ms(2, 9, 15, 0))  # the account when the session opened
         for i, pnl in enumerate(x["pnls"]):
-            risk.on_trade_closed(pnl, ist_ms(2, 0, 0, 1) + i)
+            risk.on_trade_closed(pnl, ist_ms(2, 9, 15, 1) + i)
         hh, mm = divmod(x["minute_of_day"], 60)
         return risk.update(
             token="2885",
@@ -242,10 +242,12 @@ def test_daily_loss_halts_persists_and_clears_next_ist_day(tmp_path: Path) -> No
         assert out.halt and not out.allowed
         assert rules(out)["daily_loss"].value == pytest.approx(21_000.0)
 
-    # 00:30 IST on Jan 2 is still Jan 1 in UTC, but a new IST trading day: cleared
+    # 00:30 IST on Jan 2: a new calendar day, but the next session has not opened: the
+    # switch holds through the night and lifts at the 09:15 open.
     with MetaRisk(path) as risk:
-        assert dt.datetime.fromtimestamp(ist_ms(2, 0, 30) / 1000, dt.UTC).day == 1
         risk.update(**safe_inputs(exchange_ts_ms=ist_ms(2, 0, 30)))
+        assert risk.halted
+        risk.update(**safe_inputs(exchange_ts_ms=ist_ms(2, 9, 15)))
         assert not risk.halted
         out = risk.update(**safe_inputs(exchange_ts_ms=ist_ms(2, 10, 0)))
         assert out.allowed and not out.halt and out.vetoes == ()
@@ -338,7 +340,9 @@ def test_drawdown_halt_survives_day_change_until_reset(tmp_path: Path) -> None:
     ("hour", "minute", "allowed", "value", "limit"),
     [
         (9, 14, False, 914.0, 915.0),
-        (15, 21, False, 1521.0, 1520.0),
+        (15, 21, False, 1521.0, 1500.0),
+        (15, 0, False, 1500.0, 1500.0),
+        (14, 59, True, None, None),
         (10, 0, True, None, None),
         (9, 15, True, None, None),
     ],
