@@ -70,6 +70,13 @@ class StrategyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     # Exchange-time seconds: an intent with no execution report expires, then cools down.
     execute_timeout_s: Seconds = 30.0
     cooldown_s: Seconds = 60.0
+    # Exits besides the ATR brackets: a signal in the other direction, energy (in the
+    # position's direction) decayed below exit_energy_ratio x energy_threshold (the
+    # genome's, so it scales with it; 0 = off), a holding time in exchange seconds (0 = no
+    # limit). Each closes the whole position at market.
+    exit_on_reversal: bool = True
+    exit_energy_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    max_hold_s: Annotated[float, msgspec.Meta(ge=0, le=31_536_000)] = 0.0
 
 
 class SanityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -232,6 +239,9 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     square_off_at: Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")] = ""
     stop_atr_multiple: Multiple = 2.0  # bracket stop loss distance
     take_profit_atr_multiple: Multiple = 3.0
+    # A position restored at start without its bracket: a bracket from the current ATR at
+    # its first warm tick ("atr"), or closed at market ("flatten"). Never left bare.
+    restored_without_bracket: Literal["atr", "flatten"] = "atr"
     journal_sync: Literal["NORMAL", "FULL"] = "FULL"  # SQLite synchronous; FULL survives power loss
     # A position whose token has been dark (no accepted frame) this long, in local seconds,
     # is flagged ``position_unprotected``: its stop and target cannot be watched.

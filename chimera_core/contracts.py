@@ -192,6 +192,7 @@ class Purpose(enum.Enum):
     TAKE_PROFIT = "TAKE_PROFIT"
     SQUARE_OFF = "SQUARE_OFF"  # intraday cut-off
     FLATTEN = "FLATTEN"  # kill switch / operator
+    EXIT = "EXIT"  # the strategy's exit rule (reversal, energy decay, holding time)
 
 
 class OrderRequest(msgspec.Struct, frozen=True):

@@ -45,6 +45,7 @@ from chimera_core.contracts import (
     Reconciliation,
     SessionInfo,
     Side,
+    Signal,
     Tick,
     TradingState,
     Transition,
@@ -61,7 +62,7 @@ from chimera_core.markets import calendar_for
 from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
-from chimera_core.strategy import DefaultStrategy
+from chimera_core.strategy import strategy_for
 from chimera_core.symbol_physics import SymbolPhysics
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
@@ -131,7 +132,10 @@ class SymbolContext:
         self.prev_ts = -1
         self.prices = PriceFilter(cfg.sanity.max_jump_pct)
         # The strategy's parameters: [strategy] until the genome in force says otherwise.
-        self.strategy = DefaultStrategy(s.energy_threshold)
+        self.strategy = strategy_for(s, s.energy_threshold)
+        self.position_sign = 0  # -1, 0, 1: the position held (exits are watched while != 0)
+        self.entry_ts_ms = -1  # exchange time the position was opened (-1: not known yet)
+        self.exit_requested = False  # an exit order was asked for and has not ended
         self.genome: GenomeOutput | None = None  # the version the strategy runs on
         self.machine = ExecutionStateMachine(token, exchange_type)
         self.armed_direction = 0
@@ -303,6 +307,8 @@ class Engine:
                 self._bar_work.append((tick.token, closed, physics))
         # 4. strategy
         signal_, confidence = sym.strategy.evaluate(physics)
+        if sym.position_sign and not sym.exit_requested:
+            self._watch_exit(sym, physics, signal_, tick.exchange_ts_ms)
         # 5. governance: per-bar layers (drift, capital); meta-risk and approvals are asked
         #    inside the state machine step, only when a signal is about to fire. The genome
         #    named is the one the strategy ran on (a new version takes effect at a bar).
@@ -368,6 +374,20 @@ class Engine:
             self._kill_switch(governance.observe(equity, work[-1][1].end_ms))
         work.clear()
 
+    def _watch_exit(
+        self, sym: SymbolContext, physics: PhysicsState, signal_: Signal, ts: int
+    ) -> None:
+        """The strategy's own exits (beside the router's brackets): asked for once, carried
+        out by the router after this decision is published, re-armed if the order ends
+        without closing the position."""
+        if sym.entry_ts_ms < 0:
+            sym.entry_ts_ms = ts  # restored at start: held from the first tick seen
+        why = sym.strategy.exit_reason(physics, signal_, sym.position_sign, ts - sym.entry_ts_ms)
+        if why and self.execution_enabled:
+            sym.exit_requested = True
+            self.actions.append(("exit", f"{sym.token}:{why}"))
+            log.info("exit_signal", token=sym.token, reason=why, exchange_ts_ms=ts)
+
     def _take_genome(self, sym: SymbolContext, genome: GenomeOutput | None) -> None:
         """Run the strategy on ``genome``'s genes from the next tick on (at a bar close, or
         at start): a learning step, rollback or promotion takes effect here, the same way
@@ -387,7 +407,7 @@ class Engine:
                 float(p.get("band_k", sym.physics.k)),
             )
             threshold = float(p.get("energy_threshold", sym.strategy.energy_threshold))
-            sym.strategy = DefaultStrategy(threshold)
+            sym.strategy = strategy_for(self.cfg.strategy, threshold)
         except (ValueError, TypeError) as exc:
             log.error("genome_refused", token=sym.token, version=genome.version, error=str(exc))
             return
@@ -599,6 +619,14 @@ class Engine:
                     transitions.extend(self._kill_switch(governance.observe(equity, ts), ts))
         if kind is ExecKind.REJECTED:
             self.stats.rejects += 1
+        held = self.positions.get(report.token).qty
+        sign = (held > 0) - (held < 0)
+        if sign != sym.position_sign:
+            sym.entry_ts_ms = ts if sign else -1
+            sym.position_sign = sign
+            sym.exit_requested = False
+        elif report.purpose is Purpose.EXIT and kind in _TERMINAL:
+            sym.exit_requested = False  # it ended without closing: the rule may ask again
         if (
             report.final
             and report.purpose is Purpose.ENTRY
@@ -630,6 +658,8 @@ class Engine:
         for sym in self.symbols.values():
             sym.working = {o.client_order_id for o in recon.open_orders if o.token == sym.token}
             pos = self.positions.get(sym.token)
+            sym.position_sign = (pos.qty > 0) - (pos.qty < 0)
+            sym.entry_ts_ms = -1
             sym.execution = ExecutionOutput(
                 pos.qty, pos.avg_price, 0.0, 0.0, len(sym.working), sym.last_report
             )
@@ -771,6 +801,7 @@ class Engine:
 
 
 _PHYSICS_ONLY = {"physics": 1.0}
+_TERMINAL = (ExecKind.FILLED, ExecKind.REJECTED, ExecKind.CANCELLED)
 _REFUSED_BY = {"veto": {"meta_risk": 1.0}, "capital": {"capital": 1.0}}
 _STATE_NAME = {s: s.value for s in State}
 
@@ -917,7 +948,7 @@ async def run_live(
         if decision is not None:
             if decision.intent is not None:
                 submit(decision.intent, decision.physics.atr)
-            route_tick(engine.last_tick)  # type: ignore[arg-type]  # set with every decision
+            route_tick(engine.last_tick, decision.physics.atr)  # type: ignore[arg-type]
         if actions:
             apply_actions(actions)
 

@@ -33,8 +33,9 @@ class Router(Protocol):
     def submit(self, intent: OrderIntent, atr: float) -> None:
         """An intent left the state machine (after its decision was published)."""
 
-    def on_tick(self, tick: Tick) -> None:
-        """Every accepted tick, after its decision was published."""
+    def on_tick(self, tick: Tick, atr: float = ...) -> None:
+        """Every accepted tick, after its decision was published (``atr``: the symbol's ATR
+        then, for a restored position that needs a bracket)."""
 
     def apply(self, actions: list[tuple[str, str]]) -> None:
         """Carry out (and clear) the engine's queued actions: cancel, cancel_all, flatten,

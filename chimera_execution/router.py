@@ -18,6 +18,7 @@ holds a tick.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -152,6 +153,7 @@ class OrderRouter:
         # One calendar for the engine, meta-risk and the router (chimera_core.markets).
         self.calendar = calendar_for(cfg.markets, self._exchange_type, ex.square_off_at)
         self._squared_off: set[str] = set()
+        self._unbracketed: set[str] = set()  # restored positions still without a bracket
         self._cancel_all_ns = 0  # kill switch started (0: none pending)
         # Orders the kill switch caught before they reached the broker: never sent.
         self._dont_send: set[str] = set()
@@ -461,7 +463,7 @@ class OrderRouter:
             )  # fmt: skip
 
     # ---- ticks --------------------------------------------------------------------------
-    def on_tick(self, tick: Tick) -> None:
+    def on_tick(self, tick: Tick, atr: float = math.nan) -> None:
         """Every accepted tick, after its decision is published."""
         token = tick.token
         self._last_tick[token] = tick
@@ -479,6 +481,8 @@ class OrderRouter:
         # in every trading state.
         if pos.qty == 0 or token in self._exits:
             return
+        if token in self._unbracketed:
+            self._bracket_restored(token, pos.qty, pos.avg_price, atr, now)
         if self.calendar.past_square_off(now):
             if token not in self._squared_off:
                 self._squared_off.add(token)
@@ -533,6 +537,13 @@ class OrderRouter:
                 self.cancel_all(arg)
             elif action == "flatten":
                 self.flatten(arg)
+            elif action == "exit":
+                token, _, why = arg.partition(":")
+                tick = self._last_tick.get(token)
+                held = self._brackets.get(token)
+                intent_id = held[0] if held is not None else f"EX-{token}"
+                log.info("strategy_exit", token=token, reason=why)
+                self._exit(token, Purpose.EXIT, intent_id, tick.exchange_ts_ms if tick else 0)
             elif action == "cancel_entries":
                 for intent_id in list(self._parents):
                     self.cancel_intent(intent_id)
@@ -723,7 +734,15 @@ class OrderRouter:
     def _restore_bracket(self, position: Position) -> None:
         saved = self.journal.get_risk(f"bracket:{position.token}") or {}
         if not saved or saved.get("atr", 0) <= 0:
-            log.warning("position_without_bracket", token=position.token, qty=position.qty)
+            # Never left bare: a bracket from the ATR at its first warm tick, or closed.
+            log.warning(
+                "position_without_bracket",
+                token=position.token,
+                qty=position.qty,
+                action=self.ex.restored_without_bracket,
+            )
+            self._unbracketed.add(position.token)
+            self._watch.add(position.token)
             return
         side = Side.BUY if position.qty > 0 else Side.SELL
         bracket = Bracket.from_entry(
@@ -734,6 +753,30 @@ class OrderRouter:
             self.ex.take_profit_atr_multiple,
         )
         self._brackets[position.token] = (str(saved.get("intent_id", "")), bracket)
+
+    def _bracket_restored(self, token: str, qty: int, avg: float, atr: float, now: int) -> None:
+        if self.ex.restored_without_bracket == "flatten":
+            self._unbracketed.discard(token)
+            self._exit(token, Purpose.FLATTEN, f"FL-{token}", now)
+            return
+        if not (math.isfinite(atr) and atr > 0):
+            return  # not warm yet: the square-off still closes it at the cut-off
+        side = Side.BUY if qty > 0 else Side.SELL
+        try:
+            bracket = Bracket.from_entry(
+                side, avg, atr, self.ex.stop_atr_multiple, self.ex.take_profit_atr_multiple
+            )
+        except Exception as exc:  # a bracket without a distance is no bracket
+            log.warning("bracket_refused", token=token, error=str(exc))
+            return
+        self._unbracketed.discard(token)
+        intent_id = f"RB-{token}"
+        self._brackets[token] = (intent_id, bracket)
+        self._set_risk(
+            f"bracket:{token}",
+            {"intent_id": intent_id, "side": side.value, "entry": avg, "atr": atr},
+        )
+        log.warning("bracket_restored_from_atr", token=token, atr=atr, entry=avg)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Cancel open orders (when configured) and wait for the answers, then close."""

@@ -746,6 +746,7 @@ def square_off_due(exchange_ts_ms: int, cutoff_s: int) -> bool:
 # ---- order builders ---------------------------------------------------------------------
 
 PURPOSE_CODES: dict[Purpose, str] = {
+    Purpose.EXIT: "EX",
     Purpose.STOP_LOSS: "SL",
     Purpose.TAKE_PROFIT: "TP",
     Purpose.SQUARE_OFF: "SQ",
