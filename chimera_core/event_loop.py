@@ -130,7 +130,7 @@ class SymbolContext:
         self.late_in_row = 0  # frames refused in a row as older than the forming bar
         self.last_ts = -1  # exchange time of the last accepted trade, and of the one before
         self.prev_ts = -1
-        self.prices = PriceFilter(cfg.sanity.max_jump_pct)
+        self.prices = PriceFilter(cfg.sanity.max_jump_pct, bar_interval_s=s.bar_interval_s)
         # The strategy's parameters: [strategy] until the genome in force says otherwise.
         self.strategy = strategy_for(s, s.energy_threshold)
         self.position_sign = 0  # -1, 0, 1: the position held (exits are watched while != 0)
@@ -262,7 +262,7 @@ class Engine:
                 stats.gaps += 1
             elif verdict is Seq.REBASELINE:
                 self._rebaselined(sym, "sequence", tick)
-        if not sym.prices.accept(tick.ltp):
+        if not sym.prices.accept(tick.ltp, tick.upper_circuit, tick.lower_circuit):
             stats.bad_price += 1
             return None
         bar_start = sym.physics.bar_start_ms

@@ -152,11 +152,17 @@ class PriceFilter:
 
     A jump beyond ``max_jump_pct`` from the last accepted price is held back; if
     ``confirm`` consecutive prints agree with the new level it is accepted (a real gap,
-    e.g. at the open), otherwise each is dropped as a bad print.
+    e.g. at the open), otherwise each is dropped as a bad print. The limit widens with the
+    bar interval (x sqrt(interval / 1 min), at most x3: a daily bar moves further than a
+    minute does), and a print inside the exchange's circuit band (SNAP_QUOTE carries it)
+    is real whatever its jump: the exchange would not have traded outside it.
     """
 
-    def __init__(self, max_jump_pct: float = 10.0, confirm: int = 3) -> None:
-        self.max_jump = max_jump_pct / 100.0
+    def __init__(
+        self, max_jump_pct: float = 10.0, confirm: int = 3, bar_interval_s: float = 60.0
+    ) -> None:
+        scale = min(3.0, max(1.0, math.sqrt(bar_interval_s / 60.0)))
+        self.max_jump = max_jump_pct / 100.0 * scale
         self.confirm = confirm
         self.last = math.nan
         self._pending = math.nan
@@ -164,12 +170,17 @@ class PriceFilter:
         self.bad = 0
         self.jumps = 0
 
-    def accept(self, price: float) -> bool:
+    def accept(self, price: float, upper: float = 0.0, lower: float = 0.0) -> bool:
+        """``upper``/``lower``: the circuit band when the feed carries it (0 = unknown)."""
         if not (math.isfinite(price) and price > 0.0):
             self.bad += 1
             return False
         last = self.last
-        if last != last or abs(price / last - 1.0) <= self.max_jump:  # first price, or sane
+        if (
+            last != last  # the first price
+            or abs(price / last - 1.0) <= self.max_jump
+            or (0.0 < lower <= price <= upper)  # inside the circuit band: it traded there
+        ):
             self.last = price
             self._pending_count = 0
             return True

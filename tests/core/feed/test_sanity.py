@@ -70,3 +70,29 @@ def test_a_jump_is_only_accepted_after_two_rejected_prints_that_agree_with_it(pr
             assert abs(prev[1][0] / prev[0][0] - 1) <= 0.1
             assert abs(p / prev[1][0] - 1) <= 0.1
         history.append((p, ok))
+
+
+def test_a_daily_bar_moves_further_than_a_minute_bar():
+    """15 % between two prints is a fat finger on minute bars, a real day on daily bars."""
+    minute = PriceFilter(max_jump_pct=10.0, bar_interval_s=60)
+    daily = PriceFilter(max_jump_pct=10.0, bar_interval_s=86_400)
+    for f in (minute, daily):
+        assert f.accept(100.0)
+    assert not minute.accept(115.0)
+    assert daily.accept(115.0)
+    assert not daily.accept(115.0 * 1.35)  # still at most 3 x the limit: 35 % is held back
+
+
+@given(
+    move=st.floats(-0.19, 0.19).filter(lambda m: abs(m) > 0.11),
+    band=st.floats(0.19, 0.2),
+)
+def test_a_print_inside_the_circuit_band_is_real(move, band):
+    """With SNAP_QUOTE's circuit limits the exchange says what could trade: a print inside
+    the band is accepted at once; the same print with no band known needs confirming."""
+    with_band, without = PriceFilter(max_jump_pct=10.0), PriceFilter(max_jump_pct=10.0)
+    assert with_band.accept(100.0) and without.accept(100.0)
+    price = 100.0 * (1.0 + move)
+    assert with_band.accept(price, 100.0 * (1 + band), 100.0 * (1 - band))
+    assert not without.accept(price)
+    assert not with_band.accept(100.0 * (1 + band) * 1.2, 100.0 * (1 + band), 100.0 * (1 - band))
