@@ -867,11 +867,16 @@ def build_router(cfg: Config, env: dict[str, str]) -> OrderRouter:
     router = OrderRouter(cfg, journal)
     if ex.broker == "paper":
         from chimera_execution.brokers.paper import PaperBroker
+        from chimera_execution.charges import ChargeCalculator
 
+        # Each fill is charged by its segment's schedule (or the market's percent, fixed or
+        # none model); [execution.charges] still states the NSE cash rates.
+        calculator = ChargeCalculator(equity=ex.charges, markets=cfg.markets)
+        calculator.check_markets([cfg.feed.exchange_type])
         router.broker = PaperBroker(
             journal_path(Path(cfg.data_dir), cfg.mode),
             ex.paper,
-            ex.charges,
+            calculator,
             ex.product,
             router.on_broker_report,
         )

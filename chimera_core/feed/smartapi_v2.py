@@ -26,6 +26,8 @@ PACKET_SIZE = {
 }
 _SIZE_BY_MODE = {int(m): s for m, s in PACKET_SIZE.items()}
 _EXCHANGE_TYPES = frozenset(int(e) for e in ExchangeType)
+# The integer price's divisor per exchange type: paise, but currencies (CDE_FO) in 10^-7.
+_DIVISOR: dict[int, float] = {int(ExchangeType.CDE_FO): 10_000_000.0}
 TOKEN_BYTES = 25
 BEST5_LEVELS = 5
 DEPTH_LEVELS = 20
@@ -52,7 +54,7 @@ def _token(raw: bytes) -> str:
 
 
 def _levels(
-    values: tuple[int | float, ...], start: int, count: int, stride: int
+    values: tuple[int | float, ...], start: int, count: int, stride: int, d: float = 100.0
 ) -> tuple[Level, ...]:
     """Price levels from unpacked (…, qty, price, orders) records; empty slots are dropped."""
     out = []
@@ -60,7 +62,7 @@ def _levels(
         qty, price, orders = values[i], values[i + 1], values[i + 2]
         if qty == 0:  # an empty slot: no size at that price
             continue
-        out.append(Level(price / 100.0, int(qty), int(orders)))
+        out.append(Level(price / d, int(qty), int(orders)))
     return tuple(out)
 
 
@@ -82,38 +84,42 @@ def decode(frame: bytes, recv_ns: int = 0) -> Tick:
             f"{sorted(_EXCHANGE_TYPES)})"
         )
     token = _token(frame[2:27])
+    # Prices are integers: paise (/100) on every segment but currencies (/10^7), per the
+    # SmartAPI WebSocket 2.0 documentation.
+    d = _DIVISOR.get(exchange_type, 100.0)
 
     if mode == Mode.LTP:
         _, _, _, seq, ts, ltp = LTP_S.unpack(frame)
-        return Tick(token, exchange_type, mode, seq, ts, ltp / 100.0, recv_ns=recv_ns)
+        return Tick(token, exchange_type, mode, seq, ts, ltp / d, recv_ns=recv_ns)
 
     if mode == Mode.QUOTE:
         v = QUOTE_S.unpack(frame)
         # Positional up to prev_close (Tick field order): keywords cost ~0.3 µs here.
         return Tick(
-            token, exchange_type, mode, v[3], v[4], v[5] / 100.0, v[6], v[7] / 100.0, v[8],
-            v[9], v[10], v[11] / 100.0, v[12] / 100.0, v[13] / 100.0, v[14] / 100.0,
+            token, exchange_type, mode, v[3], v[4], v[5] / d, v[6], v[7] / d, v[8],
+            v[9], v[10], v[11] / d, v[12] / d, v[13] / d, v[14] / d,
             recv_ns=recv_ns,
         )  # fmt: skip
 
     if mode == Mode.SNAP_QUOTE:
         v = SNAP_S.unpack(frame)
         # v[18:58] are 10 records (flag, qty, price, orders): 5 bids then 5 asks by position.
-        bids = _levels(v, 19, BEST5_LEVELS, 4)
-        asks = _levels(v, 39, BEST5_LEVELS, 4)
+        bids = _levels(v, 19, BEST5_LEVELS, 4, d)
+        asks = _levels(v, 39, BEST5_LEVELS, 4, d)
         return Tick(
-            token, exchange_type, mode, v[3], v[4], v[5] / 100.0,
-            ltq=v[6], avg_price=v[7] / 100.0, volume=v[8],
+            token, exchange_type, mode, v[3], v[4], v[5] / d,
+            ltq=v[6], avg_price=v[7] / d, volume=v[8],
             total_buy_qty=v[9], total_sell_qty=v[10],
-            open=v[11] / 100.0, high=v[12] / 100.0, low=v[13] / 100.0, prev_close=v[14] / 100.0,
+            open=v[11] / d, high=v[12] / d, low=v[13] / d, prev_close=v[14] / d,
             last_traded_ts_s=v[15], open_interest=v[16], oi_change_pct=v[17],
             bids=bids, asks=asks,
-            upper_circuit=v[58] / 100.0, lower_circuit=v[59] / 100.0,
-            week52_high=v[60] / 100.0, week52_low=v[61] / 100.0,
+            upper_circuit=v[58] / d, lower_circuit=v[59] / d,
+            week52_high=v[60] / d, week52_low=v[61] / d,
             recv_ns=recv_ns,
         )  # fmt: skip
 
     # DEPTH20: exchange time at offset 27 (the SDK drops it), packet time at 35, no LTP.
+    # Its prices are int32 paise (depth-20 is an NSE feed; no currency divisor applies).
     v = DEPTH_S.unpack(frame)
     return Tick(
         token, exchange_type, mode, 0, v[3], 0.0,
@@ -122,8 +128,8 @@ def decode(frame: bytes, recv_ns: int = 0) -> Tick:
     )  # fmt: skip
 
 
-def _paise(rupees: float) -> int:
-    return round(rupees * 100)
+def _paise(rupees: float, d: float = 100.0) -> int:
+    return round(rupees * d)
 
 
 def _token_bytes(token: str) -> bytes:
@@ -150,13 +156,14 @@ def encode(tick: Tick) -> bytes:
 def _encode(tick: Tick) -> bytes:
     tok = _token_bytes(tick.token)
     mode = tick.mode
-    head = (mode, tick.exchange_type, tok, tick.sequence, tick.exchange_ts_ms, _paise(tick.ltp))
+    d = _DIVISOR.get(tick.exchange_type, 100.0)
+    head = (mode, tick.exchange_type, tok, tick.sequence, tick.exchange_ts_ms, _paise(tick.ltp, d))
     if mode == Mode.LTP:
         return LTP_S.pack(*head)
     quote = (
-        tick.ltq, _paise(tick.avg_price), tick.volume,
+        tick.ltq, _paise(tick.avg_price, d), tick.volume,
         float(tick.total_buy_qty), float(tick.total_sell_qty),
-        _paise(tick.open), _paise(tick.high), _paise(tick.low), _paise(tick.prev_close),
+        _paise(tick.open, d), _paise(tick.high, d), _paise(tick.low, d), _paise(tick.prev_close, d),
     )  # fmt: skip
     if mode == Mode.QUOTE:
         return QUOTE_S.pack(*head, *quote)
@@ -164,13 +171,13 @@ def _encode(tick: Tick) -> bytes:
         book: list[int] = []
         for flag, levels in ((_BID_FLAG, tick.bids), (0, tick.asks)):
             for lvl in _pad(levels, BEST5_LEVELS, "bid" if flag else "ask"):
-                book += (flag, lvl.qty, _paise(lvl.price), lvl.orders)
+                book += (flag, lvl.qty, _paise(lvl.price, d), lvl.orders)
         return SNAP_S.pack(
             *head, *quote,
             tick.last_traded_ts_s, tick.open_interest, float(tick.oi_change_pct),
             *book,
-            _paise(tick.upper_circuit), _paise(tick.lower_circuit),
-            _paise(tick.week52_high), _paise(tick.week52_low),
+            _paise(tick.upper_circuit, d), _paise(tick.lower_circuit, d),
+            _paise(tick.week52_high, d), _paise(tick.week52_low, d),
         )  # fmt: skip
     if mode == Mode.DEPTH:
         depth: list[int] = []

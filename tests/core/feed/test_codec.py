@@ -230,3 +230,19 @@ SIZED_GARBAGE = st.sampled_from(list(Mode)).flatmap(
 @given(SIZED_GARBAGE)
 def test_right_sized_garbage_raises_nothing_but_protocol_error(frame: bytes) -> None:
     _decode_or_protocol_error(frame)
+
+
+def test_currency_prices_are_in_ten_millionths_on_the_wire():
+    """CDE_FO sends prices /10^7, every other segment in paise (SmartAPI WebSocket 2.0)."""
+    import struct as _struct
+
+    from chimera_core.contracts import Tick as _Tick
+
+    usdinr = _Tick("1165", 13, 1, 7, 1_717_386_300_000, 83.4567125)
+    frame = encode(usdinr)
+    (raw,) = _struct.unpack_from("<q", frame, 43)
+    assert raw == 834_567_125
+    assert decode(frame).ltp == 83.4567125
+    nse = _Tick("2885", 1, 1, 7, 1_717_386_300_000, 2950.05)
+    (raw,) = _struct.unpack_from("<q", encode(nse), 43)
+    assert raw == 295_005
