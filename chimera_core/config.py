@@ -11,6 +11,7 @@ import math
 import os
 import re
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,9 +20,10 @@ from urllib.parse import urlparse
 import msgspec
 from dotenv import dotenv_values
 
+from chimera_core.contracts import ExchangeType
 from chimera_core.errors import ConfigError
 from chimera_core.instruments import InstrumentsConfig
-from chimera_core.markets import MarketConfig
+from chimera_core.markets import MarketConfig, build_calendars, calendar_for
 
 # Every number has an upper bound: far above anything a real trader sets, low enough that
 # no later arithmetic (seconds to ns, int64 arrays, sleep(), sizing) overflows or stalls.
@@ -307,14 +309,26 @@ CREDENTIAL_ENV = {
 SECRET_ENV = (*CREDENTIAL_ENV.values(), "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
 
 
+def _is_optional(tp: typing.Any) -> bool:
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
+
+
 def _allowed(root: type, path: list[str]) -> str:
     """Describe what the field at ``path`` accepts (for error messages)."""
     tp: typing.Any = root
     for part in path:
+        if typing.get_origin(tp) is dict:  # a table of tables ([markets.NAME]): its values
+            tp = typing.get_args(tp)[1]
+            continue
+        if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+            return ""
         hints = typing.get_type_hints(tp, include_extras=True)
         if part not in hints:
             return ""
         tp = hints[part]
+    while typing.get_origin(tp) is Annotated or _is_optional(tp):
+        tp = typing.get_args(tp)[0]
     metas: list[msgspec.Meta] = []
     while typing.get_origin(tp) is Annotated:
         args = typing.get_args(tp)
@@ -363,8 +377,10 @@ def _non_finite(raw: object, path: list[str]) -> tuple[list[str], float] | None:
 
 def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
     text = str(exc)
-    m = re.search(r" - at `\$((?:\.\w+|\[\d+\])*)`$", text)
-    path = [p for p in re.split(r"[.\[\]]", m.group(1)) if p] if m else []
+    # A dict's entries show as `[...]` (markets.NAME): the key names its table.
+    m = re.search(r" - at `\$((?:\.\w+|\[\d+\]|\[\.\.\.\])*)`$", text)
+    raw_path = m.group(1).replace("[...]", ".<NAME>") if m else ""
+    path = [p for p in re.split(r"[.\[\]]", raw_path) if p]
     what = text[: m.start()] if m else text
     key = ".".join(path) or "(top level)"
     unknown = re.match(r"Object contains unknown field `(\w+)`", what)
@@ -451,6 +467,14 @@ def _check(cfg: Config, source: str) -> None:
     _check_url(source, "execution.angelone.order_ws_url", cfg.execution.angelone.order_ws_url,
                ("wss", "ws"))  # fmt: skip
     _check_data_dir(cfg, source)
+    # Cross-field calendar rules (a cut-off outside the session, a square-off override
+    # that does not fit it) are refused at load, not at the first tick.
+    try:
+        segment = int(ExchangeType[cfg.feed.exchange_type])
+        calendar_for(cfg.markets, segment, cfg.execution.square_off_at)
+        build_calendars(cfg.markets)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     if cfg.feed.reconnect_max_s < cfg.feed.reconnect_initial_s:
         raise ConfigError(
             f"{source}: 'feed.reconnect_max_s' ({cfg.feed.reconnect_max_s}) is below "

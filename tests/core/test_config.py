@@ -104,3 +104,21 @@ def test_live_angelone_takes_the_feed_token_and_jwt_from_its_login():
         load_credentials(cfg, base)
     with pytest.raises(ConfigError, match="CHIMERA_API_KEY"):
         load_credentials(cfg, {"CHIMERA_CLIENT_CODE": "C123", **login})
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('[markets.NSE_CM]\nopen = "25:00"\n', ["markets.<NAME>.open"]),
+        ("[markets.NSE_CM]\nbogus = 1\n", ["markets.<NAME>.bogus", "entry_cutoff"]),
+        ('[markets.NSE_CM]\nentry_cutoff = "16:00"\n', ["markets.NSE_CM.entry_cutoff"]),
+        ('[execution]\nsquare_off_at = "16:00"\n', ["square_off", "outside the session"]),
+    ],
+)
+def test_market_calendar_errors_name_the_key_at_load(text, names):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "chimera.toml")
+    message = str(err.value)
+    assert message.startswith("chimera.toml: ")
+    for name in names:
+        assert name in message, message
