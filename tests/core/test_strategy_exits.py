@@ -146,3 +146,51 @@ async def test_a_restored_position_without_its_bracket_is_never_left_bare(tmp_pa
         assert stops and stops[-1].kind is ExecKind.FILLED
     assert router.journal.positions()[0].qty == 0
     await router.stop()
+
+
+@pytest.mark.parametrize("command", ["reduce", "pause", "halt"])
+async def test_protective_exits_work_in_every_trading_state(tmp_path, command):
+    """REDUCING, PAUSED or HALTED: no entry goes out, but an open position's stop still
+    closes it (a halt used to leave positions without stop, target or square-off)."""
+    cfg = parse_config(
+        f'data_dir = "{tmp_path}"\n[feed]\ntokens = ["{TOKEN}"]\nmode = "SNAP_QUOTE"\n'
+        "[strategy]\nexit_energy_ratio = 0.0\nexit_on_reversal = false\n"
+        '[execution.paper]\nlatency_ms = 0\nslippage_bps = 0.0\n[logging]\ndecisions = "none"\n'
+    )
+    engine = Engine(cfg, clock=lambda: 0)
+    router = build_router(cfg, {})
+    reports = []
+
+    def on_report(report):
+        reports.append(report)
+        engine.on_report(report)
+
+    router.sink = on_report
+    await router.connect()
+    engine.on_reconciled(await router.reconcile())
+
+    async def frame(tick):
+        decision = engine.on_frame(encode(tick), 0)
+        if decision is not None:
+            router.on_tick(engine.last_tick, decision.physics.atr)
+        router.apply(engine.actions)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    for i in range(5):
+        await frame(snap(T0 + i * 1000))
+    router.submit(intent(T0 + 5_000, 10, side=Side.BUY), atr=0.5)
+    await frame(snap(T0 + 5_200))
+    await frame(snap(T0 + 5_400))
+    assert engine.positions.get(TOKEN).qty == 10
+    engine.control(command, "test")
+    router.apply(engine.actions)
+    assert engine.trading_state.value == {
+        "reduce": "REDUCING", "pause": "PAUSED", "halt": "HALTED"
+    }[command]  # fmt: skip
+    await frame(snap(T0 + 6_000, ltp=98.9))  # through entry - 2 ATR
+    await frame(snap(T0 + 7_000, ltp=98.9))
+    stops = [r for r in reports if r.purpose is Purpose.STOP_LOSS]
+    assert stops and stops[-1].kind is ExecKind.FILLED
+    assert engine.positions.get(TOKEN).qty == 0
+    await router.stop()
