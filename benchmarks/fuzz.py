@@ -143,7 +143,7 @@ async def run(frames: int, mutate_p: float, seed: int, clean_tail: int) -> dict[
         if i % 256 == 0:
             await asyncio.sleep(0)  # the router's broker calls run, as on the event loop
     fuzz_s = time.perf_counter() - started
-    decided_late: dict[str, int] = {t: 0 for t in cfg.feed.tokens}
+    decided_late: dict[str, int] = {t: 0 for t in engine.symbols}
     for j in range(clean_tail):
         d = step(encode(market.next_tick(Mode.SNAP_QUOTE)), (frames + j) * 50_000)
         if d is not None:

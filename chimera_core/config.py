@@ -53,6 +53,15 @@ class FeedConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         list[str],
         msgspec.Meta(max_length=MAX_TOKENS, description="Angel One's limit per connection"),
     ] = msgspec.field(default_factory=lambda: ["2885", "1594", "3045"])
+    # Lot and tick sizes by token (units per lot; rupees). Filled from the instrument
+    # master at start for [instruments] names; a token not listed trades in single units
+    # on a 0.05 grid. Recorded with the session, so replay sizes the same way.
+    lots: dict[str, Annotated[int, msgspec.Meta(ge=1, le=100_000)]] = msgspec.field(
+        default_factory=dict
+    )
+    tick_sizes: dict[str, Annotated[float, msgspec.Meta(gt=0, le=1_000)]] = msgspec.field(
+        default_factory=dict
+    )
     reconnect_initial_s: ShortSeconds = 0.5
     reconnect_max_s: ShortSeconds = 30.0
     ping_interval_s: ShortSeconds = 10.0
@@ -451,15 +460,38 @@ def _check_data_dir(cfg: Config, source: str) -> None:
         )
 
 
+def feed_symbols(cfg: Config) -> list[tuple[int, str]]:
+    """(exchange type, token) for every ``feed.tokens`` entry: "NSE_FO:35001" names its
+    segment, a bare token is on ``feed.exchange_type``."""
+    default = int(ExchangeType[cfg.feed.exchange_type])
+    out = []
+    for t in cfg.feed.tokens:
+        segment, sep, token = t.partition(":")
+        out.append((int(ExchangeType[segment]), token) if sep else (default, t))
+    return out
+
+
 def _check(cfg: Config, source: str) -> None:
     if not cfg.feed.tokens:
         raise ConfigError(f"{source}: 'feed.tokens' is empty (list at least one instrument token)")
-    bad = [t for t in cfg.feed.tokens if not (t.isascii() and t.isalnum() and len(t) <= 25)]
+    segments = typing.get_args(ExchangeName)
+    bad = [
+        t
+        for t in cfg.feed.tokens
+        if not (
+            (tok := t.partition(":")[2] if ":" in t else t).isascii()
+            and tok.isalnum()
+            and len(tok) <= 25
+            and (":" not in t or t.partition(":")[0] in segments)
+        )
+    ]
     if bad:
         raise ConfigError(
-            f"{source}: 'feed.tokens' has invalid tokens {bad} (1-25 ASCII digits/letters)"
+            f"{source}: 'feed.tokens' has invalid tokens {bad} (1-25 ASCII digits/letters, "
+            f"optionally after a segment: {', '.join(s + ':' for s in segments)})"
         )
-    if len(set(cfg.feed.tokens)) != len(cfg.feed.tokens):
+    plain = [t for _, t in feed_symbols(cfg)]
+    if len(set(plain)) != len(plain):
         raise ConfigError(f"{source}: 'feed.tokens' lists a token twice")
     _check_url(source, "feed.url", cfg.feed.url, ("ws", "wss"))
     _check_url(source, "execution.angelone.rest_url", cfg.execution.angelone.rest_url,

@@ -25,13 +25,12 @@ import orjson
 import structlog
 
 from chimera_core.account import Account
-from chimera_core.config import Config, Credentials
+from chimera_core.config import Config, Credentials, feed_symbols
 from chimera_core.contracts import (
     AccountSnapshot,
     Bar,
     ControlEvent,
     Decision,
-    ExchangeType,
     ExecKind,
     ExecutionOutput,
     ExecutionReport,
@@ -58,7 +57,7 @@ from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracke
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
 from chimera_core.logging import RateLimiter, redactor
-from chimera_core.markets import calendar_for
+from chimera_core.markets import MarketCalendar, calendar_for
 from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
@@ -113,10 +112,14 @@ class EngineStats:
 class SymbolContext:
     """Everything the hot path keeps for one instrument."""
 
-    def __init__(self, token: str, exchange_type: int, cfg: Config) -> None:
+    def __init__(
+        self, token: str, exchange_type: int, cfg: Config, calendar: MarketCalendar
+    ) -> None:
         s = cfg.strategy
         self.token = token
         self.exchange_type = exchange_type
+        self.calendar = calendar
+        self.lot_size = cfg.feed.lots.get(token, 1)  # intents are whole lots
         self.physics = SymbolPhysics(
             token,
             interval_ms=s.bar_interval_s * 1000,
@@ -167,8 +170,14 @@ class Engine:
         self.governance = governance
         self.clock = clock
         self.sinks: list[DecisionSink] = list(sinks or [])
-        exchange_type = int(ExchangeType[cfg.feed.exchange_type])
-        self.symbols = {t: SymbolContext(t, exchange_type, cfg) for t in cfg.feed.tokens}
+        # One context per instrument, each on its own segment (cash and F&O side by side)
+        # with that segment's market calendar (entry hours, cut-off, square-off, holidays).
+        calendars: dict[int, MarketCalendar] = {}
+        self.symbols: dict[str, SymbolContext] = {}
+        for et, t in feed_symbols(cfg):
+            if et not in calendars:
+                calendars[et] = calendar_for(cfg.markets, et, cfg.execution.square_off_at)
+            self.symbols[t] = SymbolContext(t, et, cfg, calendars[et])
         self.stats = EngineStats()
         # A flood of bad frames costs a counter, not a log line each (the summary says how
         # many were not logged). Logs only: nothing the engine decides depends on it.
@@ -204,8 +213,6 @@ class Engine:
         )
         self.actions: list[tuple[str, str]] = []  # ("cancel", coid) | ("cancel_all"|"flatten", why)
         self._flatten_on_halt = ex.flatten_on_halt
-        # The segment's market calendar: entry hours, cut-off and square-off, holidays.
-        self.calendar = calendar_for(cfg.markets, exchange_type, ex.square_off_at)
         # No entries while False: run_live clears it until the broker is reconciled.
         self.reconciled = True
         self.last_tick: Tick | None = None
@@ -483,14 +490,14 @@ class Engine:
                     and not self.exits_only
                     and self.reconciled
                     and sym.vetoed_bar_ms != sym.physics.bar_start_ms
-                    and not self._entries_closed(ts)
+                    and not self._entries_closed(sym, ts)
                 ):
                     sym.armed_direction = direction
                     return (
                         machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
                     ), None
             elif state is State.READY:
-                blocked = self._entry_blocked(ts)
+                blocked = self._entry_blocked(sym, ts)
                 if direction == sym.armed_direction and not stale and not blocked:
                     return self._fire(sym, tick, physics, confidence, stale)
                 reason = "feed_stale" if stale else blocked or "signal_gone"
@@ -521,7 +528,7 @@ class Engine:
             token=sym.token,
             exchange_type=sym.exchange_type,
             side=Side.BUY if direction > 0 else Side.SELL,
-            qty=self._order_qty,
+            qty=self._order_qty * sym.lot_size,  # order_qty lots (units where no lots)
             ref_price=tick.ltp,
             bar_start_ms=bar_start,
             signal_seq=signal_seq,
@@ -565,22 +572,22 @@ class Engine:
         self.stats.intents += 1
         return (transition,), intent
 
-    def _entry_blocked(self, exchange_ts_ms: int) -> str:
+    def _entry_blocked(self, sym: SymbolContext, exchange_ts_ms: int) -> str:
         """Why no entry may fire now ("" when it may): checked again at FIRE, since a
         pause, exits-only or the entry cut-off can come between ARM and FIRE."""
         if self.paused:
             return "paused"
         if self.exits_only:
             return "exits_only"
-        if self._entries_closed(exchange_ts_ms):
+        if self._entries_closed(sym, exchange_ts_ms):
             return "past_entry_cutoff"
         return ""
 
-    def _entries_closed(self, exchange_ts_ms: int) -> bool:
+    def _entries_closed(self, sym: SymbolContext, exchange_ts_ms: int) -> bool:
         """Outside the market's entry hours (closed, a holiday, past the cut-off)."""
         if not self.execution_enabled:
             return False
-        return not self.calendar.entries_allowed(exchange_ts_ms)
+        return not sym.calendar.entries_allowed(exchange_ts_ms)
 
     # ---- execution reports (between frames, in arrival order; replay re-applies them) ----
     def on_report(self, report: ExecutionReport) -> tuple[Transition, ...]:
@@ -1006,9 +1013,9 @@ async def run_live(
         ping_timeout_s=cfg.feed.ping_timeout_s,
         on_state=on_feed_state,
     )
-    await feed.subscribe(
-        int(Mode[cfg.feed.mode]), int(ExchangeType[cfg.feed.exchange_type]), list(cfg.feed.tokens)
-    )
+    for exchange_type, tokens in _by_segment(feed_symbols(cfg)).items():
+        # SmartAPI subscribes per exchange type: one list per segment, one connection.
+        await feed.subscribe(int(Mode[cfg.feed.mode]), exchange_type, tokens)
     control = (
         ControlServer(cfg.control.endpoint, control_token, on_control) if control_token else None
     )
@@ -1194,6 +1201,13 @@ async def _report_health(
                 telemetry_dropped=telemetry.dropped,
                 states=states,
             )
+
+
+def _by_segment(symbols: list[tuple[int, str]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for exchange_type, token in symbols:
+        out.setdefault(exchange_type, []).append(token)
+    return out
 
 
 def _disk_free_mb(path: str) -> float:

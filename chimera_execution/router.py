@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
-from chimera_core.config import Config
+from chimera_core.config import Config, feed_symbols
 from chimera_core.contracts import (
     TERMINAL_STATUSES,
     ExchangeType,
@@ -53,6 +53,7 @@ from chimera_core.errors import (
     JournalWriteError,
     RateLimited,
 )
+from chimera_core.instruments import Instrument
 from chimera_core.markets import calendar_for
 from chimera_core.position_book import PositionBook
 from chimera_execution.brokers.base import Broker, report_for
@@ -114,6 +115,7 @@ class OrderRouter:
         cfg: Config,
         journal: Journal,
         clock: Callable[[], int] = time.monotonic_ns,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
         ex = cfg.execution
         self.cfg = cfg
@@ -141,8 +143,15 @@ class OrderRouter:
         self.liquidity = LiquidityAdjuster(
             ex.slicing.depth_fraction, ex.slicing.max_spread_pct, ex.slicing.max_wait_s
         )
-        # One segment per engine (feed.exchange_type): every intent and exit is on it.
+        # Each token's segment (cash and F&O side by side), its calendar and tick size.
         self._exchange_type = int(ExchangeType[cfg.feed.exchange_type])
+        self._segment = dict((t, et) for et, t in feed_symbols(cfg))
+        self._ticks = {
+            **cfg.feed.tick_sizes,
+            **{i.token: i.tick_size for i in instruments if i.tick_size > 0},
+        }
+        # Trading symbols for the broker: the instrument master's, or [execution.angelone].
+        self._symbols = {**{i.token: i.symbol for i in instruments}, **ex.angelone.symbols}
         self._parents: dict[str, Parent] = {}
         self._positions = PositionBook()
         self._brackets: dict[str, tuple[str, Bracket]] = {}  # token → (entry intent, levels)
@@ -150,8 +159,12 @@ class OrderRouter:
         self._watch: set[str] = set()  # tokens with parents, positions or exits
         self._last_tick: dict[str, Tick] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        # One calendar for the engine, meta-risk and the router (chimera_core.markets).
+        # The same calendars as the engine and meta-risk (chimera_core.markets).
         self.calendar = calendar_for(cfg.markets, self._exchange_type, ex.square_off_at)
+        self._calendars = {
+            et: calendar_for(cfg.markets, et, ex.square_off_at)
+            for et in set(self._segment.values())
+        }
         self._squared_off: set[str] = set()
         self._unbracketed: set[str] = set()  # restored positions still without a bracket
         self._cancel_all_ns = 0  # kill switch started (0: none pending)
@@ -186,7 +199,7 @@ class OrderRouter:
                 intent.exchange_ts_ms,
                 s.window_s,
                 s.participation,
-                lot_size=self.cfg.governance.lot_size,
+                lot_size=self.cfg.feed.lots.get(intent.token, self.cfg.governance.lot_size),
             )
         parent = Parent(intent, atr, slicer)
         parent.window_end_ms = intent.exchange_ts_ms + int(s.window_s * 1000)
@@ -253,7 +266,7 @@ class OrderRouter:
             order_type=OrderType.MARKET,
             purpose=Purpose.ENTRY,
             product=self.ex.product,
-            symbol=self.ex.angelone.symbols.get(intent.token, ""),
+            symbol=self._symbols.get(intent.token, ""),
             exchange_ts_ms=now_ms,
         )
         parent.n_children += 1
@@ -451,6 +464,7 @@ class OrderRouter:
                     parent.atr,
                     self.ex.stop_atr_multiple,
                     self.ex.take_profit_atr_multiple,
+                    tick_size=self._ticks.get(token, 0.05),
                 )
             except Exception as exc:  # a bracket without a distance is no bracket
                 log.warning("bracket_refused", token=token, error=str(exc))
@@ -483,7 +497,8 @@ class OrderRouter:
             return
         if token in self._unbracketed:
             self._bracket_restored(token, pos.qty, pos.avg_price, atr, now)
-        if self.calendar.past_square_off(now):
+        calendar = self._calendars.get(self._segment.get(token, -1), self.calendar)
+        if calendar.past_square_off(now):
             if token not in self._squared_off:
                 self._squared_off.add(token)
                 log.warning("square_off", token=token, qty=pos.qty)
@@ -504,14 +519,14 @@ class OrderRouter:
             Position(token, pos.qty, pos.avg_price),
             purpose,
             intent_id,
-            self._exchange_type,
+            self._segment.get(token, self._exchange_type),
             now_ms,
             now_ms,  # the exchange time makes the id unique and the same on replay
         )
         request = msgspec.structs.replace(
             request,
             product=self.ex.product,
-            symbol=self.ex.angelone.symbols.get(token, ""),
+            symbol=self._symbols.get(token, ""),
         )
         self._exits[token] = request.client_order_id
         self._watch.add(token)
@@ -751,6 +766,7 @@ class OrderRouter:
             float(saved["atr"]),
             self.ex.stop_atr_multiple,
             self.ex.take_profit_atr_multiple,
+            tick_size=self._ticks.get(position.token, 0.05),
         )
         self._brackets[position.token] = (str(saved.get("intent_id", "")), bracket)
 
@@ -764,8 +780,9 @@ class OrderRouter:
         side = Side.BUY if qty > 0 else Side.SELL
         try:
             bracket = Bracket.from_entry(
-                side, avg, atr, self.ex.stop_atr_multiple, self.ex.take_profit_atr_multiple
-            )
+                side, avg, atr, self.ex.stop_atr_multiple, self.ex.take_profit_atr_multiple,
+                tick_size=self._ticks.get(token, 0.05),
+            )  # fmt: skip
         except Exception as exc:  # a bracket without a distance is no bracket
             log.warning("bracket_refused", token=token, error=str(exc))
             return
@@ -859,20 +876,24 @@ def _status_report(
 BROKER_ENV = ("CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE", "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
 
 
-def build_router(cfg: Config, env: dict[str, str]) -> OrderRouter:
-    """The journal for this mode, the configured broker, and the router between them."""
+def build_router(
+    cfg: Config, env: dict[str, str], instruments: Sequence[Instrument] = ()
+) -> OrderRouter:
+    """The journal for this mode, the configured broker, and the router between them.
+    ``instruments`` (resolved from the master) give tick sizes and F&O kinds by token."""
     ex = cfg.execution
     journal = Journal(Path(cfg.data_dir), cfg.mode, synchronous=ex.journal_sync,
                       starting_cash=ex.paper.starting_cash)  # fmt: skip
-    router = OrderRouter(cfg, journal)
+    router = OrderRouter(cfg, journal, instruments=instruments)
     if ex.broker == "paper":
         from chimera_execution.brokers.paper import PaperBroker
         from chimera_execution.charges import ChargeCalculator
 
         # Each fill is charged by its segment's schedule (or the market's percent, fixed or
         # none model); [execution.charges] still states the NSE cash rates.
-        calculator = ChargeCalculator(equity=ex.charges, markets=cfg.markets)
-        calculator.check_markets([cfg.feed.exchange_type])
+        kinds = {i.token: i.kind for i in instruments if i.kind in ("FUT", "OPT")}
+        calculator = ChargeCalculator(equity=ex.charges, markets=cfg.markets, kinds=kinds)
+        calculator.check_markets(sorted({ExchangeType(et).name for et, _ in feed_symbols(cfg)}))
         router.broker = PaperBroker(
             journal_path(Path(cfg.data_dir), cfg.mode),
             ex.paper,

@@ -98,8 +98,11 @@ class CapitalBrain:
         atr: float,
         price: float,
         equity: float,
+        lot_size: int | None = None,
     ) -> CapitalOutput:
-        """Target leverage for ``regime`` and the quantity it allows at ``price``."""
+        """Target leverage for ``regime`` and the quantity it allows at ``price``, in whole
+        lots of ``lot_size`` (the instrument's; default the configured one)."""
+        lot = self.lot_size if lot_size is None else max(1, int(lot_size))
         base = self.regime_leverage[regime]
         drift_scale = max(0.0, 1.0 - drift_score) if not math.isnan(drift_score) else 0.0
         drift_scale = min(drift_scale, 1.0)  # a negative score must not raise leverage
@@ -113,7 +116,7 @@ class CapitalBrain:
         why += f" → {target:.3f}x (cap {self.max_leverage:g}x)"
 
         stop_distance = atr * self.stop_atr_multiple
-        qty, sizing = self._size(target, stop_distance, atr, price, equity)
+        qty, sizing = self._size(target, stop_distance, atr, price, equity, lot)
         return CapitalOutput(
             target_leverage=target,
             regime_leverage=base,
@@ -123,12 +126,18 @@ class CapitalBrain:
             equity=equity,
             stop_distance=stop_distance if math.isfinite(stop_distance) else 0.0,
             qty=qty,
-            lot_size=self.lot_size,
+            lot_size=lot,
             reason=f"{why}; {sizing}",
         )
 
     def _size(
-        self, target: float, stop_distance: float, atr: float, price: float, equity: float
+        self,
+        target: float,
+        stop_distance: float,
+        atr: float,
+        price: float,
+        equity: float,
+        lot_size: int,
     ) -> tuple[int, str]:
         if not (math.isfinite(atr) and atr > 0.0):
             return 0, f"qty 0: atr {atr!r} is not a finite number > 0"
@@ -143,11 +152,11 @@ class CapitalBrain:
         raw = min(qty_by_risk, qty_by_leverage)
         if not math.isfinite(raw):
             return 0, f"qty 0: size {raw!r} is not finite (atr {atr!r} too small?)"
-        lots = math.floor(raw / self.lot_size)
-        qty = lots * self.lot_size
+        lots = math.floor(raw / lot_size)
+        qty = lots * lot_size
         bound = "risk" if qty_by_risk <= qty_by_leverage else "leverage"
         if qty == 0:
-            return 0, f"qty 0: less than one lot of {self.lot_size} fits ({raw:.3f} by {bound})"
+            return 0, f"qty 0: less than one lot of {lot_size} fits ({raw:.3f} by {bound})"
         return (
             qty,
             f"qty {qty} bound by {bound} ({qty_by_risk:.3f} risk, {qty_by_leverage:.3f} lev)",

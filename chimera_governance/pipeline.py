@@ -5,13 +5,14 @@ with ``update(inputs) -> Output`` and this class only passes outputs down."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
-from chimera_core.config import Config
+from chimera_core.config import Config, feed_symbols
 from chimera_core.contracts import (
     AccountSnapshot,
     Bar,
@@ -43,13 +44,15 @@ _PHYSICS_ONLY = {"physics": 1.0}
 class GovernancePipeline:
     """All governance state for one mode (paper or live), persisted under ``state_dir``."""
 
-    def __init__(self, cfg: Config, state_dir: Path) -> None:
+    def __init__(self, cfg: Config, state_dir: Path, lots: Mapping[str, int] | None = None) -> None:
         g = cfg.governance
         private_dir(state_dir)  # 0700: positions, halts and approvals live here
         # The account's equity as last seen (cash + marks): what the capital brain sizes
         # against. The configured figure only stands in until the first observation.
         self.equity = g.equity
         self.lot_size = g.lot_size
+        # Lot sizes by token (the instrument master's, for F&O); the configured one else.
+        self.lots = {**cfg.feed.lots, **(lots or {})}
         self.exposure = ExposureLimits(
             max_position_value=g.max_position_value,
             max_position_qty=g.max_position_qty,
@@ -93,14 +96,15 @@ class GovernancePipeline:
             genes=genes_from_strategy(cfg.strategy),
             token_families=g.families,
         )
-        self._drift: dict[str, DriftDetector] = {t: DriftDetector() for t in cfg.feed.tokens}
+        tokens = [t for _, t in feed_symbols(cfg)]
+        self._drift: dict[str, DriftDetector] = {t: DriftDetector() for t in tokens}
         self._drift_out: dict[str, DriftOutput] = {}
         self._capital_out: dict[str, CapitalOutput] = {}
         # Read once: the genome changes on closed trades (the execution layer will refresh
         # it there) or by a CLI rollback, which takes effect at the next engine start. No
         # polling on the tick path, and replay sees the same genome the session started with.
         self._genome_out: dict[str, GenomeOutput] = {
-            t: self.genomes.current(self.genomes.family_for(t)) for t in cfg.feed.tokens
+            t: self.genomes.current(self.genomes.family_for(t)) for t in tokens
         }
         drift_warm_up()
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
@@ -121,8 +125,9 @@ class GovernancePipeline:
         drift = detector.update(bar.close)
         self._drift_out[token] = drift
         self._capital_out[token] = self.brain.update(
-            drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close, self.equity
-        )
+            drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close,
+            self.equity, self.lots.get(token, self.lot_size),
+        )  # fmt: skip
 
     def layers(
         self, token: str
@@ -174,8 +179,9 @@ class GovernancePipeline:
         wanted = capital.qty if capital is not None else 0
         # The capital brain sizes inside every exposure cap instead of sizing into a veto.
         qty, cap_veto = fit(
-            account, token, intent.side, wanted, price, self.exposure, self.lot_size
-        )
+            account, token, intent.side, wanted, price, self.exposure,
+            self.lots.get(token, self.lot_size),
+        )  # fmt: skip
         held = account.positions.get(token, 0) + account.working.get(token, 0)
         day = trading_day(ts, self.calendar)
         meta = self.meta_risk.update(

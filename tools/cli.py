@@ -6,8 +6,13 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chimera_core.errors import ChimeraError
+
+if TYPE_CHECKING:  # the CLI imports the engine lazily: a kill switch must start fast
+    from chimera_core.config import Config
+    from chimera_core.instruments import Instrument
 
 # Commands DESIGN.md names that later issues build; they fail clearly until then.
 PLANNED: dict[str, str] = {}
@@ -49,6 +54,9 @@ def cmd_live(args: argparse.Namespace) -> int:
         structlog.get_logger(__name__).warning(
             "live_mode", broker=cfg.execution.broker, note="orders go to the real broker"
         )
+    instruments = []
+    if cfg.instruments.names:
+        cfg, instruments = with_instruments(cfg)
     governance = None
     router = None
     state_dir = Path(cfg.data_dir) / cfg.mode
@@ -62,7 +70,7 @@ def cmd_live(args: argparse.Namespace) -> int:
             from chimera_execution.router import build_router
 
             # The journal for this mode only (data/<mode>/chimera.db) and the configured broker.
-            router = build_router(cfg, env)
+            router = build_router(cfg, env, instruments)
     except BaseException as exc:
         if governance is not None:
             governance.close()
@@ -83,6 +91,38 @@ def cmd_live(args: argparse.Namespace) -> int:
         if governance is not None:
             governance.close()
     return 0
+
+
+def with_instruments(cfg: Config) -> tuple[Config, list[Instrument]]:
+    """Resolve ``[instruments] names`` through today's instrument master (downloaded once a
+    day, cached under data_dir) and add them to the feed with their segment, lot and tick
+    size, so the recorded config says exactly what was traded."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    import msgspec
+
+    from chimera_core.contracts import ExchangeType
+    from chimera_core.instruments import load_master
+
+    # The master is dated by the Indian trading day; the wall clock is right here (start-up,
+    # outside the engine).
+    today = dt.datetime.now(ZoneInfo("Asia/Kolkata")).date()
+    master = load_master(cfg.data_dir, cfg.instruments, today)
+    instruments = master.resolve_all(cfg.instruments.names)
+    feed = cfg.feed
+    tokens = list(feed.tokens)
+    for i in instruments:
+        entry = f"{ExchangeType(i.exchange_type).name}:{i.token}"
+        if entry not in tokens and i.token not in tokens:
+            tokens.append(entry)
+    feed = msgspec.structs.replace(
+        feed,
+        tokens=tokens,
+        lots={**{i.token: i.lot_size for i in instruments if i.lot_size > 1}, **feed.lots},
+        tick_sizes={**{i.token: i.tick_size for i in instruments}, **feed.tick_sizes},
+    )
+    return msgspec.structs.replace(cfg, feed=feed), instruments
 
 
 def cmd_sim(argv: list[str]) -> int:

@@ -72,7 +72,11 @@ from chimera_core.telemetry import (
 from chimera_governance.pipeline import GovernancePipeline
 from tools.blackbox import ReadReport, SessionCheck, check_session, iter_session
 
-REPLAYED_COMMANDS = frozenset({"halt", "pause", "resume", "approve", "reject"})
+# Commands that change what the engine decides (flatten and flatten_token act only at the
+# broker: their outcome is in the exec records).
+REPLAYED_COMMANDS = frozenset(
+    {"halt", "pause", "resume", "approve", "reject", "reduce", "reduce_clear", "reset_halt"}
+)
 EXPORT_COLUMNS = (
     "seq", "token", "exchange_ts_ms", "tick_sequence", "bar_start_ms", "price", "energy", "z",
     "structure", "band", "band_mean", "band_std", "volatility", "atr", "signal_direction",
@@ -268,6 +272,7 @@ def replay_session(
     governance = GovernancePipeline(cfg, state_dir) if cfg.governance.enabled else None
     engine = Engine(cfg, clock=lambda: now[0], governance=governance)
     on_frame = engine.on_frame
+    after_publish = engine.after_publish
     encode = msgspec.msgpack.encode
     replace = msgspec.structs.replace
     decode_tick = _tick_decoder.decode
@@ -305,6 +310,9 @@ def replay_session(
             recv_ns = rec.recv_ns
             now[0] = recv_ns
             d = on_frame(rec.frame, recv_ns)
+            # As live: the per-bar work runs right after the frame is published, before a
+            # report that arrives next can move the account it reads.
+            after_publish()
             engine.actions.clear()  # the router's answers are recorded as exec records
             ticks += 1
             recorded = rec.decision

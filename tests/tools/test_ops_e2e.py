@@ -44,15 +44,20 @@ def test_metrics_move_while_a_simulator_session_runs(tmp_path):
         wait_port(metrics_port)
         procs.append(chimera("live", cwd=tmp_path))
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             first = urllib.request.urlopen(url, timeout=5).read().decode()
             if "chimera_ticks_total" in first and _metric(first, "chimera_ticks_total") > 0:
                 break
             assert time.monotonic() < deadline, "no ticks reached the exporter"
             time.sleep(0.5)
-        time.sleep(2.0)
-        second = urllib.request.urlopen(url, timeout=5).read().decode()
+        # Wait for the execution layer's first order (warm-up takes longer on a loaded box)
+        # rather than a fixed two seconds.
+        while True:
+            time.sleep(1.0)
+            second = urllib.request.urlopen(url, timeout=5).read().decode()
+            if 'chimera_order_reports_total{kind="ACK"}' in second or time.monotonic() > deadline:
+                break
     finally:
         for p in reversed(procs):
             if p.poll() is None:
