@@ -472,8 +472,11 @@ def feed_symbols(cfg: Config) -> list[tuple[int, str]]:
 
 
 def _check(cfg: Config, source: str) -> None:
-    if not cfg.feed.tokens:
-        raise ConfigError(f"{source}: 'feed.tokens' is empty (list at least one instrument token)")
+    if not cfg.feed.tokens and not cfg.instruments.names:
+        raise ConfigError(
+            f"{source}: 'feed.tokens' is empty (list at least one instrument token, or name "
+            "instruments in [instruments] names)"
+        )
     segments = typing.get_args(ExchangeName)
     bad = [
         t
