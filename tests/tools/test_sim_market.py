@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chimera_core.contracts import ExchangeType, Mode, Tick
 from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.tickfile import TickFileReader
 from tools.sim.market import Market, Regime
+from tools.sim.master import SAMPLE_MASTER
 from tools.sim.sample import SAMPLE_PATH, sample_frames
 
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -197,3 +201,97 @@ def test_shipped_sample_is_the_seeded_market_and_small() -> None:
     ticks = [decode(frame) for _, frame in shipped]
     assert {t.token for t in ticks} == {"2885", "1594", "3045"}
     assert {t.mode for t in ticks} == {Mode.QUOTE}
+
+
+# -- several segments in one market ----------------------------------------------------
+
+NIFTY_FUT = "35006"  # NIFTY26DEC24FUT in tools/sim/master.py: lot 75, tick ₹0.10
+MIXED = ("2885", "1594", (ExchangeType.NSE_FO, NIFTY_FUT))
+
+
+def _master_row(token: str) -> dict[str, str]:
+    return next(r for r in SAMPLE_MASTER if r["token"] == token and r["exch_seg"] == "NFO")
+
+
+def test_one_market_ticks_cash_and_fo_each_with_its_own_exchange_type() -> None:
+    market = Market(MIXED, seed=7)
+    assert market.instruments == ((1, "2885"), (1, "1594"), (2, NIFTY_FUT))
+    assert market.exchange_types == {ExchangeType.NSE_CM, ExchangeType.NSE_FO}
+    ticks = [market.next_tick(ALL_MODES[i % 4]) for i in range(3000)]
+    segment = {t.token: t.exchange_type for t in ticks}
+    assert segment == {"2885": ExchangeType.NSE_CM, "1594": ExchangeType.NSE_CM,
+                       NIFTY_FUT: ExchangeType.NSE_FO}  # fmt: skip
+    for tick in ticks:
+        frame = encode(tick)
+        assert frame[1] == tick.exchange_type
+        assert decode(frame) == tick
+    snaps = [t for t in ticks if t.mode == Mode.SNAP_QUOTE]
+    assert all(t.open_interest > 0 for t in snaps if t.token == NIFTY_FUT)
+    assert all(t.open_interest == 0 for t in snaps if t.token != NIFTY_FUT)
+
+
+def test_the_fo_contract_trades_at_its_master_lot_tick_and_price_level() -> None:
+    row = _master_row(NIFTY_FUT)
+    market = Market(MIXED, seed=3)
+    lot, tick_paise = int(row["lotsize"]), round(float(row["tick_size"]))
+    assert (lot, tick_paise) == (75, 10)
+    assert market.lot_size(NIFTY_FUT) == lot
+    assert market.tick_size(NIFTY_FUT, ExchangeType.NSE_FO) == tick_paise / 100
+    assert market.lot_size("2885") == 1 and market.tick_size("2885") == 0.05
+    for _ in range(6000):
+        exchange_type, token = market.advance_key()
+        if token != NIFTY_FUT:
+            continue
+        snap = market.snapshot(token, Mode.SNAP_QUOTE, exchange_type)
+        depth = market.snapshot(token, Mode.DEPTH, exchange_type)
+        # A NIFTY future trades near the index, not in the equity range.
+        assert 20_000 < snap.ltp < 30_000, snap.ltp
+        prices = [snap.ltp, snap.open, snap.high, snap.low, snap.prev_close, snap.upper_circuit,
+                  snap.lower_circuit, *(lvl.price for lvl in snap.bids + snap.asks),
+                  *(lvl.price for lvl in depth.bids + depth.asks)]  # fmt: skip
+        assert all(_paise(p) % tick_paise == 0 for p in prices), prices
+        assert snap.ltq % lot == 0 and snap.volume % lot == 0 and snap.open_interest % lot == 0
+        assert _paise(snap.best_ask) - _paise(snap.best_bid) >= tick_paise
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), order=st.permutations(MIXED))
+def test_a_mixed_market_is_seeded_and_counts_sequence_per_instrument(
+    seed: int, order: list[str | tuple[int, str]]
+) -> None:
+    def frames(market: Market) -> list[bytes]:
+        # No DEPTH: its packets carry no sequence.
+        return [encode(market.next_tick(ALL_MODES[i % 3])) for i in range(600)]
+
+    first = frames(Market(order, seed=seed))
+    assert first == frames(Market(order, seed=seed))
+    last: dict[tuple[int, str], int] = {}
+    for tick in map(decode, first):
+        key = (tick.exchange_type, tick.token)
+        if key in last:
+            assert tick.sequence == last[key] + 1
+        last[key] = tick.sequence
+    assert set(last) == {(1, "2885"), (1, "1594"), (2, NIFTY_FUT)}
+
+
+def test_the_same_token_on_two_segments_is_two_instruments() -> None:
+    market = Market(["1594", (ExchangeType.BSE_CM, "1594")], seed=1)
+    ticks = [market.next_tick(Mode.QUOTE) for _ in range(20)]
+    assert {(t.exchange_type, t.token) for t in ticks} == {(1, "1594"), (3, "1594")}
+    assert market.knows(ExchangeType.BSE_CM, "1594") and not market.knows(2, "1594")
+    with pytest.raises(ValueError, match=r"'1594' is on several segments \(NSE_CM, BSE_CM\)"):
+        market.snapshot("1594", Mode.LTP)
+    assert market.snapshot("1594", Mode.LTP, ExchangeType.BSE_CM).exchange_type == 3
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["2885", (1, "2885")], "duplicate"),
+        ([(6, "2885")], "unknown exchange type 6 for token '2885'"),
+        ([(2, "")], "non-empty"),
+    ],
+)
+def test_bad_instruments_are_refused_by_name(tokens: list[Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Market(tokens)
