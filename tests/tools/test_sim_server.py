@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from chimera_core.contracts import Mode, Tick
+from chimera_core.contracts import ExchangeType, Mode, Tick
 from chimera_core.errors import ProtocolError
 from chimera_core.feed.smartapi_v2 import PACKET_SIZE, decode, encode
 from chimera_core.tickfile import TickFileReader, TickFileWriter
@@ -584,3 +584,118 @@ async def test_cli_binds_a_non_loopback_host_with_allow_remote() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), 10)
+
+
+# -- several segments on one feed ------------------------------------------------------
+
+NIFTY_FUT = "35006"  # NIFTY26DEC24FUT in tools/sim/master.py (lot 75, tick ₹0.10)
+
+
+def _request_many(mode: int, token_list: list[tuple[int, list[str]]], action: int = 1) -> str:
+    return json.dumps(
+        {
+            "correlationID": "corr123456",
+            "action": action,
+            "params": {
+                "mode": mode,
+                "tokenList": [{"exchangeType": e, "tokens": t} for e, t in token_list],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("mode", [Mode.LTP, Mode.QUOTE, Mode.SNAP_QUOTE])
+async def test_one_sim_serves_cash_and_fo_tokens_on_one_connection(mode: Mode) -> None:
+    server = await _sim(rate=1000.0, tokens=["2885", "1594", (ExchangeType.NSE_FO, NIFTY_FUT)])
+    try:
+        async with _connect(server.url) as ws:
+            await ws.send(_request_many(mode, [(1, ["2885"]), (2, [NIFTY_FUT])]))
+            frames = await _frames(ws, 60)
+    finally:
+        await server.stop()
+    ticks = [decode(f) for f in frames]
+    assert all(len(f) == PACKET_SIZE[mode] for f in frames)
+    # The exchange-type byte of each packet is its instrument's segment.
+    assert {(f[1], t.token) for f, t in zip(frames, ticks, strict=True)} == {
+        (ExchangeType.NSE_CM, "2885"),
+        (ExchangeType.NSE_FO, NIFTY_FUT),
+    }
+    fut = [t for t in ticks if t.token == NIFTY_FUT]
+    assert all(20_000 < t.ltp < 30_000 for t in fut)  # a NIFTY future, not an equity price
+    last: dict[tuple[int, str], int] = {}
+    for t in ticks:
+        key = (t.exchange_type, t.token)
+        assert t.sequence > last.get(key, 0)
+        last[key] = t.sequence
+    if mode == Mode.SNAP_QUOTE:
+        assert all(t.open_interest > 0 and t.open_interest % 75 == 0 for t in fut)
+        assert all(t.open_interest == 0 for t in ticks if t.token == "2885")
+
+
+async def test_a_token_on_the_wrong_segment_of_a_mixed_feed_is_unknown() -> None:
+    server = await _sim(rate=1000.0, tokens=["2885", (ExchangeType.NSE_FO, NIFTY_FUT)])
+    try:
+        async with _connect(server.url) as ws:
+            # Each token exists, but on the other segment: E1004 names both pairs.
+            await ws.send(_request_many(Mode.LTP, [(2, ["2885"]), (1, [NIFTY_FUT])]))
+            reply = json.loads(await _text(ws))
+            assert reply["errorCode"] == "E1004"
+            assert "2:2885" in reply["errorMessage"] and f"1:{NIFTY_FUT}" in reply["errorMessage"]
+            assert await _frames_until_pong(ws) == []  # nothing got subscribed
+            await ws.send(_request_many(Mode.LTP, [(2, [NIFTY_FUT, "424242"])]))
+            reply = json.loads(await _text(ws))
+            assert reply["errorCode"] == "E1004" and "2:424242" in reply["errorMessage"]
+            keys = {(f[1], decode(f).token) for f in await _frames(ws, 10)}
+            assert keys == {(ExchangeType.NSE_FO, NIFTY_FUT)}
+            # DEPTH stays NSE_CM only, as on the real feed.
+            await ws.send(_request_many(Mode.DEPTH, [(2, [NIFTY_FUT])]))
+            assert json.loads(await _text(ws))["errorCode"] == "E1006"
+    finally:
+        await server.stop()
+
+
+async def test_cli_serves_segment_prefixed_tokens_next_to_bare_ones() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.cli", "sim", "--port", "0", "--no-orders", "--rate", "500",
+        "--tokens", f"2885,1594,NSE_FO:{NIFTY_FUT}",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = await proc.stderr.readline()
+                assert line, "simulator exited before listening"
+                if b'"sim_listening"' in line:
+                    event = json.loads(line)
+                    break
+        assert event["tokens"] == ["NSE_CM:2885", "NSE_CM:1594", f"NSE_FO:{NIFTY_FUT}"]
+        async with _connect(event["url"]) as ws:
+            await ws.send(_request_many(Mode.QUOTE, [(1, ["1594"]), (2, [NIFTY_FUT])]))
+            keys = {(f[1], decode(f).token) for f in await _frames(ws, 20)}
+        assert keys == {(ExchangeType.NSE_CM, "1594"), (ExchangeType.NSE_FO, NIFTY_FUT)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ("2885,NSE_XX:35006", "unknown segment 'NSE_XX'"),
+        ("2885,NSE_FO:", "no token after NSE_FO:"),
+        ("2885,NSE_FO:35006,nse_fo:35006", "duplicate"),
+        (" , ", "--tokens needs at least one token"),
+    ],
+)
+def test_cli_refuses_bad_segment_prefixes_by_name(tokens: str, message: str) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "sim", "--port", "0", "--tokens", tokens],
+        cwd=REPO, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "sim_listening" not in done.stderr

@@ -42,6 +42,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -253,7 +254,7 @@ class ExchangeSimulator:
         port: int = 8765,
         rate: float = 1000.0,
         seed: int = 7,
-        tokens: tuple[str, ...] | list[str] = DEFAULT_TOKENS,
+        tokens: Sequence[str | tuple[int, str]] = DEFAULT_TOKENS,
         faults: Faults | None = None,
         replay: str | Path | None = None,
         record_sent: str | Path | None = None,
@@ -383,7 +384,9 @@ class ExchangeSimulator:
             rate=self.rate,
             seed=self.seed,
             source="replay" if self.replay_path else "market",
-            tokens=list(self.market.tokens) if self.market else len(self._replay_keys),
+            tokens=[f"{ExchangeType(e).name}:{t}" for e, t in self.market.instruments]
+            if self.market
+            else len(self._replay_keys),
         )
 
     async def stop(self) -> None:
@@ -669,12 +672,11 @@ class ExchangeSimulator:
         now = asyncio.get_running_loop().time()
         self.ticks_generated += 1
         if self.market is not None:
-            token = self.market.advance()
-            key = (self.market.exchange_type, token)
+            key = self.market.advance_key()
             by_mode = self._routes.get(key)
             if by_mode:
                 for mode, clients in by_mode.items():
-                    frame = encode(self.market.snapshot(token, mode))
+                    frame = encode(self.market.snapshot(key[1], mode, key[0]))
                     for client in clients:
                         client.offer(key, mode, frame, now)
             return True
@@ -737,6 +739,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_tokens(text: str, default_exchange_type: int) -> tuple[tuple[int, str], ...]:
+    """``"2885,NSE_FO:35006"`` -> ``((1, "2885"), (2, "35006"))``; bare tokens get the default."""
+    tokens = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        segment, sep, token = item.rpartition(":")
+        if not sep:
+            tokens.append((int(default_exchange_type), item))
+            continue
+        token = token.strip()
+        name = segment.strip().upper()
+        if name not in ExchangeType.__members__:
+            names = ", ".join(ExchangeType.__members__)
+            raise ValueError(
+                f"--tokens {item!r}: unknown segment {segment.strip()!r} (use one of {names}, "
+                "e.g. NSE_FO:35006)"
+            )
+        if not token:
+            raise ValueError(f"--tokens {item!r}: no token after {segment.strip()}:")
+        tokens.append((int(ExchangeType[name]), token))
+    if not tokens:
+        raise ValueError("--tokens needs at least one token")
+    return tuple(tokens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimera sim",
@@ -755,7 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=_positive_float, default=1000.0, help="ticks/s across tokens; 0 = flood"
     )
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--tokens", default=",".join(DEFAULT_TOKENS), help="comma-separated tokens")
+    p.add_argument(
+        "--tokens",
+        default=",".join(DEFAULT_TOKENS),
+        help="comma-separated tokens, each on --exchange-type unless prefixed with a segment "
+        "name, e.g. 2885,1594,NSE_FO:35006 (cash and F&O on one feed)",
+    )
     p.add_argument(
         "--exchange-type",
         type=int,
@@ -879,9 +912,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    tokens = tuple(t.strip() for t in args.tokens.split(",") if t.strip())
-    if not tokens:
-        parser.error("--tokens needs at least one token")
+    try:
+        tokens = parse_tokens(args.tokens, args.exchange_type)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.replay is not None and not args.replay.is_file():
         parser.error(f"--replay {args.replay}: no such tick file")
     try:
