@@ -395,6 +395,48 @@ class TradingState(enum.Enum):
     HALTED = "HALTED"  # kill switch: open orders cancelled, no entries until an operator
 
 
+# ---- what the engine asks of the router (typed, one definition; never on the wire) ----
+class CancelIntent(msgspec.Struct, frozen=True, tag=True):
+    """An intent's EXECUTE expired: cancel what still works for it."""
+
+    intent_id: str
+
+
+class CancelAll(msgspec.Struct, frozen=True, tag=True):
+    """The kill switch: cancel every open order and send nothing new but exits."""
+
+    reason: str
+
+
+class CancelEntries(msgspec.Struct, frozen=True, tag=True):
+    """REDUCING: cancel the entries still working; exits carry on."""
+
+    reason: str
+
+
+class Flatten(msgspec.Struct, frozen=True, tag=True):
+    """Close positions at market: every one, or only ``token``."""
+
+    reason: str
+    token: str = ""
+
+
+class ExitPosition(msgspec.Struct, frozen=True, tag=True):
+    """The strategy's exit rule fired for ``token``'s position."""
+
+    token: str
+    reason: str
+
+
+class ResumeRouting(msgspec.Struct, frozen=True, tag=True):
+    """The operator lifted the kill switch."""
+
+    reason: str
+
+
+RouterCommand = CancelIntent | CancelAll | CancelEntries | Flatten | ExitPosition | ResumeRouting
+
+
 class AccountSnapshot(msgspec.Struct, frozen=True, gc=False):
     """The account as risk sees it, at one instant: what the capital brain, meta-risk and
     the exposure caps read. Exposures are in rupees at the marks, working entry orders
@@ -526,6 +568,7 @@ class Health(msgspec.Struct, gc=False):
     journal_error: str = ""  # the last journal write failure; "" when writes succeed
     disk_free_mb: float = -1.0  # free space under data_dir; -1 when not measured
     unprotected: list[str] = msgspec.field(default_factory=list)  # tokens with a dark position
+    trading_state: str = "ACTIVE"  # TradingState: ACTIVE | REDUCING | PAUSED | HALTED
 
 
 class SessionInfo(msgspec.Struct):

@@ -29,12 +29,17 @@ from chimera_core.config import Config, Credentials, feed_symbols
 from chimera_core.contracts import (
     AccountSnapshot,
     Bar,
+    CancelAll,
+    CancelEntries,
+    CancelIntent,
     ControlEvent,
     Decision,
     ExecKind,
     ExecutionOutput,
     ExecutionReport,
+    ExitPosition,
     FeedEvent,
+    Flatten,
     GenomeOutput,
     Health,
     Mode,
@@ -42,6 +47,8 @@ from chimera_core.contracts import (
     PhysicsState,
     Purpose,
     Reconciliation,
+    ResumeRouting,
+    RouterCommand,
     SessionInfo,
     Side,
     Signal,
@@ -211,7 +218,7 @@ class Engine:
         self.account = Account(
             ex.paper.starting_cash if ex.enabled and ex.broker == "paper" else cfg.governance.equity
         )
-        self.actions: list[tuple[str, str]] = []  # ("cancel", coid) | ("cancel_all"|"flatten", why)
+        self.actions: list[RouterCommand] = []  # typed commands for the router, in order
         self._flatten_on_halt = ex.flatten_on_halt
         # No entries while False: run_live clears it until the broker is reconciled.
         self.reconciled = True
@@ -392,7 +399,7 @@ class Engine:
         why = sym.strategy.exit_reason(physics, signal_, sym.position_sign, ts - sym.entry_ts_ms)
         if why and self.execution_enabled:
             sym.exit_requested = True
-            self.actions.append(("exit", f"{sym.token}:{why}"))
+            self.actions.append(ExitPosition(sym.token, why))
             log.info("exit_signal", token=sym.token, reason=why, exchange_ts_ms=ts)
 
     def _take_genome(self, sym: SymbolContext, genome: GenomeOutput | None) -> None:
@@ -463,7 +470,7 @@ class Engine:
             if "meta_risk" not in self._reducing:
                 self.control("reduce", "meta_risk:daily_loss")
                 if self.execution_enabled:
-                    self.actions.append(("cancel_entries", "meta_risk:daily_loss"))
+                    self.actions.append(CancelEntries("meta_risk:daily_loss"))
         elif "meta_risk" in self._reducing:
             self.control("reduce_clear", "meta_risk")
             log.warning("daily_loss_cleared", state=self.trading_state.value)
@@ -507,7 +514,7 @@ class Engine:
                 if sym.pending_intent and self.execution_enabled:
                     # Whatever is still working at the broker is cancelled; fills that
                     # already happened stay booked.
-                    self.actions.append(("cancel", sym.pending_intent))
+                    self.actions.append(CancelIntent(sym.pending_intent))
                 sym.pending_intent = ""
                 return (machine.apply(Event.EXPIRED, ts, "no_execution_report"),), None
             elif state is State.COOLDOWN and ts - machine.entered_ms >= self._cooldown_ms:
@@ -684,9 +691,9 @@ class Engine:
         """Kill switch: every symbol to HALT, every open order cancelled (and positions
         closed when configured). Idempotent."""
         if not self.halted and self.execution_enabled:
-            self.actions.append(("cancel_all", reason))
+            self.actions.append(CancelAll(reason))
             if self._flatten_on_halt:
-                self.actions.append(("flatten", reason))
+                self.actions.append(Flatten(reason))
         self.halted = True
         out = []
         for sym in self.symbols.values():
@@ -698,7 +705,7 @@ class Engine:
 
     def resume(self, reason: str) -> list[Transition]:
         if self.halted and self.execution_enabled:
-            self.actions.append(("resume", reason))
+            self.actions.append(ResumeRouting(reason))
         self.halted = False
         out = []
         for sym in self.symbols.values():
@@ -751,14 +758,14 @@ class Engine:
         if command == "flatten_token":
             if not self.execution_enabled:
                 return False, {"error": "no broker is wired (execution.enabled = false)"}
-            self.actions.append(("flatten_token", arg))
+            self.actions.append(Flatten(f"flatten_token:{arg}", token=arg))
             return True, {"flattening": arg}
         if command == "flatten":
             if not self.execution_enabled:
                 return False, {"error": "no broker is wired (execution.enabled = false)"}
             open_ = self.positions.open_positions()
-            self.actions.append(("cancel_all", arg or "operator_flatten"))
-            self.actions.append(("flatten", arg or "operator_flatten"))
+            self.actions.append(CancelAll(arg or "operator_flatten"))
+            self.actions.append(Flatten(arg or "operator_flatten"))
             return True, {"flattening": open_}
         if self.governance is not None:
             handled = self.governance.control(command, arg)
@@ -1178,6 +1185,7 @@ async def _report_health(
             journal_error=journal_error[0] if journal_error else "",
             disk_free_mb=round(disk_free_mb, 1),
             unprotected=unprotected,
+            trading_state=engine.trading_state.value,
         )
         telemetry.publish(TOPIC_SESSION, session)
         telemetry.publish(TOPIC_HEALTH, health)

@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from chimera_core.contracts import ExecutionReport, OrderIntent, Reconciliation, Tick
+from chimera_core.contracts import (
+    ExecutionReport,
+    OrderIntent,
+    Reconciliation,
+    RouterCommand,
+    Tick,
+)
 
 
 class Router(Protocol):
@@ -37,7 +43,7 @@ class Router(Protocol):
         """Every accepted tick, after its decision was published (``atr``: the symbol's ATR
         then, for a restored position that needs a bracket)."""
 
-    def apply(self, actions: list[tuple[str, str]]) -> None:
+    def apply(self, actions: list[RouterCommand]) -> None:
         """Carry out (and clear) the engine's queued actions: cancel, cancel_all, flatten,
         flatten_token, resume."""
 

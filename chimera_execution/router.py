@@ -30,10 +30,15 @@ import structlog
 from chimera_core.config import Config, feed_symbols
 from chimera_core.contracts import (
     TERMINAL_STATUSES,
+    CancelAll,
+    CancelEntries,
+    CancelIntent,
     ExchangeType,
     ExecKind,
     ExecutionReport,
+    ExitPosition,
     Fill,
+    Flatten,
     Order,
     OrderIntent,
     OrderRequest,
@@ -42,6 +47,8 @@ from chimera_core.contracts import (
     Position,
     Purpose,
     Reconciliation,
+    ResumeRouting,
+    RouterCommand,
     Side,
     Tick,
 )
@@ -544,33 +551,30 @@ class OrderRouter:
             self._watch.discard(token)
 
     # ---- engine actions (kill switch, expiry, flatten) -----------------------------------
-    def apply(self, actions: list[tuple[str, str]]) -> None:
-        for action, arg in actions:
-            if action == "cancel":
-                self.cancel_intent(arg)
-            elif action == "cancel_all":
-                self.cancel_all(arg)
-            elif action == "flatten":
-                self.flatten(arg)
-            elif action == "exit":
-                token, _, why = arg.partition(":")
-                tick = self._last_tick.get(token)
-                held = self._brackets.get(token)
-                intent_id = held[0] if held is not None else f"EX-{token}"
-                log.info("strategy_exit", token=token, reason=why)
-                self._exit(token, Purpose.EXIT, intent_id, tick.exchange_ts_ms if tick else 0)
-            elif action == "cancel_entries":
-                for intent_id in list(self._parents):
+    def apply(self, actions: list[RouterCommand]) -> None:
+        """Carry out the engine's commands in order (and clear the list)."""
+        for command in actions:
+            match command:
+                case CancelIntent(intent_id):
                     self.cancel_intent(intent_id)
-                log.warning("entries_cancelled", reason=arg)
-            elif action == "flatten_token":
-                self.flatten(f"flatten_token:{arg}", only=arg)
-            elif action == "resume":
-                self.halted = False
-                self._set_risk(KILL_SWITCH_KEY, {})
-                log.warning("router_resumed", reason=arg)
-            else:
-                log.error("router_unknown_action", action=action)
+                case CancelAll(reason):
+                    self.cancel_all(reason)
+                case CancelEntries(reason):
+                    for intent_id in list(self._parents):
+                        self.cancel_intent(intent_id)
+                    log.warning("entries_cancelled", reason=reason)
+                case Flatten(reason, token):
+                    self.flatten(reason, only=token or None)
+                case ExitPosition(token, reason):
+                    tick = self._last_tick.get(token)
+                    held = self._brackets.get(token)
+                    intent_id = held[0] if held is not None else f"EX-{token}"
+                    log.info("strategy_exit", token=token, reason=reason)
+                    self._exit(token, Purpose.EXIT, intent_id, tick.exchange_ts_ms if tick else 0)
+                case ResumeRouting(reason):
+                    self.halted = False
+                    self._set_risk(KILL_SWITCH_KEY, {})
+                    log.warning("router_resumed", reason=reason)
         actions.clear()
 
     def cancel_intent(self, intent_id: str) -> None:

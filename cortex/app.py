@@ -522,7 +522,7 @@ def page_health() -> None:
             st.error(alert)
         safety = st.columns(4)
         if h is not None:
-            safety[0].metric("new entries", "EXITS ONLY" if h.exits_only else "allowed")
+            safety[0].metric("trading state", h.trading_state)
             safety[1].metric("journal", "WRITE FAILED" if h.journal_error else "ok")
             safety[2].metric(
                 "disk free (data_dir)",

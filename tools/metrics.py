@@ -471,6 +471,12 @@ class MetricsExporter(Collector):
         yield GaugeMetricFamily(
             p + "exits_only", "1 while no new entries are made (exits work)", float(h.exits_only)
         )
+        state = GaugeMetricFamily(
+            p + "trading_state", "1 for the engine's trading state", labels=["state"]
+        )
+        for name in ("ACTIVE", "REDUCING", "PAUSED", "HALTED"):
+            state.add_metric([name], float(h.trading_state == name))
+        yield state
         yield GaugeMetricFamily(
             p + "journal_write_failed", "1 while the journal's last write failed",
             float(bool(h.journal_error)),

@@ -239,7 +239,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             text = _open(page, base, "health", "health")
             assert "connected" in text and "recorder lag" in text
             # The engine's safety fields: healthy by default, so no red banner.
-            assert re.search(r"new entries\s*\n\s*allowed", text), text[:3000]
+            assert re.search(r"trading state\s*\n\s*ACTIVE", text), text[:3000]
             assert re.search(r"journal\s*\n\s*ok", text)
             assert "EXITS ONLY" not in text and "JOURNAL WRITE FAILED" not in text
 
@@ -331,6 +331,7 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
         1, {}, True, 1, False, 0, 0, False, {"IDLE": 1},
         exits_only=True, exits_only_reason="journal write failed",
         journal_error="database or disk is full", disk_free_mb=12.0, unprotected=["2885"],
+        trading_state="REDUCING",
     )  # fmt: skip
     stop = threading.Event()
 
@@ -357,7 +358,7 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             assert page.get_by_label("Operator password").count() == 0
             page.screenshot(path=str(ARTIFACTS / "read-only.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{web_port}/health")
-            text = _wait_text(page, r"new entries\s*\n\s*EXITS ONLY").string
+            text = _wait_text(page, r"trading state\s*\n\s*REDUCING").string
             assert re.search(r"journal\s*\n\s*WRITE FAILED", text), text[:3000]
             assert re.search(r"disk free \(data_dir\)\s*\n\s*12 MB", text)
             page.screenshot(path=str(ARTIFACTS / "health-alerts.png"), full_page=True)

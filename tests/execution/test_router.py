@@ -9,6 +9,7 @@ from pathlib import Path
 
 from chimera_core.config import AngelOneConfig, parse_config
 from chimera_core.contracts import (
+    CancelAll,
     ExecKind,
     ExecutionReport,
     Level,
@@ -16,6 +17,7 @@ from chimera_core.contracts import (
     OrderIntent,
     OrderRequest,
     Purpose,
+    ResumeRouting,
     Side,
     Tick,
 )
@@ -118,7 +120,7 @@ async def test_a_halt_keeps_the_stop_of_an_open_position_working(tmp_path: Path)
     desk.router.submit(intent(T0, 50), atr=0.5)
     await desk.tick(snap(T0 + 100))
     assert desk.journal.positions()[0].qty == 50
-    desk.router.apply([("cancel_all", "operator")])
+    desk.router.apply([CancelAll("operator")])
     desk.router.submit(intent(T0 + 150, 10, seq=1), atr=0.5)  # refused while halted
     await desk.tick(snap(T0 + 200, ltp=99.00))  # through the stop
     await desk.tick(snap(T0 + 300, ltp=99.00))
@@ -214,7 +216,7 @@ async def test_kill_switch_cancels_resting_and_queued_orders_and_persists(tmp_pa
     desk.journal.close()
     again = Desk(tmp_path)
     assert again.router.persisted_halt() == "operator"
-    again.router.apply([("resume", "operator")])
+    again.router.apply([ResumeRouting("operator")])
     assert again.router.persisted_halt() == ""
     again.journal.close()
 

@@ -209,3 +209,23 @@ def test_exits_only_journal_failure_dark_positions_and_disk_are_metrics(
         assert _value(text, "chimera_positions_unprotected") == len(dark)
         assert _value(text, "chimera_disk_free_bytes") == 12.5e6
     assert 'chimera_position_unprotected{token="2885"} 1.0' in text
+
+
+def test_the_trading_state_is_one_labelled_gauge(
+    exporter: tuple[MetricsExporter, TelemetryPublisher, int],
+) -> None:
+    exp, pub, port = exporter
+    engine = Engine(parse_config(CFG))
+    engine.control("reduce", "meta_risk:daily_loss")
+    pub.publish(
+        TOPIC_HEALTH,
+        Health(
+            at_ns=time.monotonic_ns(), engine=engine.stats.as_dict(), feed_connected=True,
+            feed_connects=1, feed_stale=False, telemetry_sent=0, telemetry_dropped=0,
+            halted=False, states={}, exits_only=True, trading_state=engine.trading_state.value,
+        ),
+    )  # fmt: skip
+    _wait(lambda: exp.health is not None and exp.health.trading_state == "REDUCING", "health")
+    text = _scrape(port)
+    assert 'chimera_trading_state{state="REDUCING"} 1.0' in text
+    assert 'chimera_trading_state{state="ACTIVE"} 0.0' in text
