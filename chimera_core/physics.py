@@ -149,6 +149,9 @@ def atr_at(high: FloatArray, low: FloatArray, close: FloatArray, end: int, n: in
     return total / n
 
 
+MAX_PROFILE_BUCKETS = 100_000
+
+
 @numba.njit(cache=True, error_model="numpy")
 def volume_profile_at(
     close: FloatArray, volume: FloatArray, end: int, n: int, bucket: float, value_area: float
@@ -177,7 +180,9 @@ def volume_profile_at(
                 lowest = min(lowest, idx)
                 highest = max(highest, idx)
             total += volume[i]
-    if total <= 0.0:
+    if total <= 0.0 or highest - lowest >= MAX_PROFILE_BUCKETS:
+        # No volume, or closes so far apart (a corrupt print) that the buckets would not
+        # fit in memory: no profile rather than an allocation the size of the price range.
         return math.nan, math.nan, math.nan, 0.0
     by_bucket = np.zeros(highest - lowest + 1)
     for i in range(start, end + 1):

@@ -60,6 +60,7 @@ log = structlog.get_logger(__name__)
 DAILY_LOSS = "daily_loss"
 MAX_DRAWDOWN = "max_drawdown"
 HALT_RULES = (DAILY_LOSS, MAX_DRAWDOWN)
+HWM_SAVE_STEP = 0.001  # the high-water mark is written when it has risen this much
 
 
 class MetaRiskError(ChimeraError):
@@ -171,6 +172,7 @@ class MetaRisk:
             float(saved["session_open_equity"]) if saved.get("session_open_equity") else None
         )
         self._equity = self._open_equity if self._open_equity is not None else math.nan
+        self._saved_hwm = self._hwm if self._hwm is not None else 0.0
         self._closed_today = 0
         if self._halts:
             log.warning("meta_risk.halt_loaded", halts=sorted(self._halts))
@@ -198,7 +200,10 @@ class MetaRisk:
             changed = True
         if self._hwm is None or equity > self._hwm:
             self._hwm = equity
-            changed = True
+            # Persisted when it has risen 0.1 % since last saved (not on every new high: a
+            # replay or backtest observes every bar), so a restart's drawdown is measured
+            # from at most 0.1 % below the true peak.
+            changed = changed or equity >= self._saved_hwm * (1.0 + HWM_SAVE_STEP)
         if changed:
             self._save_equity_state()
         return self._check_kill_switches(day, exchange_ts_ms, equity)
@@ -387,6 +392,7 @@ class MetaRisk:
         return max(0.0, (hwm - equity) / hwm)
 
     def _save_equity_state(self) -> None:
+        self._saved_hwm = self._hwm if self._hwm is not None else 0.0
         rows = [
             ("high_water_mark", "" if self._hwm is None else repr(self._hwm)),
             ("session_day", "" if self._day is None else self._day.isoformat()),

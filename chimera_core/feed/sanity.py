@@ -179,7 +179,10 @@ class PriceFilter:
         if (
             last != last  # the first price
             or abs(price / last - 1.0) <= self.max_jump
-            or (0.0 < lower <= price <= upper)  # inside the circuit band: it traded there
+            # Inside the circuit band, it traded there; a band is trusted only if it holds
+            # the last price and is as narrow as exchange bands are (at most +-20 %, so
+            # upper/lower <= 1.5): a corrupt band must not let any print through.
+            or (0.0 < lower <= price <= upper <= 1.5 * lower and lower <= last <= upper)
         ):
             self.last = price
             self._pending_count = 0

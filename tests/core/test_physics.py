@@ -449,3 +449,13 @@ def test_evaluate_bar_close_matches_batch() -> None:
             assert out[physics.CLOSED_VOLUME] == 0.0
         else:
             assert tuple(out[physics.CLOSED_POC :]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_volume_profile_refuses_a_price_range_too_wide_to_bucket():
+    """Closes 0.5 and 10^9 apart by a 0.5 bucket would need 2e9 buckets: no profile."""
+    from chimera_core.physics import volume_profile_at
+
+    close = np.array([100.0, 1e9, 100.5])
+    volume = np.array([10.0, 10.0, 10.0])
+    poc, low, high, total = volume_profile_at(close, volume, 2, 3, 0.5, 0.7)
+    assert total == 0.0 and math.isnan(poc) and math.isnan(low) and math.isnan(high)

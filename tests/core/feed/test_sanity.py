@@ -96,3 +96,14 @@ def test_a_print_inside_the_circuit_band_is_real(move, band):
     assert with_band.accept(price, 100.0 * (1 + band), 100.0 * (1 - band))
     assert not without.accept(price)
     assert not with_band.accept(100.0 * (1 + band) * 1.2, 100.0 * (1 + band), 100.0 * (1 - band))
+
+
+def test_a_corrupt_circuit_band_lets_no_absurd_print_through():
+    """The fuzz found it: a flipped bit in the circuit fields made a band wide enough for
+    any print, and a price of 10^12 reached the kernels. A band is trusted only if it holds
+    the last price and is as narrow as an exchange's (upper <= 1.5 x lower)."""
+    f = PriceFilter(max_jump_pct=10.0)
+    assert f.accept(100.0)
+    assert not f.accept(1e12, 1e13, 1.0)  # absurdly wide
+    assert not f.accept(150.0, 160.0, 140.0)  # does not hold the last price
+    assert f.accept(115.0, 120.0, 80.0 * 1.01)  # a real +-20 % band
