@@ -58,7 +58,13 @@ def test_exits_only_blocks_entries_per_cause_and_lifts_per_cause():
 
 
 def _events(stderr: bytes) -> list[dict]:
-    return [orjson.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    out = []
+    for line in stderr.decode().splitlines():
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue  # the SDK's or a thread's line interleaved with ours: not an event
+    return out
 
 
 @pytest.mark.parametrize("action", ["exits_only", "flatten"])
@@ -73,12 +79,15 @@ async def test_a_dark_feed_flags_an_open_position_end_to_end(tmp_path, action):
         f'[feed]\nurl = "{sim.url}"\nmode = "SNAP_QUOTE"\nreconnect_max_s = 0.5\n'
         "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
         "cooldown_s = 5.0\nexecute_timeout_s = 5.0\n"
+        # Positions must stay open until the feed goes dark: no strategy exit, wide brackets.
+        "exit_energy_ratio = 0.0\nexit_on_reversal = false\n"
         "[governance]\nenabled = false\n"
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{free_port()}"\nhealth_interval_s = 0.2\n'
         "wait_for_subscriber_s = 0.0\n"
         f'[control]\nendpoint = "{control}"\n'
         f'[execution]\nunprotected_after_s = 1.0\nunprotected_action = "{action}"\n'
+        "stop_atr_multiple = 50.0\ntake_profit_atr_multiple = 50.0\n"
     )
     proc = chimera("live", "--config", str(cfg), cwd=tmp_path)
     loop = asyncio.get_running_loop()

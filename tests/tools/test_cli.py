@@ -134,7 +134,8 @@ async def test_a_silent_feed_is_reported_stale_without_reconnecting(tmp_path):
     assert proc.returncode == 0, err.decode()[-2000:]
     events = _events(err)
     stale = [e for e in events if e["event"] == "feed_stale"]
-    assert stale and all(e["connected"] for e in stale) and stale[0]["silent_s"] > 1.0
+    # silent_s is logged rounded to the millisecond: 1.0004 s of silence prints as 1.0.
+    assert stale and all(e["connected"] for e in stale) and stale[0]["silent_s"] >= 1.0
     stats = [e for e in events if e["event"] == "engine_stats"]
     assert stats[-1]["feed_stale"] is False  # fresh again once the stall ended
     assert stats[-1]["feed_connects"] == 1

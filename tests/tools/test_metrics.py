@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from chimera_core.config import parse_config
 from chimera_core.contracts import Health, Mode
@@ -216,7 +217,8 @@ def test_the_trading_state_is_one_labelled_gauge(
 ) -> None:
     exp, pub, port = exporter
     engine = Engine(parse_config(CFG))
-    engine.control("reduce", "meta_risk:daily_loss")
+    with capture_logs():  # another test may have pointed structlog at a closed stream
+        engine.control("reduce", "meta_risk:daily_loss")
     pub.publish(
         TOPIC_HEALTH,
         Health(
