@@ -6,8 +6,6 @@ what it decides afterwards with the same stream without the poison.
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -213,32 +211,17 @@ async def test_an_open_position_still_hits_its_stop_after_a_poisoned_frame(tmp_p
     process, on exchange time): a long position, one poisoned frame, then the price falls
     through the stop. The stop loss must fire and fill."""
     from chimera_core.contracts import ExecKind, Purpose, Side
-    from chimera_execution.router import build_router
     from tests.execution.test_router import T0, TOKEN, intent, snap
 
     cfg = parse_config(
         f'data_dir = "{tmp_path}"\n[feed]\ntokens = ["{TOKEN}"]\nmode = "SNAP_QUOTE"\n'
         '[execution.paper]\nlatency_ms = 0\nslippage_bps = 0.0\n[logging]\ndecisions = "none"\n'
     )
-    engine = Engine(cfg, clock=lambda: 0)
-    router = build_router(cfg, {})
-    reports = []
+    from tests.core.test_strategy_exits import PaperNode
 
-    def on_report(report):
-        reports.append(report)
-        engine.on_report(report)
-
-    router.sink = on_report
-    await router.connect()
-    engine.on_reconciled(await router.reconcile())
-
-    async def frame(tick):
-        decision = engine.on_frame(encode(tick), 0)
-        if decision is not None:
-            router.on_tick(engine.last_tick)
-        router.apply(engine.actions)
-        for _ in range(5):
-            await asyncio.sleep(0)
+    node = PaperNode(cfg)
+    await node.start()
+    engine, router, reports, frame = node.engine, node.router, node.reports, node.frame
 
     ts = T0
     for i in range(30):

@@ -18,6 +18,33 @@ from chimera_execution.router import build_router
 from tests.execution.test_router import T0, TOKEN, intent, snap
 
 
+class PaperNode:
+    """Engine → router → paper broker → journal, wired frame by frame as ``chimera live``
+    wires them, in process on exchange time (the tests' small composition)."""
+
+    def __init__(self, cfg) -> None:
+        self.engine = Engine(cfg, clock=lambda: 0)
+        self.router = build_router(cfg, {})
+        self.reports: list = []
+        self.router.sink = self._on_report
+
+    def _on_report(self, report) -> None:
+        self.reports.append(report)
+        self.engine.on_report(report)
+
+    async def start(self) -> None:
+        await self.router.connect()
+        self.engine.on_reconciled(await self.router.reconcile())
+
+    async def frame(self, tick) -> None:
+        decision = self.engine.on_frame(encode(tick), 0)
+        if decision is not None:
+            self.router.on_tick(self.engine.last_tick, decision.physics.atr)
+        self.router.apply(self.engine.actions)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
 def _physics(energy: float) -> PhysicsState:
     return PhysicsState(
         100.0, 200, energy, 1.5, Structure.VACUUM, Band.NEUTRAL, 100.0, 1.0, 0.01, 0.5, None
@@ -55,25 +82,9 @@ async def test_a_held_position_is_closed_by_the_exit_rule_end_to_end(tmp_path):
         "[strategy]\nmax_hold_s = 5.0\nexit_energy_ratio = 0.0\n"
         '[execution.paper]\nlatency_ms = 0\nslippage_bps = 0.0\n[logging]\ndecisions = "none"\n'
     )
-    engine = Engine(cfg, clock=lambda: 0)
-    router = build_router(cfg, {})
-    reports = []
-
-    def on_report(report):
-        reports.append(report)
-        engine.on_report(report)
-
-    router.sink = on_report
-    await router.connect()
-    engine.on_reconciled(await router.reconcile())
-
-    async def frame(tick):
-        decision = engine.on_frame(encode(tick), 0)
-        if decision is not None:
-            router.on_tick(engine.last_tick, decision.physics.atr)
-        router.apply(engine.actions)
-        for _ in range(5):
-            await asyncio.sleep(0)
+    node = PaperNode(cfg)
+    await node.start()
+    engine, router, reports, frame = node.engine, node.router, node.reports, node.frame
 
     for i in range(10):
         await frame(snap(T0 + i * 1000))
@@ -157,25 +168,9 @@ async def test_protective_exits_work_in_every_trading_state(tmp_path, command):
         "[strategy]\nexit_energy_ratio = 0.0\nexit_on_reversal = false\n"
         '[execution.paper]\nlatency_ms = 0\nslippage_bps = 0.0\n[logging]\ndecisions = "none"\n'
     )
-    engine = Engine(cfg, clock=lambda: 0)
-    router = build_router(cfg, {})
-    reports = []
-
-    def on_report(report):
-        reports.append(report)
-        engine.on_report(report)
-
-    router.sink = on_report
-    await router.connect()
-    engine.on_reconciled(await router.reconcile())
-
-    async def frame(tick):
-        decision = engine.on_frame(encode(tick), 0)
-        if decision is not None:
-            router.on_tick(engine.last_tick, decision.physics.atr)
-        router.apply(engine.actions)
-        for _ in range(5):
-            await asyncio.sleep(0)
+    node = PaperNode(cfg)
+    await node.start()
+    engine, router, reports, frame = node.engine, node.router, node.reports, node.frame
 
     for i in range(5):
         await frame(snap(T0 + i * 1000))
