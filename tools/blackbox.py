@@ -258,6 +258,12 @@ def iter_segment(path: Path, report: ReadReport | None = None) -> Iterator[bytes
         return
     end = len(data)
     pos = len(MAGIC)
+    if end < pos and MAGIC.startswith(data):
+        # Killed between opening a segment and its first write (the header is written with
+        # the first records): nothing was in it, as with a torn tail.
+        report.torn.append(f"{name}@{end}")
+        log.warning("blackbox_torn_tail", segment=str(path), offset=end, length=0)
+        return
     if not data.startswith(MAGIC):
         first = _resync(data, 0, end)
         where = f"records resume at @{first}" if first is not None else "no readable record in it"

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,10 @@ class Recorder:
         # The publisher's connection dropped (engine stopped or died): the next message that
         # does not continue its sequence, or a new SessionInfo, starts another engine run.
         self.publisher_gone = False
+        # Set by ``run``: drains the socket monitor. A batch of messages is read without
+        # looking at the monitor, so a break in the sequence asks it before deciding: the
+        # old connection's disconnect is queued there before the new one's first message.
+        self.poll_disconnects: Callable[[], None] | None = None
         self.engine_restarts = 0
         self.malformed = 0
         self.total = 0
@@ -226,7 +231,11 @@ class Recorder:
             if same:
                 self.publisher_gone = False
             return False
-        return seq <= prev or (self.publisher_gone and seq != prev + 1)
+        if seq == prev + 1:
+            return False
+        if not self.publisher_gone and self.poll_disconnects is not None:
+            self.poll_disconnects()
+        return seq <= prev or self.publisher_gone
 
     def _end_engine_run(self, reason: str) -> None:
         if self.writer is not None:
@@ -517,16 +526,21 @@ def run(
     poller.register(sock, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
     recv, monotonic = sock.recv, time.monotonic
+
+    def poll_disconnects() -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                recorder.on_publisher_disconnected()
+
+    recorder.poll_disconnects = poll_disconnects
     on_message, on_timer = recorder.on_message, recorder.on_timer
     log.info("recorder_started", endpoint=endpoint, data_dir=str(recorder.data_dir))
     try:
         while not stop[0]:
             ready = dict(poller.poll(POLL_MS))
             if monitor in ready:
-                while monitor.poll(0):
-                    event = recv_monitor_message(monitor)
-                    if event["event"] == zmq.EVENT_DISCONNECTED:
-                        recorder.on_publisher_disconnected()
+                poll_disconnects()
             if sock in ready:
                 now = monotonic()
                 for _ in range(BATCH):
@@ -543,6 +557,7 @@ def run(
                 break
             on_message(message, monotonic())
     finally:
+        recorder.poll_disconnects = None
         sock.disable_monitor()
         monitor.close(linger=0)
         sock.close(linger=0)

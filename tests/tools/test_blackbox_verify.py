@@ -25,7 +25,7 @@ from chimera_core.event_loop import Engine, session_info
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.telemetry import TOPIC_SESSION, TelemetryPublisher
 from chimera_governance.pipeline import GovernancePipeline
-from tools.blackbox import MAGIC, RECORD, check_session, segments
+from tools.blackbox import MAGIC, RECORD, check_session, segment_name, segments
 from tools.replay import main as replay_main
 from tools.sim.market import Market
 
@@ -280,6 +280,15 @@ def test_torn_tail_after_an_unclean_stop_passes_with_a_note(
     code, out = _replay_verify(session, capsys)
     assert code == 0, out
     assert "torn tail" in out and "VERIFY OK" in out
+
+    # Killed after opening the next segment, before its header reached the disk.
+    for left in (b"", MAGIC[:3]):
+        crashed = copy("crashed")
+        last_index = int(segments(crashed)[-1].stem.split("-")[1])
+        empty = crashed / segment_name(last_index + 1)
+        empty.write_bytes(left)
+        code, out = _record_verify(crashed)
+        assert code == 0 and f"torn tail at {empty.name}@{len(left)}" in out, out
 
     # The same cut on a segment that is not the last is damage even after a crash.
     inner = copy("crashed")

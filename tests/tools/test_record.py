@@ -328,6 +328,11 @@ def test_sigkill_torn_tail_and_crc_error(tmp_path: Path, recorder: Any) -> None:
     assert _read_json(session_dir / "manifest.json")["complete"] is False
 
     last = segments(session_dir)[-1]
+    if last.stat().st_size <= 8:  # killed between opening a segment and writing to it
+        out = _verify(tmp_path, str(session_dir))
+        assert out.returncode == 0 and f"torn tail at {last.name}" in out.stdout, out.stdout
+        last.unlink()
+        last = segments(session_dir)[-1]
     with open(last, "r+b") as fh:  # a record cut short, as a crash mid-write leaves it
         fh.truncate(last.stat().st_size - 5)
     out = _verify(tmp_path, str(session_dir))
@@ -409,3 +414,38 @@ def test_a_restarted_engine_lands_in_its_own_session_even_when_its_head_was_lost
     assert _read_json(blackbox / "run-1" / "manifest.json")["end_reason"] == "engine_restarted"
     log = (tmp_path / "recorder0.log").read_text()
     assert '"engine_restarts": 2' in log
+
+
+def test_a_sequence_break_inside_a_batch_asks_the_monitor_before_filing(tmp_path: Path) -> None:
+    """The recorder reads a batch of messages without looking at its socket monitor. When a
+    restarted engine's first messages arrive in the same batch as the old run's tail, the
+    disconnect is already queued on the monitor: a break in the sequence must consult it
+    rather than file the new run's messages (seq 301.. after 201, a plain gap) in the old
+    session. The hook here stands where ``run`` puts the monitor's drain."""
+    from tools.record import Recorder
+
+    rec = Recorder(tmp_path / "data", 1 << 20, 60.0, 60.0, now=0.0)
+    queued_disconnects = [1]  # the old connection's drop, not yet read
+
+    def poll_disconnects() -> None:
+        while queued_disconnects:
+            queued_disconnects.pop()
+            rec.on_publisher_disconnected()
+
+    rec.poll_disconnects = poll_disconnects
+    rec.on_message(encode_message(TOPIC_SESSION, 1, _session("run-1")), 0.0)
+    for seq in range(2, 202):
+        rec.on_message(encode_message(TOPIC_HEALTH, seq, _health(seq)), 0.0)
+    for seq in range(301, 351):  # run-2's head before its SessionInfo
+        rec.on_message(encode_message(TOPIC_HEALTH, seq, _health(seq)), 0.0)
+    rec.on_message(encode_message(TOPIC_SESSION, 351, _session("run-2")), 0.0)
+    for seq in range(352, 362):
+        rec.on_message(encode_message(TOPIC_HEALTH, seq, _health(seq)), 0.0)
+    rec.stop()
+
+    blackbox = tmp_path / "data" / "blackbox"
+    assert len(list(iter_session(blackbox / "run-1"))) == 201
+    assert _read_json(blackbox / "run-1" / "manifest.json")["end_reason"] == "engine_restarted"
+    assert rec.engine_restarts == 1 and not queued_disconnects
+    # run-2's head waited for its SessionInfo and is filed with it.
+    assert len(list(iter_session(blackbox / "run-2"))) == 50 + 1 + 10
