@@ -1,9 +1,9 @@
 """``chimera bench fuzz``: a million mutated frames through the whole node, nothing escapes.
 
 The node is the one ``chimera live`` runs, in process: engine, governance (fresh state),
-order router, paper broker and journal (a throwaway file), wired frame by frame as
-``run_live`` wires them (decision → router intents and ticks → engine actions → reports
-back into the engine). The frames are a seeded SNAP_QUOTE market in which a share of the
+order router, paper broker and journal (a throwaway file), wired frame by frame by
+``chimera_core.node.Node`` as for live (the exchange matches first, then decision → router
+intents and ticks → engine actions → reports back into the engine). The frames are a seeded SNAP_QUOTE market in which a share of the
 frames is mutated before it arrives:
 
 - ``bitflip``: 1-8 random bytes flipped anywhere in the packet;
@@ -38,6 +38,7 @@ from chimera_core.contracts import Mode
 from chimera_core.event_loop import Engine
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.logging import configure_logging
+from chimera_core.node import Node
 from chimera_core.physics import warm_up_kernels
 from chimera_execution.router import build_router
 from chimera_governance.pipeline import GovernancePipeline
@@ -103,25 +104,14 @@ async def run(frames: int, mutate_p: float, seed: int, clean_tail: int) -> dict[
     governance = GovernancePipeline(cfg, data / "paper" / "governance")
     engine = Engine(cfg, governance=governance)
     router = build_router(cfg, {})
-    router.sink = engine.on_report
-    await router.connect()
-    engine.on_reconciled(await router.reconcile())
+    node = Node(engine, router, governance)  # wired as chimera live wires it
+    await node.connect()
     market = Market(seed=seed)
     rng = random.Random(seed)
     escaped: list[str] = []
     kinds: dict[str, int] = {}
     history: list[bytes] = []
-
-    def step(frame: bytes, recv_ns: int) -> Any:
-        decision = engine.on_frame(frame, recv_ns)
-        engine.after_publish()
-        if decision is not None:
-            if decision.intent is not None:
-                router.submit(decision.intent, decision.physics.atr)
-            router.on_tick(engine.last_tick)  # type: ignore[arg-type]
-        if engine.actions:
-            router.apply(engine.actions)
-        return decision
+    step = node.on_frame
 
     started = time.perf_counter()
     for i in range(frames):

@@ -1,19 +1,14 @@
 """The hot path, in order: decode → feed hygiene → bars + physics → strategy →
 governance → state machine → route → publish. ``Engine.on_frame`` is that path for one
-frame; ``run_live`` wires it to the feed on a uvloop event loop. Logic lives in the layers.
+frame; ``chimera_core.node`` wires it to a router and telemetry, ``chimera_core.live`` to the
+feed on a uvloop event loop. Logic lives in the layers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import hashlib
 import importlib.metadata
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,27 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 import structlog
 
 from chimera_core.account import Account
-from chimera_core.config import Config, Credentials, feed_symbols
+from chimera_core.config import Config, feed_symbols
 from chimera_core.contracts import (
     AccountSnapshot,
     Bar,
     CancelAll,
     CancelEntries,
     CancelIntent,
-    ControlEvent,
     Decision,
     ExecKind,
     ExecutionOutput,
     ExecutionReport,
     ExitPosition,
-    FeedEvent,
     Flatten,
     GenomeOutput,
-    Health,
     Mode,
     OrderIntent,
     PhysicsState,
@@ -56,29 +47,16 @@ from chimera_core.contracts import (
     TradingState,
     Transition,
 )
-from chimera_core.control import ControlServer
-from chimera_core.errors import ChimeraError, IllegalTransition, ProtocolError
-from chimera_core.execution import Router
-from chimera_core.feed.client import FeedClient
+from chimera_core.errors import IllegalTransition, ProtocolError
 from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
 from chimera_core.governance import GateVerdict, Governance
-from chimera_core.logging import RateLimiter, redactor
+from chimera_core.logging import RateLimiter
 from chimera_core.markets import MarketCalendar, calendar_for
-from chimera_core.physics import warm_up_kernels
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
 from chimera_core.strategy import strategy_for
 from chimera_core.symbol_physics import SymbolPhysics
-from chimera_core.telemetry import (
-    TOPIC_CONTROL,
-    TOPIC_EXEC,
-    TOPIC_FEED,
-    TOPIC_HEALTH,
-    TOPIC_RECON,
-    TOPIC_SESSION,
-    TelemetryPublisher,
-)
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +87,7 @@ class EngineStats:
         self.bars_closed = 0
         self.reports = 0
         self.fills = 0
+        self.late_fills = 0  # entry fills booked after their intent's EXECUTE timed out
         self.rejects = 0
         self.trades_closed = 0
 
@@ -154,6 +133,7 @@ class SymbolContext:
         self.last_epoch = 0
         self.book: Tick | None = None  # latest depth/best-5 snapshot
         self.pending_intent = ""  # the intent this symbol's EXECUTE waits for
+        self.expired_intent = ""  # the last intent whose EXECUTE timed out (fills still book)
         self.pending_qty = 0  # its signed quantity (the exposure caps count what may fill)
         self.intent_filled = 0  # quantity filled for it so far (over all its child orders)
         self.entry_features: dict[str, float] = {}  # the signal at the last fire
@@ -219,6 +199,9 @@ class Engine:
             ex.paper.starting_cash if ex.enabled and ex.broker == "paper" else cfg.governance.equity
         )
         self.actions: list[RouterCommand] = []  # typed commands for the router, in order
+        # Set by the composition when the broker is a simulated exchange (paper): sees each
+        # accepted tick before the step; the reports it triggers come back via on_report.
+        self.on_market: Callable[[Tick], None] | None = None
         self._flatten_on_halt = ex.flatten_on_halt
         # No entries while False: run_live clears it until the broker is reconciled.
         self.reconciled = True
@@ -302,6 +285,12 @@ class Engine:
         if tick.mode == Mode.SNAP_QUOTE:
             sym.book = tick
         self.last_tick = tick
+        on_market = self.on_market
+        if on_market is not None:
+            # A simulated exchange matches on this tick before the engine steps on it, so
+            # its reports arrive first, as a real exchange's fills precede the next print
+            # (on bar data an intent would otherwise time out before its fill every bar).
+            on_market(tick)
         stale = (
             sym.last_recv_ns == 0
             or recv_ns - sym.last_recv_ns > self._stale_ns
@@ -515,6 +504,7 @@ class Engine:
                     # Whatever is still working at the broker is cancelled; fills that
                     # already happened stay booked.
                     self.actions.append(CancelIntent(sym.pending_intent))
+                sym.expired_intent = sym.pending_intent
                 sym.pending_intent = ""
                 return (machine.apply(Event.EXPIRED, ts, "no_execution_report"),), None
             elif state is State.COOLDOWN and ts - machine.entered_ms >= self._cooldown_ms:
@@ -618,6 +608,17 @@ class Engine:
             self.stats.fills += 1
             if report.intent_id == sym.pending_intent:
                 sym.intent_filled += fill.qty
+            elif report.intent_id and report.intent_id == sym.expired_intent:
+                # Its EXECUTE timed out first (the cancel may have crossed the fill): the
+                # fill is a position all the same, booked and managed like any other.
+                self.stats.late_fills += 1
+                log.warning(
+                    "late_fill_booked",
+                    token=report.token,
+                    intent_id=report.intent_id,
+                    qty=fill.qty,
+                    price=fill.price,
+                )
             entry = report.purpose is Purpose.ENTRY
             features = sym.entry_features if entry else {}
             self.account.on_fill(fill)
@@ -864,26 +865,6 @@ class DecisionLog:
         )
 
 
-def sd_notify(state: str) -> bool:
-    """Tell systemd our state when run as a Type=notify service ($NOTIFY_SOCKET set).
-
-    The protocol is one datagram on a unix socket (sd_notify(3)); the Python bindings need
-    libsystemd headers to build, so these few lines are ours. False when not under systemd.
-    """
-    path = os.environ.get("NOTIFY_SOCKET", "")
-    if not path:
-        return False
-    address = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("sd_notify_failed", error=str(exc))
-        return False
-    return True
-
-
 def session_info(cfg: Config) -> SessionInfo:
     """What produced this session: config (exactly, for replay), code version, start."""
     config_json = msgspec.json.encode(cfg)
@@ -912,315 +893,3 @@ def _code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version
-
-
-async def run_live(
-    cfg: Config,
-    credentials: Credentials,
-    stop: asyncio.Event | None = None,
-    control_token: str = "",
-    governance: Governance | None = None,
-    router: Router | None = None,
-) -> Engine:
-    """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM).
-
-    Wiring only: feed → Engine.on_frame → telemetry → router (intents, ticks), broker
-    reports → Engine.on_report → telemetry, a control server for operator commands, and a
-    health loop. Every piece that can be slow lives outside the tick path.
-    """
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    shutdown: list[str] = []  # the signal that asked us to stop, halted on before exit
-
-    def on_signal(sig: signal.Signals) -> None:
-        shutdown.append(sig.name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig)
-        except (NotImplementedError, RuntimeError):
-            pass
-    warm_up_kernels()  # compile/load the numba cache now, never on the first tick
-    engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)], governance=governance)
-    telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
-    session = session_info(cfg)
-    publish_tick = telemetry.tick
-    on_frame_engine = engine.on_frame
-
-    after_publish = engine.after_publish
-    actions = engine.actions
-
-    def on_frame_unrouted(frame: bytes, recv_ns: int) -> None:
-        publish_tick(frame, recv_ns, on_frame_engine(frame, recv_ns))
-        after_publish()
-
-    def on_frame_routed(frame: bytes, recv_ns: int) -> None:
-        decision = on_frame_engine(frame, recv_ns)
-        publish_tick(frame, recv_ns, decision)
-        after_publish()
-        if decision is not None:
-            if decision.intent is not None:
-                submit(decision.intent, decision.physics.atr)
-            route_tick(engine.last_tick, decision.physics.atr)  # type: ignore[arg-type]
-        if actions:
-            apply_actions(actions)
-
-    def on_report(report: ExecutionReport) -> None:
-        engine.on_report(report)
-        telemetry.publish(TOPIC_EXEC, report)
-        if actions and router is not None:
-            router.apply(actions)
-
-    if router is not None:
-        engine.reconciled = False  # no entries before the broker has been reconciled
-        router.sink = on_report
-        submit, route_tick, apply_actions = router.submit, router.on_tick, router.apply
-        on_frame = on_frame_routed
-    else:
-        on_frame = on_frame_unrouted
-
-    def on_feed_state(connected: bool) -> None:
-        engine.on_feed_state(connected)
-        telemetry.publish(TOPIC_FEED, FeedEvent(connected, engine.feed_epoch, engine.clock()))
-
-    def on_journal_failure(error: str) -> None:
-        # Nothing new that cannot be recorded: exits only (or a halt that cancels), as a
-        # recorded command so replay reduces where live did.
-        journal_error[:] = [error]
-        if cfg.execution.on_journal_failure == "halt":
-            on_control("halt", f"journal_write_failed: {error}")
-        elif "journal_write_failed" not in engine.exits_only:
-            on_control("reduce", f"journal_write_failed: {error}")
-
-    journal_error: list[str] = []
-
-    def on_control(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
-        ok, result = engine.control(command, arg)
-        if actions and router is not None:
-            router.apply(actions)  # kill switch: the cancels leave now
-        if command != "status":
-            telemetry.publish(
-                TOPIC_CONTROL,
-                ControlEvent(command, arg, ok, orjson.dumps(result).decode(), engine.clock()),
-            )
-            log.warning("control_applied", command=command, arg=arg, ok=ok)
-        return ok, result
-
-    if router is not None:
-        router.on_journal_failure = on_journal_failure
-
-    feed = FeedClient(
-        cfg.feed.url,
-        credentials.headers(),
-        on_frame,
-        reconnect_initial_s=cfg.feed.reconnect_initial_s,
-        reconnect_max_s=cfg.feed.reconnect_max_s,
-        ping_interval_s=cfg.feed.ping_interval_s,
-        ping_timeout_s=cfg.feed.ping_timeout_s,
-        on_state=on_feed_state,
-    )
-    for exchange_type, tokens in _by_segment(feed_symbols(cfg)).items():
-        # SmartAPI subscribes per exchange type: one list per segment, one connection.
-        await feed.subscribe(int(Mode[cfg.feed.mode]), exchange_type, tokens)
-    control = (
-        ControlServer(cfg.control.endpoint, control_token, on_control) if control_token else None
-    )
-    # Start-up objects go to the permanent generation: full collections stay short.
-    gc.freeze()
-    log.info(
-        "engine_started",
-        mode=cfg.mode,
-        feed=cfg.feed.url,
-        tokens=cfg.feed.tokens,
-        session=session.session_id,
-        telemetry=telemetry.endpoint,
-        control=control.endpoint if control else None,
-    )
-    # The recorder (not just any subscriber) must be attached before the first message, so
-    # the black box files this session from its first message.
-    await telemetry.wait_for_recorder(cfg.telemetry.wait_for_subscriber_s, stop)
-    telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
-    if router is not None:
-        try:
-            await router.connect()
-
-            def use_login_headers(headers: dict[str, str]) -> None:
-                # Angel One's login issued this session's JWT and feed token: the feed uses
-                # them on its next (re)connect; they expire daily and a re-login renews them.
-                redactor.add(
-                    [headers["Authorization"].removeprefix("Bearer "), headers["x-feed-token"]]
-                )
-                feed.set_headers(headers)
-                log.info("feed_credentials_from_broker_login")
-
-            router.follow_feed_headers(use_login_headers)
-            recon = await router.reconcile()
-        except ChimeraError as exc:
-            telemetry.close()
-            log.error("reconciliation_failed", error=str(exc))
-            raise
-        engine.on_reconciled(recon)
-        telemetry.publish(TOPIC_RECON, recon)
-        if not recon.ok:
-            log.error("trading_blocked", reason="reconciliation", mismatches=list(recon.mismatches))
-    if router is not None and router.persisted_halt():
-        # An operator's kill switch holds across restarts until someone resumes.
-        on_control("halt", "kill_switch_persisted:" + router.persisted_halt())
-    if governance is not None and governance.kill_switch == "max_drawdown":
-        # A drawdown halt from an earlier session holds until an operator resets it: start
-        # halted, as a recorded control event, so replay starts halted too.
-        on_control("halt", "meta_risk_persisted:max_drawdown")
-    elif governance is not None and governance.kill_switch == "daily_loss":
-        # Today's daily-loss switch still holds: exits only until the next session.
-        on_control("reduce", "meta_risk:daily_loss")
-    # systemd (Type=notify): ready once the engine is up and the broker reconciled.
-    trading = "trading" if engine.reconciled else "NOT trading (reconciliation mismatches)"
-    sd_notify(f"READY=1\nSTATUS={trading} {cfg.mode}")
-    tasks = [
-        asyncio.ensure_future(
-            _report_health(engine, feed, telemetry, session, cfg, stop, on_control, journal_error)
-        ),
-    ]
-    if control is not None:
-        tasks.append(asyncio.ensure_future(control.serve(stop)))
-    try:
-        await feed.run(stop)
-    finally:
-        if shutdown:
-            # Stopping on a signal (systemd stop, Ctrl-C) halts trading first, recorded,
-            # so nothing new is decided between now and exit.
-            sd_notify("STOPPING=1")
-            on_control("halt", f"shutdown_{shutdown[0].lower()}")
-        stop.set()
-        if router is not None:
-            # Open orders are cancelled (execution.cancel_on_stop) and their answers
-            # journaled and published before the telemetry socket closes.
-            await router.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        engine.log_limiter.flush(final=True)
-        telemetry.close()
-        log.info(
-            "engine_stopped",
-            **engine.stats.as_dict(),
-            feed_connects=feed.stats.connects,
-            telemetry_sent=telemetry.sent,
-            telemetry_dropped=telemetry.dropped,
-        )
-    return engine
-
-
-async def _report_health(
-    engine: Engine,
-    feed: FeedClient,
-    telemetry: TelemetryPublisher,
-    session: SessionInfo,
-    cfg: Config,
-    stop: asyncio.Event,
-    on_control: Callable[[str, str], tuple[bool, dict[str, Any]]],
-    journal_error: list[str],
-) -> None:
-    """Health on telemetry every interval (with the session info, for late joiners), and a
-    log line every stats interval. It also watches what no tick can: positions whose feed
-    went dark, and the free space under data_dir."""
-    interval_s = cfg.telemetry.health_interval_s
-    next_log = time.monotonic() + cfg.logging.stats_interval_s
-    ex = cfg.execution
-    dark_after_ns = int(ex.unprotected_after_s * 1e9)
-    started_ns = engine.clock()
-    unprotected: list[str] = []
-    low_disk = False
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
-        telemetry.drain_subscriptions()
-        dark = engine.unprotected(engine.clock(), dark_after_ns, started_ns)
-        if dark != unprotected:
-            for token in sorted(set(dark) - set(unprotected)):
-                log.error(
-                    "position_unprotected",
-                    token=token,
-                    qty=engine.positions.get(token).qty,
-                    dark_after_s=ex.unprotected_after_s,
-                    action=ex.unprotected_action,
-                )
-                if ex.unprotected_action == "flatten":
-                    on_control("flatten_token", token)
-            if dark and ex.unprotected_action == "exits_only":
-                on_control("reduce", "position_unprotected: " + ",".join(dark))
-            elif not dark:
-                log.warning("positions_protected_again", tokens=unprotected)
-                on_control("reduce_clear", "position_unprotected")
-            unprotected = dark
-        disk_free_mb = _disk_free_mb(cfg.data_dir)
-        if (0 <= disk_free_mb < cfg.min_free_disk_mb) != low_disk:
-            low_disk = not low_disk
-            if low_disk:
-                log.warning(
-                    "disk_space_low", free_mb=round(disk_free_mb, 1), min_mb=cfg.min_free_disk_mb
-                )
-            else:
-                log.info("disk_space_ok", free_mb=round(disk_free_mb, 1))
-        states = engine.status()["states"]
-        silent_s = (engine.clock() - feed.stats.last_frame_ns) / 1e9 if feed.stats.frames else None
-        stale = not feed.stats.connected or (
-            silent_s is not None and silent_s > cfg.feed.stale_after_s
-        )
-        health = Health(
-            at_ns=engine.clock(),
-            engine=engine.stats.as_dict(),
-            feed_connected=feed.stats.connected,
-            feed_connects=feed.stats.connects,
-            feed_stale=stale,
-            telemetry_sent=telemetry.sent,
-            telemetry_dropped=telemetry.dropped,
-            halted=engine.halted,
-            states=states,
-            paused=engine.paused,
-            reconciled=engine.reconciled,
-            exits_only=bool(engine.exits_only),
-            exits_only_reason=engine.exits_only,
-            journal_error=journal_error[0] if journal_error else "",
-            disk_free_mb=round(disk_free_mb, 1),
-            unprotected=unprotected,
-            trading_state=engine.trading_state.value,
-        )
-        telemetry.publish(TOPIC_SESSION, session)
-        telemetry.publish(TOPIC_HEALTH, health)
-        engine.log_limiter.flush()  # a flood that has stopped still gets its summary
-        if stale:
-            # No trading happens on it: each token re-confirms its signal after a silence.
-            log.warning(
-                "feed_stale",
-                connected=feed.stats.connected,
-                silent_s=None if silent_s is None else round(silent_s, 3),
-            )
-        if time.monotonic() >= next_log or stop.is_set():
-            next_log = time.monotonic() + cfg.logging.stats_interval_s
-            log.info(
-                "engine_stats",
-                **engine.stats.as_dict(),
-                feed_connected=feed.stats.connected,
-                feed_connects=feed.stats.connects,
-                feed_stale=stale,
-                telemetry_sent=telemetry.sent,
-                telemetry_dropped=telemetry.dropped,
-                states=states,
-            )
-
-
-def _by_segment(symbols: list[tuple[int, str]]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for exchange_type, token in symbols:
-        out.setdefault(exchange_type, []).append(token)
-    return out
-
-
-def _disk_free_mb(path: str) -> float:
-    """Free space for an unprivileged writer under ``path`` in MB; -1 if it cannot be read."""
-    try:
-        return shutil.disk_usage(path).free / 1e6
-    except OSError:
-        return -1.0

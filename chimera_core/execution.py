@@ -39,6 +39,10 @@ class Router(Protocol):
     def submit(self, intent: OrderIntent, atr: float) -> None:
         """An intent left the state machine (after its decision was published)."""
 
+    def on_market(self, tick: Tick) -> None:
+        """An accepted tick before the engine steps on it: a simulated exchange matches on
+        it, so its reports arrive before the step (bar data: before the intent times out)."""
+
     def on_tick(self, tick: Tick, atr: float = ...) -> None:
         """Every accepted tick, after its decision was published (``atr``: the symbol's ATR
         then, for a restored position that needs a bracket)."""

@@ -165,6 +165,7 @@ class OrderRouter:
         self._exits: dict[str, str] = {}  # token → exit order working
         self._watch: set[str] = set()  # tokens with parents, positions or exits
         self._last_tick: dict[str, Tick] = {}
+        self._matched: Tick | None = None  # the tick the broker last matched on (on_market)
         self._tasks: set[asyncio.Task[Any]] = set()
         # The same calendars as the engine and meta-risk (chimera_core.markets).
         self.calendar = calendar_for(cfg.markets, self._exchange_type, ex.square_off_at)
@@ -484,13 +485,22 @@ class OrderRouter:
             )  # fmt: skip
 
     # ---- ticks --------------------------------------------------------------------------
+    def on_market(self, tick: Tick) -> None:
+        """The broker sees an accepted tick before the engine steps on it (the engine's
+        ``on_market``): a simulated exchange fills on it and its reports reach the engine
+        first, as a real exchange's fills precede the next print."""
+        self._matched = tick
+        broker = self.broker
+        if broker is not None:
+            broker.on_tick(tick)
+
     def on_tick(self, tick: Tick, atr: float = math.nan) -> None:
         """Every accepted tick, after its decision is published."""
         token = tick.token
         self._last_tick[token] = tick
         broker = self.broker
-        if broker is not None:
-            broker.on_tick(tick)
+        if broker is not None and tick is not self._matched:
+            broker.on_tick(tick)  # not given to it before the step
         if token not in self._watch:
             return
         now = tick.exchange_ts_ms

@@ -38,7 +38,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
     from chimera_core.config import load_config, load_credentials, load_env, secret_values
     from chimera_core.control import resolve_token
-    from chimera_core.event_loop import run_live
+    from chimera_core.live import run_live
     from chimera_core.logging import configure_logging
 
     env = load_env(args.env_file)

@@ -13,36 +13,41 @@ from chimera_core.config import parse_config
 from chimera_core.contracts import Band, ExecKind, PhysicsState, Purpose, Side, Signal, Structure
 from chimera_core.event_loop import Engine
 from chimera_core.feed.smartapi_v2 import encode
+from chimera_core.node import Node
 from chimera_core.strategy import DefaultStrategy
+from chimera_core.telemetry import TOPIC_EXEC
 from chimera_execution.router import build_router
 from tests.execution.test_router import T0, TOKEN, intent, snap
 
 
 class PaperNode:
-    """Engine → router → paper broker → journal, wired frame by frame as ``chimera live``
-    wires them, in process on exchange time (the tests' small composition)."""
+    """Engine → router → paper broker → journal, wired by ``chimera_core.node.Node`` as
+    ``chimera live`` wires them, in process on exchange time."""
 
     def __init__(self, cfg) -> None:
         self.engine = Engine(cfg, clock=lambda: 0)
         self.router = build_router(cfg, {})
         self.reports: list = []
-        self.router.sink = self._on_report
+        self.report_transitions: list = []  # FILLED / REJECTED: moved by reports
+        self.node = Node(
+            self.engine,
+            self.router,
+            publish=self._published,
+            on_transitions=lambda _report, moved: self.report_transitions.extend(moved),
+        )
 
-    def _on_report(self, report) -> None:
-        self.reports.append(report)
-        self.engine.on_report(report)
+    def _published(self, topic: bytes, obj) -> None:
+        if topic == TOPIC_EXEC:
+            self.reports.append(obj)
 
     async def start(self) -> None:
-        await self.router.connect()
-        self.engine.on_reconciled(await self.router.reconcile())
+        await self.node.connect()
 
-    async def frame(self, tick) -> None:
-        decision = self.engine.on_frame(encode(tick), 0)
-        if decision is not None:
-            self.router.on_tick(self.engine.last_tick, decision.physics.atr)
-        self.router.apply(self.engine.actions)
+    async def frame(self, tick, recv_ns: int = 0):
+        decision = self.node.on_frame(encode(tick), recv_ns)
         for _ in range(5):
             await asyncio.sleep(0)
+        return decision
 
 
 def _physics(energy: float) -> PhysicsState:
