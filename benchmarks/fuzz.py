@@ -3,8 +3,8 @@
 The node is the one ``chimera live`` runs, in process: engine, governance (fresh state),
 order router, paper broker and journal (a throwaway file), wired frame by frame by
 ``chimera_core.node.Node`` as for live (the exchange matches first, then decision → router
-intents and ticks → engine actions → reports back into the engine). The frames are a seeded SNAP_QUOTE market in which a share of the
-frames is mutated before it arrives:
+intents and ticks → engine actions → reports back into the engine). The frames are a
+seeded SNAP_QUOTE market in which a share of the frames is mutated before it arrives:
 
 - ``bitflip``: 1-8 random bytes flipped anywhere in the packet;
 - ``truncate`` / ``extend``: the packet cut short or padded with junk;

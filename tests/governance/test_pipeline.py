@@ -23,8 +23,8 @@ from chimera_core.contracts import (
     TradingState,
 )
 from chimera_core.event_loop import Engine
-from chimera_core.live import run_live
 from chimera_core.feed.smartapi_v2 import decode, encode
+from chimera_core.live import run_live
 from chimera_governance.pipeline import GovernancePipeline
 from tests.loopback import free_port
 from tools.sim.market import Market
