@@ -55,7 +55,7 @@ from chimera_core.logging import RateLimiter
 from chimera_core.markets import MarketCalendar, calendar_for
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
-from chimera_core.strategy import strategy_for
+from chimera_core.strategy import StrategyFactory, default_factory
 from chimera_core.symbol_physics import SymbolPhysics
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,12 @@ class SymbolContext:
     """Everything the hot path keeps for one instrument."""
 
     def __init__(
-        self, token: str, exchange_type: int, cfg: Config, calendar: MarketCalendar
+        self,
+        token: str,
+        exchange_type: int,
+        cfg: Config,
+        calendar: MarketCalendar,
+        strategy: StrategyFactory = default_factory,
     ) -> None:
         s = cfg.strategy
         self.token = token
@@ -121,7 +126,7 @@ class SymbolContext:
         self.prev_ts = -1
         self.prices = PriceFilter(cfg.sanity.max_jump_pct, bar_interval_s=s.bar_interval_s)
         # The strategy's parameters: [strategy] until the genome in force says otherwise.
-        self.strategy = strategy_for(s, s.energy_threshold)
+        self.strategy = strategy(s, {})
         self.position_sign = 0  # -1, 0, 1: the position held (exits are watched while != 0)
         self.entry_ts_ms = -1  # exchange time the position was opened (-1: not known yet)
         self.exit_requested = False  # an exit order was asked for and has not ended
@@ -135,6 +140,7 @@ class SymbolContext:
         self.pending_intent = ""  # the intent this symbol's EXECUTE waits for
         self.expired_intent = ""  # the last intent whose EXECUTE timed out (fills still book)
         self.pending_qty = 0  # its signed quantity (the exposure caps count what may fill)
+        self.pending_timeout_ms = 0  # how long EXECUTE waits for it (longer when sliced)
         self.intent_filled = 0  # quantity filled for it so far (over all its child orders)
         self.entry_features: dict[str, float] = {}  # the signal at the last fire
         self.working: set[str] = set()  # orders the broker holds open
@@ -152,9 +158,11 @@ class Engine:
         clock: Callable[[], int] = time.monotonic_ns,
         sinks: list[DecisionSink] | None = None,
         governance: Governance | None = None,
+        strategy: StrategyFactory = default_factory,
     ) -> None:
         self.cfg = cfg
         self.governance = governance
+        self._strategy_factory = strategy
         self.clock = clock
         self.sinks: list[DecisionSink] = list(sinks or [])
         # One context per instrument, each on its own segment (cash and F&O side by side)
@@ -164,7 +172,7 @@ class Engine:
         for et, t in feed_symbols(cfg):
             if et not in calendars:
                 calendars[et] = calendar_for(cfg.markets, et, cfg.execution.square_off_at)
-            self.symbols[t] = SymbolContext(t, et, cfg, calendars[et])
+            self.symbols[t] = SymbolContext(t, et, cfg, calendars[et], strategy)
         self.stats = EngineStats()
         # A flood of bad frames costs a counter, not a log line each (the summary says how
         # many were not logged). Logs only: nothing the engine decides depends on it.
@@ -182,6 +190,11 @@ class Engine:
         self._rebaseline_after = sanity.rebaseline_after
         self._stale_ns = int(cfg.feed.stale_after_s * 1e9)
         self._execute_timeout_ms = int(cfg.strategy.execute_timeout_s * 1000)
+        # A parent the router works as VWAP children over the slicing window is given that
+        # window on top: the timeout must not cancel an entry that is being worked.
+        slicing = cfg.execution.slicing
+        self._slice_min_qty = slicing.min_qty
+        self._slice_extra_ms = int((slicing.window_s + slicing.max_wait_s) * 1000)
         self._cooldown_ms = int(cfg.strategy.cooldown_s * 1000)
         self._order_qty = cfg.strategy.order_qty
         self._seq = 0
@@ -409,8 +422,7 @@ class Engine:
                 int(p.get("band_lookback", sym.physics.band_n)),
                 float(p.get("band_k", sym.physics.k)),
             )
-            threshold = float(p.get("energy_threshold", sym.strategy.energy_threshold))
-            sym.strategy = strategy_for(self.cfg.strategy, threshold)
+            sym.strategy = self._strategy_factory(self.cfg.strategy, p)
         except (ValueError, TypeError) as exc:
             log.error("genome_refused", token=sym.token, version=genome.version, error=str(exc))
             return
@@ -499,7 +511,7 @@ class Engine:
                 reason = "feed_stale" if stale else blocked or "signal_gone"
                 sym.armed_direction = 0
                 return (machine.apply(Event.DISARM, ts, reason),), None
-            elif state is State.EXECUTE and ts - machine.entered_ms >= self._execute_timeout_ms:
+            elif state is State.EXECUTE and ts - machine.entered_ms >= sym.pending_timeout_ms:
                 if sym.pending_intent and self.execution_enabled:
                     # Whatever is still working at the broker is cancelled; fills that
                     # already happened stay booked.
@@ -558,6 +570,9 @@ class Engine:
         sym.armed_direction = 0
         sym.pending_intent = coid
         sym.pending_qty = intent.qty if direction > 0 else -intent.qty
+        sym.pending_timeout_ms = self._execute_timeout_ms + (
+            self._slice_extra_ms if intent.qty >= self._slice_min_qty else 0
+        )
         sym.intent_filled = 0
         # What the signal looked like, named after the genome's genes it speaks to.
         band_dist = (
@@ -875,11 +890,12 @@ def session_info(cfg: Config) -> SessionInfo:
         mode=cfg.mode,
         config_json=config_json,
         config_sha256=hashlib.sha256(config_json).hexdigest(),
-        code_version=_code_version(),
+        code_version=code_version(),
     )
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The package version and the git commit this code came from (metadata only)."""
     try:
         version = importlib.metadata.version("chimera")
     except importlib.metadata.PackageNotFoundError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from chimera_core.config import StrategyConfig
 from chimera_core.contracts import Band, PhysicsState, Signal, Structure
@@ -15,6 +17,33 @@ _NO_LONG = (Signal(0, "band_contradicts_long"), 0.0)
 _NO_SHORT = (Signal(0, "band_contradicts_short"), 0.0)
 _S_WARMUP, _VACUUM = Structure.WARMUP, Structure.VACUUM
 _B_WARMUP, _BREAKOUT, _BREAKDOWN = Band.WARMUP, Band.BREAKOUT, Band.BREAKDOWN
+
+
+class Strategy(Protocol):
+    """What the engine asks of a strategy, per tick, for one instrument (a plug-in for event
+    mode and live: see docs/BACKTEST.md). ``physics`` carries the live close and the number
+    of closed bars, so a strategy on bar closes sees each bar close once, at the first print
+    of the next bar. Keep it cheap: it runs on every tick."""
+
+    def evaluate(self, physics: PhysicsState) -> tuple[Signal, float]:
+        """The signal (direction -1/0/+1 and a reason) and a confidence in [0, 1]."""
+        ...
+
+    def exit_reason(
+        self, physics: PhysicsState, signal: Signal, position_sign: int, held_ms: int
+    ) -> str:
+        """Why a position of sign ``position_sign`` held ``held_ms`` should close now, or ""."""
+        ...
+
+
+# Builds one instrument's strategy from [strategy] and the genome's genes in force (empty
+# before a genome is known); called again when a new genome version takes effect.
+StrategyFactory = Callable[[StrategyConfig, Mapping[str, float]], Strategy]
+
+
+def default_factory(cfg: StrategyConfig, params: Mapping[str, float]) -> Strategy:
+    """The default econophysics strategy, its threshold from the genome when it has one."""
+    return strategy_for(cfg, float(params.get("energy_threshold", cfg.energy_threshold)))
 
 
 def strategy_for(cfg: StrategyConfig, energy_threshold: float) -> DefaultStrategy:
@@ -87,3 +116,74 @@ class DefaultStrategy:
         return Signal(direction, "long" if direction > 0 else "short"), round(
             agree * 0.5 * (energy_part + z_part), 6
         )
+
+
+_MA_WARMUP = (Signal(0, "warmup"), 0.0)
+_MA_FLAT = (Signal(0, "ma_equal"), 0.0)
+_MA_BELOW = (Signal(0, "ma_below_long_only"), 0.0)
+
+
+class MovingAverageCross:
+    """The worked example: long while the fast simple moving average of bar closes is
+    above the slow one, short while below (or flat, ``long_only``). Each bar close is
+    taken once, at the first print of the next bar (the engine closes bars by exchange
+    time), so the signal only ever uses closed bars. Exits: the averages cross back."""
+
+    def __init__(self, fast: int = 10, slow: int = 30, long_only: bool = False) -> None:
+        if not (isinstance(fast, int) and isinstance(slow, int) and 1 <= fast < slow):
+            raise ValueError(f"ma_cross needs whole windows 1 <= fast < slow, got {fast}, {slow}")
+        self.fast, self.slow, self.long_only = fast, slow, long_only
+        self._closes: list[float] = []
+        self._seen_bars = 0
+        self._last_close = math.nan
+        self._direction = 0
+        self._warm = False
+
+    def _on_bar_close(self, close: float) -> None:
+        closes = self._closes
+        closes.append(close)
+        if len(closes) > self.slow:
+            del closes[0]
+        if len(closes) < self.slow:
+            return
+        self._warm = True
+        fast = sum(closes[-self.fast :]) / self.fast
+        slow = sum(closes) / self.slow
+        self._direction = (fast > slow) - (fast < slow)
+
+    def evaluate(self, physics: PhysicsState) -> tuple[Signal, float]:
+        if physics.closed_bars > self._seen_bars:
+            # The first print of a new bar: the last print before it closed the bar.
+            if math.isfinite(self._last_close):
+                self._on_bar_close(self._last_close)
+            self._seen_bars = physics.closed_bars
+        self._last_close = physics.close
+        if not self._warm:
+            return _MA_WARMUP
+        direction = self._direction
+        if direction == 0:
+            return _MA_FLAT
+        if direction < 0 and self.long_only:
+            return _MA_BELOW
+        return (Signal(1, "ma_fast_above") if direction > 0 else Signal(-1, "ma_fast_below")), 1.0
+
+    def exit_reason(
+        self, physics: PhysicsState, signal: Signal, position_sign: int, held_ms: int
+    ) -> str:
+        if self._warm and self._direction == -position_sign:
+            return "ma_cross"
+        return ""
+
+
+def ma_cross_factory(fast: int = 10, slow: int = 30, long_only: bool = False) -> StrategyFactory:
+    """A StrategyFactory for MovingAverageCross; the genome's ``fast``/``slow``/``long_only``
+    genes (when it has them) win over these."""
+
+    def make(cfg: StrategyConfig, params: Mapping[str, float]) -> Strategy:
+        return MovingAverageCross(
+            int(params.get("fast", fast)),
+            int(params.get("slow", slow)),
+            bool(params.get("long_only", long_only)),
+        )
+
+    return make

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ class OrderRouter:
         journal: Journal,
         clock: Callable[[], int] = time.monotonic_ns,
         instruments: Sequence[Instrument] = (),
+        throttle_clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         ex = cfg.execution
         self.cfg = cfg
@@ -145,8 +147,11 @@ class OrderRouter:
         # Angel One budgets each order endpoint on its own (placeOrder, modifyOrder and
         # cancelOrder: 20/s, 500/min, 1000/h each), so a kill switch's cancels never queue
         # behind the places that used up the placeOrder budget.
-        self.throttler = Throttler.from_config(ex.throttle)
-        self.cancel_throttler = Throttler.from_config(ex.throttle)
+        # ``throttle_clock``/``sleep``: the loop's in live, a simulated clock in a backtest.
+        self.throttler = Throttler.from_config(ex.throttle, clock=throttle_clock, sleep=sleep)
+        self.cancel_throttler = Throttler.from_config(
+            ex.throttle, clock=throttle_clock, sleep=sleep
+        )
         self.liquidity = LiquidityAdjuster(
             ex.slicing.depth_fraction, ex.slicing.max_spread_pct, ex.slicing.max_wait_s
         )
@@ -390,7 +395,10 @@ class OrderRouter:
         if terminal and self._exits.get(token) == coid:
             del self._exits[token]
         final = False
-        parent = self._parents.get(report.intent_id)
+        # An exit (bracket, strategy exit, square-off) names its entry's intent: it is no
+        # child of the entry's parent, and its fills are none of the entry's.
+        entry = report.purpose is Purpose.ENTRY
+        parent = self._parents.get(report.intent_id) if entry else None
         if parent is not None:
             if terminal:
                 parent.working.discard(coid)
@@ -403,7 +411,7 @@ class OrderRouter:
                 del self._parents[report.intent_id]
                 if parent.slicer is not None:
                     log.info("vwap_done", **msgspec.structs.asdict(parent.slicer.report()))
-        elif terminal and report.purpose is Purpose.ENTRY:
+        elif terminal and entry:
             final = True  # an order from before a restart: nothing else works for it
         self._rewatch(token)
         self.sink(msgspec.structs.replace(report, final=True) if final else report)
@@ -532,6 +540,14 @@ class OrderRouter:
         pos = self._positions.get(token)
         if pos.qty == 0 or token in self._exits:
             return
+        for parent in [p for p in self._parents.values() if p.intent.token == token]:
+            # Leaving while the entry is still being worked: no more children (they would
+            # reopen what this exit closes); those working are cancelled.
+            parent.stopped = True
+            for coid in list(parent.working):
+                self._spawn(self._cancel(coid))
+            if not parent.working:
+                self._finish(parent, f"{purpose.value.lower()} before the entry was complete")
         request = exit_request(
             Position(token, pos.qty, pos.avg_price),
             purpose,
@@ -823,6 +839,12 @@ class OrderRouter:
         if self.broker is not None:
             await self.broker.close()
 
+    @property
+    def tasks_in_flight(self) -> int:
+        """Broker calls (place, cancel) still running: a backtest lets them finish before
+        the next simulated tick."""
+        return len(self._tasks)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -891,14 +913,27 @@ BROKER_ENV = ("CHIMERA_API_KEY", "CHIMERA_CLIENT_CODE", "CHIMERA_PASSWORD", "CHI
 
 
 def build_router(
-    cfg: Config, env: dict[str, str], instruments: Sequence[Instrument] = ()
+    cfg: Config,
+    env: dict[str, str],
+    instruments: Sequence[Instrument] = (),
+    clock: Callable[[], int] = time.monotonic_ns,
+    throttle_clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> OrderRouter:
     """The journal for this mode, the configured broker, and the router between them.
-    ``instruments`` (resolved from the master) give tick sizes and F&O kinds by token."""
+    ``instruments`` (resolved from the master) give tick sizes and F&O kinds by token;
+    the clocks and ``sleep`` are the loop's, or a backtest's simulated ones."""
     ex = cfg.execution
     journal = Journal(Path(cfg.data_dir), cfg.mode, synchronous=ex.journal_sync,
                       starting_cash=ex.paper.starting_cash)  # fmt: skip
-    router = OrderRouter(cfg, journal, instruments=instruments)
+    router = OrderRouter(
+        cfg,
+        journal,
+        clock=clock,
+        instruments=instruments,
+        throttle_clock=throttle_clock,
+        sleep=sleep,
+    )
     if ex.broker == "paper":
         from chimera_execution.brokers.paper import PaperBroker
         from chimera_execution.charges import ChargeCalculator

@@ -20,8 +20,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
 
 import msgspec
 
@@ -83,7 +83,7 @@ class Throttler:
     the queue.
     """
 
-    __slots__ = ("_calls", "_clock", "_lock", "_refused", "_waited_s", "_windows")
+    __slots__ = ("_calls", "_clock", "_lock", "_refused", "_sleep", "_waited_s", "_windows")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class Throttler:
         per_hour: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         guard_s: float = 0.05,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         for name, n in (
             ("per_second", per_second),
@@ -103,6 +104,7 @@ class Throttler:
         if not (math.isfinite(guard_s) and guard_s >= 0):
             raise ConfigError(f"Throttler guard_s must be a finite number >= 0, got {guard_s!r}")
         self._clock = clock
+        self._sleep = sleep
         self._windows: tuple[tuple[float, deque[float]], ...] = tuple(
             (span + guard_s, deque(maxlen=n))
             for span, n in ((1.0, per_second), (60.0, per_minute), (3600.0, per_hour))
@@ -118,8 +120,13 @@ class Throttler:
         cfg: ThrottleConfig,
         clock: Callable[[], float] = time.monotonic,
         guard_s: float = 0.05,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> Throttler:
-        return cls(cfg.per_second, cfg.per_minute, cfg.per_hour, clock=clock, guard_s=guard_s)
+        """``clock`` and ``sleep`` are the loop's (live) or a simulated clock's (a backtest:
+        a wait then lasts until simulated time has moved on, never wall time)."""
+        return cls(
+            cfg.per_second, cfg.per_minute, cfg.per_hour, clock=clock, guard_s=guard_s, sleep=sleep
+        )
 
     def _delay_at(self, now: float) -> float:
         wait = 0.0
@@ -162,7 +169,7 @@ class Throttler:
                     break
                 # Loop rather than trust one sleep: asyncio may wake a timer up to its clock
                 # resolution early, and the injected clock may not be the loop's clock.
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             self._record(now)
         self._waited_s += now - started
 

@@ -20,6 +20,7 @@ PLANNED: dict[str, str] = {}
 
 # Commands whose module owns its own argument parsing: name → module with main(argv).
 SUBCOMMANDS = {
+    "backtest": "tools.backtest.cli",
     "cortex": "cortex.launcher",
     "doctor": "tools.doctor",
     "metrics": "tools.metrics",
@@ -31,8 +32,6 @@ CONTROL_COMMANDS = (
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    import sqlite3
-
     import structlog
     import uvloop
 
@@ -57,39 +56,23 @@ def cmd_live(args: argparse.Namespace) -> int:
     instruments = []
     if cfg.instruments.names:
         cfg, instruments = with_instruments(cfg)
-    governance = None
-    router = None
-    state_dir = Path(cfg.data_dir) / cfg.mode
-    try:
-        if cfg.governance.enabled:
-            from chimera_governance.pipeline import GovernancePipeline
+    from tools.node import build_parts
 
-            # Paper and live keep separate governance state: no path lets one touch the other.
-            governance = GovernancePipeline(cfg, state_dir)
-        if cfg.execution.enabled:
-            from chimera_execution.router import build_router
-
-            # The journal for this mode only (data/<mode>/chimera.db) and the configured broker.
-            router = build_router(cfg, env, instruments)
-    except BaseException as exc:
-        if governance is not None:
-            governance.close()
-        if isinstance(exc, (sqlite3.Error, OSError)):
-            # A store that does not name its file itself: one clean message, no traceback.
-            raise ChimeraError(
-                f"cannot open the state under {state_dir}: {exc}; `chimera doctor` names the "
-                "damaged or unreadable file (docs/RUNBOOK.md, 'After a crash')"
-            ) from exc
-        raise
+    # The journal for this mode only (data/<mode>/chimera.db), the configured broker, and
+    # governance state kept apart per mode: no path lets paper touch live.
+    parts = build_parts(cfg, env, instruments)
     try:
         uvloop.run(
-            run_live(cfg, credentials, control_token=token, governance=governance, router=router)
+            run_live(
+                cfg,
+                credentials,
+                control_token=token,
+                governance=parts.governance,
+                router=parts.router,
+            )
         )
     finally:
-        if router is not None:
-            router.journal.close()
-        if governance is not None:
-            governance.close()
+        parts.close()
     return 0
 
 

@@ -37,6 +37,8 @@ weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 [execution.paper]
 latency_ms = 0
 slippage_bps = 0.0
+[governance]
+enabled = false
 [logging]
 decisions = "none"
 """
@@ -88,3 +90,41 @@ async def test_entries_on_sparse_prints_fill_instead_of_expiring(tmp_path):
     assert old.engine.stats.late_fills >= 1
     booked = [r for r in old.reports if r.purpose is Purpose.ENTRY and r.kind is ExecKind.FILLED]
     assert booked, "late fills must still open positions"
+
+
+@pytest.mark.timeout(120)
+async def test_a_sliced_entry_is_not_cut_short_by_the_execute_timeout(tmp_path):
+    """An entry at or above ``slicing.min_qty`` is worked as VWAP children over the slicing
+    window (300 s here) — ten times the 30 s execute timeout. The timeout must not cancel
+    it after the first child: the engine waits the window out."""
+    cfg = parse_config(
+        CONFIG.format(data=tmp_path)
+        .replace("execute_timeout_s = 10.0", "execute_timeout_s = 30.0")
+        .replace("bar_interval_s = 60", "bar_interval_s = 5")
+        + "[execution.slicing]\nmin_qty = 100\nwindow_s = 300.0\nparticipation = 1.0\n"
+    )
+    cfg = msgspec.structs.replace(
+        cfg, strategy=msgspec.structs.replace(cfg.strategy, order_qty=400)
+    )
+    node = PaperNode(cfg)
+    await node.start()
+    transitions = []
+    market, t0 = Market(seed=3), 1_735_689_600_000
+    n = 0
+    while n < 6_000:
+        tick = market.next_tick(Mode.QUOTE)
+        if tick.token != "2885":
+            continue
+        n += 1
+        tick = msgspec.structs.replace(tick, exchange_ts_ms=t0 + n * 1_000, sequence=n)
+        decision = await node.frame(tick, 1_000_000_000 + n * 1_000_000)
+        transitions.extend(decision.transitions if decision is not None else ())
+    transitions += node.report_transitions
+    ended = [t.event for t in transitions if t.from_state == State.EXECUTE.value]
+    assert ended, "the session must fire an entry"
+    assert "EXPIRED" not in ended, ended
+    first = next(r for r in node.reports if r.purpose is Purpose.ENTRY and r.final)
+    entry_fills = [
+        r.fill.qty for r in node.reports if r.fill is not None and r.intent_id == first.intent_id
+    ]
+    assert sum(entry_fills) > max(entry_fills), "worked as several children, not cut at one"

@@ -11,43 +11,38 @@ import pytest
 
 from chimera_core.config import parse_config
 from chimera_core.contracts import Band, ExecKind, PhysicsState, Purpose, Side, Signal, Structure
-from chimera_core.event_loop import Engine
 from chimera_core.feed.smartapi_v2 import encode
-from chimera_core.node import Node
 from chimera_core.strategy import DefaultStrategy
 from chimera_core.telemetry import TOPIC_EXEC
 from chimera_execution.router import build_router
 from tests.execution.test_router import T0, TOKEN, intent, snap
+from tools.backtest.event import SimNode
 
 
 class PaperNode:
-    """Engine → router → paper broker → journal, wired by ``chimera_core.node.Node`` as
-    ``chimera live`` wires them, in process on exchange time."""
+    """Engine → router → paper broker → journal as ``chimera live`` builds and wires them
+    (``tools/node.py``, ``chimera_core.node.Node``), in process on a simulated clock
+    (``tools.backtest.event.SimNode``: the throttle counts exchange time)."""
 
     def __init__(self, cfg) -> None:
-        self.engine = Engine(cfg, clock=lambda: 0)
-        self.router = build_router(cfg, {})
         self.reports: list = []
         self.report_transitions: list = []  # FILLED / REJECTED: moved by reports
-        self.node = Node(
-            self.engine,
-            self.router,
+        self.sim = SimNode(
+            cfg,
             publish=self._published,
             on_transitions=lambda _report, moved: self.report_transitions.extend(moved),
         )
+        self.node, self.engine, self.router = self.sim.node, self.sim.engine, self.sim.router
 
     def _published(self, topic: bytes, obj) -> None:
         if topic == TOPIC_EXEC:
             self.reports.append(obj)
 
     async def start(self) -> None:
-        await self.node.connect()
+        await self.sim.start()
 
     async def frame(self, tick, recv_ns: int = 0):
-        decision = self.node.on_frame(encode(tick), recv_ns)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        return decision
+        return await self.sim.frame(encode(tick), tick.exchange_ts_ms, recv_ns)
 
 
 def _physics(energy: float) -> PhysicsState:
