@@ -119,15 +119,20 @@ class DefaultStrategy:
 
 
 _MA_WARMUP = (Signal(0, "warmup"), 0.0)
-_MA_FLAT = (Signal(0, "ma_equal"), 0.0)
-_MA_BELOW = (Signal(0, "ma_below_long_only"), 0.0)
+_MA_NO_CROSS = (Signal(0, "no_cross"), 0.0)
+_MA_BELOW = (Signal(0, "crossed_below_long_only"), 0.0)
+_MA_UP = (Signal(1, "crossed_above"), 1.0)
+_MA_DOWN = (Signal(-1, "crossed_below"), 1.0)
 
 
 class MovingAverageCross:
-    """The worked example: long while the fast simple moving average of bar closes is
-    above the slow one, short while below (or flat, ``long_only``). Each bar close is
-    taken once, at the first print of the next bar (the engine closes bars by exchange
-    time), so the signal only ever uses closed bars. Exits: the averages cross back."""
+    """The worked example: enter long when the fast simple moving average of bar closes
+    crosses above the slow one, short when it crosses below (``long_only``: no shorts);
+    exit when they cross back (or at the bracket). The signal stands for the one bar after
+    the cross (the state machine confirms it on two prints and enters at that bar's open);
+    there is no re-entry until the next cross. Each bar close is taken once, at the first
+    print of the next bar (the engine closes bars by exchange time): only closed bars count.
+    """
 
     def __init__(self, fast: int = 10, slow: int = 30, long_only: bool = False) -> None:
         if not (isinstance(fast, int) and isinstance(slow, int) and 1 <= fast < slow):
@@ -136,8 +141,8 @@ class MovingAverageCross:
         self._closes: list[float] = []
         self._seen_bars = 0
         self._last_close = math.nan
-        self._direction = 0
-        self._warm = False
+        self._direction = 0  # sign(fast - slow) at the last close (0 until warm)
+        self._signal = _MA_WARMUP
 
     def _on_bar_close(self, close: float) -> None:
         closes = self._closes
@@ -146,10 +151,17 @@ class MovingAverageCross:
             del closes[0]
         if len(closes) < self.slow:
             return
-        self._warm = True
         fast = sum(closes[-self.fast :]) / self.fast
         slow = sum(closes) / self.slow
-        self._direction = (fast > slow) - (fast < slow)
+        direction = (fast > slow) - (fast < slow)
+        before, self._direction = self._direction, direction
+        if before and direction and direction != before:
+            if direction < 0 and self.long_only:
+                self._signal = _MA_BELOW
+            else:
+                self._signal = _MA_UP if direction > 0 else _MA_DOWN
+        else:
+            self._signal = _MA_NO_CROSS
 
     def evaluate(self, physics: PhysicsState) -> tuple[Signal, float]:
         if physics.closed_bars > self._seen_bars:
@@ -158,19 +170,14 @@ class MovingAverageCross:
                 self._on_bar_close(self._last_close)
             self._seen_bars = physics.closed_bars
         self._last_close = physics.close
-        if not self._warm:
-            return _MA_WARMUP
-        direction = self._direction
-        if direction == 0:
-            return _MA_FLAT
-        if direction < 0 and self.long_only:
-            return _MA_BELOW
-        return (Signal(1, "ma_fast_above") if direction > 0 else Signal(-1, "ma_fast_below")), 1.0
+        return self._signal
 
     def exit_reason(
         self, physics: PhysicsState, signal: Signal, position_sign: int, held_ms: int
     ) -> str:
-        if self._warm and self._direction == -position_sign:
+        if self._signal[0].direction == position_sign:
+            self._signal = _MA_NO_CROSS  # this cross is taken: one entry per cross
+        if self._direction == -position_sign:
             return "ma_cross"
         return ""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +16,14 @@ from chimera_core.contracts import Mode
 from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.strategy import ma_cross_factory
 from chimera_execution.smart_execution import Throttler
-from tools.backtest.event import SimClock, bar_ticks, intrabar_path, run_event
+from tools.backtest.event import (
+    PRINTS_PER_BAR,
+    BacktestError,
+    SimClock,
+    bar_ticks,
+    intrabar_path,
+    run_event,
+)
 
 T0 = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 
@@ -70,14 +76,22 @@ def test_the_intrabar_path_visits_every_price_low_first_on_up_bars(o, a, b, c):
 
 def test_bar_ticks_go_through_the_real_codec_in_time_order():
     bars = walk(50, interval_ms=60_000)
-    ticks = list(bar_ticks(bars, "2885", 1))
-    assert len(ticks) == 4 * 50
+    ticks = list(bar_ticks(bars, "2885", 1, latency_ms=50))
+    assert len(ticks) == PRINTS_PER_BAR * 50
     for i, tick in enumerate(ticks):
         got = decode(encode(tick), 0)
         assert got.mode == Mode.QUOTE and got.sequence == i + 1
-        assert got.exchange_ts_ms == bars.ts_ms[i // 4] + (i % 4) * 15_000
-        assert math.isclose(got.ltp, round(tick.ltp, 2), abs_tol=0.006)
+        bar = i // PRINTS_PER_BAR
+        assert bars.ts_ms[bar] <= got.exchange_ts_ms < bars.ts_ms[bar] + 60_000
+        path = intrabar_path(bars.open[bar], bars.high[bar], bars.low[bar], bars.close[bar])
+        assert min(abs(got.ltp - p) for p in path) <= 0.006  # the codec keeps paise
     assert all(b.exchange_ts_ms > a.exchange_ts_ms for a, b in itertools.pairwise(ticks))
+    first = ticks[:PRINTS_PER_BAR]
+    assert [t.ltp for t in first[:3]] == [bars.open[0]] * 3  # arm, fire, fill at the open
+    assert first[1].exchange_ts_ms - first[0].exchange_ts_ms == 51  # latency + 1 ms apart
+    assert sum(t.ltq for t in first) == 4 * (int(bars.volume[0]) // 4)
+    with pytest.raises(BacktestError, match="too short"):
+        list(bar_ticks(walk(2, interval_ms=1_000), "2885", 1, latency_ms=200))
 
 
 async def test_a_throttled_order_waits_for_simulated_time_not_wall_time():
@@ -114,7 +128,7 @@ def default_run(tmp_path_factory):
 
 def test_the_default_strategy_trades_and_the_books_agree(default_run):
     bars, r = default_run
-    assert r.bars == 2_500 and r.ticks == 10_000
+    assert r.bars == 2_500 and r.ticks == 2_500 * PRINTS_PER_BAR
     assert len(r.trades) >= 5, "the run must trade for its books to be checked"
     # The account's equity (cash and marks, from the engine's book) against the round
     # trips paired from the fills the paper broker reported: one accounting each.
@@ -140,14 +154,19 @@ def test_the_same_bars_give_the_same_trades(default_run, tmp_path):
     assert np.array_equal(again.equity, first.equity)
 
 
-def test_ma_cross_enters_after_the_cross_on_closed_bars_only(tmp_path):
+def test_ma_cross_enters_at_the_open_after_a_cross_on_closed_bars(tmp_path):
     cfg = parse_config("[governance]\nenabled = false\n" + ALWAYS_OPEN)
     bars = walk(600, seed=3, vol=0.006)
     r = asyncio.run(run_event(cfg, bars, work_dir=tmp_path, strategy=ma_cross_factory(5, 20)))
     assert len(r.trades) >= 3
     close = bars.close
+    fast = np.convolve(close, np.ones(5) / 5)[4 : len(close)]  # fast[j]: closes j-4..j
+    slow = np.convolve(close, np.ones(20) / 20)[19 : len(close)]
+    above = fast[15:] > slow  # above[j - 19]: at close j
     for t in r.trades:
-        # Decided on the closes before the entry bar: the cross is visible there.
-        i = t.entry_bar
-        fast, slow = close[i - 5 : i].mean(), close[i - 20 : i].mean()
-        assert (fast > slow) == (t.side == "LONG"), (t, fast, slow)
+        i = t.entry_bar  # decided on the close before it: a cross there, none after
+        j = i - 1 - 19
+        crossed_up = above[j] and not above[j - 1]
+        crossed_down = not above[j] and above[j - 1]
+        assert (crossed_up, crossed_down) == (t.side == "LONG", t.side == "SHORT"), t
+        assert t.entry_price == pytest.approx(bars.open[i], rel=2e-4)  # at that bar's open

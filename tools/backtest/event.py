@@ -4,11 +4,15 @@ wired frame by frame by ``chimera_core.node.Node``, on a simulated clock.
 
 What is simulated, and how:
 
-- **Ticks from bars.** Each bar becomes four prints through the real SmartAPI codec
-  (``encode`` → the engine's ``decode``), at the bar's open time plus 0, ¼, ½ and ¾ of the
-  interval: O→L→H→C on an up bar (close ≥ open), O→H→L→C on a down bar, the conservative
-  path (an up bar visits its low first, so a long's stop is tested before its target).
-  Each print carries a quarter of the bar's volume (cumulative for the trading day).
+- **Ticks from bars.** Each bar becomes prints through the real SmartAPI codec
+  (``encode`` → the engine's ``decode``) along its path, at the bar's open time plus 0,
+  ¼, ½ and ¾ of the interval: O→L→H→C on an up bar (close ≥ open), O→H→L→C on a down bar
+  (an up bar visits its low first, so a long's stop is tested before its target). The
+  open is printed three times and each other price twice, ``latency_ms + 1`` apart: the
+  state machine arms on one print and fires on the next, so an entry decided at a bar's
+  open fills at that open; a bracket or an exit triggered by a print fills on its repeat,
+  at the price that triggered it. Each price's first print carries a quarter of the bar's
+  volume (cumulative for the trading day, as the feed's is).
 - **One clock.** Exchange time is the bar's; the engine's clock, the router's report
   stamps, the order throttle and its waits all run on it (``SimClock``), so results never
   depend on how fast the machine replays. A throttled order waits for simulated time to
@@ -61,7 +65,6 @@ from tools.node import build_node, build_parts
 log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
-PRINTS_PER_BAR = 4
 _SETTLE_ROUNDS = 10_000  # event-loop turns a tick may take for the broker calls it caused
 
 
@@ -125,11 +128,28 @@ def intrabar_path(o: float, h: float, low: float, c: float) -> tuple[float, floa
     return (o, low, h, c) if c >= o else (o, h, low, c)
 
 
-def bar_ticks(bars: BarSeries, token: str, exchange_type: int) -> Iterator[Tick]:
-    """Every bar as four QUOTE prints (see the module docstring), in time order."""
-    step = bars.interval_ms // PRINTS_PER_BAR
-    if step <= 0:
-        raise BacktestError(f"bar interval {bars.interval_ms} ms is too short to replay")
+# How often each price of the path is printed: the open three times (the state machine
+# arms on one print and fires on the next; the order fills on the third, at the open),
+# the others twice (a bracket or an exit triggered by a print fills on its repeat, at the
+# price that triggered it, not at the bar's next extreme).
+REPEATS = (3, 2, 2, 2)
+PRINTS_PER_BAR = sum(REPEATS)
+
+
+def bar_ticks(
+    bars: BarSeries, token: str, exchange_type: int, latency_ms: int = 0
+) -> Iterator[Tick]:
+    """Every bar as QUOTE prints along its path (see the module docstring), in time order.
+    A price's repeats are ``latency_ms + 1`` apart, so an order decided on one reaches the
+    paper book by the next."""
+    step = bars.interval_ms // len(REPEATS)
+    gap = latency_ms + 1
+    if step <= 0 or gap * max(REPEATS) > step:
+        raise BacktestError(
+            f"bar interval {bars.interval_ms} ms is too short to replay with "
+            f"execution.paper.latency_ms = {latency_ms}: each quarter of a bar must hold "
+            f"{max(REPEATS)} prints {gap} ms apart"
+        )
     zone = ZoneInfo(bars.tz) if bars.tz else UTC
     seq = 0
     day = None
@@ -143,23 +163,27 @@ def bar_ticks(bars: BarSeries, token: str, exchange_type: int) -> Iterator[Tick]
             float(bars.open[i]), float(bars.high[i]), float(bars.low[i]), float(bars.close[i])
         )
         vol = float(bars.volume[i])
-        share = int(vol // PRINTS_PER_BAR) if math.isfinite(vol) and vol > 0 else 0
-        for k, price in enumerate(prices):
-            seq += 1
-            cum += share
-            yield Tick(
-                token=token,
-                exchange_type=exchange_type,
-                mode=int(Mode.QUOTE),
-                sequence=seq,
-                exchange_ts_ms=t0 + k * step,
-                ltp=price,
-                ltq=share,
-                volume=cum,
-                open=prices[0],
-                high=max(prices[: k + 1]),
-                low=min(prices[: k + 1]),
-            )
+        share = int(vol // len(REPEATS)) if math.isfinite(vol) and vol > 0 else 0
+        high = low = prices[0]
+        for k, (price, repeats) in enumerate(zip(prices, REPEATS, strict=True)):
+            high, low = max(high, price), min(low, price)
+            for r in range(repeats):
+                seq += 1
+                traded = share if r == 0 else 0  # a repeat trades nothing new
+                cum += traded
+                yield Tick(
+                    token=token,
+                    exchange_type=exchange_type,
+                    mode=int(Mode.QUOTE),
+                    sequence=seq,
+                    exchange_ts_ms=t0 + k * step + r * gap,
+                    ltp=price,
+                    ltq=traded,
+                    volume=cum,
+                    open=prices[0],
+                    high=high,
+                    low=low,
+                )
 
 
 @dataclass
@@ -485,7 +509,8 @@ async def _run(
         ticks = 0
         bar = 0
         last_of_bar = PRINTS_PER_BAR - 1
-        for i, tick in enumerate(bar_ticks(bars, token, exchange_type)):
+        latency = bt.execution.paper.latency_ms
+        for i, tick in enumerate(bar_ticks(bars, token, exchange_type, latency)):
             decision = await frame(encode(tick), tick.exchange_ts_ms)
             ticks += 1
             if decision is not None:
