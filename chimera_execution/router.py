@@ -949,6 +949,8 @@ def build_router(
             calculator,
             ex.product,
             router.on_broker_report,
+            clock=clock,
+            synchronous=ex.journal_sync,
         )
     else:
         missing = [k for k in BROKER_ENV if not env.get(k)]

@@ -121,6 +121,7 @@ class PaperBroker:
         product: str,
         on_report: ReportSink,
         clock: Callable[[], int] = time.monotonic_ns,
+        synchronous: str = "FULL",
     ) -> None:
         path = Path(journal_db)
         mode = stored_mode(path)
@@ -137,6 +138,9 @@ class PaperBroker:
             charges if isinstance(charges, ChargeCalculator) else ChargeCalculator(equity=charges)
         )
         self._product = product
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ChimeraError(f"paper broker: synchronous NORMAL or FULL, got {synchronous!r}")
+        self._synchronous = synchronous  # the journal's setting: the ledger is its twin
         self._on_report = on_report
         self._clock = clock
         self._db: sqlite3.Connection | None = None
@@ -154,7 +158,7 @@ class PaperBroker:
             return
         db = sqlite3.connect(private_file(self.path), isolation_level=None, timeout=10.0)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA busy_timeout=10000")
         self._db = db
         with self._tx():
