@@ -476,6 +476,14 @@ def test_code_version_names_the_package() -> None:
     assert version.startswith(importlib.metadata.version("chimera"))
 
 
+def test_parquet_metadata_names_symbol_and_interval(tmp_path: Path) -> None:
+    one = bars_at(minute_day(datetime(2024, 1, 2))[:1], interval_ms="5m")
+    loaded = load_bars(write_bars(one, tmp_path / "one.parquet"))  # one bar: nothing to infer
+    assert (loaded.symbol, loaded.interval_ms, loaded.tz) == ("X", 5 * MIN, "Asia/Kolkata")
+    with pytest.raises(DataError, match="too few to infer the interval"):
+        load_bars(write_bars(one, tmp_path / "one.csv"))
+
+
 def test_bars_arrays_are_read_only() -> None:
     bars = bars_at(minute_day(datetime(2024, 1, 2))[:3])
     with pytest.raises(ValueError, match="read-only"):

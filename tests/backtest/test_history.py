@@ -422,6 +422,10 @@ async def test_a_chunk_still_forming_is_fetched_again(
     fetcher = HistoryFetcher(source, tmp_path, now_ms=lambda: now)
     await fetcher.fetch("NSE", "3045", "ONE_MINUTE", "2024-01-01", "2024-03-15")
     sent = len(desk(sim).calls)
+    args = (tmp_path, "NSE", "3045", "ONE_MINUTE", "2024-01-01", "2024-03-15")
+    assert len(load_cached(*args)) > 0  # offline, what is there
+    with pytest.raises(HistoryNotCached) as forming:
+        load_cached(*args, complete_only=True)
     await fetcher.fetch("NSE", "3045", "ONE_MINUTE", "2024-01-01", "2024-03-15")
     (call,) = desk(sim).calls[sent:]
     chunk = next(
@@ -430,6 +434,7 @@ async def test_a_chunk_still_forming_is_fetched_again(
         if c.first <= date(2024, 3, 15) <= c.last
     )
     assert call.fromdate.startswith(chunk.first.isoformat())
+    assert forming.value.missing == [chunk.name]
     assert (
         fetcher.stats.cached
         == len(plan_chunks("ONE_MINUTE", date(2024, 1, 1), date(2024, 3, 15))) - 1

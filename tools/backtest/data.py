@@ -802,10 +802,11 @@ def load_bars(
 
     ``symbol`` picks one symbol from a file with a ``symbol`` column (and names the result;
     default: the Parquet metadata, the column's single value, or the file stem).
-    ``interval`` (ms or text like "5m"; default: the most common spacing). ``allow_gaps=False``
-    makes bars missing inside a session an error. ``tz`` is the zone of naive timestamps
-    (and the label of the result). ``calendar`` (a MarketCalendar or a market name such as
-    "NSE_CM") decides which gaps are market-closed; without one, nights and weekends are.
+    ``interval`` (ms or text like "5m"; default: the Parquet metadata, else the most
+    common spacing). ``allow_gaps=False`` makes bars missing inside a session an error.
+    ``tz`` is the zone of naive timestamps (and the label of the result). ``calendar`` (a
+    MarketCalendar or a market name such as "NSE_CM") decides which gaps are market-closed;
+    without one, nights and weekends are.
     Raises ``DataError`` naming the file, the 1-based row and the problem.
     """
     path = Path(path)
@@ -845,6 +846,8 @@ def load_bars(
         symbol = meta.get(b"chimera.symbol", b"").decode() or path.name.split(".")[0]
     if table.num_rows == 0:
         raise _bad(source, "no data rows")
+    if interval_ms is None and meta.get(b"chimera.interval_ms", b"").isdigit():
+        interval_ms = int(meta[b"chimera.interval_ms"])  # written by write_bars
 
     arrays = {name: table.column(col).combine_chunks() for name, col in columns.items()}
     problems = []

@@ -35,7 +35,6 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -61,7 +60,7 @@ from chimera_core.errors import (
     RateLimited,
 )
 from chimera_core.markets import MarketCalendar
-from tools.backtest.data import Bars, DataError, bars_from_arrays, parse_interval
+from tools.backtest.data import Bars, DataError, bars_from_arrays, data_hash, parse_interval
 
 __all__ = [
     "GRID_ANCHOR",
@@ -244,11 +243,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _rows_hash(table: pa.Table) -> str:
-    h = hashlib.sha256()
-    for name in _SCHEMA.names:
-        column = table.column(name).to_numpy()
-        h.update(np.ascontiguousarray(column, dtype="<i8" if name == "ts_ms" else "<f8"))
-    return h.hexdigest()
+    return data_hash(*(table.column(name).to_numpy() for name in _SCHEMA.names))
 
 
 class _Cache:
@@ -561,9 +556,11 @@ def load_cached(
     symbol: str | None = None,
     allow_gaps: bool = True,
     calendar: MarketCalendar | str | None = None,
+    complete_only: bool = False,
 ) -> Bars:
     """The cached series for IST days ``start`` .. ``end`` without any network: raises
-    HistoryError naming the chunks that are not cached (fetch them first)."""
+    HistoryNotCached naming the chunks that are not cached (fetch them first); with
+    ``complete_only``, a chunk that was still forming when fetched counts as missing."""
     exchange, interval = exchange.strip().upper(), _check_interval(interval)
     first, last = _day(start, "start"), _day(end, "end")
     root = history_dir(data_dir, exchange, token, interval)
@@ -571,7 +568,7 @@ def load_cached(
     series = f"{exchange}:{token} {interval}"
     tables, missing = [], []
     for chunk in plan_chunks(interval, first, last):
-        table = cache.read(chunk)
+        table = cache.read(chunk) if cache.complete(chunk) or not complete_only else None
         if table is None:
             missing.append(chunk.name)
         else:
@@ -687,6 +684,7 @@ async def fetch_history(
             symbol=symbol,
             allow_gaps=allow_gaps,
             calendar=calendar,
+            complete_only=True,
         )
     except HistoryNotCached:
         pass  # log in and fetch what is missing

@@ -83,6 +83,7 @@ def _fetch(args: argparse.Namespace, data_dir: Path) -> int:
                 args.last,
                 symbol=args.symbol,
                 allow_gaps=allow_gaps,
+                complete_only=True,
             )
             return bars, "all chunks from the cache, no request"
         except HistoryNotCached:

@@ -99,7 +99,6 @@ _WICK = 0.35  # wick size in units of the minute's volatility
 _TURNOVER = 2e9  # ₹ traded per day by a cash instrument, on average
 _MONDAY = date(1970, 1, 5)
 _CACHED_DAYS = 4096
-_IST_OPEN_MIN = SESSION_OPEN[0] * 60 + SESSION_OPEN[1]
 
 
 def _weekday_index(day: date) -> int:
@@ -150,8 +149,9 @@ class _Instrument:
         self.sigma = sigma
         ret = self.gap + drift + sigma * draws[:, 1]
         cs = np.cumsum(ret)
-        # Day k (relative to the anchor, the first live session) closes at
-        # log(start) + cs[k] - cs[-1]: the day before the anchor closes at the start price.
+        # Weekday i closes at log(start) + cs[i] - cs[anchor - 1], i counted from
+        # _SPAN_DAYS weekdays before the anchor (the first live session): the weekday
+        # before the anchor closes at the start price.
         self.log_close = math.log(start_paise) + cs - cs[_SPAN_DAYS - 1]
         self.day_volume = _TURNOVER / (start_paise / 100) * np.exp(0.3 * draws[:, 3])
         self._days: dict[int, DayBars] = {}
@@ -212,12 +212,6 @@ def _aggregate(day: DayBars, minutes: int) -> DayBars:
         day.close[ends],
         np.add.reduceat(day.volume, starts),
     )
-
-
-_SUFFIX = tuple(
-    f"T{(_IST_OPEN_MIN + m) // 60:02d}:{(_IST_OPEN_MIN + m) % 60:02d}:00+05:30"
-    for m in range(SESSION_MINUTES)
-)
 
 
 class CandleError(Exception):
@@ -309,18 +303,10 @@ class CandleBook:
     ) -> list[list[Any]]:
         """The ``data`` of a getCandleData answer: ``[ts, open, high, low, close, volume]``."""
         bars = self.bars(exchange_type, token, interval, start, end)
-        daily = INTERVALS[interval][0] == 0
         rows = []
         for i in range(len(bars.ts_ms)):
-            ts = int(bars.ts_ms[i]) // 1000
-            wall = datetime.fromtimestamp(ts, IST)
-            if daily:
-                stamp = wall.strftime("%Y-%m-%dT00:00:00+05:30")
-            else:
-                stamp = (
-                    wall.strftime("%Y-%m-%d")
-                    + _SUFFIX[(wall.hour * 60 + wall.minute) - _IST_OPEN_MIN]
-                )
+            wall = datetime.fromtimestamp(int(bars.ts_ms[i]) // 1000, IST)
+            stamp = wall.strftime("%Y-%m-%dT%H:%M:%S+05:30")  # daily bars: 00:00
             rows.append(
                 [
                     stamp,
