@@ -39,6 +39,7 @@ from tools.backtest.history import (
     HistoryFetcher,
     HistoryIncomplete,
     HistoryNotCached,
+    fetch_history,
     history_dir,
     load_cached,
     plan_chunks,
@@ -449,4 +450,31 @@ async def test_missing_credentials_name_the_variables(tmp_path: Path) -> None:
             AngelOneConfig(rest_url="http://127.0.0.1:9"),
             {"CHIMERA_API_KEY": "k", "CHIMERA_CLIENT_CODE": "c"},
             tmp_path,
+        )
+
+
+async def test_fetch_history_logs_in_only_when_something_is_missing(
+    sim: ExchangeSimulator, tmp_path: Path
+) -> None:
+    args = ("NSE", "2885", "ONE_HOUR", "2024-01-01", "2024-02-29")
+    first = await fetch_history(
+        *args, data_dir=tmp_path, cfg=AngelOneConfig(rest_url=sim.rest_url), env=ENV
+    )
+    assert_bars(first, expected(sim, "2885", "ONE_HOUR", "2024-01-01", "2024-02-29"))
+    # Nothing listens on port 9: a login attempt would fail.
+    dead = AngelOneConfig(rest_url="http://127.0.0.1:9", request_timeout_s=1.0)
+    again = await fetch_history(*args, data_dir=tmp_path, cfg=dead, env=ENV)
+    assert again.sha256 == first.sha256
+    from chimera_core.errors import BrokerError
+
+    with pytest.raises(BrokerError, match="login failed"):  # missing days: it has to log in
+        await fetch_history(
+            "NSE",
+            "2885",
+            "ONE_HOUR",
+            "2023-01-01",
+            "2023-01-31",
+            data_dir=tmp_path,
+            cfg=dead,
+            env=ENV,
         )
