@@ -57,6 +57,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from chimera_core.contracts import Mode
+from tools.sim.candles import install_candle_route
 from tools.sim.market import IST, Market
 from tools.sim.master import MASTER_PATH, SAMPLE_MASTER
 
@@ -271,6 +272,7 @@ class OrderGateway:
         get(ORDER_WS_PATH, self._order_socket)
         # The public instrument master (no auth, as the real one): tools/sim/master.py.
         get(MASTER_PATH, self._instrument_master)
+        self.candles = install_candle_route(app, self.market, self._secure)  # getCandleData
         return app
 
     async def _instrument_master(self, request: web.Request) -> web.StreamResponse:
