@@ -35,7 +35,7 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -57,7 +57,7 @@ from chimera_core.contracts import (
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.feed.smartapi_v2 import encode
-from chimera_core.markets import MarketConfig
+from chimera_core.markets import MarketConfig, calendar_for
 from chimera_core.strategy import StrategyFactory, default_factory
 from chimera_core.telemetry import TOPIC_EXEC
 from tools.node import build_node, build_parts
@@ -137,11 +137,11 @@ PRINTS_PER_BAR = sum(REPEATS)
 
 
 def bar_ticks(
-    bars: BarSeries, token: str, exchange_type: int, latency_ms: int = 0
+    bars: BarSeries, token: str, exchange_type: int, latency_ms: int = 0, timezone: str = "UTC"
 ) -> Iterator[Tick]:
     """Every bar as QUOTE prints along its path (see the module docstring), in time order.
     A price's repeats are ``latency_ms + 1`` apart, so an order decided on one reaches the
-    paper book by the next."""
+    paper book by the next. ``timezone`` (the market's) says where a trading day starts."""
     step = bars.interval_ms // len(REPEATS)
     gap = latency_ms + 1
     if step <= 0 or gap * max(REPEATS) > step:
@@ -150,7 +150,7 @@ def bar_ticks(
             f"execution.paper.latency_ms = {latency_ms}: each quarter of a bar must hold "
             f"{max(REPEATS)} prints {gap} ms apart"
         )
-    zone = ZoneInfo(bars.tz) if bars.tz else UTC
+    zone = ZoneInfo(timezone)
     seq = 0
     day = None
     cum = 0
@@ -510,7 +510,8 @@ async def _run(
         bar = 0
         last_of_bar = PRINTS_PER_BAR - 1
         latency = bt.execution.paper.latency_ms
-        for i, tick in enumerate(bar_ticks(bars, token, exchange_type, latency)):
+        zone = calendar_for(bt.markets, exchange_type).timezone
+        for i, tick in enumerate(bar_ticks(bars, token, exchange_type, latency, zone)):
             decision = await frame(encode(tick), tick.exchange_ts_ms)
             ticks += 1
             if decision is not None:
