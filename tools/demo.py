@@ -2,11 +2,21 @@
 in paper mode.
 
 Runs until Ctrl-C (or for DEMO_SECONDS seconds), then stops them cleanly, newest first.
-The cortex listens on http://127.0.0.1:8501/ (DEMO_CORTEX_PORT to change it).
+The cortex listens on http://127.0.0.1:8501/ (DEMO_CORTEX_PORT to change it). ``--config``
+takes another demo config (the simulator listens where its ``feed.url`` points).
+
+Every run trades like the first: the paper account (journal, positions, cash) carries
+over, as a trader's does from one day to the next, and the simulated market goes on from
+where the last run's clock stopped (``data_dir/sim/clock.json``), opening on the next
+trading day. Replaying the same timeline instead would give every signal the intent id
+(it embeds the bar's exchange time) the journal already holds from the first run, and
+the router would refuse them all as duplicates; the day's trade counts would carry over
+too.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -14,9 +24,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 HERE = Path(__file__).resolve().parent
-HOST, PORT = "127.0.0.1", 8765
+DEMO_CONFIG = HERE / "demo.toml"
+HOST = "127.0.0.1"
 CORTEX_PORT = int(os.environ.get("DEMO_CORTEX_PORT", "8501"))
 
 
@@ -33,7 +45,12 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 SUMMARY_EVERY_S = 10.0
 
 
-def _summary() -> str:
+def clock_file(data_dir: str | Path) -> Path:
+    """Where the demo's simulator keeps its market clock between runs."""
+    return Path(data_dir) / "sim" / "clock.json"
+
+
+def _summary(config: Path) -> str:
     """One line of paper trading so far: orders, fills, positions, P&L (engine status plus
     the paper journal). Best effort: the demo goes on without it."""
     from chimera_core.config import load_config, load_env
@@ -41,7 +58,7 @@ def _summary() -> str:
     from chimera_execution.journal import Journal
 
     try:
-        cfg = load_config(HERE / "demo.toml")
+        cfg = load_config(config)
         token = read_token(load_env(None), Path(cfg.data_dir))
         with ControlClient(cfg.control.endpoint, token, timeout_s=1.0) as client:
             status = client.request("status")["result"]
@@ -61,10 +78,35 @@ def _summary() -> str:
         return f"demo: no summary yet ({exc})"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    from chimera_core.config import is_loopback_url, load_config
+    from chimera_core.errors import ConfigError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo",
+        description="The simulator, recorder, cortex and engine in paper mode (make demo).",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=DEMO_CONFIG, help="demo config (default tools/demo.toml)"
+    )
+    args = parser.parse_args(argv)
     rate = os.environ.get("DEMO_RATE", "2000")
     seconds = float(os.environ.get("DEMO_SECONDS", "0"))
-    for port in (PORT, CORTEX_PORT):
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    feed = urlparse(cfg.feed.url)
+    if not is_loopback_url(cfg.feed.url) or feed.port is None:
+        print(
+            f"demo: {args.config}: feed.url = {cfg.feed.url!r}; the demo serves its own "
+            "simulator, so it must be ws://127.0.0.1:PORT/smart-stream",
+            file=sys.stderr,
+        )
+        return 2
+    sim_port = feed.port
+    for port in (sim_port, CORTEX_PORT):
         with socket.socket() as s:
             if s.connect_ex((HOST, port)) == 0:
                 print(
@@ -75,13 +117,15 @@ def main() -> int:
     cli = [sys.executable, "-m", "tools.cli"]
     procs = []
     try:
-        procs.append(
-            subprocess.Popen([*cli, "sim", "--host", HOST, "--port", str(PORT), "--rate", rate])
-        )
-        if not _wait_for_port(HOST, PORT, 30):
+        # The market goes on from the clock the last run left (a new trading day), so
+        # this run's intent ids cannot collide with the paper journal's.
+        sim = [*cli, "sim", "--host", HOST, "--port", str(sim_port), "--rate", rate]
+        sim += ["--clock-file", str(clock_file(cfg.data_dir))]
+        procs.append(subprocess.Popen(sim))
+        if not _wait_for_port(HOST, sim_port, 30):
             print("demo: the simulator did not start listening within 30 s", file=sys.stderr)
             return 1
-        config = ["--config", str(HERE / "demo.toml")]
+        config = ["--config", str(args.config)]
         # The recorder first: the engine waits for its subscription, so the black box
         # holds the session from its first tick (replayable with `chimera replay`).
         procs.append(subprocess.Popen([*cli, "record", *config]))
@@ -91,10 +135,11 @@ def main() -> int:
         if not _wait_for_port(HOST, CORTEX_PORT, 30):
             print("demo: the cortex did not start listening within 30 s", file=sys.stderr)
         print(
-            f"demo: simulator on ws://{HOST}:{PORT}/smart-stream at {rate} ticks/s, engine in "
-            f"paper mode, recorder writing data/blackbox/; cortex at {cortex_url} (open it in "
-            "a browser); decisions that move a state machine are logged. Try "
-            "`.venv/bin/chimera status` / `kill` / `resume` in another terminal. Ctrl-C stops.",
+            f"demo: simulator on ws://{HOST}:{sim_port}/smart-stream at {rate} ticks/s, engine "
+            f"in paper mode, recorder writing {Path(cfg.data_dir) / 'blackbox'}/; cortex at "
+            f"{cortex_url} (open it in a browser); decisions that move a state machine are "
+            "logged. Try `.venv/bin/chimera status` / `kill` / `resume` in another terminal. "
+            "Ctrl-C stops.",
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None
@@ -104,7 +149,7 @@ def main() -> int:
                 break
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + SUMMARY_EVERY_S
-                print(_summary(), file=sys.stderr)
+                print(_summary(args.config), file=sys.stderr)
             time.sleep(0.2)
         failed = [p for p in procs if p.poll() not in (None, 0)]
         return 1 if failed else 0

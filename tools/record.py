@@ -67,6 +67,16 @@ _tick_decoder = msgspec.msgpack.Decoder(TickRecord)
 _health_decoder = msgspec.msgpack.Decoder(Health)
 _session_decoder = msgspec.msgpack.Decoder(SessionInfo)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# The Decision's layer outputs neural_state.json carries per symbol (contracts.Decision).
+LAYERS = ("drift", "capital", "meta_risk", "genome", "approval", "execution")
+
+
+def _layer_state(entry: tuple[int, Any] | None) -> dict[str, Any] | None:
+    """One layer's output as JSON, with the seq of the decision it came from."""
+    if entry is None:
+        return None
+    seq, output = entry
+    return {"seq": seq, **msgspec.to_builtins(output)}
 
 
 def _utc_iso(ts: float | None = None) -> str:
@@ -163,6 +173,9 @@ class Recorder:
         self.latest: dict[str, Decision] = {}
         self.last_intent: dict[str, tuple[int, Any]] = {}
         self.last_transitions: dict[str, tuple[int, Any]] = {}
+        # token -> layer -> (seq, output) of the last decision that carried it: some layers
+        # speak only at a bar close or when a signal is about to fire.
+        self.last_layers: dict[str, dict[str, tuple[int, Any]]] = {}
         self.health: Health | None = None
         self._state_dirty = False
         self._next_sync = now + fsync_interval_s
@@ -247,6 +260,7 @@ class Recorder:
         self.latest.clear()  # the old engine's state is history
         self.last_intent.clear()
         self.last_transitions.clear()
+        self.last_layers.clear()
         self.prev_seq = 0
         self.publisher_gone = False
 
@@ -276,6 +290,7 @@ class Recorder:
             self.latest.clear()
             self.last_intent.clear()
             self.last_transitions.clear()
+            self.last_layers.clear()
             self.prev_seq = 0
         if self.writer is not None:
             self.close_session(complete=True, reason="new_session")
@@ -291,6 +306,11 @@ class Recorder:
             self.last_intent[d.token] = (d.seq, d.intent)
         if d.transitions:
             self.last_transitions[d.token] = (d.seq, d.transitions)
+        layers = self.last_layers.setdefault(d.token, {})
+        for name in LAYERS:
+            output = getattr(d, name)
+            if output is not None:
+                layers[name] = (d.seq, output)
         self._state_dirty = True
 
     # ---- sessions ------------------------------------------------------------------
@@ -425,6 +445,7 @@ class Recorder:
             p = d.physics
             intent = self.last_intent.get(token)
             transitions = self.last_transitions.get(token)
+            layers = self.last_layers.get(token, {})
             symbols[token] = {
                 "seq": d.seq,
                 "exchange_ts_ms": d.exchange_ts_ms,
@@ -463,6 +484,9 @@ class Recorder:
                 "confidence": d.confidence,
                 "influence": d.influence,
                 "feed_stale": d.feed_stale,
+                # Each governance layer and execution as of the last decision that carried
+                # it (its seq beside its output), or None if none has yet.
+                **{name: _layer_state(layers.get(name)) for name in LAYERS},
             }
         return {
             "session_id": self.session.session_id if self.session is not None else None,

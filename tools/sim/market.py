@@ -12,7 +12,9 @@ it in a subscription mode: only the fields the mode carries on the wire (so
 Exchange time is simulated, never wall clock: it starts at 09:15:00 IST on a
 seed-chosen weekday, stays inside the 09:15-15:30 session and rolls to the next
 weekday's open at the close (day volume and OHLC reset, the close carried as the
-previous close). A demo therefore warms hours of 1-minute bars in seconds.
+previous close). A demo therefore warms hours of 1-minute bars in seconds. A market
+given ``resume_after_ms`` (the clock a previous run stopped at) opens on the next weekday
+after that day instead, so a restarted simulator never repeats exchange times.
 
 Prices are kept as integer paise on the instrument's tick grid (5 paise, or the
 instrument master's tick for a known F&O contract) and converted to rupees exactly as
@@ -229,7 +231,8 @@ class Market:
     ``tokens`` holds bare tokens, which are on ``exchange_type``, and/or
     ``(exchange_type, token)`` pairs, e.g. ``["2885", (ExchangeType.NSE_FO, "35006")]``;
     they tick round robin in that order. ``tick_interval_ms`` bounds the random
-    exchange-time step between two ticks.
+    exchange-time step between two ticks. ``resume_after_ms``: open on the next weekday
+    after that exchange time's day, not on the seed's.
     """
 
     def __init__(
@@ -238,6 +241,7 @@ class Market:
         seed: int = 7,
         exchange_type: int = ExchangeType.NSE_CM,
         tick_interval_ms: tuple[int, int] = (20, 400),
+        resume_after_ms: int | None = None,
     ) -> None:
         # The segment of bare tokens (the only one when every token is bare).
         self.exchange_type = int(ExchangeType(exchange_type))
@@ -266,7 +270,11 @@ class Market:
             self._by_token.setdefault(inst.token, []).append(inst)
         self._order = tuple(self._instruments[key] for key in self.instruments)
         self._next = 0
+        # Drawn even when resuming, so a seed's prices are the same either way.
         first = date(2024, 1, 1) + timedelta(days=self._rng.randrange(730))
+        if resume_after_ms is not None:
+            stopped = datetime.fromtimestamp(resume_after_ms / 1000, IST).date()
+            first = _next_weekday(stopped)
         while first.weekday() >= 5:
             first += timedelta(days=1)
         self.session_date: date = first

@@ -268,6 +268,7 @@ class ExchangeSimulator:
         order_faults: OrderFaults | None = None,
         fill_delay_s: float = 0.05,
         partial_qty: int = 1000,
+        clock_file: str | Path | None = None,
     ) -> None:
         if rate < 0:
             raise ValueError(f"rate must be >= 0 ticks/s (0 = flood), got {rate}")
@@ -281,8 +282,17 @@ class ExchangeSimulator:
         self.market: Market | None = None
         self._replay_frames: list[tuple[_Key, int, bytes]] = []
         self._replay_keys: set[_Key] = set()
+        # The market's clock survives a restart: it resumes on the day after the saved one,
+        # so a client's intent ids (which embed exchange time) never repeat (`make demo`).
+        self.clock_file = Path(clock_file) if clock_file is not None else None
         if self.replay_path is None:
-            self.market = Market(tokens, seed=seed, exchange_type=exchange_type)
+            self.market = Market(
+                tokens,
+                seed=seed,
+                exchange_type=exchange_type,
+                resume_after_ms=_read_clock(self.clock_file),
+            )
+        self._clock_task: asyncio.Task[None] | None = None
         self.recorder: TickFileWriter | None = None
         self.frames_sent = 0  # frames handed to client sockets
         self.ticks_generated = 0  # market ticks or replayed file frames consumed
@@ -378,6 +388,8 @@ class ExchangeSimulator:
         if self.record_sent_path is not None:
             self.recorder = TickFileWriter(self.record_sent_path)
         self._producer = asyncio.create_task(self._run_schedule(), name="sim-schedule")
+        if self.clock_file is not None and self.market is not None:
+            self._clock_task = asyncio.create_task(self._keep_clock(), name="sim-clock")
         log.info(
             "sim_listening",
             url=self.url,
@@ -387,6 +399,7 @@ class ExchangeSimulator:
             tokens=[f"{ExchangeType(e).name}:{t}" for e, t in self.market.instruments]
             if self.market
             else len(self._replay_keys),
+            session_date=self.market.session_date.isoformat() if self.market else None,
         )
 
     async def stop(self) -> None:
@@ -395,6 +408,12 @@ class ExchangeSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
             self._producer = None
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock_task
+            self._clock_task = None
+            self._save_clock()
         if self.orders is not None:
             await self.orders.stop()
         if self._server is not None:
@@ -421,6 +440,20 @@ class ExchangeSimulator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    async def _keep_clock(self) -> None:
+        # Every second as well as at stop: a killed simulator still leaves its clock.
+        while True:
+            await asyncio.sleep(1.0)
+            self._save_clock()
+
+    def _save_clock(self) -> None:
+        if self.clock_file is None or self.market is None:
+            return
+        self.clock_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.clock_file.with_name(self.clock_file.name + ".tmp")
+        tmp.write_text(json.dumps({"now_ms": self.market.now_ms}))
+        os.replace(tmp, self.clock_file)
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (the CLI sets it on SIGINT/SIGTERM)."""
@@ -715,6 +748,22 @@ class ExchangeSimulator:
         )
 
 
+def _read_clock(path: Path | None) -> int | None:
+    """The exchange time (epoch ms) a previous run saved in ``path``; None if none yet."""
+    if path is None or not path.exists():
+        return None
+    try:
+        now_ms = json.loads(path.read_text())["now_ms"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f'--clock-file {path}: unreadable ({exc!r}); expected {{"now_ms": EPOCH_MS}}. '
+            "Delete it to start the market on its seed's day"
+        ) from None
+    if not _is_int(now_ms) or now_ms < 0:
+        raise ValueError(f"--clock-file {path}: now_ms must be epoch milliseconds, got {now_ms!r}")
+    return int(now_ms)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -794,6 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(ExchangeType.NSE_CM),
         choices=sorted(_EXCHANGE_TYPES),
+    )
+    p.add_argument(
+        "--clock-file",
+        type=Path,
+        help="keep the market's clock in this JSON file; a restart opens on the next weekday",
     )
     p.add_argument("--replay", type=Path, help="serve this tick file instead of the random walk")
     p.add_argument("--record-sent", type=Path, help="append every frame sent to this tick file")
@@ -956,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
             order_faults=order_faults,
             fill_delay_s=args.fill_delay,
             partial_qty=args.partial_qty,
+            clock_file=args.clock_file,
         )
     except ValueError as exc:
         parser.error(str(exc))
