@@ -875,12 +875,17 @@ def default_signals(
         if not (math.isfinite(e) and abs(e) > threshold):
             direction[i] = 0
             continue
+        # Squares: a displacement's error is ~1e-11 of the std, so near an edge (|z| = 1,
+        # |displacement| = k std) the comparison is left to the live kernel. A zero
+        # variance is exact (a flat window): z = 0, TRAPPED; displacement 0, NEUTRAL.
         dz = (close[i] - z_anchor) - z_shift
         dz2 = dz * dz
-        if abs(dz2 - z_var) <= GUARD * max(dz2, z_var):
+        if z_var == 0.0:
+            vacuum = False
+        elif abs(dz2 - z_var) <= GUARD * max(dz2, z_var):
             vacuum = abs(physics.zscore_at(close, i, z_n)) >= 1.0
         else:
-            vacuum = z_var > 0.0 and dz2 >= z_var
+            vacuum = dz2 >= z_var
         if not vacuum:
             direction[i] = 0  # TRAPPED
             continue
@@ -888,7 +893,9 @@ def default_signals(
         db = (close[i] - b_anchor) - b_shift
         db2 = db * db
         limit = k * k * b_var
-        if abs(db2 - limit) <= GUARD * max(db2, limit):
+        if b_var == 0.0:
+            code = 0
+        elif abs(db2 - limit) <= GUARD * max(db2, limit, b_var):
             _, _, code = physics.band_at(close, i, band_n, k)
         else:
             code = 0 if db2 <= limit else (1 if db > 0 else -1)

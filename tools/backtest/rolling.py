@@ -34,6 +34,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from chimera_core import physics
 from chimera_core.errors import ChimeraError
 
 FloatArray = npt.NDArray[np.float64]
@@ -44,6 +45,9 @@ EPS = float(np.finfo(np.float64).eps)
 TOLERANCE = 1e-11
 # Exact recompute at least this often, so the anchor follows the price.
 REANCHOR = 1024
+# A band code whose displacement is this close (relative to the std) to the band's edge is
+# taken from physics.band_at itself, so rounding can never flip it.
+CODE_GUARD = 1e-9
 
 
 class BacktestInputError(ChimeraError, ValueError):
@@ -201,9 +205,14 @@ def band_loop(
         displacement = (close[end] - anchor) - shift
         mean[end] = anchor + shift
         std[end] = s
-        if displacement > k * s:
+        limit = k * s
+        if s > 0.0 and abs(abs(displacement) - limit) <= CODE_GUARD * max(s, limit):
+            # Within rounding of the band's edge (k = 0 and a close on the mean is common
+            # on a tick grid): the live kernel decides.
+            _, _, code[end] = physics.band_at(close, end, n, k)
+        elif displacement > limit:
             code[end] = 1
-        elif displacement < -k * s:
+        elif displacement < -limit:
             code[end] = -1
         else:
             code[end] = 0
