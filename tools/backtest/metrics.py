@@ -23,8 +23,9 @@ says the same at more length):
 - ``charges`` = charges paid on every fill; ``trades`` = closed trades, ``open_trades``
   those still held at the end.
 
-Undefined values (a Sharpe of a flat curve, a profit factor without losses) are None in
-JSON, never NaN or Infinity (which JSON does not have).
+Undefined values (a Sharpe of a flat or constant-return curve, a profit factor without
+losses, an annual return that overflows a float) are None in JSON, never NaN or Infinity
+(which JSON does not have).
 
 Annualisation (``periods_per_year``): an intraday bar of ``interval`` seconds gives
 ``trading_days x ceil(session_s / interval)`` bars a year (NSE: 252 days x 375 one-minute
@@ -302,17 +303,24 @@ def compute(
         returns = values / previous - 1.0
     final = float(values[-1])
     total = final / start - 1.0
-    annual = (1.0 + total) ** (periods / n) - 1.0 if final > 0 else None
+    annual: float | None = None
+    if final > 0:
+        growth = math.log(final / start) * periods / n
+        try:
+            annual = math.expm1(growth)
+        except OverflowError:  # a few bars "annualised" can exceed any float: no figure
+            annual = None
     rf = (1.0 + risk_free_rate) ** (1.0 / periods) - 1.0
     excess = returns - rf
     sharpe = sortino = None
     if n >= 2 and np.isfinite(excess).all():
         sd = float(np.std(excess, ddof=1))
         mean = float(np.mean(excess))
-        if sd > 0:
+        # A spread at the rounding noise of a constant return is no spread: undefined.
+        if sd > 0 and sd > 1e-9 * abs(mean):
             sharpe = mean / sd * math.sqrt(periods)
         downside = math.sqrt(float(np.mean(np.minimum(excess, 0.0) ** 2)))
-        if downside > 0:
+        if downside > 0 and downside > 1e-9 * abs(mean):
             sortino = mean / downside * math.sqrt(periods)
     max_dd, dd_bars, dd_first, dd_last = drawdown(values, start)
     dd_s = None
