@@ -26,7 +26,7 @@ from chimera_core.strategy import DefaultStrategy
 from chimera_execution.charges import ChargeCalculator
 from chimera_execution.smart_execution import Bracket
 from chimera_governance.exposure import ExposureLimits, fit
-from tools.backtest import fast
+from tools.backtest import fast, strategies
 from tools.backtest.fast import FastSettings
 from tools.backtest.metrics import EXIT_REASONS
 from tools.backtest.rolling import BacktestInputError
@@ -767,3 +767,52 @@ def test_result_metrics_and_records() -> None:
     assert m.final_equity == pytest.approx(r.final_equity, rel=1e-11)
     rows = r.trades.as_records()
     assert rows[0]["exit_reason"] in EXIT_REASONS
+
+
+# ---------------------------------------------------------------------------------------
+# The strategy registry
+# ---------------------------------------------------------------------------------------
+
+
+def test_registry_runs_each_strategy_by_name_and_by_module_attr() -> None:
+    o, h, lo, c, v = bars(6, 800)
+    s = FastSettings(brackets=False)
+    by_name = strategies.get("ma_cross").run_fast(
+        o, h, lo, c, v, settings=s, params={"fast": 4, "slow": 12}
+    )
+    direct = fast.ma_cross(o, h, lo, c, v, settings=s, fast=4, slow=12)
+    assert by_name.equity.tolist() == direct.equity.tolist()
+    assert strategies.get("tools.backtest.strategies:MA_CROSS") is strategies.get("ma_cross")
+    spec = strategies.get("default")
+    assert spec.event is None and spec.kernel is fast.default_strategy_kernel
+    assert spec.defaults == {
+        "energy_lookback": 20,
+        "z_lookback": 60,
+        "band_lookback": 140,
+        "band_k": 2.0,
+        "energy_threshold": 0.2,
+    }
+    run = spec.run_fast(o, h, lo, c, v, params={"z_lookback": 30, "energy_threshold": 0.05})
+    assert run.equity.size == c.size
+
+
+def test_registry_refuses_what_it_cannot_run() -> None:
+    with pytest.raises(BacktestInputError, match="unknown strategy 'nope'"):
+        strategies.get("nope")
+    with pytest.raises(BacktestInputError, match="cannot import"):
+        strategies.get("no_such_module_xyz:thing")
+    with pytest.raises(BacktestInputError, match="no attribute"):
+        strategies.get("tools.backtest.strategies:NOPE")
+    with pytest.raises(BacktestInputError, match="not a"):
+        strategies.get("tools.backtest.strategies:register")
+    spec = strategies.get("ma_cross")
+    with pytest.raises(BacktestInputError, match="no parameter 'window'"):
+        spec.check_params({"window": 3})
+    with pytest.raises(BacktestInputError, match=r"'slow' = 1 is outside \[2, 10000\]"):
+        spec.check_params({"slow": 1})
+    with pytest.raises(BacktestInputError, match="must be shorter"):
+        spec.check_params({"fast": 40, "slow": 30})
+    with pytest.raises(BacktestInputError, match="must be an int"):
+        spec.check_params({"fast": 2.5})
+    with pytest.raises(BacktestInputError, match="registered already"):
+        strategies.register(strategies.MA_CROSS)
