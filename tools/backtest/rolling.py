@@ -94,9 +94,10 @@ def energy_step(
         # s2 carries s1's error into every later step: its bound adds it each time.
         err2 += err1 + 4.0 * EPS * (abs(s2) + abs(s1) + abs(old) + n * abs(new))
         err1 += 3.0 * EPS * (abs(s1) + abs(old) + abs(new))
-        mean = anchor + s1 / n
-        value = (s2 - x_mean * s1) / sxx / mean * 100.0
-        bound = (err2 + x_mean * err1 + EPS * abs(s2)) / sxx / abs(mean) * 100.0
+        # One division per bar: the bound is compared as value x |mean| x sxx.
+        scale = 100.0 / (sxx * (anchor + s1 / n))
+        value = (s2 - x_mean * s1) * scale
+        bound = (err2 + x_mean * err1 + EPS * abs(s2)) * abs(scale)
         if bound <= TOLERANCE * max(1.0, abs(value)):
             return value, (anchor, s1, s2, err1, err2, since + 1)
     # Exact, two-pass, as physics.energy_at; the sums and their bounds restart here.
@@ -158,12 +159,13 @@ def moments_step(
         sq = sq - old * old + new * new
         err1 += 3.0 * EPS * (abs(s1) + abs(old) + abs(new))
         errq += 4.0 * EPS * (abs(sq) + old * old + new * new)
-        shift = s1 / n
+        inv_n = 1.0 / n  # constant: hoisted out of an inlined loop
+        shift = s1 * inv_n
         m2 = sq - s1 * shift
         bound = errq + 2.0 * abs(shift) * err1 + EPS * abs(sq)
         if m2 >= 0.0 and bound <= TOLERANCE * m2:
-            var = m2 / (n - 1)
-            e1 = err1 / n
+            var = m2 * (1.0 / (n - 1))
+            e1 = err1 * inv_n
             if e1 * e1 <= TOLERANCE * TOLERANCE * var:
                 return var, anchor, shift, (anchor, s1, sq, err1, errq, since + 1)
     anchor = close[start]
