@@ -303,6 +303,7 @@ def bench_default(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
     times, result = timed(run, repeat)
     reasons = np.bincount(result.trades.exit_reason, minlength=len(fast.EXIT_REASONS))
     return {
+        "note": "a speed figure: a random walk has no edge, so charges take the equity",
         "settings": "schedule charges (NSE cash intraday), 1 bps slippage, ATR brackets "
         "2x/3x, half the equity per entry, [governance] caps",
         "params": DEFAULT_PARAMS,
@@ -413,7 +414,7 @@ def run(n: int, seed: int, repeat: int) -> dict[str, Any]:
 
     return {
         "benchmark": "backtest",
-        "command": " ".join(sys.argv),
+        "command": "python -m benchmarks.backtest_bench " + " ".join(sys.argv[1:]),
         "bars": n,
         "seed": seed,
         "repeat": repeat,

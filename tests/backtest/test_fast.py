@@ -422,7 +422,9 @@ def ma_decider(c, fast_n, slow_n, s: FastSettings):
     closes = pd.Series(c)
     f = closes.rolling(fast_n).mean().to_numpy()
     sl = closes.rolling(slow_n).mean().to_numpy()
-    direction = np.where(f > sl, 1, np.where(f < sl, -1, 0))
+    # Means closer than 1e-10 of the slow one are equal (no signal), fast mode's rule.
+    tie = 1e-10 * np.abs(sl)
+    direction = np.where(f - sl > tie, 1, np.where(f - sl < -tie, -1, 0))
     strategy = DefaultStrategy(1.0, 0.0, s.exit_on_reversal, s.max_hold_bars * MINUTE)
 
     def decide(i, sign, held_bars):
@@ -648,6 +650,13 @@ def test_bars_after_i_never_change_decisions_at_or_before_i(
             ]
 
         assert decided_at_cut(a) == decided_at_cut(b)
+
+
+def test_a_flat_market_never_crosses() -> None:
+    close = np.concatenate((np.linspace(100.0, 110.0, 300), np.full(3000, 110.05)))
+    direction = np.empty(close.size, dtype=np.int8)
+    fast.ma_cross_signals(close, 7, 50, direction)
+    assert (direction[400:] == 0).all()
 
 
 def test_signals_never_read_ahead() -> None:

@@ -65,10 +65,12 @@ brokerage + exchange + SEBI), so ``fill_charges`` evaluates it in njit from the 
 calculator itself holds (``charge_table``): each component as a float product rounded
 half-up to paise. A float product is within ~3 ulps of the exact decimal one, so it
 rounds the same way except within that noise of a half paisa (1.875 rupees = 0.0000375 x
-50,000 comes out as 1.87499…; 50,000 x 1.001 slippage as 50049.99999999999): there, and
-only there, the component is recomputed in Python's decimal exactly as the calculator
-does (an ``objmode`` call, a few per thousand fills). The property test holds
-``fill_charges`` equal to ``ChargeCalculator`` on random orders.
+50,000 comes out as 1.87499…; 50,000 x 1.001 slippage as 50049.99999999999). There, and
+only there, the exact decimal decides: in int64 when the price has at most 8 decimals
+(``digits / 10^places``, its shortest repr), else in Python's decimal exactly as the
+calculator does (an ``objmode`` call; a long-repr price rarely lands on a half paisa).
+GST (an exact decimal rate times whole paise) is always integer arithmetic. The property
+test holds ``fill_charges`` equal to ``ChargeCalculator`` on random orders.
 """
 
 from __future__ import annotations
@@ -297,34 +299,59 @@ def settings_from_config(
 # Charges: the schedule's numbers, evaluated in njit
 # ---------------------------------------------------------------------------------------
 
-# Columns of a charge table row (one row per schedule version).
+# Columns of a charge table row (one row per schedule version). Each rate of turnover
+# is stored three ways: the float (for the fast path and the calculator's own arithmetic),
+# and its exact decimal value as an integer over a power of ten (num, exp: rate = num x
+# 10^-exp) for exact integer rounding at a half paisa.
 C_ACTIVE = 0  # 0: no charges
-C_FLAT = 1  # brokerage per order, rupees (inf: none, the percent model)
-C_PCT = 2  # brokerage fraction of turnover (NaN: the flat fee whatever the size)
-C_STT_BUY = 3
-C_STT_SELL = 4
-C_EXCHANGE = 5
-C_SEBI = 6  # rupees per crore
-C_STAMP_BUY = 7
-C_GST = 8
-C_SIZE = 9
+C_FLAT_PAISE = 1  # brokerage per order in whole paise (inf: none, the percent model)
+C_FLAT_PER_ORDER = 2  # 1: the flat fee whatever the size (no percent; options, fixed)
+C_GST_NUM = 3  # GST as an exact decimal over 10^C_GST_EXP
+C_GST_EXP = 4
+# Turnover rates: brokerage percent, STT buy, STT sell, exchange, SEBI, stamp (buy).
+R_PCT, R_STT_BUY, R_STT_SELL, R_EXCHANGE, R_SEBI, R_STAMP = range(6)
+C_RATES = 5  # then (float, num, exp, divisor) per rate
+C_SIZE = C_RATES + 4 * 6
+
 
 _IST = timezone(timedelta(hours=5, minutes=30))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _decimal(x: float, divisor: int = 1) -> tuple[int, int]:
+    """(num, exp) with Decimal(repr(x)) / divisor == num x 10^-exp exactly."""
+    d = (Decimal(repr(float(x))) / divisor).normalize()
+    _, _, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    if exp >= 0:
+        return int(d), 0
+    return int(d.scaleb(-exp)), -exp
+
+
+def _half_up_paise(x: Decimal) -> float:
+    return float((x * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def _line_row(line: Line, exchange: str) -> list[float]:
-    return [
-        1.0,
-        line.brokerage_flat,
-        math.nan if line.brokerage_pct is None else line.brokerage_pct,
-        line.stt_buy,
-        line.stt_sell,
-        line.exchange_txn.get(exchange, 0.0),
-        line.sebi_per_crore,
-        line.stamp_buy,
-        line.gst,
-    ]
+    row = [0.0] * C_SIZE
+    row[C_ACTIVE] = 1.0
+    flat = line.brokerage_flat
+    row[C_FLAT_PAISE] = math.inf if flat == math.inf else _half_up_paise(Decimal(repr(flat)))
+    row[C_FLAT_PER_ORDER] = 1.0 if line.brokerage_pct is None else 0.0
+    row[C_GST_NUM], row[C_GST_EXP] = _decimal(line.gst)
+    rates = (
+        (line.brokerage_pct or 0.0, 1),
+        (line.stt_buy, 1),
+        (line.stt_sell, 1),
+        (line.exchange_txn.get(exchange, 0.0), 1),
+        (line.sebi_per_crore, 10_000_000),  # per crore of turnover
+        (line.stamp_buy, 1),
+    )
+    for i, (rate, divisor) in enumerate(rates):
+        num, exp = _decimal(rate, divisor)
+        at = C_RATES + 4 * i
+        row[at : at + 4] = [rate / divisor, float(num), float(exp), float(divisor)]
+    return row
 
 
 def charge_table(settings: FastSettings) -> tuple[IntArray, FloatArray]:
@@ -332,7 +359,7 @@ def charge_table(settings: FastSettings) -> tuple[IntArray, FloatArray]:
     with under ``settings``, one row per schedule version (a single row for percent,
     fixed and none). Read from the calculator's own lines, so the two cannot drift."""
     if settings.commission == "none":
-        return np.zeros(1, dtype=np.int64), np.zeros((1, C_SIZE))
+        return np.zeros(1, dtype=np.int64), np.zeros((1, C_SIZE))  # C_ACTIVE 0
     if settings.commission == "percent":
         # As ChargeCalculator's percent model: a brokerage of pct / 100, no cap, no taxes.
         line = Line(
@@ -391,23 +418,57 @@ def exact_paise(rate: float, price: float, qty: float, divisor: float) -> float:
             * Decimal(repr(float(price)))
             * int(qty)
             / Decimal(int(divisor))
-            * 100
         )
-        return float(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return _half_up_paise(value)
+
+
+_POW10 = np.array([10.0**k for k in range(19)])
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _paise(rate: float, price: float, qty: float, divisor: float) -> float:
-    """rate x price x qty / divisor rupees in whole paise, half-up. The float product is
-    within ~3 ulps of the exact decimal one, so it rounds the same way unless it lies
-    within that noise of a half paisa; there (rarely) the exact decimal decides."""
-    x = rate * price * qty * 100.0 / divisor
+def _price_decimal(price: float) -> tuple[int, int]:
+    """(digits, places) with price == digits / 10^places as its shortest repr reads, for a
+    price of at most 8 decimals (exchange prices, and most prices with slippage);
+    places -1 otherwise."""
+    scale = 1.0
+    for places in range(9):
+        x = price * scale
+        if x >= 4.5e15:
+            break
+        digits = math.floor(x + 0.5)
+        if digits / scale == price:  # both exact: IEEE division rounds as float("d e-p")
+            return int(digits), places
+        scale *= 10.0
+    return 0, -1
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _turnover_paise(
+    row: FloatArray, rate_i: int, price: float, qty: float, digits: int, places: int
+) -> float:
+    """One turnover component of a fill in whole paise, half-up, as ChargeCalculator.
+
+    The float product is within ~3 ulps of the exact decimal one and rounds the same way,
+    except within that noise of a half paisa: there the exact decimal decides, in int64
+    when the price has a short decimal form (digits / 10^places), else in Python's decimal
+    (an objmode call; prices with long reprs rarely land there)."""
+    at = C_RATES + 4 * rate_i
+    rate = row[at]
+    x = rate * price * qty * 100.0
     f = math.floor(x)
-    if abs(x - f - 0.5) <= 1e-15 * x + 1e-12:
-        with numba.objmode(out="float64"):
-            out = exact_paise(rate, price, qty, divisor)
-        return out
-    return f + 1.0 if x - f >= 0.5 else f
+    if abs(x - f - 0.5) > 1e-15 * x + 1e-12:
+        return f + 1.0 if x - f >= 0.5 else f
+    num = row[at + 1]
+    exp = int(row[at + 2])
+    if places >= 0 and exp + places <= 18 and num * digits * qty * 200.0 < 8.0e18:
+        # paise = num x digits x qty x 100 / 10^(exp + places), half-up in integers.
+        n = int(num) * digits * int(qty) * 100
+        m = int(_POW10[exp + places])
+        return float((2 * n + m) // (2 * m))
+    divisor = row[at + 3]
+    with numba.objmode(out="float64"):
+        out = exact_paise(rate * divisor, price, qty, divisor)
+    return out
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -415,26 +476,23 @@ def fill_charges(table: FloatArray, version: int, buy: bool, qty: float, price: 
     """Rupees of charges on one fill (one order) of ``qty`` at ``price``: the components
     of ``ChargeCalculator.charges`` with ``prior_turnover`` 0, each to paise."""
     row = table[version]
-    if row[C_ACTIVE] == 0.0:
+    if row[C_ACTIVE] == 0.0 or not price * qty > 0.0:
         return 0.0
-    if not price * qty > 0.0:
-        return 0.0
-    flat = row[C_FLAT]
-    pct = row[C_PCT]
-    if pct != pct:
-        brokerage = _paise(flat, 1.0, 1.0, 1.0)
+    digits, places = _price_decimal(price)
+    if row[C_FLAT_PER_ORDER] != 0.0:
+        brokerage = row[C_FLAT_PAISE]
     else:
-        # min(flat, pct x turnover) to paise = the smaller of the two to paise (rounding
+        # min(flat, pct x turnover) to paise is the smaller of the two to paise (rounding
         # is monotone).
-        brokerage = _paise(pct, price, qty, 1.0)
-        if flat < math.inf:
-            brokerage = min(brokerage, _paise(flat, 1.0, 1.0, 1.0))
-    stt = _paise(row[C_STT_BUY] if buy else row[C_STT_SELL], price, qty, 1.0)
-    stamp = _paise(row[C_STAMP_BUY], price, qty, 1.0) if buy else 0.0
-    exchange = _paise(row[C_EXCHANGE], price, qty, 1.0)
-    sebi = _paise(row[C_SEBI], price, qty, 10_000_000.0)  # per crore of turnover
-    # GST on the rounded components it taxes: their sum in paise, as rupees.
-    gst = _paise(row[C_GST], 1.0, brokerage + exchange + sebi, 100.0)
+        brokerage = min(row[C_FLAT_PAISE], _turnover_paise(row, R_PCT, price, qty, digits, places))
+    stt = _turnover_paise(row, R_STT_BUY if buy else R_STT_SELL, price, qty, digits, places)
+    stamp = _turnover_paise(row, R_STAMP, price, qty, digits, places) if buy else 0.0
+    exchange = _turnover_paise(row, R_EXCHANGE, price, qty, digits, places)
+    sebi = _turnover_paise(row, R_SEBI, price, qty, digits, places)
+    # GST on the paise of what it taxes: an exact decimal times an integer, half-up.
+    taxed = int(brokerage + exchange + sebi)
+    m = int(_POW10[int(row[C_GST_EXP])])
+    gst = float((2 * int(row[C_GST_NUM]) * taxed + m) // (2 * m))
     return (brokerage + stt + exchange + sebi + gst + stamp) / 100.0
 
 
@@ -814,9 +872,15 @@ def simulate(
 # ---------------------------------------------------------------------------------------
 
 
+MA_TIE = 1e-10
+
+
 @numba.njit(cache=True, error_model="numpy")
 def ma_cross_signals(close: FloatArray, fast: int, slow: int, direction: Int8Array) -> None:
-    """+1 where the fast SMA is above the slow one, -1 below, 0 equal or warming up."""
+    """+1 where the fast SMA is above the slow one, -1 below, 0 while warming up or when
+    they are equal: closer than MA_TIE (1e-10) of the slow one, ten times the rolling
+    means' error bound, so two means equal in exact arithmetic (a flat market, tick-grid
+    prices) never read as a cross."""
     n = close.size
     direction[: min(n, slow - 1)] = 0
     fast_state = sum_state()
@@ -824,7 +888,8 @@ def ma_cross_signals(close: FloatArray, fast: int, slow: int, direction: Int8Arr
     for i in range(slow - 1, n):
         f, fast_state = sma_step(close, i, fast, fast_state)
         s, slow_state = sma_step(close, i, slow, slow_state)
-        direction[i] = 1 if f > s else (-1 if f < s else 0)
+        tie = MA_TIE * abs(s)
+        direction[i] = 1 if f - s > tie else (-1 if f - s < -tie else 0)
 
 
 # Near a decision threshold a rolling value is replaced by the live kernel's own (exact)
