@@ -23,8 +23,10 @@ One bar step (bar j, in this order)
    - short: the mirror (``open >= stop``, ``open <= target``, ``high >= stop``,
      ``low <= target``).
 
-   A bracket exit happens inside bar j and leaves the position flat for step 3.
-   A position entered with a bracket fills on a bar entered at the close: from bar j + 1.
+   A bracket exit happens inside bar j and leaves the position flat for step 3. A
+   position entered at bar j's close is first checked on bar j + 1; one entered at bar
+   j's open (``next_open``) on bar j itself. The exit fills at the level (or the open),
+   with slippage: the paper broker would fill at the first tick past the level.
 3. **Decision at bar j's close**, on the physics the live engine has at the last tick of
    bar j: energy, z and the band over closes up to and including ``close[j]`` (the
    forming bar's last price); the ATR over the closed bars up to j - 1 (``SymbolPhysics``
@@ -36,7 +38,8 @@ One bar step (bar j, in this order)
      fill rule. The same decision never enters again (live with governance: an entry
      against a held position is vetoed, and a vetoed signal does not re-arm within the
      bar), so the earliest re-entry is at bar j + 1's decision.
-   - flat: a signal (long only when ``long_only``) enters when ``entries_allowed[j]``,
+   - flat: a signal (long only when ``long_only``) enters when ``entries_allowed[j]``
+     and not ``square_off[j]`` (the market calendar at the decision; ``session_masks``),
      at least ``cooldown_bars`` bars after the previous entry's fill bar. Its quantity is
      sized at the reference price ``close[j]`` (with slippage, and the charges when
      sizing by equity fraction), then fitted under the exposure caps
@@ -44,8 +47,18 @@ One bar step (bar j, in this order)
      ``max_net_exposure`` x equity) in whole lots, as ``chimera_governance.exposure.fit``;
      nothing fits → no entry. There is no pyramiding (max_entries_per_position = 1).
    - the fill: ``fill = "close"`` at ``close[j]`` now; ``"next_open"`` at ``open[j+1]``
-     in step 1 of the next bar (never filled after the last bar).
+     in step 1 of the next bar (never filled after the last bar). An entry's bracket
+     uses the ATR of this decision (bar j - 1's, exactly ``physics.atr_at``); no finite
+     ATR > 0 (or an entry under two ticks) → no bracket, as the router logs
+     ``bracket_refused`` and trades on.
 4. **Mark**: ``equity[j]`` = cash + position x ``close[j]``; ``position[j]`` = units held.
+   A position still open after the last bar stays open (exit_bar -1, EXIT_OPEN), marked.
+
+Signals are decided on the kernels' rolling values; where a value lies within 1e-9 of a
+decision edge (|energy| vs the threshold or the exit energy, |z| vs 1, the displacement vs
+k std) the live kernel's own value decides, so every decision is the one
+``DefaultStrategy`` takes on ``chimera_core.physics``' values (a property test holds the
+two equal bar by bar).
 
 Every fill moves the price against the trade by ``slippage_bps`` (``price x (1 ± bps /
 1e4)``, as the paper broker) and pays its charges, each fill an order of its own.
