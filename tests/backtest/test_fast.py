@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from chimera_core import physics
 from chimera_core.config import ChargesConfig, Config
 from chimera_core.contracts import AccountSnapshot, Band, PhysicsState, Side, Signal, Structure
-from chimera_core.markets import MarketConfig
+from chimera_core.markets import MarketConfig, calendar_for
 from chimera_core.strategy import DefaultStrategy
 from chimera_execution.charges import ChargeCalculator
 from chimera_execution.smart_execution import Bracket
@@ -825,3 +825,28 @@ def test_registry_refuses_what_it_cannot_run() -> None:
         spec.check_params({"fast": 2.5})
     with pytest.raises(BacktestInputError, match="registered already"):
         strategies.register(strategies.MA_CROSS)
+
+
+def test_session_masks_follow_the_market_calendar() -> None:
+    cal = calendar_for({}, 1)  # NSE cash: 09:15-15:30 IST, square-off 15:15
+    day = int(datetime(2025, 6, 2, 3, 45, tzinfo=UTC).timestamp() * 1000)  # 09:15 IST, Monday
+    decision = day + np.arange(375, dtype=np.int64) * MINUTE + MINUTE - 1
+    entries, square = fast.session_masks(decision, cal)
+    assert entries[0] and not square[0]
+    assert square[-1] and not entries[-1]
+    assert [entries[i] for i in range(375)] == [cal.entries_allowed(int(t)) for t in decision]
+    o, h, lo, c, v = bars(8, 375)
+    r = fast.ma_cross(
+        o,
+        h,
+        lo,
+        c,
+        v,
+        settings=FastSettings(brackets=False),
+        fast=3,
+        slow=10,
+        entries_allowed=entries,
+        square_off=square,
+    )
+    assert r.position[square].tolist() == [0] * int(square.sum())  # flat from the square-off
+    assert not np.isin(r.trades.entry_bar, np.flatnonzero(~entries)).any()
