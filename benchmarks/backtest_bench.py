@@ -51,7 +51,7 @@ FAST_WINDOW, SLOW_WINDOW = 10, 50
 QTY = 100
 FEE = 0.0005  # fraction of traded value per fill (0.05 %)
 INITIAL = 1_000_000.0
-DEFAULT_PARAMS = {
+DEFAULT_PARAMS: dict[str, Any] = {
     "energy_lookback": 20,
     "z_lookback": 60,
     "band_lookback": 140,
@@ -256,7 +256,8 @@ def bench_backtesting(b: dict[str, np.ndarray]) -> dict[str, Any]:
     )
 
     def sma(values: Any, window: int) -> np.ndarray:
-        return pd.Series(values).rolling(window).mean().to_numpy()
+        out: np.ndarray = pd.Series(values).rolling(window).mean().to_numpy()
+        return out
 
     class SmaCross(Strategy):  # type: ignore[misc]
         def init(self) -> None:

@@ -270,7 +270,7 @@ def settings_from_config(
     ``kind`` is a derivative's "FUT" / "OPT" (the instrument master's); ``overrides``
     replace any field."""
     s, ex, gov = cfg.strategy, cfg.execution, cfg.governance
-    market = cfg.feed.exchange_type
+    market: str = cfg.feed.exchange_type
     if token is not None and ":" in token:
         market, _, token = token.partition(":")
     merged = merged_market(market, cfg.markets.get(market))

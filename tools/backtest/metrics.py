@@ -101,7 +101,7 @@ class Trades:
 
     def as_records(self) -> list[dict[str, object]]:
         """Rows as plain dicts (JSON-ready; NaN as None), exit reasons by name."""
-        rows = []
+        rows: list[dict[str, object]] = []
         for i in range(len(self)):
             closed = bool(self.exit_bar[i] >= 0)
             rows.append(

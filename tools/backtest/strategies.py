@@ -55,7 +55,7 @@ class Param:
                 f"parameter {self.name!r} must be {'an int' if self.kind is int else 'a number'} "
                 f"in [{self.low:g}, {self.high:g}], got {value!r}"
             )
-        v = self.kind(value)
+        v: int | float = int(value) if self.kind is int else float(value)  # type: ignore[arg-type,call-overload]
         if not (math.isfinite(v) and self.low <= v <= self.high):
             raise BacktestInputError(
                 f"parameter {self.name!r} = {value!r} is outside [{self.low:g}, {self.high:g}]"
