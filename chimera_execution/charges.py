@@ -235,8 +235,9 @@ def schedule_on(ts_ms: int) -> tuple[str, dict[str, Line]]:
 
 def _dec(x: float) -> Decimal:
     # Through the shortest repr, so 0.0000375 x 50,000 is exactly 1.875 (a contract note's
-    # arithmetic), not the binary 1.87499... that float multiplication gives.
-    return Decimal(repr(x))
+    # arithmetic), not the binary 1.87499... that float multiplication gives. float() first:
+    # numpy 2's repr of np.float64(100.0) is "np.float64(100.0)", which Decimal refuses.
+    return Decimal(repr(float(x)))
 
 
 def _paise(x: Decimal) -> Decimal:

@@ -305,3 +305,15 @@ def test_extreme_fills_are_charged_without_an_exception(
     c = ChargeCalculator().charges(side, qty, price, market=market, product="INTRADAY",
                                    ts_ms=DEC_2024, kind="OPT")  # fmt: skip
     assert c.total >= 0 and c.brokerage <= 20.0
+
+
+def test_numpy_prices_charge_the_same_as_python_floats() -> None:
+    """A price straight out of a numpy array (a backtest's) is a price like any other:
+    numpy 2's repr is "np.float64(...)", which once made the Decimal arithmetic refuse it."""
+    import numpy as np
+
+    calc = ChargeCalculator()
+    kw = {"market": "NSE_CM", "product": "DELIVERY", "ts_ms": DEC_2024}
+    want = calc.charges(Side.BUY, 5000, 1000.0, **kw)
+    got = calc.charges(Side.BUY, np.int64(5000), np.float64(1000.0), **kw)
+    assert parts(got) == parts(want)
