@@ -153,7 +153,9 @@ class MovingAverageCross:
             return
         fast = sum(closes[-self.fast :]) / self.fast
         slow = sum(closes) / self.slow
-        direction = (fast > slow) - (fast < slow)
+        # Averages within 1e-10 (relative) are equal: summation order must not make a flat
+        # market cross (fast mode sums in another order and must agree).
+        direction = 0 if abs(fast - slow) <= 1e-10 * abs(slow) else 1 if fast > slow else -1
         before, self._direction = self._direction, direction
         if before and direction and direction != before:
             if direction < 0 and self.long_only:

@@ -839,6 +839,14 @@ class OrderRouter:
         if self.broker is not None:
             await self.broker.close()
 
+    def bracket_levels(self, token: str) -> tuple[float, ...]:
+        """The stop and target held for ``token``'s position (none while it is flat or an
+        exit is working): a backtest prints them when a bar's path passes through them."""
+        held = self._brackets.get(token)
+        if held is None or token in self._exits or self._positions.get(token).qty == 0:
+            return ()
+        return (held[1].stop, held[1].target)
+
     @property
     def tasks_in_flight(self) -> int:
         """Broker calls (place, cancel) still running: a backtest lets them finish before

@@ -11,8 +11,11 @@ What is simulated, and how:
   open is printed three times and each other price twice, ``latency_ms + 1`` apart: the
   state machine arms on one print and fires on the next, so an entry decided at a bar's
   open fills at that open; a bracket or an exit triggered by a print fills on its repeat,
-  at the price that triggered it. Each price's first print carries a quarter of the bar's
-  volume (cumulative for the trading day, as the feed's is).
+  at the price that triggered it. When a leg of the path passes through the position's
+  stop or target, the market is printed at that level on the way (twice), so a bracket
+  fills at its level (an open beyond it, a gap, fills at the open). Each price's first
+  print carries a quarter of the bar's volume (cumulative for the trading day, as the
+  feed's is).
 - **One clock.** Exchange time is the bar's; the engine's clock, the router's report
   stamps, the order throttle and its waits all run on it (``SimClock``), so results never
   depend on how fast the machine replays. A throttled order waits for simulated time to
@@ -33,7 +36,7 @@ import asyncio
 import heapq
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -137,18 +140,28 @@ PRINTS_PER_BAR = sum(REPEATS)
 
 
 def bar_ticks(
-    bars: BarSeries, token: str, exchange_type: int, latency_ms: int = 0, timezone: str = "UTC"
+    bars: BarSeries,
+    token: str,
+    exchange_type: int,
+    latency_ms: int = 0,
+    timezone: str = "UTC",
+    levels: Callable[[], Sequence[float]] | None = None,
 ) -> Iterator[Tick]:
     """Every bar as QUOTE prints along its path (see the module docstring), in time order.
     A price's repeats are ``latency_ms + 1`` apart, so an order decided on one reaches the
-    paper book by the next. ``timezone`` (the market's) says where a trading day starts."""
+    paper book by the next. ``timezone`` (the market's) says where a trading day starts.
+
+    ``levels`` (asked before each leg of the path, so it sees what the previous prints
+    did) gives prices the market must be seen at when a leg passes through them — the
+    position's stop and target: a print at the level, midway along the leg, so a bracket
+    fills at its level, not at the bar's extreme."""
     step = bars.interval_ms // len(REPEATS)
     gap = latency_ms + 1
-    if step <= 0 or gap * max(REPEATS) > step:
+    if step <= 0 or 2 * gap * (max(REPEATS) + 1) > step:
         raise BacktestError(
             f"bar interval {bars.interval_ms} ms is too short to replay with "
             f"execution.paper.latency_ms = {latency_ms}: each quarter of a bar must hold "
-            f"{max(REPEATS)} prints {gap} ms apart"
+            f"{2 * (max(REPEATS) + 1)} steps of {gap} ms"
         )
     zone = ZoneInfo(timezone)
     seq = 0
@@ -166,6 +179,22 @@ def bar_ticks(
         share = int(vol // len(REPEATS)) if math.isfinite(vol) and vol > 0 else 0
         high = low = prices[0]
         for k, (price, repeats) in enumerate(zip(prices, REPEATS, strict=True)):
+            if k and levels is not None:
+                start = prices[k - 1]
+                lo, hi = min(start, price), max(start, price)
+                # Passed through on the way (strictly inside the leg; at its end the leg's
+                # own print shows it). At most one: stop and target sit on either side.
+                inside = sorted(lv for lv in levels() if lo < lv < hi)
+                for lv in inside if price > start else inside[::-1]:
+                    high, low = max(high, lv), min(low, lv)
+                    for r in range(2):
+                        seq += 1
+                        yield Tick(
+                            token=token, exchange_type=exchange_type, mode=int(Mode.QUOTE),
+                            sequence=seq, exchange_ts_ms=t0 + (k - 1) * step + step // 2
+                            + r * gap, ltp=lv, ltq=0, volume=cum, open=prices[0], high=high,
+                            low=low,
+                        )  # fmt: skip
             high, low = max(high, price), min(low, price)
             for r in range(repeats):
                 seq += 1
@@ -508,23 +537,34 @@ async def _run(
         frame = sim.frame
         ticks = 0
         bar = 0
-        last_of_bar = PRINTS_PER_BAR - 1
+
+        def close_bar(index: int, last: Decision | None) -> None:
+            equity[index] = engine.account_snapshot().equity
+            if last is not None:
+                ph = last.physics
+                panel[:, index] = (ph.energy, ph.z, ph.band_mean, ph.band_std)
+            if progress is not None:
+                progress(index + 1)
+
         latency = bt.execution.paper.latency_ms
         zone = calendar_for(bt.markets, exchange_type).timezone
-        for i, tick in enumerate(bar_ticks(bars, token, exchange_type, latency, zone)):
+        router = sim.router
+        prints = bar_ticks(bars, token, exchange_type, latency, zone,
+                           levels=lambda: router.bracket_levels(token))  # fmt: skip
+        ends = np.asarray(bars.ts_ms, dtype=np.int64)
+        next_start = int(ends[1]) if n > 1 else None
+        decision = None
+        for tick in prints:
+            if next_start is not None and tick.exchange_ts_ms >= next_start:
+                close_bar(bar, decision)  # the previous bar's last print is done
+                bar += 1
+                next_start = int(ends[bar + 1]) if bar + 1 < n else None
             decision = await frame(encode(tick), tick.exchange_ts_ms)
             ticks += 1
             if decision is not None:
                 for t in decision.transitions:
                     moves[t.event] = moves.get(t.event, 0) + 1
-            if i % PRINTS_PER_BAR == last_of_bar:
-                equity[bar] = engine.account_snapshot().equity
-                if decision is not None:
-                    ph = decision.physics
-                    panel[:, bar] = (ph.energy, ph.z, ph.band_mean, ph.band_std)
-                bar += 1
-                if progress is not None:
-                    progress(bar)
+        close_bar(bar, decision)
         trips.close_open(token, float(bars.close[-1]), int(bars.ts_ms[-1]))
     finally:
         await sim.close()
