@@ -22,6 +22,7 @@ PLANNED: dict[str, str] = {}
 SUBCOMMANDS = {
     "backtest": "tools.backtest.cli",
     "cortex": "cortex.launcher",
+    "history": "tools.backtest.history_cli",
     "doctor": "tools.doctor",
     "metrics": "tools.metrics",
     "service": "tools.service",
@@ -114,26 +115,31 @@ def cmd_sim(argv: list[str]) -> int:
     return sim_main(argv)
 
 
+# `chimera bench NAME ...`: each benchmark's module has main(argv) and writes JSON + a plot
+# under benchmarks/results/. hot-path is the default (no name given).
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "hot-path": ("benchmarks.hot_path", "recv → decision latency, telemetry, replay (default)"),
+    "engine-ab": ("benchmarks.engine_ab", "this tree's engine against another revision's"),
+    "control": ("benchmarks.control", "control-channel round trip"),
+    "kill-switch": ("benchmarks.kill_switch", "`chimera kill` to every order cancelled"),
+    "fuzz": ("benchmarks.fuzz", "a million mutated frames through the whole node"),
+    "backtest": ("benchmarks.backtest_bench", "fast and event mode against vectorbt and "
+                 "backtesting.py"),
+}  # fmt: skip
+
+
 def cmd_bench(argv: list[str]) -> int:
-    if argv and argv[0] == "control":
-        from benchmarks.control import main as control_bench
-
-        return control_bench(argv)
-    if argv and argv[0] == "kill-switch":
-        from benchmarks.kill_switch import main as kill_bench
-
-        return kill_bench(argv)
-    if argv and argv[0] == "engine-ab":
-        from benchmarks.engine_ab import main as ab_bench
-
-        return ab_bench(argv)
-    if argv and argv[0] == "fuzz":
-        from benchmarks.fuzz import main as fuzz_bench
-
-        return fuzz_bench(argv)
-    from benchmarks.hot_path import main as bench_main
-
-    return bench_main(argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print("usage: chimera bench [NAME] [options]   (NAME --help for its options)\n")
+        for name, (_, what) in BENCHMARKS.items():
+            print(f"  {name:12} {what}")
+        return 0
+    if not argv or argv[0] not in BENCHMARKS:
+        argv = ["hot-path", *argv]
+    name = argv[0]
+    module = importlib.import_module(BENCHMARKS[name][0])
+    # The older suites parse their own name as the first argument; backtest's does not.
+    return int(module.main(argv[1:] if name == "backtest" else argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file", default=".env", help="file with CHIMERA_* secrets (default .env)"
     )
     sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
-    sub.add_parser("bench", help="latency benchmarks", add_help=False)
+    sub.add_parser("bench", help="benchmarks (chimera bench --help lists them)", add_help=False)
+    sub.add_parser("backtest", help="a strategy over history: event mode or --fast", add_help=False)
+    sub.add_parser("history", help="Angel One candle history: fetch | ls", add_help=False)
     sub.add_parser(
         "doctor", help="check config, credentials, data, ports, black box", add_help=False
     )
@@ -187,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]])
-        return int(module.main(argv[1:]))
+        try:
+            return int(module.main(argv[1:]))
+        except ChimeraError as exc:  # what to fix, in one line: no traceback
+            print(f"chimera {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     if argv and argv[0] == "genome":
         from tools.genome_cli import main as genome_main
 

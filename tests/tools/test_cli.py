@@ -189,3 +189,22 @@ async def test_under_systemd_it_reports_ready_and_sigterm_halts_cleanly(tmp_path
         assert not journal.open_orders()
         assert any(o.status is OrderStatus.CANCELLED for o in orders)
         assert journal.check() == []
+
+
+def test_bench_help_lists_every_benchmark_and_each_one_has_a_main():
+    import importlib
+    import subprocess
+    import sys
+
+    from tests.loopback import REPO
+    from tools.cli import BENCHMARKS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "bench", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(BENCHMARKS)
+    for module, _ in BENCHMARKS.values():
+        assert callable(importlib.import_module(module).main), module

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ from chimera_core.contracts import (
     Tick,
     Transition,
 )
-from chimera_core.errors import ChimeraError
-from chimera_core.feed.smartapi_v2 import encode
+from chimera_core.errors import ChimeraError, ProtocolError
+from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.markets import MarketConfig, calendar_for
 from chimera_core.strategy import StrategyFactory, default_factory
 from chimera_core.telemetry import TOPIC_EXEC
@@ -411,6 +412,14 @@ def backtest_config(
 ) -> Config:
     """The trader's configuration made fit for a replay of ``bars``: one instrument, bars of
     the data's interval, a throwaway journal, no telemetry wait; positional on daily bars."""
+    try:  # the token travels in every frame: the codec must take it
+        probe = Tick(token, exchange_type, int(Mode.QUOTE), 1, 0, 1.0)
+        decode(encode(probe), 0)
+    except (ProtocolError, ValueError, struct.error) as exc:
+        raise BacktestError(
+            f"token {token!r} cannot travel in a SmartAPI frame ({exc}): use ASCII letters "
+            "and digits, e.g. --token 2885"
+        ) from None
     interval_s = bars.interval_ms // 1000
     if interval_s <= 0 or interval_s > 86_400 or bars.interval_ms % 1000:
         raise BacktestError(

@@ -1,0 +1,77 @@
+"""`chimera backtest` as a user runs it: the shipped sample through both modes, the metrics
+table on stdout, the report on disk, byte-identical JSON for the same inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.loopback import REPO
+
+pytestmark = pytest.mark.timeout(300)
+SAMPLE = REPO / "data" / "samples" / "sim_2885_5m.csv"
+
+
+def _backtest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", "backtest", "--data", str(SAMPLE), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=280,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("ma_cross", ()),
+        ("default", ("--param", "energy_threshold=0.05")),
+        ("ma_cross", ("--fast",)),
+    ],
+)
+def test_a_backtest_prints_its_metrics_and_writes_the_same_report_twice(tmp_path, strategy, extra):
+    runs = []
+    for n in range(2):
+        out = tmp_path / f"run{n}"
+        done = _backtest("--strategy", strategy, *extra, "--report", str(out), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for name in ("sharpe", "max_drawdown", "profit_factor", "charges", "trades"):
+            assert name in done.stdout
+        runs.append(out)
+    first, second = ((r / "result.json").read_bytes() for r in runs)
+    assert first == second  # the same inputs give byte-identical JSON
+    result = json.loads(first)
+    assert result["data"]["sha256"] and result["code_version"]
+    assert result["mode"] == ("fast" if "--fast" in extra else "event")
+    m = result["metrics"]
+    assert m["trades"] == len([t for t in result["trades"] if t.get("exit_bar", -1) != -1]) > 0
+    # The books agree: final equity is the start plus every closed trade's net P&L.
+    pnl = sum(t["pnl"] for t in result["trades"] if t["pnl"] is not None)
+    assert m["final_equity"] == pytest.approx(m["initial_equity"] + pnl, abs=0.05)
+    html = (runs[0] / "report.html").read_text()
+    assert "plotly" in html.lower() and "Equity" in html
+    trades_csv = (runs[0] / "trades.csv").read_text().splitlines()
+    assert len(trades_csv) == len(result["trades"]) + 1
+
+
+def test_bad_input_says_what_to_fix(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "timestamp,open,high,low,close,volume\n"
+        "2024-01-02T09:15:00+05:30,100,101,99,100,10\n"
+        "2024-01-02T09:10:00+05:30,100,101,99,100,10\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "backtest", "--data", str(bad)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "row 2" in (done.stderr + done.stdout) and "Traceback" not in done.stderr
+    done = _backtest("--strategy", "nope", cwd=tmp_path)
+    assert done.returncode != 0 and "unknown strategy 'nope'" in done.stderr
+    done = _backtest("--strategy", "ma_cross", "--param", "fast=40", cwd=tmp_path)
+    assert done.returncode != 0 and "must be shorter than slow" in done.stderr

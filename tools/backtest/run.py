@@ -1,0 +1,240 @@
+"""One backtest, either mode, as a result a report can be written from: settings, the
+input's hash, the code version, metrics, trades, and the series to plot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from chimera_core.config import Config
+from chimera_core.contracts import ExchangeType
+from chimera_core.errors import ChimeraError
+from chimera_core.event_loop import code_version
+from chimera_core.markets import calendar_for
+from chimera_core.strategy import StrategyFactory, default_factory, ma_cross_factory
+from tools.backtest.event import BarSeries, EventResult, backtest_config, run_event
+
+RESULT_SCHEMA = 1
+
+
+def _progress(
+    total: int, quiet: bool, what: str
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A rich progress bar over ``total`` bars (nothing when quiet or not a terminal)."""
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        return (lambda _n: None), (lambda: None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(what),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} bars"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    task = bar.add_task(what, total=total)
+    bar.start()
+    step = max(1, total // 200)
+
+    def advance(n: int) -> None:
+        if n % step == 0 or n == total:
+            bar.update(task, completed=n)
+
+    return advance, bar.stop
+
+
+def _data_meta(bars: Any) -> dict[str, Any]:
+    ts = np.asarray(bars.ts_ms, dtype=np.int64)
+    return {
+        "sha256": getattr(bars, "sha256", ""),
+        "symbol": getattr(bars, "symbol", ""),
+        "bars": int(ts.size),
+        "first_ts_ms": int(ts[0]) if ts.size else None,
+        "last_ts_ms": int(ts[-1]) if ts.size else None,
+        "interval_ms": int(bars.interval_ms),
+        "tz": getattr(bars, "tz", ""),
+    }
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """What of the configuration decides a backtest's trades (recorded with the result)."""
+    return {
+        "strategy": msgspec.to_builtins(cfg.strategy),
+        "execution": {
+            k: v
+            for k, v in msgspec.to_builtins(cfg.execution).items()
+            if k not in ("angelone", "throttle")
+        },
+        "governance": msgspec.to_builtins(cfg.governance),
+        "markets": msgspec.to_builtins(cfg.markets),
+    }
+
+
+# Event mode's side of each registered strategy: its StrategyFactory from checked params
+# (the default strategy takes its params through [strategy], which seeds the genome).
+_EVENT: dict[str, Callable[[Mapping[str, Any], bool], StrategyFactory]] = {
+    "default": lambda _p, _long_only: default_factory,
+    "ma_cross": lambda p, long_only: ma_cross_factory(int(p["fast"]), int(p["slow"]), long_only),
+}
+
+
+def run_backtest(
+    cfg: Config,
+    bars: BarSeries,
+    strategy: str = "default",
+    params: Mapping[str, float] | None = None,
+    fast: bool = False,
+    token: str = "BT",
+    exchange_type: int = int(ExchangeType.NSE_CM),
+    quiet: bool = True,
+    long_only: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(result, series): ``result`` goes to result.json as it is; ``series`` feeds the
+    report's plots (``ts_ms``, ``close``, ``equity``, ``panel``, ``band_k``)."""
+    from tools.backtest import fast as fast_mode
+    from tools.backtest import metrics
+    from tools.backtest.strategies import get
+
+    spec = get(strategy)
+    checked = spec.check_params(
+        {k: (int(v) if any(p.name == k and p.kind is int for p in spec.params) else v)
+         for k, v in (params or {}).items()}
+    )  # fmt: skip
+    if strategy == "default":  # the genome is seeded from [strategy]: the params go there
+        cfg = msgspec.structs.replace(
+            cfg, strategy=msgspec.structs.replace(cfg.strategy, **checked)
+        )
+    # Both modes run on the configuration event mode replays with (one instrument, the
+    # data's bar interval, positional on daily bars): the same calendar, product, charges.
+    bt = backtest_config(cfg, bars, token, exchange_type, Path("."))
+    result: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "mode": "fast" if fast else "event",
+        "strategy": strategy,
+        "params": checked,
+        "long_only": long_only,
+        "data": _data_meta(bars),
+        "code_version": code_version(),
+        "settings": _settings(bt),
+    }
+    ts = np.asarray(bars.ts_ms, dtype=np.int64)
+    close = np.asarray(bars.close, dtype=np.float64)
+    if fast:
+        segment = ExchangeType(exchange_type).name
+        settings = fast_mode.settings_from_config(
+            bt, token=f"{segment}:{token}", fill="next_open", long_only=long_only
+        )
+        calendar = calendar_for(bt.markets, exchange_type)
+        decided = ts + int(bars.interval_ms) - 1  # each bar's last print
+        entries, square_off = fast_mode.session_masks(decided, calendar)
+        out = spec.run_fast(
+            np.asarray(bars.open, dtype=np.float64), np.asarray(bars.high, dtype=np.float64),
+            np.asarray(bars.low, dtype=np.float64), close,
+            np.asarray(bars.volume, dtype=np.float64), settings=settings, params=checked,
+            ts_ms=ts, entries_allowed=entries, square_off=square_off,
+        )  # fmt: skip
+        trades = out.trades
+        records = trades.as_records()
+        result.update(
+            bars=int(ts.size), starting_equity=settings.initial_equity,
+            final_equity=out.final_equity, charges=out.charges_paid, trades=records,
+        )  # fmt: skip
+        equity, position = out.equity, out.position
+        panel = None
+        if strategy == "default":
+            result["differs_from_event_mode"] = (
+                "fast mode decides the default strategy at bar closes; event mode (the live "
+                "engine) evaluates it on every print of the forming bar, so their trades "
+                "differ (docs/BACKTEST_METRICS.md, 'Where the modes differ'). Run without "
+                "--fast for what the engine would have done."
+            )
+    else:
+        make = spec.event if spec.event is not None else _EVENT.get(strategy)
+        if make is None:
+            raise ChimeraError(f"strategy {strategy!r} has no event-mode side; use --fast")
+        advance, done = _progress(len(ts), quiet, f"event mode · {strategy}")
+        try:
+            ev = asyncio.run(
+                run_event(
+                    cfg, bars, token, exchange_type, progress=advance,
+                    strategy=make(checked, long_only),
+                )
+            )  # fmt: skip
+        finally:
+            done()
+        result.update(_event_result(ev))
+        trades = _trades_of(ev)
+        equity, position = ev.equity, None
+        panel = {"energy": ev.energy, "z": ev.z, "band_mean": ev.band_mean,
+                 "band_std": ev.band_std} if strategy == "default" else None  # fmt: skip
+    figures = metrics.compute(
+        equity, trades=trades, ts_ms=ts, initial_equity=result["starting_equity"],
+        position=position,
+    )  # fmt: skip
+    result["metrics"] = msgspec.to_builtins(figures)
+    series = {"ts_ms": ts, "close": close, "equity": equity, "panel": panel,
+              "band_k": bt.strategy.band_k}  # fmt: skip
+    return result, series
+
+
+_EXIT_CODE = {"EXIT": 1, "STOP_LOSS": 4, "TAKE_PROFIT": 5, "SQUARE_OFF": 6, "END": 0}
+
+
+def _trades_of(ev: EventResult) -> Any:
+    """Event mode's round trips as metrics.Trades (a trip open at the end: exit_bar -1)."""
+    from tools.backtest.metrics import Trades
+
+    rows = ev.trades
+    open_ = [t.exit_purpose == "END" for t in rows]
+    return Trades(
+        entry_bar=np.asarray([t.entry_bar for t in rows], dtype=np.int64),
+        exit_bar=np.asarray([-1 if o else t.exit_bar for t, o in zip(rows, open_, strict=True)],
+                            dtype=np.int64),
+        side=np.asarray([1 if t.side == "LONG" else -1 for t in rows], dtype=np.int8),
+        qty=np.asarray([t.qty for t in rows], dtype=np.int64),
+        entry_price=np.asarray([t.entry_price for t in rows], dtype=np.float64),
+        exit_price=np.asarray([np.nan if o else t.exit_price
+                               for t, o in zip(rows, open_, strict=True)], dtype=np.float64),
+        charges=np.asarray([t.charges for t in rows], dtype=np.float64),
+        pnl=np.asarray([np.nan if o else t.pnl for t, o in zip(rows, open_, strict=True)],
+                       dtype=np.float64),
+        exit_reason=np.asarray([_EXIT_CODE.get(t.exit_purpose, 1) for t in rows], dtype=np.int8),
+    )  # fmt: skip
+
+
+def _event_result(ev: EventResult) -> dict[str, Any]:
+    trades = [
+        {
+            "token": t.token,
+            "side": t.side,
+            "qty": t.qty,
+            "entry_bar": t.entry_bar,
+            "entry_ts_ms": t.entry_ts_ms,
+            "entry_price": t.entry_price,
+            "exit_bar": t.exit_bar,
+            "exit_ts_ms": t.exit_ts_ms,
+            "exit_price": t.exit_price,
+            "exit_reason": t.exit_purpose,
+            "charges": t.charges,
+            "pnl": t.pnl,
+        }
+        for t in ev.trades
+    ]
+    return {
+        "bars": ev.bars,
+        "ticks": ev.ticks,
+        "starting_equity": ev.starting_equity,
+        "final_equity": float(ev.equity[-1]),
+        "charges": ev.charges,
+        "trades": trades,
+        "final_state": ev.final_state,
+        "transitions": ev.transitions,
+        "engine": {k: v for k, v in ev.stats.items() if v},
+    }
