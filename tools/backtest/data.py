@@ -234,11 +234,11 @@ def data_hash(
 @functools.cache
 def code_version() -> str:
     """The code a result was computed with: ``<package version>+<git short commit>``, as
-    the engine records it (``chimera_core.event_loop._code_version``), with ``.dirty``
+    the engine records it (``chimera_core.event_loop.code_version``), with ``.dirty``
     appended when tracked files differ from that commit."""
-    from chimera_core.event_loop import _code_version  # heavy import, only when asked
+    from chimera_core.event_loop import code_version as engine_version  # heavy: when asked
 
-    version = _code_version()
+    version = engine_version()
     if "+" not in version:
         return version  # not a git checkout: nothing more to say
     try:

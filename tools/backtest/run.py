@@ -14,9 +14,9 @@ import numpy as np
 from chimera_core.config import Config
 from chimera_core.contracts import ExchangeType
 from chimera_core.errors import ChimeraError
-from chimera_core.event_loop import code_version
 from chimera_core.markets import calendar_for
 from chimera_core.strategy import StrategyFactory, default_factory, ma_cross_factory
+from tools.backtest.data import code_version
 from tools.backtest.event import BarSeries, EventResult, backtest_config, run_event
 
 RESULT_SCHEMA = 1
