@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         required=True,
-        help="OHLCV CSV or Parquet file, or smartapi:EXCHANGE:TOKEN (Angel One "
-        "candles, cached under data/history/)",
+        help="OHLCV CSV or Parquet file, smartapi:EXCHANGE:TOKEN (Angel One candles, "
+        "cached under data/history/), or a recorded black-box session directory (its "
+        "ticks through a fresh paper node, decisions compared with the recorded ones)",
     )
     p.add_argument(
         "--strategy",
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         names = ", ".join(e.name for e in ExchangeType)
         raise ChimeraError(f"--segment {args.segment!r}: one of {names}") from None
+    if Path(args.data).is_dir():  # a recorded black-box session: its ticks, its config
+        return _session(Path(args.data), args)
     bars = load_data(args.data, cfg, args)
     # The feed's token field is ASCII letters and digits: the file's name, cleaned, unless
     # --token says (event mode checks it through the real codec).
@@ -156,6 +159,40 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(paths["json"])
     return 0
+
+
+def _session(session_dir: Path, args: argparse.Namespace) -> int:
+    """Event mode on a recorded session: its frames through a fresh paper node, every
+    decision compared with the recorded one (tools/backtest/session.py)."""
+    import asyncio
+
+    from tools.backtest.report import result_json
+    from tools.backtest.session import run_session
+
+    if args.fast or args.strategy != "default" or args.param:
+        raise ChimeraError(
+            "a recorded session runs in event mode on its own configuration and strategy: "
+            "drop --fast, --strategy and --param"
+        )
+    run = asyncio.run(run_session(session_dir))
+    result = {
+        "mode": "event-session", "session": run.session, "ticks": run.ticks,
+        "decisions_compared": run.compared, "decisions_identical": run.identical,
+        "reproduced": run.reproduced, "first_divergence": run.first_divergence,
+        "control_applied": run.control_applied, "recorded_fills": run.recorded_fills,
+        "fills": run.fills, "trades": run.trades, "final_equity": run.final_equity,
+        "final_state": run.final_state,
+    }  # fmt: skip
+    out = Path(args.report) if args.report else session_dir / "backtest"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_bytes(result_json(result) + b"\n")
+    verdict = "REPRODUCED" if run.reproduced else "DIVERGED"
+    print(
+        f"{run.session}: {run.identical}/{run.compared} decisions identical ({verdict}); "
+        f"fills {len(run.fills)} (recorded {run.recorded_fills}); {len(run.trades)} trades; "
+        f"final equity {run.final_equity:,.2f}; {out / 'result.json'}"
+    )
+    return 0 if run.reproduced else 1
 
 
 def _default_dir(cfg: Any, strategy: str, result: dict[str, Any]) -> Path:
