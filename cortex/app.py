@@ -2,26 +2,37 @@
 
 Run with ``chimera cortex`` (never ``streamlit run`` by hand: the launcher binds
 127.0.0.1 and passes the config). Each page's body is a fragment that re-runs every
-``CHIMERA_CORTEX_REFRESH_S`` seconds against a snapshot of the listener's state.
+``CHIMERA_CORTEX_REFRESH_S`` seconds against a snapshot of the listener's state. A page
+that needs decisions and has none yet (the engine not started, or the listener, which
+starts with the first browser, not yet fed) waits in a fragment that looks every
+``WAIT_POLL_S`` and reruns the page when the first decision is in, so it fills in within
+a moment of it, without a reload and whatever the refresh period.
+
+Tokens are shown with the instrument's name when the session's config names it
+(``cortex/names.py``): "RELIANCE-EQ · 2885", else the bare token.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import plotly.graph_objects as go
 import streamlit as st
 
 from cortex import charts, sources
+from cortex.names import label, recorded_names
 from cortex.runtime import Runtime, build_runtime
 from cortex.state import LAYERS, Snapshot, disk_free_text, health_alerts, percentiles_us
 
 IST = timezone(timedelta(hours=5, minutes=30))
 NOTABLE_ROWS = 50
 EXPANDED_RECORDS = 15
+WAIT_POLL_S = 0.25  # while a page waits for its first decision
 
 
 @st.cache_resource
@@ -71,6 +82,42 @@ def _waiting(rt: Runtime) -> None:
     )
 
 
+def names_of(rt: Runtime, snap: Snapshot) -> dict[str, str]:
+    """token → instrument name for the session in this snapshot ({} when none is known)."""
+    return rt.names.get(snap.session)
+
+
+def _rerun_when(rt: Runtime, ready: Callable[[], bool]) -> None:
+    """A fragment that draws nothing, looks every ``WAIT_POLL_S`` and reruns the whole page
+    once ``ready()``; gone from the page after that rerun (the caller no longer calls it)."""
+
+    @st.fragment(run_every=WAIT_POLL_S)
+    def poll() -> None:
+        rt.names.get(rt.listener.state.session, wait_s=0.0)  # start resolving names early
+        if ready():
+            st.rerun()
+
+    poll()
+
+
+def await_decisions(rt: Runtime, chart: Callable[[], go.Figure] | None = None) -> bool:
+    """True once the listener holds a decision of this session. Until then the page shows
+    the waiting note (and ``chart``, empty, so the browser has plotly loaded when the data
+    comes) and reruns at the first decision: the page's own fragment then draws it, no
+    reload. With decisions in but not yet the session (it repeats with every health) or
+    its instrument names, the page draws now and reruns once more when they are in."""
+    state = rt.listener.state
+    if not state.decided:
+        _rerun_when(rt, lambda: state.decided > 0)
+        _waiting(rt)
+        if chart is not None:
+            st.plotly_chart(chart(), key="waiting_chart")
+        return False
+    if not rt.names.ready(state.session):
+        _rerun_when(rt, lambda: rt.names.ready(state.session))
+    return True
+
+
 # ---- sidebar: session, kill switch, pause / resume -------------------------------------
 def sidebar(rt: Runtime) -> None:
     sb = st.sidebar
@@ -78,11 +125,11 @@ def sidebar(rt: Runtime) -> None:
     @st.fragment(run_every=rt.refresh_s)
     def status() -> None:
         snap = rt.listener.state.snapshot()
-        label = mode_label(snap, rt)
-        if label == "LIVE":
+        mode = mode_label(snap, rt)
+        if mode == "LIVE":
             st.error("LIVE — real orders, real money")
         else:
-            st.success(f"{label} — simulated orders")
+            st.success(f"{mode} — simulated orders")
         if snap.session is None:
             st.caption(f"no session yet on {rt.cfg.telemetry.endpoint}")
         else:
@@ -99,7 +146,8 @@ def sidebar(rt: Runtime) -> None:
                 f"{' · STALE' if h.feed_stale else ''}"
             )
             (st.error if halted else st.warning if h.paused else st.caption)(text)
-        for alert in health_alerts(h, min_free_disk_mb(rt)):
+        names = rt.names.get(snap.session, wait_s=0.0)  # the pages wait for them, not this
+        for alert in health_alerts(h, min_free_disk_mb(rt), names):
             st.error(alert)
         disk = disk_free_text(h)
         if disk:
@@ -167,12 +215,13 @@ def operator_login_form(rt: Runtime) -> None:
 
 
 # ---- Brain / neural map ---------------------------------------------------------------
-def decision_row(d: Any) -> dict[str, Any]:
+def decision_row(d: Any, names: dict[str, str]) -> dict[str, Any]:
     mr = d.meta_risk
     return {
         "seq": d.seq,
         "time (IST)": ts(d.exchange_ts_ms),
         "token": d.token,
+        "name": names.get(d.token, ""),
         "price": d.physics.close,
         "signal": d.signal.reason,
         "state": d.state,
@@ -191,14 +240,16 @@ def decision_row(d: Any) -> dict[str, Any]:
 def page_brain() -> None:
     rt = runtime()
     st.title("Brain · neural map")
+    if not await_decisions(rt, charts.neural_map_waiting):
+        return
 
     @st.fragment(run_every=rt.refresh_s)
     def body() -> None:
         snap = rt.listener.state.snapshot()
         latest = {t: s.latest for t, s in snap.symbols.items() if s.latest is not None}
         if not latest:
-            _waiting(rt)
-            return
+            st.rerun()  # a new session, nothing decided yet: wait for it as on first load
+        names = names_of(rt, snap)
         st.subheader("Influence weight per symbol")
         st.caption(
             "Each layer's weight in the latest decision that carried a signal (the latest "
@@ -213,6 +264,7 @@ def page_brain() -> None:
             table.append(
                 {
                     "token": t,
+                    "name": names.get(t, ""),
                     "price": fmt(d.physics.close, ".2f"),
                     "state": d.state,
                     "signal": f"{w.signal.reason} (#{w.seq})",
@@ -222,22 +274,24 @@ def page_brain() -> None:
             )
         st.table(table)
         c1, c2 = st.columns([1, 2])
-        token = c1.selectbox("Symbol", list(latest), key="brain_symbol")
+        token = c1.selectbox(
+            "Symbol", list(latest), key="brain_symbol", format_func=lambda t: label(t, names)
+        )
         which = c2.radio(
             "Decision", ["latest signal", "latest tick"], horizontal=True, key="brain_which"
         )
         sym = snap.symbols[token] if token in snap.symbols else next(iter(snap.symbols.values()))
         d = (sym.last_signal if which == "latest signal" else None) or sym.latest
         assert d is not None
-        st.plotly_chart(charts.neural_map(d), key="neural_map")
+        st.plotly_chart(charts.neural_map(d, names.get(d.token, "")), key="neural_map")
         st.subheader(f"Last {NOTABLE_ROWS} decisions that moved something")
         rows = list(reversed(snap.notable))[:NOTABLE_ROWS]
         if not rows:
             st.caption("No transitions, intents or vetoes yet. Latest decisions:")
             rows = list(reversed(snap.recent))[:10]
-        st.dataframe([decision_row(x) for x in rows], hide_index=True)
+        st.dataframe([decision_row(x, names) for x in rows], hide_index=True)
         for x in rows[:EXPANDED_RECORDS]:
-            with st.expander(f"#{x.seq} {x.token} {ts(x.exchange_ts_ms)} {x.state}"):
+            with st.expander(f"#{x.seq} {label(x.token, names)} {ts(x.exchange_ts_ms)} {x.state}"):
                 st.json(msgspec.to_builtins(x), expanded=False)
 
     body()
@@ -247,21 +301,25 @@ def page_brain() -> None:
 def page_market() -> None:
     rt = runtime()
     st.title("Market")
+    if not await_decisions(rt):
+        return
 
     @st.fragment(run_every=rt.refresh_s)
     def body() -> None:
         snap = rt.listener.state.snapshot()
         symbols = {t: s for t, s in snap.symbols.items() if s.latest is not None}
         if not symbols:
-            _waiting(rt)
-            return
-        token = st.selectbox("Symbol", list(symbols), key="market_symbol")
+            st.rerun()  # a new session, nothing decided yet: wait for it as on first load
+        names = names_of(rt, snap)
+        token = st.selectbox(
+            "Symbol", list(symbols), key="market_symbol", format_func=lambda t: label(t, names)
+        )
         s = symbols.get(token) or next(iter(symbols.values()))
         d = s.latest
         assert d is not None
         p = d.physics
         cols = st.columns(6)
-        cols[0].metric(f"{s.token} price", fmt(p.close, ".2f"))
+        cols[0].metric(f"{label(s.token, names)} price", fmt(p.close, ".2f"))
         cols[1].metric("energy", fmt(p.energy))
         cols[2].metric("z", fmt(p.z, ".3f"))
         cols[3].metric("structure", p.structure.value)
@@ -285,9 +343,10 @@ def page_execution() -> None:
     @st.fragment(run_every=rt.refresh_s)
     def body() -> None:
         snap = rt.listener.state.snapshot()
-        label = mode_label(snap, rt)
-        (st.error if label == "LIVE" else st.info)(
-            f"{label} P&L — this session's {label.lower()} journal only; "
+        names = names_of(rt, snap)
+        mode = mode_label(snap, rt)
+        (st.error if mode == "LIVE" else st.info)(
+            f"{mode} P&L — this session's {mode.lower()} journal only; "
             "paper and live are never mixed"
         )
         rows = []
@@ -299,6 +358,7 @@ def page_execution() -> None:
             ex = d.execution
             row = {
                 "token": t,
+                "name": names.get(t, ""),
                 "state": d.state,
                 "last transition": (
                     f"{d.transitions[-1].event} {d.transitions[-1].reason}" if d.transitions else ""
@@ -313,16 +373,16 @@ def page_execution() -> None:
                 row |= {
                     "position": ex.position_qty,
                     "avg price": ex.avg_price,
-                    f"{label} realized P&L": round(ex.realized_pnl, 2),
-                    f"{label} unrealized P&L": round(upnl, 2),
+                    f"{mode} realized P&L": round(ex.realized_pnl, 2),
+                    f"{mode} unrealized P&L": round(upnl, 2),
                     "charges": round(ex.charges, 2),
                     "open orders": ex.open_orders,
                     "last report": ex.last_report,
                 }
             rows.append(row)
         c = st.columns(4)
-        c[0].metric(f"{label} realized P&L (net)", fmt(realized, ",.2f"))
-        c[1].metric(f"{label} unrealized P&L", fmt(unrealized, ",.2f"))
+        c[0].metric(f"{mode} realized P&L (net)", fmt(realized, ",.2f"))
+        c[1].metric(f"{mode} unrealized P&L", fmt(unrealized, ",.2f"))
         c[2].metric("charges paid", fmt(charges, ",.2f"))
         h = snap.health
         c[3].metric("states", ", ".join(f"{k} {v}" for k, v in (h.states if h else {}).items()))
@@ -338,7 +398,7 @@ def page_execution() -> None:
             if r.kind.value not in ("FILLED", "REJECTED", "CANCELLED")
         ]
         if open_orders:
-            st.dataframe([_report_row(r) for r in open_orders], hide_index=True)
+            st.dataframe([_report_row(r, names) for r in open_orders], hide_index=True)
         else:
             st.caption("No open orders reported on telemetry `exec` since the cortex started.")
         st.subheader("Fills")
@@ -349,6 +409,7 @@ def page_execution() -> None:
                     {
                         "time (IST)": ts(r.fill.exchange_ts_ms),
                         "token": r.token,
+                        "name": names.get(r.token, ""),
                         "side": r.side.value,
                         "qty": r.fill.qty,
                         "price": r.fill.price,
@@ -377,16 +438,17 @@ def page_execution() -> None:
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
         journal_fills = sources.journal(mode_dir, "fills", 100)
         if journal_fills:
-            st.subheader(f"{label} journal fills, newest first ({mode_dir / 'chimera.db'})")
+            st.subheader(f"{mode} journal fills, newest first ({mode_dir / 'chimera.db'})")
             st.dataframe(journal_fills, hide_index=True)
 
     body()
 
 
-def _report_row(r: Any) -> dict[str, Any]:
+def _report_row(r: Any, names: dict[str, str]) -> dict[str, Any]:
     return {
         "client_order_id": r.client_order_id,
         "token": r.token,
+        "name": names.get(r.token, ""),
         "side": r.side.value,
         "qty": r.order_qty,
         "filled": r.filled_qty,
@@ -405,6 +467,7 @@ def page_governance() -> None:
     @st.fragment(run_every=rt.refresh_s)
     def body() -> None:
         snap = rt.listener.state.snapshot()
+        names = names_of(rt, snap)
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
         st.subheader("Approval queue")
         queue = sources.approvals(mode_dir)
@@ -435,7 +498,8 @@ def page_governance() -> None:
             aid = r["approval_id"]
             c = st.columns([6, 1, 1])
             c[0].markdown(
-                f"**{aid}** · {r['token']} {r['side']} {r['qty']} @ {fmt(r['ref_price'], '.2f')}"
+                f"**{aid}** · {label(r['token'], names)} {r['side']} {r['qty']} @ "
+                f"{fmt(r['ref_price'], '.2f')}"
                 f" · conf {fmt(r['confidence'], '.3f')} · {r['reason']} · "
                 f"queued {ts(r['created_ms'])}"
             )
@@ -459,12 +523,12 @@ def page_governance() -> None:
                 st.dataframe(decided, hide_index=True)
 
         st.subheader("Regime timeline")
-        regimes = {t: list(s.regimes) for t, s in snap.symbols.items() if s.regimes}
+        regimes = {label(t, names): list(s.regimes) for t, s in snap.symbols.items() if s.regimes}
         if regimes:
             st.plotly_chart(charts.step_timeline(regimes, "regime by symbol"), key="regimes")
             st.caption(" · ".join(f"{t}: {pts[-1][1]}" for t, pts in regimes.items()))
         st.subheader("Leverage")
-        lev = {t: list(s.leverage) for t, s in snap.symbols.items() if s.leverage}
+        lev = {label(t, names): list(s.leverage) for t, s in snap.symbols.items() if s.leverage}
         if lev:
             st.plotly_chart(charts.step_timeline(lev, "target leverage"), key="leverage")
             st.caption(
@@ -478,6 +542,7 @@ def page_governance() -> None:
                     {
                         "time (IST)": ts(v["exchange_ts_ms"]),
                         "token": v["token"],
+                        "name": names.get(v["token"], ""),
                         "seq": v["seq"],
                         "rules": ", ".join(v["rules"]),
                         "reasons": v["reasons"],
@@ -518,7 +583,7 @@ def page_health() -> None:
         h = snap.health
         now = time.monotonic_ns()
         st.subheader("Safety")
-        for alert in health_alerts(h, min_free_disk_mb(rt)):
+        for alert in health_alerts(h, min_free_disk_mb(rt), names_of(rt, snap)):
             st.error(alert)
         safety = st.columns(4)
         if h is not None:
@@ -549,19 +614,19 @@ def page_health() -> None:
         c[3].metric("cortex messages", k["messages"])
         c[4].metric("decode errors", k["decode_errors"])
         st.subheader("Lag")
-        c = st.columns(4)
-        c[0].metric("cortex lag now", f"{snap.lag['last_s'] * 1e3:.1f} ms")
-        c[1].metric("cortex lag p99", f"{snap.lag['p99_s'] * 1e3:.1f} ms")
-        c[2].metric("cortex lag max", f"{snap.lag['max_s'] * 1e3:.1f} ms")
+        lag = st.columns(4)
+        lag[0].metric("cortex lag now", f"{snap.lag['last_s'] * 1e3:.1f} ms")
+        lag[1].metric("cortex lag p99", f"{snap.lag['p99_s'] * 1e3:.1f} ms")
+        lag[2].metric("cortex lag max", f"{snap.lag['max_s'] * 1e3:.1f} ms")
         ns = sources.neural_state(Path(rt.cfg.data_dir))
         if ns is None:
-            c[3].metric("recorder", "no neural_state.json")
+            lag[3].metric("recorder", "no neural_state.json")
         else:
             rec_h = (ns.get("health") or {}).get("at_ns")
             if h is not None and rec_h:
-                c[3].metric("recorder lag", f"{max(0, h.at_ns - rec_h) / 1e9:.2f} s")
+                lag[3].metric("recorder lag", f"{max(0, h.at_ns - rec_h) / 1e9:.2f} s")
             else:
-                c[3].metric("recorder", "no health yet")
+                lag[3].metric("recorder", "no health yet")
             try:
                 age = (datetime.now(UTC) - datetime.fromisoformat(ns["updated"])).total_seconds()
                 st.caption(
@@ -571,9 +636,9 @@ def page_health() -> None:
                 pass
         st.subheader("Hot-path latency (frame received → decision)")
         pct = percentiles_us(snap.latency_ns)
-        c = st.columns(4)
+        pcts = st.columns(4)
         for i, name in enumerate(("p50", "p99", "p99.9", "max")):
-            c[i].metric(f"{name}", f"{pct.get(name, 0.0):.1f} µs")
+            pcts[i].metric(f"{name}", f"{pct.get(name, 0.0):.1f} µs")
         st.caption(f"over the last {len(snap.latency_ns)} decisions")
         st.plotly_chart(charts.latency_histogram(snap.latency_buckets), key="latency")
         if snap.controls:
@@ -590,6 +655,11 @@ def page_health() -> None:
 
 
 # ---- Replay ----------------------------------------------------------------------------
+@st.cache_data(max_entries=8, show_spinner=False)
+def _recorded_names(path: str, data_dir: str) -> dict[str, str]:
+    return recorded_names(Path(path), Path(data_dir))
+
+
 @st.cache_data(max_entries=4, show_spinner="Reading the black box…")
 def _load_session(path: str, generation: int) -> dict[str, Any]:
     data = sources.load_session(Path(path))
@@ -604,8 +674,7 @@ def page_replay() -> None:
     if not sessions:
         st.info(f"No recorded sessions in {Path(rt.cfg.data_dir) / 'blackbox'}")
         return
-    names = [s["name"] for s in sessions]
-    name = st.selectbox("Recorded session", names, key="replay_session")
+    name = st.selectbox("Recorded session", [s["name"] for s in sessions], key="replay_session")
     meta = next(s for s in sessions if s["name"] == name)
     st.caption(
         f"mode {meta.get('mode')} · records {meta.get('records')} · missed {meta.get('missed')}"
@@ -621,8 +690,10 @@ def page_replay() -> None:
         return
     i = st.slider("Decision", 0, len(decisions) - 1, 0, key="replay_index")
     d = decisions[i]
+    names = _recorded_names(meta["path"], str(rt.cfg.data_dir))  # token → instrument
     st.markdown(
-        f"**#{d['seq']} {d['token']}** {ts(d['exchange_ts_ms'])} IST · state {d['state']} · "
+        f"**#{d['seq']} {label(d['token'], names)}** {ts(d['exchange_ts_ms'])} IST · "
+        f"state {d['state']} · "
         + "; ".join(
             f"{t['event']} {t['from_state']}→{t['to_state']} {t['reason']}"
             for t in d["transitions"]

@@ -70,11 +70,10 @@ def layer_outputs(d: Decision) -> dict[str, str]:
     return out
 
 
-def neural_map(d: Decision) -> go.Figure:
-    """The decision hierarchy as a chain of nodes, top to bottom, sized by influence."""
+def neural_map(d: Decision, name: str = "") -> go.Figure:
+    """The decision hierarchy as a chain of nodes, top to bottom, sized by influence;
+    ``name`` (the instrument's, when known) goes beside the token in the title."""
     labels = layer_outputs(d)
-    n = len(LAYERS)
-    ys = [n - 1 - i for i in range(n)]
     weights = [d.influence.get(layer, 0.0) for layer in LAYERS]
     colors = []
     for layer in LAYERS:
@@ -86,6 +85,24 @@ def neural_map(d: Decision) -> go.Figure:
             colors.append("#2563eb")
         else:
             colors.append("#9ca3af")
+    who = f"{d.token} · {name}" if name else d.token
+    return _chain(labels, weights, colors, f"{who} · seq {d.seq} · confidence {d.confidence:.2f}")
+
+
+def neural_map_waiting() -> go.Figure:
+    """The same chain before the first decision: every layer grey, nothing decided. Drawn
+    while the page waits, so the browser has plotly loaded when the first one comes."""
+    labels = dict.fromkeys(LAYERS, "–")
+    return _chain(
+        labels, [0.0] * len(LAYERS), ["#e5e7eb"] * len(LAYERS), "waiting for the first decision"
+    )
+
+
+def _chain(
+    labels: dict[str, str], weights: list[float], colors: list[str], title: str
+) -> go.Figure:
+    n = len(LAYERS)
+    ys = [n - 1 - i for i in range(n)]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -124,7 +141,7 @@ def neural_map(d: Decision) -> go.Figure:
         margin={"l": 120, "r": 10, "t": 30, "b": 10},
         xaxis={"visible": False, "range": [-1.2, 2.6]},
         yaxis={"visible": False, "range": [-0.6, n - 0.4]},
-        title=f"{d.token} · seq {d.seq} · confidence {d.confidence:.2f}",
+        title=title,
     )
     return fig
 

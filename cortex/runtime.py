@@ -1,5 +1,6 @@
 """The cortex's long-lived pieces, one per Streamlit server process: config, the telemetry
-listener thread, the control client (only with a control token) and the operator logins.
+listener thread, the control client (only with a control token), the operator logins and
+the instrument names of the session in view.
 
 The launcher passes the config path in ``CHIMERA_CORTEX_CONFIG``. Without a control token
 (``CHIMERA_CONTROL_TOKEN`` or ``data_dir/control.token``) the cortex is read-only; with
@@ -20,6 +21,7 @@ from chimera_core.config import Config, load_config, load_env
 from chimera_core.control import ControlClient, ControlError, read_token
 from chimera_core.errors import ChimeraError
 from cortex.listener import TelemetryListener
+from cortex.names import SessionNames
 from cortex.operator_login import OperatorLogins, load_password_hash
 
 log = structlog.get_logger(__name__)
@@ -38,6 +40,7 @@ class Runtime:
     read_only_reason: str
     refresh_s: float
     logins: OperatorLogins
+    names: SessionNames  # token → instrument name, for the session in view
 
     @property
     def data_dir(self) -> Path:
@@ -100,4 +103,5 @@ def build_runtime(environ: dict[str, str] | None = None) -> Runtime:
         read_only=control is None,
         operator_login=logins.configured(),
     )
-    return Runtime(cfg, config_path, listener, control, reason, refresh_s, logins)
+    names = SessionNames(data_dir)
+    return Runtime(cfg, config_path, listener, control, reason, refresh_s, logins, names)

@@ -104,7 +104,7 @@ def journal(mode_dir: Path, table: str, limit: int = 200) -> list[dict[str, Any]
 def sessions(data_dir: Path) -> list[dict[str, Any]]:
     """Recorded black-box sessions (their manifests), newest first."""
     root = Path(data_dir) / BLACKBOX
-    out = []
+    out: list[dict[str, Any]] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():

@@ -41,6 +41,7 @@ from chimera_core.telemetry import (
     TOPIC_SESSION,
     TOPIC_TICK,
 )
+from cortex.names import label
 
 # The decision hierarchy, top to bottom, as the neural map draws it.
 LAYERS: tuple[str, ...] = (
@@ -151,8 +152,11 @@ class ApprovalSeen:
     confidence: float
 
 
-def health_alerts(h: Health | None, min_free_disk_mb: float = 0.0) -> list[str]:
-    """The red banners the engine's health calls for; [] when it is healthy (or unknown)."""
+def health_alerts(
+    h: Health | None, min_free_disk_mb: float = 0.0, names: dict[str, str] | None = None
+) -> list[str]:
+    """The red banners the engine's health calls for; [] when it is healthy (or unknown).
+    Tokens are named as ``cortex.names.label`` does when ``names`` knows them."""
     if h is None:
         return []
     alerts = []
@@ -163,7 +167,7 @@ def health_alerts(h: Health | None, min_free_disk_mb: float = 0.0) -> list[str]:
     if h.unprotected:
         alerts.append(
             "UNPROTECTED POSITIONS (feed dark, stop and target not watched): "
-            + ", ".join(h.unprotected)
+            + ", ".join(label(t, names or {}) for t in h.unprotected)
         )
     if 0 <= h.disk_free_mb < min_free_disk_mb:
         alerts.append(f"DISK LOW: {disk_free_text(h)} (warning below {min_free_disk_mb:g} MB)")
@@ -238,6 +242,9 @@ class CortexState:
         self.health_history: deque[tuple[int, int, int]] = deque(maxlen=TIMELINE)
         self.ticks = 0
         self.raw = 0
+        # Decisions folded this session: an int the pages read without the lock to learn
+        # that the first one is in (a page waiting for it polls this, not a snapshot).
+        self.decided = 0
 
     # ---- receive side (subscriber thread, lock held by the caller) ---------------------
     def handle(self, message: bytes, now_ns: int) -> None:
@@ -308,6 +315,7 @@ class CortexState:
         if d.signal.direction:
             s.last_signal = d
         s.decisions += 1
+        self.decided += 1
         self.recent.append(d)
         lat = d.decided_ns - d.recv_ns
         self.latency_ns.append(lat)

@@ -25,48 +25,17 @@ from pathlib import Path
 import pytest
 
 from chimera_core.control import ControlClient
+from tests.cortex.browser import ARTIFACTS, CHROMIUM, NO_BROWSER
+from tests.cortex.browser import launch as _launch
+from tests.cortex.browser import settle as _settle
+from tests.cortex.browser import wait_text as _wait_text
 from tests.loopback import REPO, chimera, free_port, wait_port
 
 pytestmark = pytest.mark.timeout(300)
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "cortex"
 TOKEN = "cortex-browser-test-token-0123456789abcdef"  # >= 32 chars, as the engine requires
 TOKENS = ("2885", "1594", "3045")
 PASSWORD = "cortex operator passphrase"
-
-
-def _settle(page, timeout_s: float = 30.0) -> str:
-    """Wait as machine-floor.md says: app mounted, not Running, no skeleton, text stable."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
-    deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        status = page.locator('[data-testid="stStatusWidget"]').all_inner_texts()
-        busy = (
-            any("Running" in s for s in status)
-            or page.locator('[data-testid="stSkeleton"]').count()
-        )
-        text = page.locator('[data-testid="stApp"]').inner_text()
-        if busy or text != last:
-            last, since = text, time.monotonic()
-        elif time.monotonic() - since >= 0.5:
-            return text
-        time.sleep(0.1)
-    return last or ""
-
-
-def _wait_text(page, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
-    """Wait until the page's text matches ``pattern`` (the fragments refresh it live)."""
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = page.locator('[data-testid="stApp"]').inner_text()
-        m = re.search(pattern, text)
-        if m:
-            return m
-        time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} never appeared; page text:\n{text[-3000:]}")
 
 
 def _open(page, base: str, path: str, name: str) -> str:
@@ -87,26 +56,6 @@ def _neural_state(data_dir: Path, timeout_s: float = 60.0) -> dict:
             pass
         time.sleep(0.5)
     raise AssertionError("the recorder never wrote neural_state.json for every symbol")
-
-
-def _launch(pw, profile: str):
-    """Debian's chromium with the machine-floor flags; Playwright takes the fresh profile
-    dir as user_data_dir, not as a flag."""
-    return pw.chromium.launch_persistent_context(
-        profile,
-        executable_path=CHROMIUM,
-        headless=True,
-        viewport={"width": 1500, "height": 2200},
-        args=[
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    )
 
 
 def _assert_no_controls(page) -> None:
@@ -132,8 +81,7 @@ def _approval_status(db: Path, approval_id: str) -> str | None:
 
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
-    reason=f"NO BROWSER: {CHROMIUM} is missing — install Debian's chromium "
-    "(`apt-get install -y chromium`; .ci/run does it) to run the cortex browser test",
+    reason=NO_BROWSER,
 )
 @pytest.mark.timeout(600)  # ~1-2 min alone; a loaded 2-core box takes several
 def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
