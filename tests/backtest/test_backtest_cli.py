@@ -75,3 +75,25 @@ def test_bad_input_says_what_to_fix(tmp_path):
     assert done.returncode != 0 and "unknown strategy 'nope'" in done.stderr
     done = _backtest("--strategy", "ma_cross", "--param", "fast=40", cwd=tmp_path)
     assert done.returncode != 0 and "must be shorter than slow" in done.stderr
+
+
+def test_a_tick_file_runs_through_a_fresh_paper_node(tmp_path):
+    """The shipped tick file's frames at their recorded receive times (about 9 s apart per
+    token, so the feed's staleness limit is raised, as a trader replaying it would)."""
+    (tmp_path / "chimera.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[feed]\nstale_after_s = 60\n'
+        "[strategy]\nbar_interval_s = 30\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "backtest", "--data",
+         str(REPO / "data" / "samples" / "sim_seed7.chtick"), "--strategy", "ma_cross",
+         "--param", "fast=3", "--param", "slow=8", "--report", str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=200,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_bytes())
+    assert result["ticks"] == 2850 and result["mode"] == "event-ticks"
+    assert len(result["trades"]) > 5 and len(result["fills"]) >= len(result["trades"])
+    pnl = sum(t["pnl"] for t in result["trades"])
+    assert result["final_equity"] == pytest.approx(1_000_000.0 + pnl, abs=0.05)

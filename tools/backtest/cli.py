@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ChimeraError(f"--segment {args.segment!r}: one of {names}") from None
     if Path(args.data).is_dir():  # a recorded black-box session: its ticks, its config
         return _session(Path(args.data), args)
+    if Path(args.data).suffix == ".chtick":  # a tick file: its frames on this config
+        return _tick_file(cfg, Path(args.data), args)
     bars = load_data(args.data, cfg, args)
     # The feed's token field is ASCII letters and digits: the file's name, cleaned, unless
     # --token says (event mode checks it through the real codec).
@@ -193,6 +195,37 @@ def _session(session_dir: Path, args: argparse.Namespace) -> int:
         f"final equity {run.final_equity:,.2f}; {out / 'result.json'}"
     )
     return 0 if run.reproduced else 1
+
+
+def _tick_file(cfg: Any, path: Path, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tools.backtest.report import result_json
+    from tools.backtest.session import run_tick_file
+
+    if args.fast:
+        raise ChimeraError("a tick file runs in event mode only: drop --fast")
+    factory = _event_factory(args)
+    run = asyncio.run(run_tick_file(cfg, path, strategy=factory))
+    result = {
+        "mode": "event-ticks", "source": run.session, "ticks": run.ticks,
+        "fills": run.fills, "trades": run.trades, "final_equity": run.final_equity,
+        "final_state": run.final_state,
+    }  # fmt: skip
+    out = Path(args.report) if args.report else Path(cfg.data_dir) / "backtests" / path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_bytes(result_json(result) + b"\n")
+    print(
+        f"{path.name}: {run.ticks} ticks, {len(run.fills)} fills, {len(run.trades)} trades, "
+        f"final equity {run.final_equity:,.2f}; {out / 'result.json'}"
+    )
+    return 0
+
+
+def _event_factory(args: argparse.Namespace) -> Any:
+    from tools.backtest.run import event_factory
+
+    return event_factory(args.strategy, _params(args.param), args.long_only)
 
 
 def _default_dir(cfg: Any, strategy: str, result: dict[str, Any]) -> Path:

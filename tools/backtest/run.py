@@ -85,6 +85,23 @@ _EVENT: dict[str, Callable[[Mapping[str, Any], bool], StrategyFactory]] = {
 }
 
 
+def event_factory(
+    strategy: str, params: Mapping[str, float] | None = None, long_only: bool = False
+) -> StrategyFactory:
+    """Event mode's StrategyFactory for a registered (or module:attr) strategy."""
+    from tools.backtest.strategies import get
+
+    spec = get(strategy)
+    checked = spec.check_params(
+        {k: (int(v) if any(p.name == k and p.kind is int for p in spec.params) else v)
+         for k, v in (params or {}).items()}
+    )  # fmt: skip
+    make = spec.event if spec.event is not None else _EVENT.get(strategy)
+    if make is None:
+        raise ChimeraError(f"strategy {strategy!r} has no event-mode side; use --fast")
+    return make(checked, long_only)
+
+
 def run_backtest(
     cfg: Config,
     bars: BarSeries,

@@ -33,6 +33,7 @@ from chimera_core.telemetry import (
     TOPIC_FEED,
     TOPIC_RAW,
     TOPIC_TICK,
+    encode_message,
     split,
 )
 from tools.backtest.event import SimNode, Trade, _RoundTrips
@@ -194,6 +195,36 @@ async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: 
         run.final_state = engine.trading_state.value
     finally:
         await sim.close()
+    return run
+
+
+async def run_tick_file(
+    cfg: Config,
+    path: Path,
+    work_dir: Path | None = None,
+    strategy: StrategyFactory = default_factory,
+) -> SessionRun:
+    """A tick file's frames (``chimera sim --record-sent``, or converted history) through a
+    fresh paper node on ``cfg``, at their recorded receive times; nothing to compare."""
+    from tools.backtest.data import load_ticks
+
+    source = load_ticks(path)
+    bodies = (
+        encode_message(TOPIC_RAW, i, TickRecord(recv_ns, frame, None))
+        for i, (frame, recv_ns) in enumerate(source, start=1)
+    )
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="chimera-backtest-ticks-")
+        work_dir = Path(tmp.name)
+    try:
+        run = await _run(cfg, f"{Path(path).name} {source.sha256}", bodies,
+                         Path(work_dir), strategy, None)  # fmt: skip
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    run.compared = run.identical = 0  # no recorded decisions to compare with
+    run.first_divergence = None
     return run
 
 
