@@ -5,16 +5,20 @@ Measured (bars per second = bars / wall time of one backtest, median of ``--repe
 after a JIT warm-up; backtesting.py, a per-bar Python loop, runs once):
 
 1. ``ma_cross``: our fast moving-average crossover (``tools.backtest.fast.ma_cross``, the
-   public call with its input checks, and the njit kernel alone), vectorbt
-   (``vbt.MA.run`` + ``Portfolio.from_signals``) and backtesting.py (``Backtest.run`` with
-   an SMA crossover ``Strategy``): long only, 100 units, fills at the signal bar's close,
-   0.05 % commission per fill, no slippage. backtesting.py first calls ``next()`` on the
-   bar after its indicators warm up (bar 50, where ours and vectorbt may act on bar 49),
-   so it is compared with our run with entries allowed from bar 50 (``entries_allowed``).
-   The three final equities must agree: ours
-   charges each fill in whole paise (as ``ChargeCalculator``: percent of turnover,
-   rounded half-up), the references in exact floats, so they differ by at most half a
-   paisa per fill; the same run without charges must agree to float rounding (1e-6).
+   public call with its input checks and its rounding to paise, timed; and the njit
+   kernel alone), vectorbt (``vbt.MA.run`` + ``Portfolio.from_signals``) and
+   backtesting.py (``Backtest.run`` with the SMA crossover ``Strategy`` of its docs,
+   ``crossover``): enter long when the fast SMA crosses above the slow one (below at the
+   previous close, above at this one), exit while it is below; 100 units, fills at the
+   signal bar's close (``fill="close"``, the references' rule; chimera's default, the
+   next bar's open, is event mode's), 0.05 % commission per fill, no slippage, no
+   brackets. Agreement is checked on a run of ours that takes the prices as given
+   (``price_divisor=0``), as the references do. backtesting.py first calls ``next()`` on
+   bar 50, where a cross of bars 49/50 is the earliest any of the three can see. The
+   three final equities must agree: ours charges each fill in whole paise (as
+   ``ChargeCalculator``: percent of turnover, rounded half-up), the references in exact
+   floats, so they differ by at most half a paisa per fill; the same run without charges
+   must agree to float rounding (1e-6).
 2. ``default``: the default econophysics strategy (rolling kernels, the dated NSE cash
    charge schedule, ATR brackets).
 3. ``kernels``: energy + z + band over the series, ``chimera_core.physics``' per-bar
@@ -62,7 +66,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 def make_bars(n: int, seed: int) -> dict[str, np.ndarray]:
     """A geometric random walk (0.1 % per bar) with opens gapping from the previous close
-    and highs / lows around both."""
+    and highs / lows around both. Prices are not rounded to paise: on a price grid two
+    moving averages can be exactly equal, and where they are the references' float
+    rounding (not the market) decides whether they crossed."""
     rng = np.random.default_rng(seed)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.001, n)))
     open_ = np.concatenate(([100.0], close[:-1])) * np.exp(rng.normal(0.0, 0.0002, n))
@@ -86,8 +92,12 @@ def rate(n: int, times: list[float]) -> float:
     return n / statistics.median(times)
 
 
-def ma_settings(fees: bool) -> FastSettings:
+def ma_settings(fees: bool, price_divisor: float = 0.0) -> FastSettings:
+    """The references' rules; prices as given (``price_divisor`` 0) unless told, as they
+    take them."""
     return FastSettings(
+        fill="close",
+        price_divisor=price_divisor,
         commission="percent" if fees else "none",
         commission_pct=FEE * 100,
         slippage_bps=0.0,
@@ -106,7 +116,8 @@ def ma_settings(fees: bool) -> FastSettings:
 
 def bench_ours(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
     n = b["close"].size
-    s = ma_settings(True)
+    # Timed as a user calls it: the bars rounded to paise first (the default).
+    s = ma_settings(True, price_divisor=100.0)
     fast.warm_up()
 
     def public() -> fast.FastResult:
@@ -122,21 +133,35 @@ def bench_ours(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
         )
 
     public()  # compile for these types (or load the cache)
-    times, result = timed(public, repeat)
+    times, _ = timed(public, repeat)
+    # Compared with the references on the prices they see, as given.
+    result = fast.ma_cross(
+        b["open"],
+        b["high"],
+        b["low"],
+        b["close"],
+        settings=ma_settings(True),
+        fast=FAST_WINDOW,
+        slow=SLOW_WINDOW,
+    )
     starts, table = fast.charge_table(s)
     versions = fast.charge_versions(starts, None, n)
     p = fast._params(s, 0.0)
     none = np.empty(0, dtype=np.bool_)
+    no_delays = np.empty(0, dtype=np.int8)
+    up = b["close"] >= b["open"]
     kernel_times, _ = timed(
         lambda: fast.ma_cross_kernel(
             b["open"],
             b["high"],
             b["low"],
             b["close"],
+            up,
             FAST_WINDOW,
             SLOW_WINDOW,
             none,
             none,
+            no_delays,
             versions,
             table,
             p,
@@ -152,24 +177,6 @@ def bench_ours(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
         fast=FAST_WINDOW,
         slow=SLOW_WINDOW,
     )
-    # backtesting.py first calls Strategy.next() on the bar after every indicator has a
-    # value (bar SLOW_WINDOW, where ours and vectorbt can act at SLOW_WINDOW - 1): the same
-    # run with entries allowed from that bar is the one to compare it with.
-    late = np.ones(n, dtype=np.bool_)
-    late[:SLOW_WINDOW] = False
-    aligned = {
-        fees: fast.ma_cross(
-            b["open"],
-            b["high"],
-            b["low"],
-            b["close"],
-            settings=ma_settings(fees),
-            fast=FAST_WINDOW,
-            slow=SLOW_WINDOW,
-            entries_allowed=late,
-        )
-        for fees in (True, False)
-    }
     return {
         "times_s": times,
         "bars_per_s": rate(n, times),
@@ -181,13 +188,6 @@ def bench_ours(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
         "final_equity": result.final_equity,
         "final_equity_no_fees": no_fee.final_equity,
         "charges": result.charges_paid,
-        "from_bar_slow": {
-            "trades": len(aligned[True].trades),
-            "closed_trades": int(aligned[True].trades.closed.sum()),
-            "fills": int(len(aligned[True].trades) + aligned[True].trades.closed.sum()),
-            "final_equity": aligned[True].final_equity,
-            "final_equity_no_fees": aligned[False].final_equity,
-        },
     }
 
 
@@ -201,20 +201,26 @@ def bench_vectorbt(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
         return {"skipped": f"vectorbt not installed ({exc}); pip install -e '.[bench]'"}
     close = pd.Series(b["close"])
 
+    def signals() -> tuple[Any, Any]:
+        fast_ma = vbt.MA.run(close, FAST_WINDOW).ma.to_numpy()
+        slow_ma = vbt.MA.run(close, SLOW_WINDOW).ma.to_numpy()
+        # A cross: below at the previous close, above at this one (backtesting.py's
+        # ``crossover``, chimera's MovingAverageCross). vbt's ``crossed_above`` also
+        # counts below -> equal -> above, which paise prices make happen.
+        above = fast_ma > slow_ma
+        below = fast_ma < slow_ma
+        entries = above & np.concatenate(([False], below[:-1]))
+        return entries, below
+
     def run(fees: float) -> Any:
-        fast_ma = vbt.MA.run(close, FAST_WINDOW).ma
-        slow_ma = vbt.MA.run(close, SLOW_WINDOW).ma
-        entries = fast_ma > slow_ma
-        exits = fast_ma < slow_ma
+        entries, exits = signals()
         return vbt.Portfolio.from_signals(
             close, entries, exits, size=QTY, fees=fees, init_cash=INITIAL, accumulate=False
         )
 
     run(FEE)  # warm-up: vectorbt's own numba kernels compile on first use
     times, pf = timed(lambda: run(FEE), repeat)
-    fast_ma = vbt.MA.run(close, FAST_WINDOW).ma
-    slow_ma = vbt.MA.run(close, SLOW_WINDOW).ma
-    entries, exits = fast_ma > slow_ma, fast_ma < slow_ma
+    entries, exits = signals()
     sim_times, _ = timed(
         lambda: vbt.Portfolio.from_signals(
             close, entries, exits, size=QTY, fees=FEE, init_cash=INITIAL
@@ -243,6 +249,8 @@ def bench_backtesting(b: dict[str, np.ndarray]) -> dict[str, Any]:
             from backtesting import Backtest, Strategy
     except ImportError as exc:
         return {"skipped": f"backtesting not installed ({exc}); pip install -e '.[bench]'"}
+    from backtesting.lib import crossover
+
     n = b["close"].size
     frame = pd.DataFrame(
         {
@@ -265,11 +273,10 @@ def bench_backtesting(b: dict[str, np.ndarray]) -> dict[str, Any]:
             self.slow_ma = self.I(sma, self.data.Close, SLOW_WINDOW)
 
         def next(self) -> None:
-            f, s = self.fast_ma[-1], self.slow_ma[-1]
             if not self.position:
-                if f > s:
+                if crossover(self.fast_ma, self.slow_ma):
                     self.buy(size=QTY)
-            elif f < s:
+            elif self.fast_ma[-1] < self.slow_ma[-1]:
                 self.position.close()
 
     def run(fee: float) -> Any:
@@ -427,7 +434,8 @@ def run(n: int, seed: int, repeat: int) -> dict[str, Any]:
             "numba": numba.__version__,
         },
         "ma_cross": {
-            "strategy": f"SMA {FAST_WINDOW}/{SLOW_WINDOW} crossover, long only, {QTY} units, "
+            "strategy": f"SMA {FAST_WINDOW}/{SLOW_WINDOW} crossover (enter on a cross above, exit "
+            f"below), long only, {QTY} units, "
             f"fill at close, {FEE * 100:g} % per fill, no slippage",
             "ours": ours,
             "vectorbt": vbt,
@@ -437,7 +445,7 @@ def run(n: int, seed: int, repeat: int) -> dict[str, Any]:
             if "skipped" not in bt
             else None,
             "agreement_vectorbt": agreement(ours, vbt),
-            "agreement_backtesting": agreement(ours["from_bar_slow"], bt),
+            "agreement_backtesting": agreement(ours, bt),
         },
         "default": default,
         "kernels": kernels,

@@ -19,10 +19,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chimera_core import physics
-from chimera_core.config import ChargesConfig, Config
-from chimera_core.contracts import AccountSnapshot, Band, PhysicsState, Side, Signal, Structure
+from chimera_core.config import ChargesConfig, Config, parse_config
+from chimera_core.contracts import (
+    AccountSnapshot,
+    Band,
+    ExchangeType,
+    Mode,
+    PhysicsState,
+    Side,
+    Signal,
+    Structure,
+    Tick,
+)
+from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.markets import MarketConfig, calendar_for
-from chimera_core.strategy import DefaultStrategy
+from chimera_core.strategy import DefaultStrategy, MovingAverageCross
 from chimera_execution.charges import ChargeCalculator
 from chimera_execution.smart_execution import Bracket
 from chimera_governance.exposure import ExposureLimits, fit
@@ -249,8 +260,52 @@ def test_default_signals_equal_default_strategy_evaluate(
 # ---------------------------------------------------------------------------------------
 
 
-def reference_run(o, h, lo, c, s: FastSettings, decide, ts_ms=None, entries_ok=None, square=None):
-    """``decide(i, sign, held_bars)`` -> (direction, exit reason name or "")."""
+def on_feed_grid(s: FastSettings, *arrays):
+    """The prices as the feed's codec carries them: round(price x divisor) / divisor
+    (smartapi_v2's encode / decode), element by element in Python."""
+    d = s.price_divisor
+    if not d:
+        return arrays
+    return tuple(np.array([round(x * d) / d for x in a.tolist()]) for a in arrays)
+
+
+def path_prints(o, first, second, c, levels):
+    """A bar's prints as event mode replays it: the open three times, then each leg's end
+    twice, with every level (``levels()``, asked before each leg) the leg passes strictly
+    through printed twice on the way."""
+    yield from (o, o, o)
+    prev = o
+    for b in (first, second, c):
+        inside = sorted(x for x in levels() if min(prev, b) < x < max(prev, b))
+        for x in inside if b > prev else inside[::-1]:
+            yield from (x, x)
+        yield from (b, b)
+        prev = b
+
+
+def reference_run(
+    o,
+    h,
+    lo,
+    c,
+    s: FastSettings,
+    decide,
+    ts_ms=None,
+    entries_ok=None,
+    square=None,
+    delays=None,
+    reverse=False,
+    closed_bar_signal=False,
+):
+    """``decide(i, sign, held_bars)`` -> (entry direction, exit reason name or "").
+
+    A print-by-print replay of each bar (``path_prints``): an order decided on a print
+    fills at the next one — a bracket the print reaches (``Bracket.check``), the exit
+    decided at the previous close (on the open's first print; the bracket goes first) —
+    and the entry decided there fills on the open's third print, or ``delays[j]`` prints
+    later."""
+    up = (c >= o).tolist()  # the path is chosen on the prices as given
+    o, h, lo, c = on_feed_grid(s, o, h, lo, c)
     arrays = (h, lo, c)
     o, h, lo, c = (x.tolist() for x in (o, h, lo, c))  # Python floats (Decimal reads repr)
     n = len(c)
@@ -290,12 +345,14 @@ def reference_run(o, h, lo, c, s: FastSettings, decide, ts_ms=None, entries_ok=N
     fill_bar = -1
     last_entry = -(10**9)
     bracket = None
-    pending = None
+    pending_exit = None  # reason of the exit decided at the previous close
+    pending_entry = None  # (side, qty, atr) decided there
     trades: list[dict] = []
     equity, position = [], []
 
-    def open_trade(j, d, qty, px, atr):
+    def open_trade(j, d, qty, level, atr):
         nonlocal cash, sign, held, fill_bar, last_entry, bracket
+        px = level * (1 + slip) if d > 0 else level * (1 - slip)
         ch = charge(d > 0, qty, px, j)
         cash -= d * qty * px + ch
         sign, held, fill_bar, last_entry = d, qty, j, j
@@ -337,74 +394,89 @@ def reference_run(o, h, lo, c, s: FastSettings, decide, ts_ms=None, entries_ok=N
         bracket = None
 
     for j in range(n):
-        if pending is not None:
-            kind, *args = pending
-            if kind == "exit":
-                close_trade(j, o[j], args[0])
-            else:
-                d, qty, atr = args
-                px = o[j] * (1 + slip) if d > 0 else o[j] * (1 - slip)
-                open_trade(j, d, qty, px, atr)
-            pending = None
-        if sign and bracket is not None:
-            path = (o[j], lo[j], h[j]) if sign > 0 else (o[j], h[j], lo[j])
-            for step, price in enumerate(path):
+        first, second = (lo[j], h[j]) if up[j] else (h[j], lo[j])
+        working = None  # the exit order decided on the last print: fills on this one
+        entry_at = 2 + (int(delays[j]) if delays is not None else 0)
+
+        def levels():  # asked by this bar's prints only, as they are replayed
+            if sign and bracket is not None and working is None:  # noqa: B023
+                return (bracket.stop, bracket.target)
+            return ()
+
+        for k, price in enumerate(path_prints(o[j], first, second, c[j], levels)):
+            if working is not None:
+                close_trade(j, price, working)
+                working = None
+            if pending_entry is not None and k == entry_at:
+                open_trade(j, *pending_entry[:2], price, pending_entry[2])
+                pending_entry = None
+            if sign and bracket is not None and working is None:
                 hit = bracket.check(price)
                 if hit is not None:
-                    level = (
-                        price
-                        if step == 0
-                        else (bracket.stop if hit.value == "STOP_LOSS" else bracket.target)
-                    )
-                    close_trade(j, level, hit.value.lower())
-                    break
+                    working = hit.value.lower()
+            if k == 0 and sign and working is None and pending_exit is not None:
+                working = pending_exit
+            if k == 0:
+                pending_exit = None
+        assert working is None and pending_entry is None, "every order fills inside its bar"
+
         d, why = decide(j, sign, j - fill_bar)
+        was_flat = not sign
+        exiting = False
         if sign:
             if square is not None and square[j]:
                 why = "square_off"
             if why:
+                exiting = True
                 if s.fill == "next_open":
-                    pending = ("exit", why)
+                    pending_exit = why
                 else:
                     close_trade(j, c[j], why)
-        elif (
+        fill_at = j + 1 if s.fill == "next_open" else j
+        if (
             d
+            and (was_flat or (reverse and exiting))
             and not (s.long_only and d < 0)
             and (entries_ok is None or entries_ok[j])
             and (square is None or not square[j])
-            and j - last_entry >= s.cooldown_bars
+            and fill_at - last_entry >= s.cooldown_bars
+            and fill_at < n
         ):
             ref = c[j]
             px = ref * (1 + slip) if d > 0 else ref * (1 - slip)
             lot = 1 if s.sizing == "fixed" else s.lot_size
+            mark = cash + sign * held * ref
             if s.sizing == "fixed":
                 qty = s.qty
             elif s.sizing == "lots":
                 qty = s.lots * s.lot_size
             else:
-                budget = s.equity_fraction * cash
+                budget = s.equity_fraction * mark
                 qty = math.floor(budget / px / lot) * lot
                 while qty > 0 and qty * px + charge(d > 0, qty, px, j) > budget:
                     qty -= lot
-            account = AccountSnapshot(cash, cash, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, {}, {}, {})
+            account = AccountSnapshot(mark, mark, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, {}, {}, {})
             qty, _ = fit(account, "T", Side.BUY if d > 0 else Side.SELL, qty, ref, limits, lot)
             if qty > 0:
+                # The ATR the node has when the entry is decided: through the last closed
+                # bar (the decision bar itself when the signal is read at the next open).
+                end = j if (closed_bar_signal and s.fill == "next_open") else j - 1
                 atr = (
-                    physics.atr_at(*arrays, j - 1, s.atr_lookback)
-                    if j - 1 >= s.atr_lookback
+                    physics.atr_at(*arrays, end, s.atr_lookback)
+                    if end >= s.atr_lookback
                     else math.nan
                 )
                 if s.fill == "next_open":
-                    if j + 1 < n:
-                        pending = ("entry", d, qty, atr)
+                    pending_entry = (d, qty, atr)
                 else:
-                    open_trade(j, d, qty, px, atr)
+                    open_trade(j, d, qty, c[j], atr)
         equity.append(cash + sign * held * c[j])
         position.append(sign * held)
     return trades, np.array(equity), np.array(position)
 
 
 def default_decider(c, h, lo, energy_n, z_n, band_n, k, threshold, s: FastSettings):
+    c, h, lo = on_feed_grid(s, c, h, lo)
     states = live_physics(c, h, lo, energy_n, z_n, band_n, k, s.atr_lookback)
     strategy = DefaultStrategy(
         threshold, s.exit_energy_ratio, s.exit_on_reversal, s.max_hold_bars * MINUTE
@@ -419,16 +491,20 @@ def default_decider(c, h, lo, energy_n, z_n, band_n, k, threshold, s: FastSettin
 
 
 def ma_decider(c, fast_n, slow_n, s: FastSettings):
+    (c,) = on_feed_grid(s, c)
     closes = pd.Series(c)
     f = closes.rolling(fast_n).mean().to_numpy()
     sl = closes.rolling(slow_n).mean().to_numpy()
-    # Means closer than 1e-10 of the slow one are equal (no signal), fast mode's rule.
+    # Means closer than 1e-10 of the slow one are equal (no signal), MovingAverageCross's
+    # rule; an entry only on a cross: both directions non-zero and different.
     tie = 1e-10 * np.abs(sl)
     direction = np.where(f - sl > tie, 1, np.where(f - sl < -tie, -1, 0))
     strategy = DefaultStrategy(1.0, 0.0, s.exit_on_reversal, s.max_hold_bars * MINUTE)
 
     def decide(i, sign, held_bars):
         d = int(direction[i])
+        before = int(direction[i - 1]) if i else 0
+        cross = d if (before and d and d != before) else 0
         why = (
             strategy.exit_reason(
                 PhysicsState(
@@ -441,7 +517,7 @@ def ma_decider(c, fast_n, slow_n, s: FastSettings):
             if sign
             else ""
         )
-        return d, why
+        return cross, why
 
     return decide
 
@@ -477,6 +553,7 @@ run_settings = st.builds(
     commission_fixed=st.sampled_from([0.0, 20.0]),
     product=st.sampled_from(["INTRADAY", "DELIVERY"]),
     slippage_bps=st.sampled_from([0.0, 1.0, 5.0]),
+    price_divisor=st.sampled_from([0.0, 100.0]),
     sizing=st.sampled_from(["fixed", "lots", "equity_fraction"]),
     qty=st.integers(1, 500),
     lots=st.integers(1, 5),
@@ -496,9 +573,15 @@ run_settings = st.builds(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(s=run_settings, seed=st.integers(0, 10_000), with_ts=st.booleans(), masks=st.booleans())
-def test_default_strategy_equals_reference_loop(s, seed, with_ts, masks) -> None:
-    o, h, lo, c, v = bars(seed, 500)
+@given(
+    s=run_settings,
+    seed=st.integers(0, 10_000),
+    with_ts=st.booleans(),
+    masks=st.booleans(),
+    on_grid=st.booleans(),
+)
+def test_default_strategy_equals_reference_loop(s, seed, with_ts, masks, on_grid) -> None:
+    o, h, lo, c, v = bars(seed, 500, tick=0.05 if on_grid else None)
     ts = (
         (MS_2024 + 40 * 86_400_000 * 3 + np.arange(c.size) * MINUTE * 60 * 24 // 2).astype(np.int64)
         if with_ts
@@ -507,6 +590,7 @@ def test_default_strategy_equals_reference_loop(s, seed, with_ts, masks) -> None
     rng = np.random.default_rng(seed)
     ok = rng.random(c.size) > 0.1 if masks else None
     sq = rng.random(c.size) > 0.97 if masks else None
+    delays = rng.choice(np.array([0, 0, 0, 1, 2], dtype=np.int8), c.size) if masks else None
     args = (20, 30, 40, 1.0, 0.05)
     result = fast.default_strategy(
         o,
@@ -523,9 +607,10 @@ def test_default_strategy_equals_reference_loop(s, seed, with_ts, masks) -> None
         ts_ms=ts,
         entries_allowed=ok,
         square_off=sq,
+        open_delay=delays,
     )
     decide = default_decider(c, h, lo, *args, s)
-    trades, equity, position = reference_run(o, h, lo, c, s, decide, ts, ok, sq)
+    trades, equity, position = reference_run(o, h, lo, c, s, decide, ts, ok, sq, delays)
     assert_same_run(result, trades, equity, position)
 
 
@@ -536,11 +621,19 @@ def test_default_strategy_equals_reference_loop(s, seed, with_ts, masks) -> None
     fast_n=st.integers(1, 10),
     slow_n=st.integers(11, 40),
     on_grid=st.booleans(),
+    with_delays=st.booleans(),
+    vol=st.sampled_from([0.00002, 0.004]),
 )
-def test_ma_cross_equals_reference_loop(s, seed, fast_n, slow_n, on_grid) -> None:
-    o, h, lo, c, v = bars(seed, 500, tick=0.05 if on_grid else None)
-    result = fast.ma_cross(o, h, lo, c, v, settings=s, fast=fast_n, slow=slow_n)
-    trades, equity, position = reference_run(o, h, lo, c, s, ma_decider(c, fast_n, slow_n, s))
+def test_ma_cross_equals_reference_loop(s, seed, fast_n, slow_n, on_grid, with_delays, vol) -> None:
+    # vol 2e-5: an ATR under a tick, so stops sit at the entry's own print.
+    o, h, lo, c, v = bars(seed, 500, vol=vol, tick=0.05 if on_grid else None)
+    rng = np.random.default_rng(seed)
+    delays = rng.choice(np.array([0, 0, 0, 1, 2], dtype=np.int8), c.size) if with_delays else None
+    result = fast.ma_cross(o, h, lo, c, v, settings=s, fast=fast_n, slow=slow_n, open_delay=delays)
+    decide = ma_decider(c, fast_n, slow_n, s)
+    trades, equity, position = reference_run(
+        o, h, lo, c, s, decide, delays=delays, reverse=True, closed_bar_signal=True
+    )
     assert_same_run(result, trades, equity, position)
 
 
@@ -652,6 +745,91 @@ def test_bars_after_i_never_change_decisions_at_or_before_i(
         assert decided_at_cut(a) == decided_at_cut(b)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    prices=st.lists(st.floats(0.006, 2e5, allow_nan=False), min_size=4, max_size=4),
+    segment=st.sampled_from([ExchangeType.NSE_CM, ExchangeType.NSE_FO, ExchangeType.CDE_FO]),
+)
+def test_bars_are_rounded_as_the_feed_codec_carries_prices(prices, segment) -> None:
+    o, c = prices[:2]  # the other two are the bar's other extremes
+    h, lo = max(prices), min(prices)
+    divisor = 1e7 if segment is ExchangeType.CDE_FO else 100.0
+    if segment is ExchangeType.CDE_FO and h > 200.0:
+        return  # int32 price field: currencies trade far below this
+    arrays = [np.array([x]) for x in (o, h, lo, c)]
+    row, *rounded, up = fast._feed_prices(*arrays, divisor)
+    assert row == -1 and up[0] == (c >= o)
+
+    def through_codec(price: float) -> float:
+        tick = Tick("T", int(segment), int(Mode.QUOTE), 1, 1_735_689_600_000, price,
+                    open=price, high=price, low=price)  # fmt: skip
+        return decode(encode(tick)).ltp
+
+    assert [r[0] for r in rounded] == [through_codec(x) for x in (o, h, lo, c)]
+
+
+def test_a_bar_that_rounds_to_zero_is_refused() -> None:
+    o, h, lo, c, v = bars(2, 50)
+    lo2 = lo.copy()
+    lo2[7] = 0.004  # half a paisa and less: 0.00 on the feed
+    with pytest.raises(BacktestInputError, match="bar 7"):
+        fast.ma_cross(o, h, lo2, c, v)
+    fast.ma_cross(o, h, lo2, c, v, settings=FastSettings(price_divisor=0.0))  # as given
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    fast_n=st.integers(1, 8),
+    slow_extra=st.integers(1, 20),
+    long_only=st.booleans(),
+    flat=st.booleans(),
+)
+def test_ma_cross_signals_are_movingaveragecross_signals(
+    seed, fast_n, slow_extra, long_only, flat
+) -> None:
+    """The crosses fast mode enters on against the live strategy's signal, fed one print
+    per bar: it reads a bar's close at the next bar's first print."""
+    slow_n = fast_n + slow_extra
+    c = bars(seed, 300, vol=0.002)[3]
+    if flat:
+        c[100:160] = c[100]  # equal averages: no direction, and no cross through them
+    direction = np.empty(c.size, dtype=np.int8)
+    entry = np.empty(c.size, dtype=np.int8)
+    fast.ma_cross_signals(c, fast_n, slow_n, direction)
+    fast.ma_cross_entries(direction, entry)
+    live = MovingAverageCross(fast_n, slow_n, long_only)
+    want = []
+    for j in range(c.size):  # a print at bar j's close; the next one closes bar j
+        state = PhysicsState(
+            float(c[j]), j, math.nan, math.nan, Structure.WARMUP, Band.WARMUP,
+            math.nan, math.nan, math.nan, math.nan,
+        )  # fmt: skip
+        signal = live.evaluate(state)[0].direction
+        if j:
+            want.append(signal)  # the cross at close j - 1
+    got = [0 if (long_only and e < 0) else int(e) for e in entry[:-1]]
+    assert got == want
+    assert (entry != 0).sum() >= 2 or slow_n > 20  # the series does cross
+
+
+def test_open_delays_count_the_prints_a_gap_costs_an_entry() -> None:
+    """Five-minute bars, the node's defaults (stale after four bars, the feed clock
+    allowing two): after a gap of 3 or more bars the first print is dropped, after 5 or
+    more the next one is stale as well."""
+    steps = [1, 1, 2, 3, 4, 5, 6, 213, 1]
+    ts = 1_735_689_600_000 + np.cumsum([0, *steps]).astype(np.int64) * 300_000
+    cfg = parse_config("")
+    got = fast.event_open_delays(cfg, ts, 300_000)
+    assert got.tolist() == [1, 0, 0, 0, 1, 1, 2, 2, 2, 0]
+    explicit = fast.open_delays(ts, 300_000, stale_after_s=1200.0, max_ahead_s=600.0,
+                                latency_ms=cfg.execution.paper.latency_ms)  # fmt: skip
+    assert explicit.tolist() == got.tolist()
+    o, h, lo, c, v = bars(3, 10)
+    with pytest.raises(BacktestInputError, match="open_delay values"):
+        fast.ma_cross(o, h, lo, c, v, fast=2, slow=3, open_delay=np.full(10, 3, dtype=np.int8))
+
+
 def test_a_flat_market_never_crosses() -> None:
     close = np.concatenate((np.linspace(100.0, 110.0, 300), np.full(3000, 110.05)))
     direction = np.empty(close.size, dtype=np.int8)
@@ -717,12 +895,16 @@ def test_equity_fraction_is_the_largest_whole_lot_that_fits(
     assert cost(q + lot) > budget
 
 
-def test_caps_bind_as_the_exposure_rules() -> None:
+@pytest.mark.parametrize("fill", ["close", "next_open"])
+def test_caps_bind_as_the_exposure_rules(fill) -> None:
     o, h, lo, c, v = bars(1, 300, start=1000.0)
-    s = FastSettings(sizing="fixed", qty=10_000, max_position_value=50_000.0, brackets=False)
+    s = FastSettings(
+        fill=fill, sizing="fixed", qty=10_000, max_position_value=50_000.0, brackets=False
+    )
     r = fast.ma_cross(o, h, lo, c, v, settings=s, fast=3, slow=10)
     assert len(r.trades)
-    ref = c[r.trades.entry_bar]  # entries fill at the close: the reference price
+    # Sized at the decision's close: the entry bar's (close fills) or the one before.
+    ref = c[r.trades.entry_bar - (fill == "next_open")]
     assert (r.trades.qty == np.floor(50_000.0 / ref)).all()
 
 
@@ -758,13 +940,22 @@ def test_bad_bars_are_refused_naming_the_bar() -> None:
 
 def test_settings_from_config_carry_the_toml_values() -> None:
     cfg = Config()
-    s = fast.settings_from_config(cfg, fill="next_open")
-    assert s.fill == "next_open"
+    s = fast.settings_from_config(cfg, fill="close")
+    assert s.fill == "close" and fast.settings_from_config(cfg).fill == "next_open"
     assert s.commission == "schedule" and s.market == "NSE_CM"
     assert s.slippage_bps == cfg.execution.paper.slippage_bps
     assert s.stop_atr_multiple == cfg.execution.stop_atr_multiple
     assert s.max_position_value == cfg.governance.max_position_value
     assert s.cooldown_bars == 1  # 60 s cooldown on 60 s bars
+    assert s.price_divisor == 100.0
+    # The data's interval turns seconds into bars; without governance there are no caps.
+    off = parse_config("[governance]\nenabled = false\n[strategy]\nmax_hold_s = 3600\n")
+    s5 = fast.settings_from_config(off, "2885", bar_interval_s=300)
+    assert (s5.max_hold_bars, s5.cooldown_bars) == (12, 1)
+    assert s5.max_position_value == math.inf and s5.max_net_exposure == math.inf
+    assert s5.max_position_qty >= 10**18
+    currency = fast.settings_from_config(cfg, "CDE_FO:1234", kind="FUT")
+    assert currency.price_divisor == 1e7
 
 
 def test_result_metrics_and_records() -> None:
@@ -827,7 +1018,8 @@ def test_registry_refuses_what_it_cannot_run() -> None:
         strategies.register(strategies.MA_CROSS)
 
 
-def test_session_masks_follow_the_market_calendar() -> None:
+@pytest.mark.parametrize("fill", ["close", "next_open"])
+def test_session_masks_follow_the_market_calendar(fill) -> None:
     cal = calendar_for({}, 1)  # NSE cash: 09:15-15:30 IST, square-off 15:15
     day = int(datetime(2025, 6, 2, 3, 45, tzinfo=UTC).timestamp() * 1000)  # 09:15 IST, Monday
     decision = day + np.arange(375, dtype=np.int64) * MINUTE + MINUTE - 1
@@ -835,18 +1027,24 @@ def test_session_masks_follow_the_market_calendar() -> None:
     assert entries[0] and not square[0]
     assert square[-1] and not entries[-1]
     assert [entries[i] for i in range(375)] == [cal.entries_allowed(int(t)) for t in decision]
-    o, h, lo, c, v = bars(8, 375)
+    o, h, lo, c, v = bars(16, 375)  # a series whose last cross is before the cut-off
     r = fast.ma_cross(
         o,
         h,
         lo,
         c,
         v,
-        settings=FastSettings(brackets=False),
+        settings=FastSettings(fill=fill, brackets=False),
         fast=3,
         slow=10,
         entries_allowed=entries,
         square_off=square,
     )
-    assert r.position[square].tolist() == [0] * int(square.sum())  # flat from the square-off
-    assert not np.isin(r.trades.entry_bar, np.flatnonzero(~entries)).any()
+    first = int(np.argmax(square))
+    assert r.position[first - 1] != 0  # held into the square-off: it has work to do
+    # Flat from the square-off: at its bar's close, or at the next bar's open.
+    after = first if fill == "close" else first + 1
+    assert r.position[after:].tolist() == [0] * (375 - after)
+    assert EXIT_REASONS[int(r.trades.exit_reason[-1])] == "square_off"
+    decided = r.trades.entry_bar - (fill == "next_open")
+    assert not np.isin(decided, np.flatnonzero(~entries)).any()

@@ -2,55 +2,69 @@
 
 For parameter sweeps: the same kernels (``chimera_core.physics``'s values, computed O(1)
 per bar by ``tools.backtest.rolling``), the same strategy rules (``DefaultStrategy.evaluate``
-/ ``exit_reason``), the governance exposure caps, the ATR brackets of the router
-(``Bracket.from_entry``, on the tick grid) and the charges of ``ChargeCalculator``, over
-(open, high, low, close, volume) float64 arrays.
+/ ``exit_reason``, ``MovingAverageCross``), the governance exposure caps, the ATR brackets
+of the router (``Bracket.from_entry``, on the tick grid) and the charges of
+``ChargeCalculator``, over (open, high, low, close, volume) float64 arrays. With
+``fill = "next_open"`` (the default) the moving-average crossover makes the trades event
+mode makes (``tests/backtest/test_parity.py``; where they cannot agree:
+docs/BACKTEST_METRICS.md, "Where the modes differ").
+
+Prices first
+------------
+
+The bars are rounded to the feed's price unit (``price_divisor``: paise, 10^-7 rupee on
+currency futures), as ``smartapi_v2``'s codec delivers every print to the engine; the
+kernels, fills, brackets and marks all read the rounded prices. Each bar is replayed as
+event mode prints it: O → L → H → C when close >= open (judged on the prices as given, as
+``event.bar_ticks`` does), else O → H → L → C.
 
 One bar step (bar j, in this order)
 -----------------------------------
 
-1. **Orders from the previous decision** (``fill = "next_open"`` only) fill at ``open[j]``:
-   an exit first (there is never an exit and an entry pending together).
-2. **Brackets.** A position with a bracket (stop / target from the entry's fill price and
-   the ATR at its decision, rounded toward the entry on the ``tick_size`` grid exactly as
-   ``Bracket.from_entry``) is checked against bar j, whatever bar it was entered on
-   (with ``next_open`` that includes the bar it opened at):
-
-   - long: ``open <= stop`` → STOP_LOSS at the open; else ``open >= target`` →
-     TAKE_PROFIT at the open; else ``low <= stop`` → STOP_LOSS at the stop (even if the
-     bar also reached the target: which came first is unknown, and the stop is the
-     conservative guess); else ``high >= target`` → TAKE_PROFIT at the target.
-   - short: the mirror (``open >= stop``, ``open <= target``, ``high >= stop``,
-     ``low <= target``).
-
-   A bracket exit happens inside bar j and leaves the position flat for step 3. A
-   position entered at bar j's close is first checked on bar j + 1; one entered at bar
-   j's open (``next_open``) on bar j itself. The exit fills at the level (or the open),
-   with slippage: the paper broker would fill at the first tick past the level.
-3. **Decision at bar j's close**, on the physics the live engine has at the last tick of
-   bar j: energy, z and the band over closes up to and including ``close[j]`` (the
-   forming bar's last price); the ATR over the closed bars up to j - 1 (``SymbolPhysics``
-   refreshes closed-bar statistics when a bar closes, and bar j has not closed yet).
+1. **The open.** A position with a bracket whose level the open is already past (a gap)
+   exits at the open (STOP_LOSS / TAKE_PROFIT); else the exit decided at bar j - 1's
+   close fills there (``fill = "next_open"``). Then the entry decided there fills at the
+   open, after the exit (a reversal: two fills at one price, each charged), or, where the
+   node lost prints to a feed gap (``open_delay[j]``, see ``open_delays``), at the first
+   leg's end. Its bracket (stop / target from the fill price and the ATR the node had
+   when it decided; rounded toward the entry on the ``tick_size`` grid exactly as
+   ``Bracket.from_entry``; no finite ATR > 0, or an entry under two ticks: no bracket, as
+   the router logs ``bracket_refused``) is checked at the entry's own print: a level it
+   is past exits at the next print (the first leg's end, or after a two-print delay the
+   second's; no level is printed while an exit is working).
+2. **The legs.** A position with a bracket is checked leg by leg along the path, from
+   the open (from the entry's print on its entry bar): the first leg whose end reaches a
+   level exits AT THE LEVEL (event mode prints the level where a leg passes through it).
+   So on an up bar a long's stop (on the way to the low) is tested before its target,
+   on a down bar its target first. A bracket exit leaves the position flat for step 3.
+3. **Decision at bar j's close.** The default strategy decides on the physics the live
+   engine has at the last tick of bar j: energy, z and the band over closes up to and
+   including ``close[j]`` (the forming bar's last price), the ATR over the closed bars up
+   to j - 1. The crossover decides on closed bars (``MovingAverageCross`` reads close j at
+   the first print of bar j + 1): the direction d_j = sign(SMA_fast - SMA_slow) at close
+   j (0 while warming up, and where the averages are within 1e-10 x SMA_slow of each
+   other), a cross where d_(j-1) and d_j are non-zero and differ; with next-open fills
+   its entry's ATR includes bar j, closed by then.
 
    - holding a position: the strategy exit — ``square_off[j]`` → SQUARE_OFF; else
-     ``exit_reason`` (signal reversal, energy decay below exit_energy_ratio x threshold,
-     held >= max_hold_bars bars since its fill bar) — closes the whole position at the
-     fill rule. The same decision never enters again (live with governance: an entry
-     against a held position is vetoed, and a vetoed signal does not re-arm within the
-     bar), so the earliest re-entry is at bar j + 1's decision.
-   - flat: a signal (long only when ``long_only``) enters when ``entries_allowed[j]``
+     ``exit_reason`` (signal reversal: the direction against the position; energy decay
+     below exit_energy_ratio x threshold; held >= max_hold_bars bars since its fill bar)
+     — closes the whole position at the fill rule. For the default strategy the same
+     decision never enters again (live with governance: an entry against a held position
+     is vetoed, and a vetoed signal does not re-arm within the bar); a crossover's cross
+     back is also its entry the other way (a reversal).
+   - an entry: the default strategy's signal when flat; the crossover's cross only (once
+     per cross: no re-entry after a bracket exit until the next cross). Longs only with
+     ``long_only`` (a down-cross still exits a long). Only when ``entries_allowed[j]``
      and not ``square_off[j]`` (the market calendar at the decision; ``session_masks``),
-     at least ``cooldown_bars`` bars after the previous entry's fill bar. Its quantity is
-     sized at the reference price ``close[j]`` (with slippage, and the charges when
-     sizing by equity fraction), then fitted under the exposure caps
-     (``max_position_value``, ``max_position_qty``, ``max_gross_exposure`` and
-     ``max_net_exposure`` x equity) in whole lots, as ``chimera_governance.exposure.fit``;
-     nothing fits → no entry. There is no pyramiding (max_entries_per_position = 1).
-   - the fill: ``fill = "close"`` at ``close[j]`` now; ``"next_open"`` at ``open[j+1]``
-     in step 1 of the next bar (never filled after the last bar). An entry's bracket
-     uses the ATR of this decision (bar j - 1's, exactly ``physics.atr_at``); no finite
-     ATR > 0 (or an entry under two ticks) → no bracket, as the router logs
-     ``bracket_refused`` and trades on.
+     and at least ``cooldown_bars`` bars from the previous entry's fill bar to this
+     one's. Its quantity is sized at the reference price ``close[j]`` (with slippage, and
+     the charges when sizing by equity fraction, on the equity at that close), then
+     fitted under the exposure caps (``max_position_value``, ``max_position_qty``,
+     ``max_gross_exposure`` and ``max_net_exposure`` x equity) in whole lots, as
+     ``chimera_governance.exposure.fit``; nothing fits → no entry. No pyramiding.
+   - the fill: ``"next_open"`` at bar j + 1's open (step 1; never after the last bar);
+     ``"close"`` at ``close[j]`` now, its bracket first checked at bar j + 1's open.
 4. **Mark**: ``equity[j]`` = cash + position x ``close[j]``; ``position[j]`` = units held.
    A position still open after the last bar stays open (exit_bar -1, EXIT_OPEN), marked.
 
@@ -63,10 +77,11 @@ two equal bar by bar).
 Every fill moves the price against the trade by ``slippage_bps`` (``price x (1 ± bps /
 1e4)``, as the paper broker) and pays its charges, each fill an order of its own.
 
-What fast mode leaves out (event mode has them): the per-tick ARM → FIRE confirmation
-(a bar-close signal counts as confirmed), order latency, partial fills against depth,
-the regime/capital/meta-risk layers (daily loss, drawdown halt, trades per day, min
-confidence) and approvals.
+What fast mode leaves out (event mode has them): the per-print evaluation of the default
+strategy (its entries and exits on the forming bar), order latency beyond the next print,
+partial fills against depth, a cooldown that ends inside a bar, the regime /
+capital / meta-risk layers (daily loss, drawdown halt, trades per day, min confidence)
+and approvals.
 
 Charges
 -------
@@ -89,6 +104,7 @@ test holds ``fill_charges`` equal to ``ChargeCalculator`` on random orders.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
@@ -101,6 +117,8 @@ import numpy.typing as npt
 
 from chimera_core import physics
 from chimera_core.config import ChargesConfig, Config
+from chimera_core.contracts import ExchangeType
+from chimera_core.feed.smartapi_v2 import _DIVISOR as PRICE_DIVISORS
 from chimera_core.markets import merged_market
 from chimera_execution import charges as charges_module
 from chimera_execution.charges import ChargeCalculator, Line
@@ -148,10 +166,13 @@ __all__ = [
     "default_signals",
     "default_strategy",
     "default_strategy_kernel",
+    "event_open_delays",
     "fill_charges",
     "ma_cross",
+    "ma_cross_entries",
     "ma_cross_kernel",
     "ma_cross_signals",
+    "open_delays",
     "session_masks",
     "settings_from_config",
     "simulate",
@@ -167,8 +188,12 @@ class FastSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """How fast mode fills, charges, sizes and exits. Names follow chimera.toml's keys
     (``[paper]``, ``[strategy]``, ``[execution]``, ``[governance]``); defaults are theirs."""
 
-    # Fills: at the signal bar's close, or at the next bar's open.
-    fill: Literal["close", "next_open"] = "close"
+    # Fills: at the next bar's open (event mode's, the live node's), or at the signal
+    # bar's close.
+    fill: Literal["close", "next_open"] = "next_open"
+    # Bars are first rounded to 1 / price_divisor rupee, as the feed's codec carries
+    # prices (paise: 100; 10^7 on CDE_FO); 0 takes them as given.
+    price_divisor: float = 100.0
     # Charges per fill: the segment's dated schedule (ChargeCalculator), a percent of the
     # fill's traded value (commission_pct, in percent as [markets] charges_pct), a fixed
     # amount per order (commission_fixed), or none.
@@ -225,6 +250,7 @@ class FastSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             need(isinstance(v, int) and not isinstance(v, bool) and v >= low, key, f"int >= {low}")
 
         finite("commission_pct", 0.0, 100.0)
+        finite("price_divisor", 0.0, 1e9)
         finite("commission_fixed", 0.0)
         finite("slippage_bps", 0.0, 10_000.0)
         finite("equity_fraction", 0.0, 1e6, low_open=True)
@@ -262,18 +288,30 @@ class FastSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 def settings_from_config(
-    cfg: Config, token: str | None = None, kind: str | None = None, **overrides: object
+    cfg: Config,
+    token: str | None = None,
+    kind: str | None = None,
+    bar_interval_s: float | None = None,
+    **overrides: object,
 ) -> FastSettings:
     """FastSettings from a chimera.toml Config: its fills' slippage and starting cash, the
-    strategy's exits and quantity, the bracket multiples, the exposure caps, and the
-    charges ``token``'s segment ("NSE_FO:35001", or the feed's) is configured with.
-    ``kind`` is a derivative's "FUT" / "OPT" (the instrument master's); ``overrides``
-    replace any field."""
+    strategy's exits and quantity, the bracket multiples, the exposure caps (none with
+    ``[governance] enabled = false``, as the node), the feed's price grid and the charges
+    ``token``'s segment ("NSE_FO:35001", or the feed's) is configured with. ``kind`` is a
+    derivative's "FUT" / "OPT" (the instrument master's); ``bar_interval_s`` the data's
+    bar interval (event mode runs the node on it; default ``[strategy] bar_interval_s``),
+    which turns ``max_hold_s`` and ``cooldown_s`` into bars; ``overrides`` replace any
+    field."""
     s, ex, gov = cfg.strategy, cfg.execution, cfg.governance
     market: str = cfg.feed.exchange_type
     if token is not None and ":" in token:
         market, _, token = token.partition(":")
     merged = merged_market(market, cfg.markets.get(market))
+    interval = float(bar_interval_s if bar_interval_s is not None else s.bar_interval_s)
+    if not (math.isfinite(interval) and interval > 0):
+        raise BacktestInputError(f"bar_interval_s must be a number of seconds > 0, got {interval}")
+    caps = gov.enabled
+    segment = ExchangeType.__members__.get(market)
     values: dict[str, object] = {
         "commission": merged.charges,
         "commission_pct": merged.charges_pct or 0.0,
@@ -283,6 +321,8 @@ def settings_from_config(
         "kind": kind,
         "equity_charges": ex.charges,
         "slippage_bps": ex.paper.slippage_bps,
+        # The codec's price unit for the segment (paise, or 10^-7 rupee on currencies).
+        "price_divisor": PRICE_DIVISORS.get(int(segment), 100.0) if segment else 100.0,
         "qty": s.order_qty,
         "lot_size": cfg.feed.lots.get(token or "", 1),
         "initial_equity": ex.paper.starting_cash,
@@ -291,12 +331,12 @@ def settings_from_config(
         "tick_size": cfg.feed.tick_sizes.get(token or "", 0.05),
         "exit_on_reversal": s.exit_on_reversal,
         "exit_energy_ratio": s.exit_energy_ratio,
-        "max_hold_bars": math.ceil(s.max_hold_s / s.bar_interval_s) if s.max_hold_s else 0,
-        "cooldown_bars": math.ceil(s.cooldown_s / s.bar_interval_s),
-        "max_position_value": gov.max_position_value,
-        "max_position_qty": gov.max_position_qty,
-        "max_gross_exposure": gov.max_gross_exposure,
-        "max_net_exposure": gov.max_net_exposure,
+        "max_hold_bars": math.ceil(s.max_hold_s / interval) if s.max_hold_s else 0,
+        "cooldown_bars": math.ceil(s.cooldown_s / interval),
+        "max_position_value": gov.max_position_value if caps else math.inf,
+        "max_position_qty": gov.max_position_qty if caps else _NO_QTY_CAP,
+        "max_gross_exposure": gov.max_gross_exposure if caps else math.inf,
+        "max_net_exposure": gov.max_net_exposure if caps else math.inf,
     }
     if values["lot_size"] != 1:  # intents are order_qty whole lots
         values["sizing"] = "lots"
@@ -306,6 +346,9 @@ def settings_from_config(
         return msgspec.convert(values, FastSettings)
     except msgspec.ValidationError as exc:
         raise BacktestInputError(f"FastSettings from config: {exc}") from None
+
+
+_NO_QTY_CAP = 1 << 62  # max_position_qty when governance is off: no cap
 
 
 # ---------------------------------------------------------------------------------------
@@ -572,10 +615,13 @@ P_MAX_VALUE = 17
 P_MAX_QTY = 18
 P_MAX_GROSS = 19
 P_MAX_NET = 20
-P_SIZE = 21
-
-_ENTRY = 1
-_EXIT = 2
+# 1: an exit decided at a close may be followed by the opposite entry at the same fill
+# (a reversal: ma_cross, whose cross back is both); 0: the same decision never enters.
+P_REVERSE = 21
+# 1: the signal is read on closed bars, at the next bar's first print (ma_cross): with
+# next_open fills the entry's ATR includes the decision bar.
+P_CLOSED_BAR_SIGNAL = 22
+P_SIZE = 23
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -624,16 +670,98 @@ def _fit_qty(
     return fitted
 
 
+# The trade rows simulate writes (one array per column, sized to the bars).
+_Book = namedtuple(
+    "_Book",
+    "entry_bar exit_bar side qty entry_price exit_price charges pnl exit_reason",
+)
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _book_entry(
+    book: _Book,
+    t: int,
+    j: int,
+    side: int,
+    qty: int,
+    level: float,
+    slip: float,
+    table: FloatArray,
+    version: int,
+) -> float:
+    """Open trade row ``t`` at bar ``j``: ``qty`` units bought (side +1) or sold at
+    ``level`` moved by the slippage. Returns the cash it takes, charges included."""
+    buy = side > 0
+    px = level * (1.0 + slip) if buy else level * (1.0 - slip)
+    ch = fill_charges(table, version, buy, qty, px)
+    book.entry_bar[t] = j
+    book.exit_bar[t] = -1
+    book.side[t] = side
+    book.qty[t] = qty
+    book.entry_price[t] = px
+    book.exit_price[t] = math.nan
+    book.charges[t] = ch
+    book.pnl[t] = math.nan
+    book.exit_reason[t] = EXIT_OPEN
+    return side * qty * px + ch
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _book_exit(
+    book: _Book,
+    t: int,
+    j: int,
+    sign: int,
+    held: int,
+    level: float,
+    why: int,
+    slip: float,
+    table: FloatArray,
+    version: int,
+) -> float:
+    """Close trade row ``t`` at bar ``j``, at ``level`` moved by the slippage, for reason
+    ``why``. Returns the cash it brings, charges deducted."""
+    buy = sign < 0
+    px = level * (1.0 + slip) if buy else level * (1.0 - slip)
+    ch = fill_charges(table, version, buy, held, px)
+    book.exit_bar[t] = j
+    book.exit_price[t] = px
+    book.charges[t] += ch
+    book.pnl[t] = sign * held * (px - book.entry_price[t]) - book.charges[t]
+    book.exit_reason[t] = why
+    return sign * held * px - ch
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _crossed(sign: int, price: float, stop: float, target: float) -> int:
+    """The bracket leg a print at ``price`` reaches (``Bracket.check``): STOP_LOSS,
+    TAKE_PROFIT, or 0."""
+    if sign > 0:
+        if price <= stop:
+            return EXIT_STOP_LOSS
+        if price >= target:
+            return EXIT_TAKE_PROFIT
+    else:
+        if price >= stop:
+            return EXIT_STOP_LOSS
+        if price <= target:
+            return EXIT_TAKE_PROFIT
+    return 0
+
+
 @numba.njit(cache=True, error_model="numpy")
 def simulate(
     open_: FloatArray,
     high: FloatArray,
     low: FloatArray,
     close: FloatArray,
+    up: BoolArray,
     direction: Int8Array,
+    entry: Int8Array,
     energy: FloatArray,
     entries_ok: BoolArray,
     square_off: BoolArray,
+    open_delay: Int8Array,
     versions: Int8Array,
     table: FloatArray,
     p: FloatArray,
@@ -653,12 +781,16 @@ def simulate(
 ]:
     """The bar step of the module docstring over every bar.
 
-    ``direction[j]`` is the strategy's signal at bar j's decision (+1, -1, 0);
-    ``energy[j]`` its energy (read only when p[P_EXIT_ENERGY] > 0). Empty
-    ``entries_ok`` / ``square_off`` mean always / never; ``versions[j]`` the charge table
-    row at bar j. Returns (trade count, entry_bar, exit_bar, side, qty, entry_price,
-    exit_price, charges, pnl, exit_reason, equity, position); trade arrays are sized to
-    the bars and hold ``count`` rows.
+    ``direction[j]`` is the strategy's direction at bar j's decision (+1, -1, 0: what a
+    position is exited against), ``entry[j]`` its entry signal there (the direction
+    itself for the default strategy; only the crosses for ma_cross); ``energy[j]`` its
+    energy (read only when p[P_EXIT_ENERGY] > 0); ``up[j]`` whether bar j is replayed
+    O→L→H→C (else O→H→L→C); ``open_delay[j]`` the prints an entry at bar j's open waits
+    past them (``open_delays``). Empty ``entries_ok`` / ``square_off`` / ``open_delay``
+    mean always / never / none; ``versions[j]`` the charge table row at bar j. Returns (trade
+    count, entry_bar, exit_bar, side, qty, entry_price, exit_price, charges, pnl,
+    exit_reason, equity, position); trade arrays are sized to the bars and hold ``count``
+    rows.
     """
     n = close.size
     entry_bar = np.empty(n, dtype=np.int64)
@@ -672,6 +804,9 @@ def simulate(
     reason_out = np.empty(n, dtype=np.int8)
     equity = np.empty(n)
     position = np.empty(n, dtype=np.int64)
+    trades = _Book(
+        entry_bar, exit_bar, side_out, qty_out, entry_px, exit_px, charges_out, pnl_out, reason_out
+    )
 
     next_open = p[P_NEXT_OPEN] != 0.0
     slip = p[P_SLIPPAGE]
@@ -685,8 +820,14 @@ def simulate(
     exit_energy = p[P_EXIT_ENERGY]
     max_hold = int(p[P_MAX_HOLD])
     cooldown = int(p[P_COOLDOWN])
+    reverse = p[P_REVERSE] != 0.0
+    # The ATR an entry's bracket uses, relative to its decision bar: the closed bars
+    # before it (a decision at the bar's last print), or through it (a signal read at the
+    # next bar's first print, when the decision bar has closed).
+    atr_lag = 0 if (next_open and p[P_CLOSED_BAR_SIGNAL] != 0.0) else 1
     always_ok = entries_ok.size == 0
     never_square = square_off.size == 0
+    no_delays = open_delay.size == 0
 
     cash = p[P_EQUITY]
     sign = 0  # -1, 0, +1
@@ -697,98 +838,82 @@ def simulate(
     has_bracket = False
     stop = math.nan
     target = math.nan
-    pending = 0
+    pending_exit = False
+    pending_reason = 0
+    pending_entry = False
     pending_side = 0
     pending_qty = 0
-    pending_reason = 0
     pending_atr = math.nan
 
     for j in range(n):
         o = open_[j]
         c = close[j]
         v = versions[j]
-        # 1. the previous decision's order, at this bar's open
-        if pending == _EXIT:
-            buy = sign < 0
-            px = o * (1.0 + slip) if buy else o * (1.0 - slip)
-            ch = fill_charges(table, v, buy, held, px)
-            cash += sign * held * px - ch
-            t = count - 1
-            exit_bar[t] = j
-            exit_px[t] = px
-            charges_out[t] += ch
-            pnl_out[t] = sign * held * (px - entry_px[t]) - charges_out[t]
-            reason_out[t] = pending_reason
-            sign = 0
-            held = 0
-            has_bracket = False
-        elif pending == _ENTRY:
-            buy = pending_side > 0
-            px = o * (1.0 + slip) if buy else o * (1.0 - slip)
-            ch = fill_charges(table, v, buy, pending_qty, px)
-            cash -= pending_side * pending_qty * px + ch
+        # The path's two middle points: O -> first -> second -> C.
+        first = low[j] if up[j] else high[j]
+        second = high[j] if up[j] else low[j]
+        legs_from = 1  # the first path point (1 first, 2 second, 3 close) checked below
+        exit_at = 0.0
+        why = 0
+
+        # 1. the open: a level it is already past (a gap), else the exit decided at the
+        #    previous close; then the entry decided there.
+        if sign != 0:
+            if has_bracket:
+                why = _crossed(sign, o, stop, target)
+            if why == 0 and pending_exit:
+                why = pending_reason
+            exit_at = o
+        if pending_entry:
+            if why != 0:  # the exit goes first, at the same print
+                cash += _book_exit(trades, count - 1, j, sign, held, exit_at, why, slip, table, v)
+                sign = 0
+                held = 0
+                has_bracket = False
+                why = 0
+            # After a feed gap the node confirms the entry on later prints (open_delays):
+            # it fills at the first leg's end, on its first print or its repeat.
+            delay = 0 if no_delays else open_delay[j]
+            at = o if delay == 0 else first
+            legs_from = 1 if delay == 0 else 2
             sign = pending_side
             held = pending_qty
             fill_bar = j
             last_entry = j
-            entry_bar[count] = j
-            exit_bar[count] = -1
-            side_out[count] = sign
-            qty_out[count] = held
-            entry_px[count] = px
-            exit_px[count] = math.nan
-            charges_out[count] = ch
-            pnl_out[count] = math.nan
-            reason_out[count] = EXIT_OPEN
+            cash -= _book_entry(trades, count, j, sign, held, at, slip, table, v)
             count += 1
             has_bracket = False
             if use_brackets:
                 has_bracket, stop, target = bracket_levels(
-                    sign, px, pending_atr, stop_mult, take_mult, tick
+                    sign, trades.entry_price[count - 1], pending_atr, stop_mult, take_mult, tick
                 )
-        pending = 0
+            if has_bracket:
+                # The bracket is checked at the entry's own print; an exit it triggers
+                # fills at the next print (no level is printed while an exit is
+                # working): the first leg's end, or after its repeat the second's.
+                why = _crossed(sign, at, stop, target)
+                exit_at = second if delay == 2 else first
+        pending_exit = False
+        pending_entry = False
 
-        # 2. the bracket, inside this bar
-        if sign != 0 and has_bracket:
-            hit = 0
-            level = 0.0
-            h = high[j]
-            lo = low[j]
-            if sign > 0:
-                if o <= stop:
-                    hit, level = EXIT_STOP_LOSS, o
-                elif o >= target:
-                    hit, level = EXIT_TAKE_PROFIT, o
-                elif lo <= stop:
-                    hit, level = EXIT_STOP_LOSS, stop
-                elif h >= target:
-                    hit, level = EXIT_TAKE_PROFIT, target
-            else:
-                if o >= stop:
-                    hit, level = EXIT_STOP_LOSS, o
-                elif o <= target:
-                    hit, level = EXIT_TAKE_PROFIT, o
-                elif h >= stop:
-                    hit, level = EXIT_STOP_LOSS, stop
-                elif lo <= target:
-                    hit, level = EXIT_TAKE_PROFIT, target
-            if hit != 0:
-                buy = sign < 0
-                px = level * (1.0 + slip) if buy else level * (1.0 - slip)
-                ch = fill_charges(table, v, buy, held, px)
-                cash += sign * held * px - ch
-                t = count - 1
-                exit_bar[t] = j
-                exit_px[t] = px
-                charges_out[t] += ch
-                pnl_out[t] = sign * held * (px - entry_px[t]) - charges_out[t]
-                reason_out[t] = hit
-                sign = 0
-                held = 0
-                has_bracket = False
+        # 2. the legs: a level the path passes through fills at that level.
+        if sign != 0 and has_bracket and why == 0:
+            for m in range(legs_from, 4):
+                b = first if m == 1 else (second if m == 2 else c)
+                why = _crossed(sign, b, stop, target)
+                if why != 0:
+                    exit_at = stop if why == EXIT_STOP_LOSS else target
+                    break
+        if why != 0:
+            cash += _book_exit(trades, count - 1, j, sign, held, exit_at, why, slip, table, v)
+            sign = 0
+            held = 0
+            has_bracket = False
 
         # 3. the decision at this bar's close
         d = direction[j]
+        was_flat = sign == 0
+        exiting = False
         if sign != 0:
             why = 0
             if not never_square and square_off[j]:
@@ -800,64 +925,49 @@ def simulate(
             elif max_hold > 0 and j - fill_bar >= max_hold:
                 why = EXIT_MAX_HOLD
             if why != 0:
+                exiting = True
                 if next_open:
-                    pending = _EXIT
+                    pending_exit = True
                     pending_reason = why
                 else:
-                    buy = sign < 0
-                    px = c * (1.0 + slip) if buy else c * (1.0 - slip)
-                    ch = fill_charges(table, v, buy, held, px)
-                    cash += sign * held * px - ch
-                    t = count - 1
-                    exit_bar[t] = j
-                    exit_px[t] = px
-                    charges_out[t] += ch
-                    pnl_out[t] = sign * held * (px - entry_px[t]) - charges_out[t]
-                    reason_out[t] = why
+                    cash += _book_exit(trades, count - 1, j, sign, held, c, why, slip, table, v)
                     sign = 0
                     held = 0
                     has_bracket = False
-        elif (
-            d != 0
-            and not (long_only and d < 0)
+        e = entry[j]
+        fill_at = j + 1 if next_open else j
+        if (
+            e != 0
+            and (was_flat or (reverse and exiting))
+            and not (long_only and e < 0)
             and (always_ok or entries_ok[j])
             and (never_square or not square_off[j])
-            and j - last_entry >= cooldown
+            and fill_at - last_entry >= cooldown
+            and fill_at < n
         ):
-            qty = _fit_qty(p, table, v, d, c, cash)
+            # Sized on the equity at this close (a reversal's exit has not filled yet).
+            qty = _fit_qty(p, table, v, e, c, cash + sign * held * c)
             if qty > 0:
                 atr = math.nan
-                if use_brackets and j - 1 >= atr_n:
-                    atr = physics.atr_at(high, low, close, j - 1, atr_n)
+                end = j - atr_lag
+                if use_brackets and end >= atr_n:
+                    atr = physics.atr_at(high, low, close, end, atr_n)
                 if next_open:
-                    if j + 1 < n:
-                        pending = _ENTRY
-                        pending_side = d
-                        pending_qty = qty
-                        pending_atr = atr
+                    pending_entry = True
+                    pending_side = e
+                    pending_qty = qty
+                    pending_atr = atr
                 else:
-                    buy = d > 0
-                    px = c * (1.0 + slip) if buy else c * (1.0 - slip)
-                    ch = fill_charges(table, v, buy, qty, px)
-                    cash -= d * qty * px + ch
-                    sign = d
+                    sign = e
                     held = qty
                     fill_bar = j
                     last_entry = j
-                    entry_bar[count] = j
-                    exit_bar[count] = -1
-                    side_out[count] = d
-                    qty_out[count] = qty
-                    entry_px[count] = px
-                    exit_px[count] = math.nan
-                    charges_out[count] = ch
-                    pnl_out[count] = math.nan
-                    reason_out[count] = EXIT_OPEN
+                    cash -= _book_entry(trades, count, j, sign, held, c, slip, table, v)
                     count += 1
                     has_bracket = False
                     if use_brackets:
                         has_bracket, stop, target = bracket_levels(
-                            d, px, atr, stop_mult, take_mult, tick
+                            e, trades.entry_price[count - 1], atr, stop_mult, take_mult, tick
                         )
 
         # 4. mark
@@ -903,6 +1013,21 @@ def ma_cross_signals(close: FloatArray, fast: int, slow: int, direction: Int8Arr
         s, slow_state = sma_step(close, i, slow, slow_state)
         tie = MA_TIE * abs(s)
         direction[i] = 1 if f - s > tie else (-1 if f - s < -tie else 0)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def ma_cross_entries(direction: Int8Array, entry: Int8Array) -> None:
+    """The crosses (``MovingAverageCross``): the new direction at a close whose direction
+    and the previous close's are both non-zero and differ, 0 elsewhere. A crossover
+    enters only on a cross, once (no re-entry after a bracket exit until the next one);
+    passing through equal averages (+1, 0, -1) is no cross."""
+    n = direction.size
+    if n:
+        entry[0] = 0
+    for i in range(1, n):
+        a = direction[i - 1]
+        b = direction[i]
+        entry[i] = b if (a != 0 and b != 0 and a != b) else 0
 
 
 # Near a decision threshold a rolling value is replaced by the live kernel's own (exact)
@@ -994,10 +1119,12 @@ def ma_cross_kernel(
     high: FloatArray,
     low: FloatArray,
     close: FloatArray,
+    up: BoolArray,
     fast: int,
     slow: int,
     entries_ok: BoolArray,
     square_off: BoolArray,
+    open_delay: Int8Array,
     versions: Int8Array,
     table: FloatArray,
     p: FloatArray,
@@ -1017,17 +1144,24 @@ def ma_cross_kernel(
 ]:
     direction = np.empty(close.size, dtype=np.int8)
     ma_cross_signals(close, fast, slow, direction)
+    entry = np.empty(close.size, dtype=np.int8)
+    ma_cross_entries(direction, entry)
     q = p.copy()
     q[P_EXIT_ENERGY] = 0.0  # no energy in a moving-average crossover
+    q[P_REVERSE] = 1.0  # a cross back exits and enters the other way
+    q[P_CLOSED_BAR_SIGNAL] = 1.0  # MovingAverageCross reads closed bars
     return simulate(
         open_,
         high,
         low,
         close,
+        up,
         direction,
+        entry,
         np.empty(0),
         entries_ok,
         square_off,
+        open_delay,
         versions,
         table,
         q,
@@ -1040,6 +1174,7 @@ def default_strategy_kernel(
     high: FloatArray,
     low: FloatArray,
     close: FloatArray,
+    up: BoolArray,
     energy_n: int,
     z_n: int,
     band_n: int,
@@ -1047,6 +1182,7 @@ def default_strategy_kernel(
     threshold: float,
     entries_ok: BoolArray,
     square_off: BoolArray,
+    open_delay: Int8Array,
     versions: Int8Array,
     table: FloatArray,
     p: FloatArray,
@@ -1067,8 +1203,24 @@ def default_strategy_kernel(
     direction = np.empty(close.size, dtype=np.int8)
     energy = np.empty(close.size)
     default_signals(close, energy_n, z_n, band_n, k, threshold, p[P_EXIT_ENERGY], direction, energy)
+    q = p.copy()
+    q[P_REVERSE] = 0.0
+    q[P_CLOSED_BAR_SIGNAL] = 0.0  # DefaultStrategy decides on the forming bar's last print
     return simulate(
-        open_, high, low, close, direction, energy, entries_ok, square_off, versions, table, p
+        open_,
+        high,
+        low,
+        close,
+        up,
+        direction,
+        direction,
+        energy,
+        entries_ok,
+        square_off,
+        open_delay,
+        versions,
+        table,
+        q,
     )
 
 
@@ -1148,6 +1300,46 @@ def _first_bad_bar(o: FloatArray, h: FloatArray, lo: FloatArray, c: FloatArray) 
     return -1
 
 
+@numba.njit(cache=True)
+def _feed_prices(
+    o: FloatArray, h: FloatArray, lo: FloatArray, c: FloatArray, divisor: float
+) -> tuple[int, FloatArray, FloatArray, FloatArray, FloatArray, BoolArray]:
+    """(first bad bar or -1, open, high, low, close rounded to 1 / ``divisor``, up).
+
+    The prices as the feed's codec carries them (``round(price x divisor) / divisor``,
+    half to even, as ``smartapi_v2.encode`` then ``decode``); ``up[i]`` is event mode's
+    path choice, made on the prices as given (close >= open: O→L→H→C). A bar is bad
+    where a price is not finite and > 0 (after rounding too), or its high / low do not
+    contain its open and close."""
+    n = c.size
+    ro = np.empty(n)
+    rh = np.empty(n)
+    rl = np.empty(n)
+    rc = np.empty(n)
+    up = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        oi, hi, li, ci = o[i], h[i], lo[i], c[i]
+        if not (li > 0.0 and hi < math.inf and li <= oi <= hi and li <= ci <= hi):
+            return i, ro, rh, rl, rc, up
+        low_i = np.rint(li * divisor) / divisor
+        if not low_i > 0.0:
+            return i, ro, rh, rl, rc, up
+        ro[i] = np.rint(oi * divisor) / divisor
+        rh[i] = np.rint(hi * divisor) / divisor
+        rl[i] = low_i
+        rc[i] = np.rint(ci * divisor) / divisor
+        up[i] = ci >= oi
+    return -1, ro, rh, rl, rc, up
+
+
+@numba.njit(cache=True)
+def _up_bars(o: FloatArray, c: FloatArray) -> BoolArray:
+    up = np.empty(c.size, dtype=np.bool_)
+    for i in range(c.size):
+        up[i] = c[i] >= o[i]
+    return up
+
+
 def _float_bars(name: str, values: object) -> FloatArray:
     if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype != np.float64:
         got = (
@@ -1163,8 +1355,15 @@ def _float_bars(name: str, values: object) -> FloatArray:
 
 
 def _checked_bars(
-    open_: object, high: object, low: object, close: object, volume: object
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    open_: object,
+    high: object,
+    low: object,
+    close: object,
+    volume: object,
+    divisor: float = 0.0,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, BoolArray]:
+    """(open, high, low, close, up): the bars checked, and rounded to 1 / ``divisor``
+    when it is > 0 (``_feed_prices``)."""
     o = _float_bars("open", open_)
     h = _float_bars("high", high)
     lo = _float_bars("low", low)
@@ -1179,14 +1378,20 @@ def _checked_bars(
             f"volume must be a 1-D numpy array of {c.size} bars (or None), got "
             f"{getattr(volume, 'shape', type(volume).__name__)}"
         )
-    row = _first_bad_bar(o, h, lo, c)
+    if divisor > 0.0:
+        row, ro, rh, rl, rc, up = _feed_prices(o, h, lo, c, divisor)
+    else:
+        row = _first_bad_bar(o, h, lo, c)
+        ro, rh, rl, rc = o, h, lo, c
+        up = _up_bars(o, c) if row < 0 else np.empty(0, dtype=np.bool_)
     if row >= 0:
+        grid = f" (also rounded to 1/{divisor:g}, the feed's price unit)" if divisor else ""
         raise BacktestInputError(
             f"bar {row}: open {o[row]!r} high {h[row]!r} low {lo[row]!r} close {c[row]!r}: "
-            "prices must be finite and > 0, with low <= open, close <= high; fix or drop "
-            "that bar"
+            f"prices must be finite and > 0{grid}, with low <= open, close <= high; fix or "
+            "drop that bar"
         )
-    return o, h, lo, c
+    return ro, rh, rl, rc, up
 
 
 def _checked_mask(name: str, mask: object, size: int) -> BoolArray:
@@ -1206,12 +1411,22 @@ def _inputs(
     ts_ms: object,
     entries_allowed: object,
     square_off: object,
+    open_delay: object,
 ) -> tuple[
-    FloatArray, FloatArray, FloatArray, FloatArray, BoolArray, BoolArray, Int8Array, FloatArray
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    BoolArray,
+    BoolArray,
+    BoolArray,
+    Int8Array,
+    Int8Array,
+    FloatArray,
 ]:
     if not isinstance(settings, FastSettings):
         raise BacktestInputError(f"settings must be a FastSettings, got {type(settings).__name__}")
-    o, h, lo, c = _checked_bars(*bars)
+    o, h, lo, c, up = _checked_bars(*bars, divisor=settings.price_divisor)
     n = c.size
     ts = None
     if ts_ms is not None:
@@ -1225,8 +1440,10 @@ def _inputs(
         h,
         lo,
         c,
+        up,
         _checked_mask("entries_allowed", entries_allowed, n),
         _checked_mask("square_off", square_off, n),
+        _checked_delays(open_delay, n),
         versions,
         table,
     )
@@ -1251,19 +1468,26 @@ def ma_cross(
     ts_ms: IntArray | None = None,
     entries_allowed: BoolArray | None = None,
     square_off: BoolArray | None = None,
+    open_delay: Int8Array | None = None,
 ) -> FastResult:
-    """The moving-average crossover: long while the ``fast``-bar SMA of closes is above the
-    ``slow``-bar one, short (unless ``settings.long_only``) while below; a cross back is a
-    signal reversal. ``volume`` is not used (accepted for a uniform bar interface)."""
+    """The moving-average crossover (``MovingAverageCross``): enter long when the
+    ``fast``-bar SMA of closes crosses above the ``slow``-bar one, short (unless
+    ``settings.long_only``) when it crosses below, once per cross; a position exits when
+    the averages stand against it (a cross back, which also enters the other way).
+    ``open_delay`` says where an entry at each bar's open fills after a feed gap
+    (``open_delays``).
+    ``volume`` is not used (accepted for a uniform bar interface)."""
     s = settings or FastSettings()
     fast_n = checked_lookback("fast", fast, 1)
     slow_n = checked_lookback("slow", slow, 2)
     if fast_n >= slow_n:
         raise BacktestInputError(f"fast ({fast_n}) must be shorter than slow ({slow_n})")
-    o, h, lo, c, ok, sq, versions, table = _inputs(
-        (open_, high, low, close, volume), s, ts_ms, entries_allowed, square_off
+    o, h, lo, c, up, ok, sq, delays, versions, table = _inputs(
+        (open_, high, low, close, volume), s, ts_ms, entries_allowed, square_off, open_delay
     )
-    raw = ma_cross_kernel(o, h, lo, c, fast_n, slow_n, ok, sq, versions, table, _params(s, 0.0))
+    raw = ma_cross_kernel(
+        o, h, lo, c, up, fast_n, slow_n, ok, sq, delays, versions, table, _params(s, 0.0)
+    )
     return _result(raw, s)
 
 
@@ -1283,6 +1507,7 @@ def default_strategy(
     ts_ms: IntArray | None = None,
     entries_allowed: BoolArray | None = None,
     square_off: BoolArray | None = None,
+    open_delay: Int8Array | None = None,
 ) -> FastResult:
     """The default econophysics strategy (``DefaultStrategy``) with the genome's genes
     (``[strategy]`` names) and the exits of ``settings``. ``volume`` is not used by its
@@ -1299,14 +1524,15 @@ def default_strategy(
         raise BacktestInputError(
             f"energy_threshold must be a finite number > 0, got {energy_threshold!r}"
         )
-    o, h, lo, c, ok, sq, versions, table = _inputs(
-        (open_, high, low, close, volume), s, ts_ms, entries_allowed, square_off
+    o, h, lo, c, up, ok, sq, delays, versions, table = _inputs(
+        (open_, high, low, close, volume), s, ts_ms, entries_allowed, square_off, open_delay
     )
     # The same float product as DefaultStrategy.exit_energy.
     exit_energy = s.exit_energy_ratio * thr
     raw = default_strategy_kernel(
-        o, h, lo, c, en, zn, bn, k, thr, ok, sq, versions, table, _params(s, exit_energy)
-    )
+        o, h, lo, c, up, en, zn, bn, k, thr, ok, sq, delays, versions, table,
+        _params(s, exit_energy),
+    )  # fmt: skip
     return _result(raw, s)
 
 
@@ -1324,6 +1550,74 @@ def session_masks(decision_ts_ms: IntArray, calendar: object) -> tuple[BoolArray
         np.fromiter((entries(t) for t in ts), dtype=np.bool_, count=len(ts)),
         np.fromiter((past(t) for t in ts), dtype=np.bool_, count=len(ts)),
     )
+
+
+def open_delays(
+    ts_ms: IntArray,
+    interval_ms: int,
+    *,
+    stale_after_s: float,
+    max_ahead_s: float,
+    latency_ms: int = 0,
+) -> Int8Array:
+    """Per bar, how many prints past its open's three an entry decided at that open waits
+    in event mode (0, 1 or 2), from the gap before the bar. The open is printed three
+    times (``event.bar_ticks``): arm, fire, fill. After a gap, the node loses some:
+
+    - the feed clock drops a first print more than ``max_ahead_s`` after the last one it
+      accepted (the previous bar's last print, the close's repeat at its start + 3/4 of
+      the interval + ``latency_ms`` + 1), until a second print confirms the new time;
+    - the first print it accepts is stale when it comes more than ``stale_after_s``
+      after that last print, and no entry arms on a stale print.
+
+    Each lost print moves the fill one print on: to the first leg's end (O→L→H→C on an
+    up bar: the low), on its first print (1) or its repeat (2). Exits are not delayed
+    (they fill at the open all the same). The first bar is stale (no earlier print)."""
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    step = int(interval_ms) // 4
+    if step <= 0:
+        raise BacktestInputError(f"interval_ms must be >= 4 ms, got {interval_ms!r}")
+    gap = int(latency_ms) + 1
+    last_print = ts[:-1] + 3 * step + gap
+    out = np.ones(ts.size, dtype=np.int8)
+    lost = ts[1:] - last_print > int(max_ahead_s * 1000)  # FeedClock: refused
+    first_seen = ts[1:] + np.where(lost, gap, 0)
+    # As the engine compares: receive times in ns against int(stale_after_s x 1e9).
+    stale = (first_seen - last_print) * 1_000_000 > int(stale_after_s * 1e9)
+    out[1:] = lost.astype(np.int8) + stale.astype(np.int8)
+    return out
+
+
+def event_open_delays(cfg: Config, ts_ms: IntArray, interval_ms: int) -> Int8Array:
+    """``open_delays`` with the feed settings event mode runs the node with on bars of
+    ``interval_ms`` (``event.backtest_config``: ``[feed] stale_after_s`` raised to four
+    bars, at most a week; the engine's feed clock allows ``[sanity] max_clock_ahead_s``
+    or two bars, whichever is longer), and ``[execution.paper] latency_ms``."""
+    interval_s = interval_ms / 1000
+    return open_delays(
+        ts_ms,
+        interval_ms,
+        stale_after_s=min(604_800.0, max(cfg.feed.stale_after_s, 4.0 * interval_s)),
+        max_ahead_s=max(cfg.sanity.max_clock_ahead_s, 2 * (interval_ms // 1000)),
+        latency_ms=cfg.execution.paper.latency_ms,
+    )
+
+
+def _checked_delays(delays: object, size: int) -> Int8Array:
+    if delays is None:
+        return np.empty(0, dtype=np.int8)
+    if not isinstance(delays, np.ndarray) or delays.shape != (size,):
+        raise BacktestInputError(
+            f"open_delay must be a numpy int array with one value per bar ({size}), got "
+            f"{getattr(delays, 'shape', type(delays).__name__)}"
+        )
+    out = np.ascontiguousarray(delays, dtype=np.int8)
+    if out.size and (out.min() < 0 or out.max() > 2):
+        raise BacktestInputError(
+            f"open_delay values must be 0, 1 or 2 (prints past the open), got "
+            f"{int(out.min())}..{int(out.max())}"
+        )
+    return out
 
 
 def warm_up() -> None:

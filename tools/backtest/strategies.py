@@ -152,7 +152,8 @@ MA_CROSS = StrategySpec(
         Param("fast", int, 10, 1, 10_000, "bars in the fast simple moving average"),
         Param("slow", int, 30, 2, 10_000, "bars in the slow simple moving average"),
     ),
-    doc="Long while the fast SMA is above the slow one, short (unless long_only) below.",
+    doc="Enter long when the fast SMA crosses above the slow one, short (unless long_only) "
+    "when it crosses below; exit on the cross back (MovingAverageCross).",
     constraint=_fast_below_slow,
 )
 
