@@ -97,3 +97,26 @@ def test_a_tick_file_runs_through_a_fresh_paper_node(tmp_path):
     assert len(result["trades"]) > 5 and len(result["fills"]) >= len(result["trades"])
     pnl = sum(t["pnl"] for t in result["trades"])
     assert result["final_equity"] == pytest.approx(1_000_000.0 + pnl, abs=0.05)
+
+
+def test_both_modes_make_the_same_trades_through_the_cli_path():
+    """`chimera backtest` with and without --fast on the shipped sample, on the NSE calendar
+    (entry cut-off, square-off, nights and a weekend), governance off: the same trades."""
+    from chimera_core.config import parse_config
+    from tools.backtest.data import load_bars
+    from tools.backtest.run import run_backtest
+
+    cfg = parse_config('[governance]\nenabled = false\n[logging]\ndecisions = "none"\n')
+    bars = load_bars(SAMPLE)
+    event, _ = run_backtest(cfg, bars, "ma_cross", {"fast": 5, "slow": 20}, token="2885")
+    fast, _ = run_backtest(cfg, bars, "ma_cross", {"fast": 5, "slow": 20}, fast=True,
+                           token="2885")  # fmt: skip
+
+    def key(t):
+        side = t["side"] if isinstance(t["side"], str) else ("LONG" if t["side"] > 0 else "SHORT")
+        return (t["entry_bar"], t["exit_bar"], side, t["qty"])
+
+    assert len(event["trades"]) > 50
+    assert [key(t) for t in event["trades"]] == [key(t) for t in fast["trades"]]
+    assert event["metrics"]["final_equity"] == pytest.approx(fast["metrics"]["final_equity"],
+                                                             abs=0.05)  # fmt: skip

@@ -145,17 +145,24 @@ def run_backtest(
     close = np.asarray(bars.close, dtype=np.float64)
     if fast:
         segment = ExchangeType(exchange_type).name
+        interval_ms = int(bars.interval_ms)
         settings = fast_mode.settings_from_config(
-            bt, token=f"{segment}:{token}", fill="next_open", long_only=long_only
-        )
+            bt, token=f"{segment}:{token}", bar_interval_s=interval_ms / 1000,
+            fill="next_open", long_only=long_only,
+        )  # fmt: skip
         calendar = calendar_for(bt.markets, exchange_type)
-        decided = ts + int(bars.interval_ms) - 1  # each bar's last print
-        entries, square_off = fast_mode.session_masks(decided, calendar)
+        # The node acts on a bar's decision at the next bar's open (the next morning's after
+        # the last bar of a day): its entry cut-off and
+        # square-off are read there, and a feed gap before that open delays the entry as
+        # the node's feed clock and staleness rules do (fast.event_open_delays).
+        acted = np.append(ts[1:], ts[-1] + interval_ms)  # the next bar's open, as it came
+        entries, square_off = fast_mode.session_masks(acted, calendar)
         out = spec.run_fast(
             np.asarray(bars.open, dtype=np.float64), np.asarray(bars.high, dtype=np.float64),
             np.asarray(bars.low, dtype=np.float64), close,
             np.asarray(bars.volume, dtype=np.float64), settings=settings, params=checked,
             ts_ms=ts, entries_allowed=entries, square_off=square_off,
+            open_delay=fast_mode.event_open_delays(bt, ts, interval_ms),
         )  # fmt: skip
         trades = out.trades
         records = trades.as_records()
@@ -165,13 +172,21 @@ def run_backtest(
         )  # fmt: skip
         equity, position = out.equity, out.position
         panel = None
+        differs = []
         if strategy == "default":
-            result["differs_from_event_mode"] = (
+            differs.append(
                 "fast mode decides the default strategy at bar closes; event mode (the live "
                 "engine) evaluates it on every print of the forming bar, so their trades "
-                "differ (docs/BACKTEST_METRICS.md, 'Where the modes differ'). Run without "
-                "--fast for what the engine would have done."
+                "differ (docs/BACKTEST_METRICS.md, 'Where the modes differ')"
             )
+        if bt.governance.enabled:
+            differs.append(
+                "governance is on: event mode sizes entries by the capital brain and applies "
+                "drift, meta-risk and approvals; fast mode trades the fixed quantity under "
+                "the exposure caps only. Compare modes with [governance] enabled = false"
+            )
+        if differs:
+            result["differs_from_event_mode"] = differs
     else:
         make = spec.event if spec.event is not None else _EVENT.get(strategy)
         if make is None:
