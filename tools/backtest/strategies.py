@@ -3,8 +3,8 @@
 Each entry says how to run the strategy in fast mode (``fast``: the Python wrapper over its
 njit kernel, ``kernel``: the njit function a sweep can call directly) and which parameters
 it takes (names, types, bounds, defaults: what a search space is built from). ``event`` is
-the event-mode side (a Python strategy class run by the live node), filled in by the event
-backtester; None until then.
+the event-mode side: ``(checked params, long_only) -> StrategyFactory`` (chimera_core.strategy)
+for the live node; the built-in strategies' come from ``tools/backtest/run.py``.
 
 A strategy of your own is a ``StrategySpec`` in any importable module, named as
 ``module:attr`` (``mypkg.strats:breakout``), or added here with ``register``.
@@ -72,8 +72,10 @@ class StrategySpec:
     kernel: Callable[..., Any]
     params: tuple[Param, ...]
     doc: str = ""
-    # Event mode's strategy class (set by the event backtester); None: fast mode only.
-    event: type | None = None
+    # Event mode's side: (checked params, long_only) -> a chimera_core.strategy
+    # StrategyFactory the live node runs. None: the built-in ones come from
+    # tools/backtest/run.py; a strategy of your own without it runs in fast mode only.
+    event: Callable[[Mapping[str, Any], bool], Any] | None = None
     # Extra rules across parameters (e.g. fast < slow); raise BacktestInputError.
     constraint: Callable[[Mapping[str, Any]], None] | None = field(default=None, repr=False)
 
