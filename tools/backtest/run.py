@@ -85,6 +85,14 @@ _EVENT: dict[str, Callable[[Mapping[str, Any], bool], StrategyFactory]] = {
 }
 
 
+def _checked(spec: Any, params: Mapping[str, float] | None) -> dict[str, Any]:
+    """``params`` as the strategy declares them (``--param fast=10`` arrives as 10.0)."""
+    ints = {p.name for p in spec.params if p.kind is int}
+    given = {k: int(v) if k in ints and float(v).is_integer() else v
+             for k, v in (params or {}).items()}  # fmt: skip
+    return dict(spec.check_params(given))
+
+
 def event_factory(
     strategy: str, params: Mapping[str, float] | None = None, long_only: bool = False
 ) -> StrategyFactory:
@@ -92,10 +100,7 @@ def event_factory(
     from tools.backtest.strategies import get
 
     spec = get(strategy)
-    checked = spec.check_params(
-        {k: (int(v) if any(p.name == k and p.kind is int for p in spec.params) else v)
-         for k, v in (params or {}).items()}
-    )  # fmt: skip
+    checked = _checked(spec, params)
     make = spec.event if spec.event is not None else _EVENT.get(strategy)
     if make is None:
         raise ChimeraError(f"strategy {strategy!r} has no event-mode side; use --fast")
@@ -120,10 +125,7 @@ def run_backtest(
     from tools.backtest.strategies import get
 
     spec = get(strategy)
-    checked = spec.check_params(
-        {k: (int(v) if any(p.name == k and p.kind is int for p in spec.params) else v)
-         for k, v in (params or {}).items()}
-    )  # fmt: skip
+    checked = _checked(spec, params)
     if strategy == "default":  # the genome is seeded from [strategy]: the params go there
         cfg = msgspec.structs.replace(
             cfg, strategy=msgspec.structs.replace(cfg.strategy, **checked)
