@@ -120,3 +120,37 @@ def test_both_modes_make_the_same_trades_through_the_cli_path():
     assert [key(t) for t in event["trades"]] == [key(t) for t in fast["trades"]]
     assert event["metrics"]["final_equity"] == pytest.approx(fast["metrics"]["final_equity"],
                                                              abs=0.05)  # fmt: skip
+
+
+def test_fast_mode_fills_and_sizing_are_settings():
+    """`--set` reaches fast mode's settings: fill at the close instead of the next open,
+    and sizing by a fraction of equity (whole units, charges included)."""
+    from chimera_core.config import parse_config
+    from chimera_core.errors import ChimeraError
+    from tools.backtest.data import load_bars
+    from tools.backtest.run import run_backtest
+
+    cfg = parse_config('[governance]\nenabled = false\n[logging]\ndecisions = "none"\n')
+    bars = load_bars(SAMPLE)
+    slip = cfg.execution.paper.slippage_bps / 10_000
+
+    def run(**settings):
+        result, _ = run_backtest(cfg, bars, "ma_cross", {}, fast=True, token="2885",
+                                 fast_settings=settings)  # fmt: skip
+        return result["trades"]
+
+    for t in run(fill="close"):
+        i, buy = t["entry_bar"], t["side"] > 0
+        assert t["entry_price"] == pytest.approx(bars.close[i] * (1 + slip if buy else 1 - slip))
+    for t in run(fill="next_open"):  # at the open; after a night, at the first leg's end
+        i, buy = t["entry_bar"], t["side"] > 0
+        prints = (bars.open[i], bars.low[i], bars.high[i])
+        moved = [p * (1 + slip if buy else 1 - slip) for p in prints]
+        assert any(t["entry_price"] == pytest.approx(m) for m in moved), t
+    sized = run(sizing="equity_fraction", equity_fraction=0.5)
+    assert min(t["qty"] for t in sized) > 100  # ~500k of a ~1,100 price, not the 1 unit
+    assert all(t["qty"] * t["entry_price"] <= 0.5 * 1_010_000 for t in sized)
+    with pytest.raises(ChimeraError, match="not a fast-mode setting"):
+        run(nope=1)
+    with pytest.raises(ChimeraError, match="add --fast"):
+        run_backtest(cfg, bars, "ma_cross", {}, token="2885", fast_settings={"fill": "close"})

@@ -69,9 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="a strategy parameter (repeatable), e.g. --param fast=10",
     )
     p.add_argument("--long-only", action="store_true", help="ma_cross: no short entries")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+        help="a fast-mode setting (repeatable): fill=close|next_open, "
+        "sizing=fixed|lots|equity_fraction, equity_fraction=0.5, "
+        "commission=schedule|percent|fixed|none, commission_pct=0.03, slippage_bps=2, ...",
+    )  # fmt: skip
     p.add_argument("--no-html", action="store_true", help="skip report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table (scripts)")
     return p
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs: numbers and true/false as such, the rest as text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise ChimeraError(f"--set {pair!r}: expected NAME=VALUE, e.g. fill=close")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    continue
+        out[name.strip()] = value
+    return out
 
 
 def _params(pairs: list[str]) -> dict[str, float]:
@@ -151,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         token=token,
         exchange_type=exchange_type,
         quiet=args.quiet,
+        fast_settings=_settings(args.settings),
     )
     out = Path(args.report) if args.report else _default_dir(cfg, args.strategy, result)
     from tools.backtest.report import write_report

@@ -117,6 +117,7 @@ def run_backtest(
     exchange_type: int = int(ExchangeType.NSE_CM),
     quiet: bool = True,
     long_only: bool = False,
+    fast_settings: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(result, series): ``result`` goes to result.json as it is; ``series`` feeds the
     report's plots (``ts_ms``, ``close``, ``equity``, ``panel``, ``band_k``)."""
@@ -133,12 +134,19 @@ def run_backtest(
     # Both modes run on the configuration event mode replays with (one instrument, the
     # data's bar interval, positional on daily bars): the same calendar, product, charges.
     bt = backtest_config(cfg, bars, token, exchange_type, Path("."))
+    if fast_settings and not fast:
+        raise ChimeraError(
+            "--set changes fast mode's settings; event mode takes them from the config "
+            "(the paper broker's slippage and latency, [markets] charges, [strategy]): "
+            "add --fast, or set them in chimera.toml"
+        )
     result: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "mode": "fast" if fast else "event",
         "strategy": strategy,
         "params": checked,
         "long_only": long_only,
+        "fast_settings": dict(fast_settings or {}),
         "data": _data_meta(bars),
         "code_version": code_version(),
         "settings": _settings(bt),
@@ -148,10 +156,17 @@ def run_backtest(
     if fast:
         segment = ExchangeType(exchange_type).name
         interval_ms = int(bars.interval_ms)
+        overrides = {"fill": "next_open", "long_only": long_only, **(fast_settings or {})}
+        known = {f.name for f in msgspec.structs.fields(fast_mode.FastSettings)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ChimeraError(
+                f"--set {', '.join(unknown)}: not a fast-mode setting; the settings are "
+                f"{', '.join(sorted(known - {'equity_charges'}))} (docs/BACKTEST_METRICS.md)"
+            )
         settings = fast_mode.settings_from_config(
-            bt, token=f"{segment}:{token}", bar_interval_s=interval_ms / 1000,
-            fill="next_open", long_only=long_only,
-        )  # fmt: skip
+            bt, token=f"{segment}:{token}", bar_interval_s=interval_ms / 1000, **overrides
+        )
         calendar = calendar_for(bt.markets, exchange_type)
         # The node acts on a bar's decision at the next bar's open (the next morning's after
         # the last bar of a day): its entry cut-off and
