@@ -29,23 +29,20 @@ from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
 from chimera_governance.pipeline import GovernancePipeline
 from tools.backtest.data import bars_from_arrays
-from tools.backtest.event import bar_ticks, run_event
+from tools.backtest.event import ALWAYS_OPEN_MARKET, bar_ticks, run_event
 
 TARGET_PRINTS_PER_S = 100_000
-CONFIG = """
+CONFIG = (
+    """
 [strategy]
 energy_threshold = 0.05
-[markets.NSE_CM]
-timezone = "UTC"
-open = "00:00"
-close = "00:00"
-entry_cutoff = "none"
-square_off = "none"
-weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-[logging]
+"""
+    + ALWAYS_OPEN_MARKET
+    + """[logging]
 decisions = "none"
 level = "ERROR"
 """
+)
 
 
 def _walk(n: int, seed: int) -> Any:

@@ -17,6 +17,7 @@ from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.strategy import ma_cross_factory
 from chimera_execution.smart_execution import Throttler
 from tools.backtest.event import (
+    ALWAYS_OPEN_MARKET,
     PRINTS_PER_BAR,
     BacktestError,
     SimClock,
@@ -52,18 +53,15 @@ def walk(n: int, seed: int = 1, interval_ms: int = 300_000, vol: float = 0.004) 
 
 
 # Every hour of every day, so the calendar does not decide what is tested.
-ALWAYS_OPEN = """
-[markets.NSE_CM]
-timezone = "UTC"
-open = "00:00"
-close = "00:00"
-entry_cutoff = "none"
-square_off = "none"
-weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-[logging]
+ALWAYS_OPEN = (
+    """
+"""
+    + ALWAYS_OPEN_MARKET
+    + """[logging]
 decisions = "none"
 level = "WARNING"
 """
+)
 
 
 @given(o=st.floats(1, 1e5), a=st.floats(1, 1e5), b=st.floats(1, 1e5), c=st.floats(1, 1e5))

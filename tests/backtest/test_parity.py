@@ -28,7 +28,7 @@ from chimera_core.contracts import ExchangeType
 from chimera_core.strategy import ma_cross_factory
 from tools.backtest import fast, strategies
 from tools.backtest.data import load_bars
-from tools.backtest.event import EventResult, run_event
+from tools.backtest.event import ALWAYS_OPEN_MARKET, EventResult, run_event
 from tools.backtest.fast import FastResult
 from tools.backtest.metrics import EXIT_REASONS
 
@@ -40,20 +40,17 @@ FIVE_MIN = 300_000
 
 # Every hour of every day (the calendar decides nothing), no governance (the quantity is
 # [strategy] order_qty, uncapped), quiet logs.
-BASE = """
+BASE = (
+    """
 [governance]
 enabled = false
-[markets.NSE_CM]
-timezone = "UTC"
-open = "00:00"
-close = "00:00"
-entry_cutoff = "none"
-square_off = "none"
-weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-[logging]
+"""
+    + ALWAYS_OPEN_MARKET
+    + """[logging]
 decisions = "none"
 level = "WARNING"
 """
+)
 
 # Event mode's purposes and fast mode's exit reasons for the same exits.
 PURPOSE = {"EXIT": "signal_reversal", "STOP_LOSS": "stop_loss", "TAKE_PROFIT": "take_profit"}

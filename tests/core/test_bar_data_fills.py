@@ -13,11 +13,13 @@ from chimera_core.config import parse_config
 from chimera_core.contracts import ExecKind, Mode, Purpose
 from chimera_core.state_machine import State
 from tests.core.test_strategy_exits import PaperNode
+from tools.backtest.event import ALWAYS_OPEN_MARKET
 from tools.sim.market import Market
 
 # A 24-hour market (no cut-off, no square-off) so only the timing is under test; prints
 # 20 s apart against a 10 s execute timeout, one-minute bars.
-CONFIG = """
+CONFIG = (
+    """
 data_dir = "{data}"
 [feed]
 tokens = ["2885"]
@@ -27,14 +29,9 @@ energy_threshold = 0.006
 cooldown_s = 30.0
 execute_timeout_s = 10.0
 max_hold_s = 600.0
-[markets.NSE_CM]
-timezone = "UTC"
-open = "00:00"
-close = "00:00"
-entry_cutoff = "none"
-square_off = "none"
-weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-[execution.paper]
+"""
+    + ALWAYS_OPEN_MARKET
+    + """[execution.paper]
 latency_ms = 0
 slippage_bps = 0.0
 [governance]
@@ -42,6 +39,7 @@ enabled = false
 [logging]
 decisions = "none"
 """
+)
 SPACING_MS = 20_000
 
 

@@ -72,6 +72,19 @@ DAY_MS = 86_400_000
 _SETTLE_ROUNDS = 10_000  # event-loop turns a tick may take for the broker calls it caused
 
 
+# A cash market open around the clock, every day (no entry cut-off, no square-off): TOML
+# for tests and benchmarks that must not depend on the calendar.
+ALWAYS_OPEN_MARKET = """\
+[markets.NSE_CM]
+timezone = "UTC"
+open = "00:00"
+close = "00:00"
+entry_cutoff = "none"
+square_off = "none"
+weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+"""
+
+
 class BarSeries(Protocol):
     """What event mode reads from a bar series (``tools.backtest.data.Bars``)."""
 

@@ -12,7 +12,6 @@ when the live event loop delivered each report, are left out): a paper session r
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,13 +36,10 @@ from chimera_core.telemetry import (
     split,
 )
 from tools.backtest.event import SimNode, Trade, _RoundTrips
+from tools.replay import REPLAYED_COMMANDS
 
 log = structlog.get_logger(__name__)
 
-# Operator commands a recording carries that change what the engine decides (as replay).
-APPLIED_COMMANDS = frozenset(
-    {"halt", "pause", "resume", "approve", "reject", "reduce", "reduce_clear", "reset_halt"}
-)
 _tick = msgspec.msgpack.Decoder(TickRecord)
 _feed = msgspec.msgpack.Decoder(FeedEvent)
 _control = msgspec.msgpack.Decoder(ControlEvent)
@@ -180,7 +176,7 @@ async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: 
                     ev = _control.decode(payload)
                 except msgspec.DecodeError:
                     continue
-                if ev.ok and ev.command in APPLIED_COMMANDS:
+                if ev.ok and ev.command in REPLAYED_COMMANDS:  # as replay re-applies them
                     sim.node.on_control(ev.command, ev.arg)
                     await sim.settle()
                     run.control_applied += 1
@@ -236,7 +232,3 @@ def _has_fill(payload: bytes) -> bool:
         return _report.decode(payload).fill is not None
     except msgspec.DecodeError:
         return False
-
-
-def run_session_sync(session_dir: Path, **kwargs: Any) -> SessionRun:
-    return asyncio.run(run_session(session_dir, **kwargs))
