@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -173,11 +174,41 @@ class RateLimiter:
         window.suppressed = 0
 
 
+LOG_FORMATS = ("auto", "json", "console")
+# ``--log-format`` on the command line, or CHIMERA_LOG_FORMAT (the demo sets it for the
+# processes it starts): json for files and journald, console for a person at a terminal,
+# auto = console when the stream is a terminal, else json.
+LOG_FORMAT_ENV = "CHIMERA_LOG_FORMAT"
+_log_format: str | None = None  # set by the command line; wins over the environment
+
+
+def set_log_format(fmt: str | None) -> None:
+    """Choose the renderer for every later ``configure_logging`` (one of LOG_FORMATS;
+    None: back to CHIMERA_LOG_FORMAT, else auto)."""
+    global _log_format
+    if fmt is not None and fmt not in LOG_FORMATS:
+        raise ValueError(f"log-format {fmt!r}: expected one of {', '.join(LOG_FORMATS)}")
+    _log_format = fmt
+
+
+def _renderer(stream: TextIO) -> Any:
+    fmt = _log_format or os.environ.get(LOG_FORMAT_ENV, "") or "auto"
+    if fmt not in LOG_FORMATS:
+        fmt = "auto"  # a bad environment value must not stop a kill switch from logging
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    if fmt == "console" or (fmt == "auto" and tty):
+        return structlog.dev.ConsoleRenderer(colors=tty)
+    return structlog.processors.JSONRenderer()
+
+
 def configure_logging(
     level: str = "INFO", secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
-    """Set up structlog JSON output once; later calls only add secrets and change the level."""
+    """Set up structlog once; later calls only add secrets and change the level. JSON
+    lines unless the format (``set_log_format`` / CHIMERA_LOG_FORMAT) says console or is
+    auto on a terminal; secrets are redacted before either renderer sees the event."""
     redactor.add(secrets)
+    out = stream or sys.stderr
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -185,9 +216,9 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redactor,
-            structlog.processors.JSONRenderer(),
+            _renderer(out),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "doctor": "tools.doctor",
     "metrics": "tools.metrics",
     "service": "tools.service",
+    "watch": "tools.console",
 }
 CONTROL_COMMANDS = (
     "status", "pause", "resume", "kill", "flatten", "approve", "reject", "reset-halt",
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
+    sub.add_parser("watch", help="a live terminal view of a running engine", add_help=False)
     for name in CONTROL_COMMANDS:
         sub.add_parser(name, help="operator command over the control channel", add_help=False)
     for name, what in PLANNED.items():
@@ -180,13 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, log_format = _log_format_option(argv)
     if argv and argv[0] in CONTROL_COMMANDS:
         # Before logging is set up: a kill switch must not wait for structlog's import.
         from tools.control_cli import main as control_main
 
         return control_main(argv[0], argv[1:])
-    from chimera_core.logging import configure_logging
+    from chimera_core.logging import configure_logging, set_log_format
 
+    if log_format is not None:
+        try:
+            set_log_format(log_format)
+        except ValueError as exc:
+            print(f"chimera: --{exc}", file=sys.stderr)
+            return 2
     configure_logging("INFO")
     # These own their argument parsing.
     if argv and argv[0] == "sim":
@@ -227,6 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chimera {args.command}: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _log_format_option(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--log-format json|console|auto`` anywhere on the line (every command logs the
+    same way), taken out before the command parses the rest; checked by set_log_format
+    (not here: the control commands must not wait for the logging import)."""
+    out: list[str] = []
+    fmt: str | None = None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--log-format":
+            fmt = next(it, "")
+        elif arg.startswith("--log-format="):
+            fmt = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    return out, fmt
 
 
 def live_main() -> int:

@@ -12,6 +12,12 @@ trading day. Replaying the same timeline instead would give every signal the int
 (it embeds the bar's exchange time) the journal already holds from the first run, and
 the router would refuse them all as duplicates; the day's trade counts would carry over
 too.
+
+On a terminal the demo draws a live view (``tools/console.py``: price, energy, z,
+regime, state, position and P&L per instrument by name, and the last fills, vetoes and
+halts) and writes each process's JSON log to ``data_dir/logs/demo-<process>.log``;
+anywhere else (a pipe, CI) the logs go to stderr as JSON lines, as before.
+DEMO_VIEW=console|json forces one or the other.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ def _summary(config: Path) -> str:
         return f"demo: no summary yet ({exc})"
 
 
+def _view(stream: object = sys.stdout) -> str:
+    """console (the live view) on a terminal, json elsewhere; DEMO_VIEW forces one."""
+    forced = os.environ.get("DEMO_VIEW", "")
+    if forced in ("console", "json"):
+        return forced
+    return "console" if getattr(stream, "isatty", lambda: False)() else "json"
+
+
 def main(argv: list[str] | None = None) -> int:
     from chimera_core.config import is_loopback_url, load_config
     from chimera_core.errors import ConfigError
@@ -115,23 +129,37 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     cli = [sys.executable, "-m", "tools.cli"]
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
+    view = _view()
+    logs: list[object] = []
+    log_dir = Path(cfg.data_dir) / "logs"
+
+    def start(name: str, cmd: list[str]) -> None:
+        if view == "json":
+            procs.append(subprocess.Popen(cmd))
+            return
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log_dir / f"demo-{name}.log", "ab")  # noqa: SIM115 (closed in finally)
+        logs.append(out)
+        env = {**os.environ, "CHIMERA_LOG_FORMAT": "json"}
+        procs.append(subprocess.Popen(cmd, stdout=out, stderr=out, env=env))
+
     try:
         # The market goes on from the clock the last run left (a new trading day), so
         # this run's intent ids cannot collide with the paper journal's.
         sim = [*cli, "sim", "--host", HOST, "--port", str(sim_port), "--rate", rate]
         sim += ["--clock-file", str(clock_file(cfg.data_dir))]
-        procs.append(subprocess.Popen(sim))
+        start("sim", sim)
         if not _wait_for_port(HOST, sim_port, 30):
             print("demo: the simulator did not start listening within 30 s", file=sys.stderr)
             return 1
         config = ["--config", str(args.config)]
         # The recorder first: the engine waits for its subscription, so the black box
         # holds the session from its first tick (replayable with `chimera replay`).
-        procs.append(subprocess.Popen([*cli, "record", *config]))
+        start("record", [*cli, "record", *config])
         cortex_url = f"http://{HOST}:{CORTEX_PORT}/"
-        procs.append(subprocess.Popen([*cli, "cortex", *config, "--port", str(CORTEX_PORT)]))
-        procs.append(subprocess.Popen([*cli, "live", *config]))
+        start("cortex", [*cli, "cortex", *config, "--port", str(CORTEX_PORT)])
+        start("live", [*cli, "live", *config])
         if not _wait_for_port(HOST, CORTEX_PORT, 30):
             print("demo: the cortex did not start listening within 30 s", file=sys.stderr)
         print(
@@ -139,10 +167,23 @@ def main(argv: list[str] | None = None) -> int:
             f"in paper mode, recorder writing {Path(cfg.data_dir) / 'blackbox'}/; cortex at "
             f"{cortex_url} (open it in a browser); decisions that move a state machine are "
             "logged. Try `.venv/bin/chimera status` / `kill` / `resume` in another terminal. "
-            "Ctrl-C stops.",
+            "Ctrl-C stops." + (f" Logs: {log_dir}/demo-*.log" if view == "console" else ""),
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None
+        if view == "console":
+            from tools.console import watch
+
+            watch(
+                cfg.telemetry.endpoint,
+                Path(cfg.data_dir),
+                until=lambda: (
+                    any(p.poll() is not None for p in procs)
+                    or (deadline is not None and time.monotonic() >= deadline)
+                ),
+            )
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            return 1 if failed else 0
         next_summary = time.monotonic() + SUMMARY_EVERY_S
         while all(p.poll() is None for p in procs):
             if deadline is not None and time.monotonic() >= deadline:
@@ -165,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for out in logs:
+            out.close()  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
