@@ -55,7 +55,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         structlog.get_logger(__name__).warning(
             "live_mode", broker=cfg.execution.broker, note="orders go to the real broker"
         )
-    instruments = []
+    instruments: list[Instrument] = []
     if cfg.instruments.names:
         cfg, instruments = with_instruments(cfg)
     from tools.node import build_parts

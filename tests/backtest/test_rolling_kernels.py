@@ -138,8 +138,12 @@ def test_zscore_matches_numpy_and_physics(close: np.ndarray, n: int) -> None:
         ]
     )
     assert (got[flat] == 0.0).all()  # a flat window is exactly z = 0 (TRAPPED), as physics
-    if close.size <= 600:
-        close_enough(got, reference_zscore(close, n))
+    if close.size <= 600:  # the plain numpy reference carries the same forward error
+        ref = reference_zscore(close, n)
+        assert np.array_equal(np.isnan(got), np.isnan(ref))
+        tol = 1e-9 + 1e-9 * np.abs(ref) + 4.0 * n * np.finfo(np.float64).eps * cond
+        ok = np.isnan(ref) | (np.abs(got - ref) <= tol)
+        assert ok.all(), (np.flatnonzero(~ok)[:5], got[~ok][:5], ref[~ok][:5], tol[~ok][:5])
 
 
 @settings(max_examples=120, deadline=None)

@@ -507,8 +507,14 @@ def _build(
         ts, o, h, lo, c, v, rows, local, interval_ms, allow_gaps, calendar, source, tz
     )
     arrays = [_freeze(ts, np.int64), *(_freeze(a, np.float64) for a in (o, h, lo, c, v))]
+    ts_a, o_a, h_a, lo_a, c_a, v_a = arrays
     bars = Bars(
-        *arrays,
+        ts_a,
+        o_a,
+        h_a,
+        lo_a,
+        c_a,
+        v_a,
         symbol=symbol,
         interval_ms=interval,
         tz=tz,

@@ -591,8 +591,8 @@ async def _run(
     finally:
         await sim.close()
     bar_of = _bar_index(bars)
-    for t in trips.trades:
-        t.entry_bar, t.exit_bar = bar_of(t.entry_ts_ms), bar_of(t.exit_ts_ms)
+    for trip in trips.trades:
+        trip.entry_bar, trip.exit_bar = bar_of(trip.entry_ts_ms), bar_of(trip.exit_ts_ms)
     return EventResult(
         bars=n,
         ticks=ticks,

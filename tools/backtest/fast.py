@@ -513,7 +513,7 @@ def _turnover_paise(
     x = rate * price * qty * 100.0
     f = math.floor(x)
     if abs(x - f - 0.5) > 1e-15 * x + 1e-12:
-        return f + 1.0 if x - f >= 0.5 else f
+        return float(f + 1.0 if x - f >= 0.5 else f)
     num = row[at + 1]
     exp = int(row[at + 2])
     if places >= 0 and exp + places <= 18 and num * digits * qty * 200.0 < 8.0e18:
@@ -549,7 +549,7 @@ def fill_charges(table: FloatArray, version: int, buy: bool, qty: float, price: 
     taxed = int(brokerage + exchange + sebi)
     m = int(_POW10[int(row[C_GST_EXP])])
     gst = float((2 * int(row[C_GST_NUM]) * taxed + m) // (2 * m))
-    return (brokerage + stt + exchange + sebi + gst + stamp) / 100.0
+    return float((brokerage + stt + exchange + sebi + gst + stamp) / 100.0)
 
 
 # ---------------------------------------------------------------------------------------

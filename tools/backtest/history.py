@@ -209,7 +209,7 @@ def plan_chunks(interval: str, first: date, last: date) -> list[Chunk]:
     if last < first:
         raise HistoryError(f"the range ends ({last}) before it starts ({first})")
     k = (first - GRID_ANCHOR).days // days
-    chunks = []
+    chunks: list[Chunk] = []
     while True:
         start = GRID_ANCHOR + timedelta(days=k * days)
         if start > last:
@@ -367,7 +367,7 @@ class HistoryFetcher:
 
     def _wait(self, attempt: int) -> float:
         base = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        return base * self._rng.uniform(0.5, 1.0)  # jitter: retries do not march in step
+        return float(base * self._rng.uniform(0.5, 1.0))  # jitter: retries do not march in step
 
     async def _request(self, params: dict[str, str], where: str) -> list[list[Any]]:
         failures = limited = 0

@@ -306,7 +306,7 @@ def sum_state() -> SumState:
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _true_range(high: FloatArray, low: FloatArray, close: FloatArray, i: int) -> float:
     prev = close[i - 1]
-    return max(high[i] - low[i], abs(high[i] - prev), abs(low[i] - prev))
+    return float(max(high[i] - low[i], abs(high[i] - prev), abs(low[i] - prev)))
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
