@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def med(side: str, key: str) -> float:
-        return round(statistics.median(r[key] for r in runs[side]), 3)
+        return round(float(statistics.median(r[key] for r in runs[side])), 3)
 
     result = {
         "command": "chimera bench " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -255,7 +255,7 @@ def _plot(lat_ns: np.ndarray, result: dict[str, Any], path: Path) -> None:
     us = lat_ns / 1000.0
     fig, ax = plt.subplots(figsize=(9, 4.5))
     bins = np.logspace(np.log10(max(us.min(), 0.1)), np.log10(us.max() + 1), 120)
-    ax.hist(us, bins=bins, color="#3465a4")
+    ax.hist(us, bins=list(bins), color="#3465a4")
     ax.set_xscale("log")
     ax.set_yscale("log")
     e2e = result["e2e"]
