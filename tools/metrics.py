@@ -510,8 +510,8 @@ class MetricsExporter(Collector):
         if "vetoes" in h.engine:
             yield CounterMetricFamily(p + "vetoes", "Meta-risk vetoes", h.engine["vetoes"])
         states = GaugeMetricFamily(p + "states", "Symbols per execution state", labels=["state"])
-        for state, n in h.states.items():
-            states.add_metric([state], n)
+        for state_name, n in h.states.items():
+            states.add_metric([state_name], n)
         yield states
         eng = GaugeMetricFamily(p + "engine_counter", "Engine counters (health)", labels=["name"])
         for name, n in h.engine.items():

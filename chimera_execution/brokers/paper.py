@@ -648,7 +648,7 @@ class PaperBroker:
         db = self._conn()
         (start,) = db.execute("SELECT value FROM paper_meta WHERE key='starting_cash'").fetchone()
         (moved,) = db.execute("SELECT COALESCE(SUM(amount), 0.0) FROM paper_cash").fetchone()
-        return float(start) + moved
+        return float(start) + float(moved)
 
 
 def _num(x: Any) -> float:

@@ -123,6 +123,7 @@ async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: 
         if topic == TOPIC_EXEC and obj.fill is not None:
             report: ExecutionReport = obj
             f = report.fill
+            assert f is not None  # checked above
             run.fills.append({"ts_ms": f.exchange_ts_ms, "token": f.token, "side": f.side.value,
                               "qty": f.qty, "price": f.price, "charges": f.charges,
                               "purpose": report.purpose.value})  # fmt: skip
