@@ -16,6 +16,7 @@ accepted within that window, so a captured request cannot be replayed either.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import itertools
@@ -54,7 +55,23 @@ class _Log:
 
 log = _Log()
 
-COMMANDS = ("status", "pause", "resume", "halt", "flatten", "approve", "reject")
+
+class Command(enum.StrEnum):
+    """The operator commands the engine serves, named once: the control server, the
+    CLI (tools/control_cli.py), replay and the cortex take them from here. ``reduce`` and
+    ``reduce_clear`` are the engine's own (recorded) events, never operator commands."""
+
+    STATUS = "status"
+    PAUSE = "pause"
+    RESUME = "resume"
+    HALT = "halt"
+    FLATTEN = "flatten"
+    APPROVE = "approve"
+    REJECT = "reject"
+    RESET_HALT = "reset_halt"
+
+
+COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
 TOKEN_ENV = "CHIMERA_CONTROL_TOKEN"
 TOKEN_FILE = "control.token"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimera_core.errors import ChimeraError
+from tools.control_cli import CLI_COMMANDS
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily: a kill switch must start fast
     from chimera_core.config import Config
@@ -28,9 +29,7 @@ SUBCOMMANDS = {
     "service": "tools.service",
     "watch": "tools.console",
 }
-CONTROL_COMMANDS = (
-    "status", "pause", "resume", "kill", "flatten", "approve", "reject", "reset-halt",
-)  # fmt: skip
+CONTROL_COMMANDS = tuple(CLI_COMMANDS)  # the CLI names of chimera_core.control.Command
 
 
 def cmd_live(args: argparse.Namespace) -> int:

@@ -13,22 +13,24 @@ from pathlib import Path
 
 import orjson
 
+from chimera_core.control import Command
 from chimera_core.errors import ChimeraError
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
 DEFAULT_TIMEOUT_S = 2.0
 
 # CLI name -> (wire command, help, takes an ID).
+# Every wire command is chimera_core.control.Command (a test holds the two together).
 CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "status": ("status", "show the engine's state", False),
-    "pause": ("pause", "stop opening new positions", False),
-    "resume": ("resume", "resume after pause", False),
-    "kill": ("halt", "kill switch: halt the engine (cancel all, persisted)", False),
-    "flatten": ("flatten", "close all open positions", False),
-    "approve": ("approve", "approve a pending intent", True),
-    "reject": ("reject", "reject a pending intent", True),
+    "status": (Command.STATUS, "show the engine's state", False),
+    "pause": (Command.PAUSE, "stop opening new positions", False),
+    "resume": (Command.RESUME, "resume after pause", False),
+    "kill": (Command.HALT, "kill switch: halt the engine (cancel all, persisted)", False),
+    "flatten": (Command.FLATTEN, "close all open positions", False),
+    "approve": (Command.APPROVE, "approve a pending intent", True),
+    "reject": (Command.REJECT, "reject a pending intent", True),
     "reset-halt": (
-        "reset_halt",
+        Command.RESET_HALT,
         "clear meta-risk's max_drawdown halt (drawdown is measured from here); then resume",
         True,
     ),

@@ -56,6 +56,7 @@ from chimera_core.contracts import (
     SessionInfo,
     TickRecord,
 )
+from chimera_core.control import Command
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.event_loop import Engine
 from chimera_core.physics import warm_up_kernels
@@ -75,7 +76,16 @@ from tools.blackbox import ReadReport, SessionCheck, check_session, iter_session
 # Commands that change what the engine decides (flatten and flatten_token act only at the
 # broker: their outcome is in the exec records).
 REPLAYED_COMMANDS = frozenset(
-    {"halt", "pause", "resume", "approve", "reject", "reduce", "reduce_clear", "reset_halt"}
+    {
+        Command.HALT,
+        Command.PAUSE,
+        Command.RESUME,
+        Command.APPROVE,
+        Command.REJECT,
+        Command.RESET_HALT,
+        "reduce",
+        "reduce_clear",
+    }
 )
 EXPORT_COLUMNS = (
     "seq", "token", "exchange_ts_ms", "tick_sequence", "bar_start_ms", "price", "energy", "z",

@@ -14,8 +14,8 @@ import pytest
 import uvloop
 from structlog.testing import capture_logs
 
-from chimera_core.control import ControlServer, resolve_token
-from tools.control_cli import main
+from chimera_core.control import COMMANDS, Command, ControlServer, resolve_token
+from tools.control_cli import CLI_COMMANDS, main
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,3 +223,23 @@ def test_cli_commands_work_in_a_real_process(live: LiveServer, workdir: Path) ->
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["result"]["state"] == state
     assert live.server.served == 2 and live.server.refused == 0
+
+
+@pytest.mark.parametrize("cli_name", sorted(CLI_COMMANDS))
+def test_every_cli_command_reaches_the_engine_by_its_one_name(
+    live: LiveServer, cli_name: str
+) -> None:
+    """The CLI's wire names, the control server's allow-list and the engine's handler
+    are one list (chimera_core.control.Command): `chimera reset-halt` used to be refused
+    by the server as an unknown command, so a max_drawdown halt could not be cleared."""
+    wire, _, takes_id = CLI_COMMANDS[cli_name]
+    assert wire in set(Command)
+    argv = ["max_drawdown"] if takes_id else []
+    code = _cli(cli_name, *argv, endpoint=live.endpoint)
+    assert live.engine.calls and live.engine.calls[-1][0] == wire
+    assert code in (0, 1)  # answered by the engine (1: it said not-ok), never refused
+
+
+def test_the_server_serves_exactly_the_commands_named_once() -> None:
+    assert set(COMMANDS) == {c.value for c in Command}
+    assert {wire for wire, _, _ in CLI_COMMANDS.values()} == set(Command)
