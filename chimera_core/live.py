@@ -23,7 +23,7 @@ from chimera_core.contracts import (
     Mode,
     SessionInfo,
 )
-from chimera_core.control import ControlServer
+from chimera_core.control import Command, ControlServer
 from chimera_core.errors import ChimeraError
 from chimera_core.event_loop import DecisionLog, Engine, session_info
 from chimera_core.execution import Router
@@ -178,7 +178,7 @@ async def run_live(
             # Stopping on a signal (systemd stop, Ctrl-C) halts trading first, recorded,
             # so nothing new is decided between now and exit.
             sd_notify("STOPPING=1")
-            on_control("halt", f"shutdown_{shutdown[0].lower()}")
+            on_control(Command.HALT, f"shutdown_{shutdown[0].lower()}")
         stop.set()
         if router is not None:
             # Open orders are cancelled (execution.cancel_on_stop) and their answers

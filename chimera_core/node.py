@@ -35,6 +35,7 @@ from chimera_core.contracts import (
     Reconciliation,
     Transition,
 )
+from chimera_core.control import Command
 from chimera_core.event_loop import Engine
 from chimera_core.execution import Router
 from chimera_core.governance import Governance
@@ -147,7 +148,7 @@ class Node:
         # recorded command so replay reduces where live did.
         self.journal_error[:] = [error]
         if self._journal_policy == "halt":
-            self.on_control("halt", f"journal_write_failed: {error}")
+            self.on_control(Command.HALT, f"journal_write_failed: {error}")
         elif "journal_write_failed" not in self.engine.exits_only:
             self.on_control("reduce", f"journal_write_failed: {error}")
 
@@ -173,7 +174,7 @@ class Node:
         today's daily-loss switch (exits only until the next session)."""
         router, governance = self.router, self.governance
         if router is not None and router.persisted_halt():
-            self.on_control("halt", "kill_switch_persisted:" + router.persisted_halt())
+            self.on_control(Command.HALT, "kill_switch_persisted:" + router.persisted_halt())
         if governance is not None and governance.kill_switch == "max_drawdown":
             self.on_control("halt", "meta_risk_persisted:max_drawdown")
         elif governance is not None and governance.kill_switch == "daily_loss":

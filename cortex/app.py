@@ -24,6 +24,7 @@ import msgspec
 import plotly.graph_objects as go
 import streamlit as st
 
+from chimera_core.control import Command
 from cortex import charts, sources
 from cortex.names import label, recorded_names
 from cortex.runtime import Runtime, build_runtime
@@ -174,7 +175,7 @@ def sidebar(rt: Runtime) -> None:
         sb.error("Halt all trading? Cancels new entries on every symbol.")
         c1, c2 = sb.columns(2)
         if c1.button("Confirm HALT", key="confirm_halt_button", type="primary"):
-            reply = command(rt, "halt", "cortex")
+            reply = command(rt, Command.HALT, "cortex")
             st.session_state.confirm_halt = False
             st.session_state.last_command = ("halt", reply)
             st.rerun()
@@ -183,9 +184,9 @@ def sidebar(rt: Runtime) -> None:
             st.rerun()
     c1, c2 = sb.columns(2)
     if c1.button("Pause", key="pause", use_container_width=True):
-        st.session_state.last_command = ("pause", command(rt, "pause", "cortex"))
+        st.session_state.last_command = ("pause", command(rt, Command.PAUSE, "cortex"))
     if c2.button("Resume", key="resume", use_container_width=True):
-        st.session_state.last_command = ("resume", command(rt, "resume", "cortex"))
+        st.session_state.last_command = ("resume", command(rt, Command.RESUME, "cortex"))
     last = st.session_state.get("last_command")
     if last is not None:
         name, reply = last
@@ -506,9 +507,9 @@ def page_governance() -> None:
             if not operator:
                 continue  # read-only: no approval controls at all
             if c[1].button("Approve", key=f"approve-{aid}", type="primary"):
-                st.session_state.last_approval = ("approve", aid, command(rt, "approve", aid))
+                st.session_state.last_approval = ("approve", aid, command(rt, Command.APPROVE, aid))
             if c[2].button("Reject", key=f"reject-{aid}"):
-                st.session_state.last_approval = ("reject", aid, command(rt, "reject", aid))
+                st.session_state.last_approval = ("reject", aid, command(rt, Command.REJECT, aid))
         if len(pending) > 10:
             st.caption(f"… and {len(pending) - 10} more pending (newest not shown)")
         last = st.session_state.get("last_approval")

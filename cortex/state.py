@@ -29,6 +29,7 @@ from chimera_core.contracts import (
     Reconciliation,
     SessionInfo,
 )
+from chimera_core.control import Command
 from chimera_core.telemetry import (
     SEP,
     SEQ,
@@ -413,10 +414,10 @@ class CortexState:
 
     def _control(self, c: ControlEvent) -> None:
         self.controls.append(c)
-        if c.command in ("approve", "reject") and c.ok:
+        if c.command in (Command.APPROVE, Command.REJECT) and c.ok:
             seen = self.approvals.get(c.arg)
             if seen is not None:
-                seen.status = "APPROVED" if c.command == "approve" else "REJECTED"
+                seen.status = "APPROVED" if c.command == Command.APPROVE else "REJECTED"
 
     def _exec(self, r: ExecutionReport) -> None:
         self.exec_reports.append(r)
