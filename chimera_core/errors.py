@@ -48,8 +48,43 @@ class DuplicateOrder(ChimeraError):
     """A client_order_id the journal already holds: the order was never sent twice."""
 
 
-class JournalWriteError(ChimeraError):
-    """A journal write or commit failed in SQLite (full disk, I/O error); the transaction
+class StoreError(ChimeraError):
+    """A SQLite store cannot be opened or read as this code expects. ``path`` is the file;
+    the message names it and says what to do."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StoreMissing(StoreError):
+    """A reader asked for a store file that does not exist (readers never create one)."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the store's lock for longer than the busy timeout."""
+
+
+class StoreDamaged(StoreError):
+    """SQLite cannot read the file (not a database, malformed, truncated). ``cause`` is the
+    sqlite3 error."""
+
+    def __init__(self, message: str, path: str, cause: BaseException | None = None) -> None:
+        super().__init__(message, path)
+        self.cause = cause
+
+
+class StoreTooNew(StoreError):
+    """The file's schema version is newer than this code knows: a newer Chimera wrote it."""
+
+
+class StoreSchemaError(StoreError):
+    """The file lacks a table or column this code reads (a schema it does not know), so its
+    reads would be wrong, not merely empty."""
+
+
+class StoreWriteError(ChimeraError):
+    """A store write or commit failed in SQLite (full disk, I/O error); the transaction
     was rolled back, so nothing of it is recorded. ``path`` is the file, ``cause`` the
     sqlite3 error."""
 
@@ -59,10 +94,10 @@ class JournalWriteError(ChimeraError):
         self.cause = cause
 
 
-class JournalCorrupt(ChimeraError):
+class JournalWriteError(StoreWriteError):
+    """A journal (or paper ledger) write failed; see StoreWriteError."""
+
+
+class JournalCorrupt(StoreDamaged):
     """A journal file SQLite cannot read (not a database, malformed, truncated). ``path``
     is the damaged file; the message says how to recover."""
-
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__(message)
-        self.path = path

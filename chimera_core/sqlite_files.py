@@ -1,15 +1,10 @@
-"""How Chimera's SQLite files are created and opened, in one place.
+"""The files under Chimera's SQLite stores (opening them is ``chimera_core.store``).
 
 Stores hold positions, cash, orders and approvals: they are created owner-only (files
 0600, the directories Chimera creates 0700) at creation, not by umask. SQLite creates a
 database's ``-wal`` and ``-shm`` with the database file's own permissions, so a 0600 file
-keeps them 0600 too.
-
-Readers that must not change anything (``chimera doctor``, dashboards, metrics) open with
-``mode=ro``. A WAL database opened read-only still makes SQLite create ``-wal`` / ``-shm``
-beside it and leave them behind; ``snapshot=True`` avoids even that when no writer has the
-file open (no ``-wal`` beside it): the file is then read as immutable, and ``file_state``
-before and after says whether a writer started meanwhile.
+keeps them 0600 too. ``file_state`` before and after a read says whether a writer touched
+the file meanwhile; ``is_damaged`` tells a damaged file from a busy or full one.
 """
 
 from __future__ import annotations
@@ -83,26 +78,6 @@ def file_state(path: str | Path) -> tuple[int, int, int, bool]:
     return st.st_ino, st.st_size, st.st_mtime_ns, path.with_name(path.name + "-wal").exists()
 
 
-def connect_readonly(
-    path: str | Path, *, snapshot: bool = False, timeout: float = 5.0
-) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``: SQLite refuses every write on it).
-
-    ``snapshot=True`` and no ``-wal`` beside the file: opened immutable, so SQLite creates
-    no ``-wal`` / ``-shm``; compare ``file_state`` before and after to trust the result.
-    With a ``-wal`` (a writer is open, or a crash left committed data in it) the file is
-    read through the WAL as usual."""
-    path = Path(path)
-    if not path.is_file():
-        raise ChimeraError(f"{path}: no such database file")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if snapshot and not path.with_name(path.name + "-wal").exists():
-        uri += "&immutable=1"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
-    db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    return db
-
-
 def is_damaged(exc: BaseException) -> bool:
     """True when ``exc`` is SQLite saying the file itself is damaged (not busy or full)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -111,14 +86,3 @@ def is_damaged(exc: BaseException) -> bool:
         or "malformed" in str(exc)
         or "not a database" in str(exc)
     )
-
-
-def open_failure(path: str | Path, exc: BaseException) -> str:
-    """What went wrong opening the store at ``path`` and what to do, for an error message."""
-    if is_damaged(exc):
-        return (
-            f"{path} is damaged ({exc}): stop every chimera process, move it aside with its "
-            f"-wal and -shm (keep them), salvage with `sqlite3 <moved file> .recover | "
-            f"sqlite3 {path}`; see docs/RUNBOOK.md, 'After a crash'"
-        )
-    return f"cannot open {path}: {exc}"
