@@ -35,8 +35,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,15 +58,19 @@ from chimera_core.contracts import (
     Tick,
 )
 from chimera_core.errors import BrokerError, BrokerReject, ChimeraError, JournalWriteError
-from chimera_core.sqlite_files import private_file
+from chimera_core.store import Schema, Store, Synchronous, open_store
 from chimera_execution.brokers.base import ReportSink, report_for
 from chimera_execution.charges import PRODUCTS, ChargeCalculator
 from chimera_execution.journal import apply_fill, read_fills, stored_mode
 
 log = structlog.get_logger(__name__)
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS paper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+# The ledger shares the paper journal's file, whose PRAGMA user_version is the journal's:
+# its own version is the schema_version row of paper_meta. Ledgers from before versioning
+# have exactly version 1's tables and are adopted as such (the DDL keeps IF NOT EXISTS, as
+# shipped).
+_V1 = (
+    "CREATE TABLE IF NOT EXISTS paper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     """CREATE TABLE IF NOT EXISTS paper_orders (
         broker_order_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
         client_order_id TEXT NOT NULL UNIQUE, intent_id TEXT NOT NULL, token TEXT NOT NULL,
@@ -74,18 +78,24 @@ _SCHEMA = (
         order_type TEXT NOT NULL, limit_price REAL NOT NULL, trigger_price REAL NOT NULL,
         purpose TEXT NOT NULL, product TEXT NOT NULL, status TEXT NOT NULL,
         filled_qty INTEGER NOT NULL, avg_price REAL NOT NULL, fills_n INTEGER NOT NULL,
-        triggered INTEGER NOT NULL, eligible_ts_ms INTEGER NOT NULL, reason TEXT NOT NULL)""",
+        triggered INTEGER NOT NULL, eligible_ts_ms INTEGER NOT NULL, reason TEXT NOT NULL);"""
     """CREATE TABLE IF NOT EXISTS paper_fills (
         fill_id TEXT PRIMARY KEY, broker_order_id TEXT NOT NULL,
         client_order_id TEXT NOT NULL, token TEXT NOT NULL, side TEXT NOT NULL,
         qty INTEGER NOT NULL, price REAL NOT NULL, charges REAL NOT NULL,
-        exchange_ts_ms INTEGER NOT NULL)""",
+        exchange_ts_ms INTEGER NOT NULL);"""
     """CREATE TABLE IF NOT EXISTS paper_positions (
         token TEXT PRIMARY KEY, qty INTEGER NOT NULL, avg_price REAL NOT NULL,
-        realized_pnl REAL NOT NULL, charges REAL NOT NULL)""",
+        realized_pnl REAL NOT NULL, charges REAL NOT NULL);"""
     """CREATE TABLE IF NOT EXISTS paper_cash (
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, amount REAL NOT NULL,
-        kind TEXT NOT NULL, ref TEXT NOT NULL)""",
+        kind TEXT NOT NULL, ref TEXT NOT NULL)"""
+)
+LEDGER_SCHEMA = Schema(
+    "paper ledger",
+    (_V1,),
+    version_table="paper_meta",
+    adopt_unversioned=True,
 )
 _WORKING = (OrderStatus.OPEN.value, OrderStatus.PARTIAL.value)
 
@@ -140,9 +150,11 @@ class PaperBroker:
         self._product = product
         if synchronous not in ("NORMAL", "FULL"):
             raise ChimeraError(f"paper broker: synchronous NORMAL or FULL, got {synchronous!r}")
-        self._synchronous = synchronous  # the journal's setting: the ledger is its twin
+        # the journal's setting: the ledger is its twin
+        self._synchronous: Synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
         self._on_report = on_report
         self._clock = clock
+        self._store: Store | None = None
         self._db: sqlite3.Connection | None = None
         self._unrecorded_cancels: set[str] = set()  # cancelled, not yet in the ledger
         self._working: dict[str, _Working] = {}  # client_order_id → resting order
@@ -156,14 +168,15 @@ class PaperBroker:
         """Open the ledger and put resting orders back on the book."""
         if self._db is not None:
             return
-        db = sqlite3.connect(private_file(self.path), isolation_level=None, timeout=10.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=10000")
-        self._db = db
+        self._store = open_store(
+            self.path,
+            LEDGER_SCHEMA,
+            synchronous=self._synchronous,
+            busy_timeout_s=10.0,
+            write_error=JournalWriteError,
+        )
+        self._db = db = self._store.db
         with self._tx():
-            for stmt in _SCHEMA:
-                db.execute(stmt)
             db.execute(
                 "INSERT OR IGNORE INTO paper_meta VALUES ('starting_cash', ?)",
                 (repr(float(self._cfg.starting_cash)),),
@@ -207,34 +220,17 @@ class PaperBroker:
     async def close(self) -> None:
         if self._db is not None and not self._record_cancels():
             log.error("paper.cancels_unrecorded", orders=sorted(self._unrecorded_cancels))
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._store is not None:
+            self._store.close()
+            self._store = self._db = None
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One ledger transaction; SQLite's own failures (a full disk) come out as
         JournalWriteError after the rollback, so the exchange can refuse what it cannot
         record instead of half-doing it."""
-        db = self._conn()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
-                log.error("paper.ledger_write_failed", path=str(self.path), error=str(exc))
-                raise JournalWriteError(
-                    f"paper ledger {self.path}: write failed: {exc}; free disk space there",
-                    str(self.path),
-                    exc,
-                ) from exc
-            raise
+        if self._store is None or self._db is None:
+            raise BrokerError("paper broker: not connected; await connect() first")
+        return self._store.transaction()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

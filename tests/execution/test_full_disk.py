@@ -160,7 +160,7 @@ async def test_a_journal_that_cannot_write_refuses_entries_and_still_books_repor
 def _story(events: list[dict]) -> str:
     keep = {
         "stop_orders_left_open", "cancel_failed", "cancel_all", "router_task_failed",
-        "paper.ledger_write_failed", "journal_write_failed", "exit_sent_unjournaled",
+        "store.write_failed", "journal_write_failed", "exit_sent_unjournaled",
         "order_placed", "paper.cancelled", "paper.fill",
     }  # fmt: skip
     return "\n".join(str(e) for e in events if e["event"] in keep)[-5000:]
