@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
 
 from chimera_core.contracts import ApprovalOutput, OrderIntent
-from chimera_core.errors import ChimeraError
-from chimera_core.sqlite_files import open_failure, private_file
+from chimera_core.errors import ChimeraError, StoreError, StoreSchemaError
+from chimera_core.store import Schema, open_readonly, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +73,11 @@ def approval_id_for(client_order_id: str) -> str:
     return "apv-" + hashlib.sha256(client_order_id.encode()).hexdigest()[:20]
 
 
-_SCHEMA = """
+# Append only; files from before versioning hold version 1's table and are adopted.
+SCHEMA = Schema(
+    "approvals",
+    (
+        """
 CREATE TABLE IF NOT EXISTS approval (
     approval_id     TEXT PRIMARY KEY,
     client_order_id TEXT NOT NULL UNIQUE,
@@ -84,7 +90,10 @@ CREATE TABLE IF NOT EXISTS approval (
     decided_ms      INTEGER,
     decided_by      TEXT NOT NULL DEFAULT ''
 )
-"""
+""",
+    ),
+    adopt_unversioned=True,
+)
 _COLUMNS = (
     "approval_id, intent, value, confidence, reason, status, created_ms, decided_ms, decided_by"
 )
@@ -92,7 +101,97 @@ _intent_decoder = msgspec.json.Decoder(OrderIntent)
 _ACTION = {APPROVED: "approve", REJECTED: "reject"}
 
 
-class ApprovalQueue:
+class _ApprovalReads:
+    """The reads the queue serves, shared by the engine's ApprovalQueue and the read-only
+    ApprovalsView."""
+
+    path: Path
+    _db: sqlite3.Connection
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, tuple(args)).fetchall()
+
+    def record(self, approval_id: str) -> ApprovalRecord:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM approval WHERE approval_id = ?", (approval_id,))
+        if not rows:
+            raise UnknownApproval(
+                f"no approval with id {approval_id!r}; expected an id returned by check() "
+                "or listed by pending()"
+            )
+        return self._record(rows[0])
+
+    def pending(self) -> list[ApprovalRecord]:
+        """PENDING intents, oldest first."""
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM approval WHERE status = ? ORDER BY created_ms, approval_id",
+            (PENDING,),
+        )
+        return [self._record(r) for r in rows]
+
+    def queue(self, limit: int = 200) -> list[ApprovalRecord]:
+        """Pending intents oldest first (they expire first, and the list stays put as new
+        ones queue), then decided ones newest first; at most ``limit``."""
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM approval ORDER BY (status = ?) DESC, "
+            "CASE WHEN status = ? THEN created_ms ELSE -created_ms END LIMIT ?",
+            (PENDING, PENDING, limit),
+        )
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: tuple[Any, ...]) -> ApprovalRecord:
+        aid, intent, value, confidence, reason, status, created, decided_ms, decided_by = row
+        try:
+            decoded = _intent_decoder.decode(intent)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            raise StoreSchemaError(
+                f"approvals: approval {aid} in {self.path} holds an intent this code cannot "
+                f"read ({exc}); it was written by a Chimera version this code does not know",
+                path=str(self.path),
+            ) from None
+        return ApprovalRecord(
+            approval_id=str(aid),
+            intent=decoded,
+            value=float(value),
+            confidence=float(confidence),
+            reason=str(reason),
+            status=str(status),
+            created_ms=int(created),
+            decided_ms=None if decided_ms is None else int(decided_ms),
+            decided_by=str(decided_by),
+        )
+
+
+class ApprovalsView(_ApprovalReads):
+    """A read-only view of the queue for the cortex and CLIs: SQLite ``mode=ro``, nothing
+    created or written. A table or column this code reads that the file lacks (a schema
+    change) is StoreSchemaError naming the file, never an empty queue; a damaged file is
+    StoreDamaged."""
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.path = Path(db_path)
+        self._view = open_readonly(self.path, SCHEMA)
+        self._db = self._view.db
+
+    def has_queue(self) -> bool:
+        """False while the engine has not created the queue yet (an empty file)."""
+        return self._view.has_schema()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if not self.has_queue():
+            return []
+        return self._view.rows(sql, args)
+
+    def close(self) -> None:
+        self._view.close()
+
+    def __enter__(self) -> ApprovalsView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ApprovalQueue(_ApprovalReads):
     """Gate intents that need a human, and record the human's decision."""
 
     def __init__(
@@ -107,17 +206,13 @@ class ApprovalQueue:
         self.size_limit_value = size_limit_value
         self.min_confidence = min_confidence
         self.ttl_ms = int(ttl_s * 1000)
-        # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
-        # take the file's mode.
-        private_file(db_path)
+        self.path = Path(db_path)
         # autocommit: every statement is its own transaction, so a crash loses nothing
-        self._db = sqlite3.connect(str(db_path), isolation_level=None, timeout=5.0)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise ApprovalError(f"approvals: {open_failure(db_path, exc)}") from None
+            self._store = open_store(self.path, SCHEMA, synchronous="FULL", busy_timeout_s=5.0)
+        except StoreError as exc:
+            raise ApprovalError(str(exc)) from None
+        self._db = self._store.db
 
     def check(self, intent: OrderIntent, confidence: float, exchange_ts_ms: int) -> ApprovalOutput:
         """NOT_REQUIRED, or queue the intent (once) and return its current status."""
@@ -183,27 +278,8 @@ class ApprovalQueue:
             required=True, status=rec.status, approval_id=approval_id, reason=rec.reason
         )
 
-    def record(self, approval_id: str) -> ApprovalRecord:
-        row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM approval WHERE approval_id = ?", (approval_id,)
-        ).fetchone()
-        if row is None:
-            raise UnknownApproval(
-                f"no approval with id {approval_id!r}; expected an id returned by check() "
-                "or listed by pending()"
-            )
-        return _record(row)
-
-    def pending(self) -> list[ApprovalRecord]:
-        """PENDING intents, oldest first."""
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM approval WHERE status = ? ORDER BY created_ms, approval_id",
-            (PENDING,),
-        ).fetchall()
-        return [_record(r) for r in rows]
-
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def __enter__(self) -> ApprovalQueue:
         return self
@@ -227,18 +303,3 @@ class ApprovalQueue:
             raise ApprovalNotPending(approval_id, rec.status, _ACTION[status])
         log.info("approval.decided", approval_id=approval_id, status=status, by=by)
         return rec
-
-
-def _record(row: tuple[object, ...]) -> ApprovalRecord:
-    aid, intent, value, confidence, reason, status, created, decided_ms, decided_by = row
-    return ApprovalRecord(
-        approval_id=str(aid),
-        intent=_intent_decoder.decode(intent),  # type: ignore[arg-type]
-        value=float(value),  # type: ignore[arg-type]
-        confidence=float(confidence),  # type: ignore[arg-type]
-        reason=str(reason),
-        status=str(status),
-        created_ms=int(created),  # type: ignore[call-overload]
-        decided_ms=None if decided_ms is None else int(decided_ms),  # type: ignore[call-overload]
-        decided_by=str(decided_by),
-    )

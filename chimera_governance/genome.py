@@ -44,8 +44,8 @@ import msgspec
 
 from chimera_core.config import StrategyConfig
 from chimera_core.contracts import GenomeOutput
-from chimera_core.errors import ChimeraError
-from chimera_core.sqlite_files import connect_readonly, open_failure, private_file
+from chimera_core.errors import ChimeraError, StoreError
+from chimera_core.store import Schema, open_readonly, open_store
 
 MIN_HISTORY = 31  # closed trades before the genome may learn (design: > 30)
 LEARNING_RATE = 0.01
@@ -179,7 +179,11 @@ def step_params(
 
 # ---------------------------------------------------------------------------- the store
 
-_SCHEMA = """
+# Append only; files from before versioning hold version 1's tables and are adopted.
+SCHEMA = Schema(
+    "genome",
+    (
+        """
 CREATE TABLE IF NOT EXISTS genome_version (
     family TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -201,7 +205,10 @@ CREATE TABLE IF NOT EXISTS genome_trade (
     PRIMARY KEY (family, seq)
 );
 CREATE INDEX IF NOT EXISTS genome_trade_by_version ON genome_trade (family, version, seq);
-"""
+""",
+    ),
+    adopt_unversioned=True,
+)
 
 _VERSION_COLS = (
     "family, version, parent_version, restored_from, params, reason, metrics, "
@@ -226,23 +233,147 @@ def _row_to_version(row: tuple[Any, ...]) -> GenomeVersion:
     )
 
 
-def _open_readonly(path: Path) -> sqlite3.Connection:
-    # A snapshot when no writer has the file open: not even a -wal / -shm appears.
-    try:
-        db = connect_readonly(path, snapshot=True)
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except (sqlite3.Error, ChimeraError) as exc:
-        raise GenomeError(f"cannot read genome db {path}: {exc}") from None
-    if "genome_version" not in tables:
-        db.close()
-        raise GenomeError(
-            f"{path} holds no genome tables (not a genome db, or the engine has not "
-            "written one yet); nothing was changed"
+class _GenomeReads:
+    """The reads a genome file serves, shared by the engine's GenomeStore and the
+    read-only GenomeView."""
+
+    genes: tuple[Gene, ...]
+    _db: sqlite3.Connection
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, tuple(args)).fetchall()
+
+    def families(self) -> list[str]:
+        rows = self._rows("SELECT DISTINCT family FROM genome_version ORDER BY family")
+        return [r[0] for r in rows]
+
+    def current_version(self, family: str) -> GenomeVersion:
+        version = self._latest(family)
+        if version is None:
+            raise _unknown_family(family)
+        return version
+
+    def history(self, family: str) -> list[GenomeVersion]:
+        """Every version of the family, oldest first ([] for a family never seen)."""
+        rows = self._rows(
+            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? ORDER BY version",
+            (family,),
         )
-    return db
+        return [_row_to_version(r) for r in rows]
+
+    def versions(self, limit: int) -> list[GenomeVersion]:
+        """Up to ``limit`` versions of every family: by family, newest version first."""
+        rows = self._rows(
+            f"SELECT {_VERSION_COLS} FROM genome_version ORDER BY family, version DESC LIMIT ?",
+            (limit,),
+        )
+        return [_row_to_version(r) for r in rows]
+
+    def version(self, family: str, version: int) -> GenomeVersion:
+        rows = self._rows(
+            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? AND version = ?",
+            (family, version),
+        )
+        if not rows:
+            if self._latest(family) is None:
+                raise _unknown_family(family)
+            known = [v.version for v in self.history(family)]
+            raise GenomeError(
+                f"unknown genome version {version} for family {family!r} (known: {known})"
+            )
+        return _row_to_version(rows[0])
+
+    def trade_pnls(self, family: str, version: int | None = None) -> list[float]:
+        """Closed-trade P&L, oldest first (all trades, or those closed under ``version``)."""
+        if version is None:
+            rows = self._rows(
+                "SELECT pnl FROM genome_trade WHERE family = ? ORDER BY seq", (family,)
+            )
+        else:
+            rows = self._rows(
+                "SELECT pnl FROM genome_trade WHERE family = ? AND version = ? ORDER BY seq",
+                (family, version),
+            )
+        return [r[0] for r in rows]
+
+    def _latest(self, family: str) -> GenomeVersion | None:
+        rows = self._rows(
+            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (family,),
+        )
+        return _row_to_version(rows[0]) if rows else None
+
+    def _output(self, family: str) -> GenomeOutput:
+        cur = self._latest(family)
+        counted = self._rows("SELECT COUNT(*) FROM genome_trade WHERE family = ?", (family,))
+        closed = int(counted[0][0]) if counted else 0
+        if cur is None:
+            params = {g.name: float(g.default) for g in self.genes}
+            return GenomeOutput(family, 0, params, 0, False)
+        return GenomeOutput(family, cur.version, dict(cur.params), closed, closed >= MIN_HISTORY)
 
 
-class GenomeStore:
+def _unknown_family(family: str) -> GenomeError:
+    return GenomeError(f"unknown genome family {family!r}: no version stored for it")
+
+
+class GenomeView(_GenomeReads):
+    """A read-only view of a genome file (cortex, ``chimera genome show|history``): SQLite
+    ``mode=ro`` as a snapshot when no writer has it open (not even a ``-wal`` / ``-shm``
+    appears), no schema created, nothing written. A file without genome tables, or one
+    whose tables this code does not know, is a GenomeError naming it."""
+
+    def __init__(
+        self, path: str | Path, *, genes: Sequence[Gene] = DEFAULT_GENES, empty_ok: bool = False
+    ) -> None:
+        """``empty_ok``: a file the engine has not created the tables in yet reads as no
+        versions at all (the cortex) instead of a GenomeError (the CLI)."""
+        self.path = Path(path)
+        self.genes = tuple(genes)
+        self._empty = False
+        try:
+            self._view = open_readonly(self.path, SCHEMA, snapshot=True)
+        except StoreError as exc:
+            raise GenomeError(f"cannot read genome db {self.path}: {exc}") from None
+        try:
+            version = self._view.version
+        except StoreError as exc:
+            self._view.close()
+            raise GenomeError(f"cannot read genome db {self.path}: {exc}") from None
+        self._empty = version == 0
+        if self._empty and not empty_ok:
+            self._view.close()
+            raise GenomeError(
+                f"{self.path} holds no genome tables (not a genome db, or the engine has not "
+                "written one yet); nothing was changed"
+            )
+        self._db = self._view.db
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self._empty and not self._view.has_schema():
+            return []
+        self._empty = False
+        try:
+            return self._view.rows(sql, args)
+        except StoreError as exc:
+            raise GenomeError(f"cannot read genome db {self.path}: {exc}") from None
+
+    def current(self, family: str) -> GenomeOutput:
+        """The genome in force; version 0 (defaults) for a family never persisted."""
+        return self._output(family)
+
+    def close(self) -> None:
+        self._view.close()
+
+    def __enter__(self) -> GenomeView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GenomeStore(_GenomeReads):
     """The genomes of all instrument families, persisted in one SQLite file."""
 
     def __init__(
@@ -256,10 +387,7 @@ class GenomeStore:
         update_every: int = UPDATE_EVERY,
         learn_window: int = LEARN_WINDOW,
         rollback_window: int = ROLLBACK_WINDOW,
-        readonly: bool = False,
     ) -> None:
-        """``readonly=True`` (``chimera genome show|history``): SQLite ``mode=ro``, no schema
-        created, nothing written; a file without genome tables is a GenomeError."""
         if update_every < 1 or learn_window < 2 or rollback_window < 1:
             raise GenomeError(
                 "expected update_every >= 1, learn_window >= 2, rollback_window >= 1; got "
@@ -274,28 +402,26 @@ class GenomeStore:
         self.learn_window = learn_window
         self.rollback_window = rollback_window
         self.path = Path(path)
-        if readonly:
-            self._db = _open_readonly(self.path)
-        else:
-            # 0600 (and 0700 for directories it creates) before SQLite opens it; -wal / -shm
-            # take the file's mode.
-            private_file(self.path)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("PRAGMA busy_timeout=5000")
-                self._db.executescript(_SCHEMA)
-            except sqlite3.Error as exc:
-                self._db.close()
-                raise GenomeError(f"genome: {open_failure(self.path, exc)}") from None
+        try:
+            # check_same_thread=False: the CLI's and the engine's reads may come from another
+            # thread than the one that opened it.
+            self._store = open_store(
+                self.path,
+                SCHEMA,
+                synchronous="NORMAL",
+                busy_timeout_s=5.0,
+                check_same_thread=False,
+            )
+        except StoreError as exc:
+            raise GenomeError(f"genome: {exc}") from None
+        self._db = self._store.db
         # current() is cached; PRAGMA data_version changes when another connection (the
         # CLI's rollback) commits, which invalidates the cache.
         self._cache: dict[str, GenomeOutput] = {}
         self._data_version = self._read_data_version()
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def __enter__(self) -> GenomeStore:
         return self
@@ -308,10 +434,6 @@ class GenomeStore:
     def family_for(self, token: str) -> str:
         return self.token_families.get(token, DEFAULT_FAMILY)
 
-    def families(self) -> list[str]:
-        rows = self._db.execute("SELECT DISTINCT family FROM genome_version ORDER BY family")
-        return [r[0] for r in rows]
-
     def current(self, family: str) -> GenomeOutput:
         """The genome in force; version 0 (defaults, not yet persisted) before any trade."""
         dv = self._read_data_version()
@@ -323,47 +445,6 @@ class GenomeStore:
             out = self._output(family)
             self._cache[family] = out
         return out
-
-    def current_version(self, family: str) -> GenomeVersion:
-        version = self._latest(family)
-        if version is None:
-            raise self._unknown_family(family)
-        return version
-
-    def history(self, family: str) -> list[GenomeVersion]:
-        """Every version of the family, oldest first ([] for a family never seen)."""
-        rows = self._db.execute(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? ORDER BY version",
-            (family,),
-        )
-        return [_row_to_version(r) for r in rows]
-
-    def version(self, family: str, version: int) -> GenomeVersion:
-        row = self._db.execute(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? AND version = ?",
-            (family, version),
-        ).fetchone()
-        if row is None:
-            if self._latest(family) is None:
-                raise self._unknown_family(family)
-            known = [v.version for v in self.history(family)]
-            raise GenomeError(
-                f"unknown genome version {version} for family {family!r} (known: {known})"
-            )
-        return _row_to_version(row)
-
-    def trade_pnls(self, family: str, version: int | None = None) -> list[float]:
-        """Closed-trade P&L, oldest first (all trades, or those closed under ``version``)."""
-        if version is None:
-            rows = self._db.execute(
-                "SELECT pnl FROM genome_trade WHERE family = ? ORDER BY seq", (family,)
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT pnl FROM genome_trade WHERE family = ? AND version = ? ORDER BY seq",
-                (family, version),
-            )
-        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ writes
 
@@ -526,24 +607,6 @@ class GenomeStore:
         )
         return new
 
-    def _latest(self, family: str) -> GenomeVersion | None:
-        row = self._db.execute(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? "
-            "ORDER BY version DESC LIMIT 1",
-            (family,),
-        ).fetchone()
-        return None if row is None else _row_to_version(row)
-
-    def _output(self, family: str) -> GenomeOutput:
-        cur = self._latest(family)
-        (closed,) = self._db.execute(
-            "SELECT COUNT(*) FROM genome_trade WHERE family = ?", (family,)
-        ).fetchone()
-        if cur is None:
-            params = {g.name: float(g.default) for g in self.genes}
-            return GenomeOutput(family, 0, params, 0, False)
-        return GenomeOutput(family, cur.version, dict(cur.params), closed, closed >= MIN_HISTORY)
-
     def _read_data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
@@ -551,15 +614,6 @@ class GenomeStore:
     def _write(self) -> Iterator[None]:
         # IMMEDIATE: take the write lock up front so version numbers cannot race with
         # another process (the CLI) writing the same family.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._store.transaction():
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         self._cache.clear()
-
-    @staticmethod
-    def _unknown_family(family: str) -> GenomeError:
-        return GenomeError(f"unknown genome family {family!r}: no version stored for it")

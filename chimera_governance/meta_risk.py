@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import sqlite3
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ from chimera_core.contracts import MetaRiskOutput, Veto
 from chimera_core.errors import ChimeraError
 from chimera_core.feed.sanity import MAX_EXCHANGE_MS, MIN_EXCHANGE_MS
 from chimera_core.markets import MarketCalendar, calendar_for
-from chimera_core.sqlite_files import private_file
+from chimera_core.store import Schema, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -123,19 +122,25 @@ def rolling_sharpe(pnls: list[float] | deque[float]) -> float:
     return mean / std
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS halt (
-    reason      TEXT PRIMARY KEY,   -- the rule that halted: daily_loss | max_drawdown
-    day         TEXT NOT NULL,      -- IST trading day it tripped (ISO date)
-    value       REAL NOT NULL,
-    limit_value REAL NOT NULL,
-    set_ts_ms   INTEGER NOT NULL    -- exchange time it tripped
-);
-CREATE TABLE IF NOT EXISTS equity_state (
-    key   TEXT PRIMARY KEY,  -- high_water_mark | session_day | session_open_equity
-    value TEXT NOT NULL
+# Append only. Version 2 came with equity-based risk; files from before versioning hold
+# version 1's or version 2's tables and are adopted as what they hold.
+SCHEMA = Schema(
+    "meta-risk state",
+    (
+        """CREATE TABLE IF NOT EXISTS halt (
+            reason      TEXT PRIMARY KEY,   -- the rule that halted: daily_loss | max_drawdown
+            day         TEXT NOT NULL,      -- IST trading day it tripped (ISO date)
+            value       REAL NOT NULL,
+            limit_value REAL NOT NULL,
+            set_ts_ms   INTEGER NOT NULL    -- exchange time it tripped
+        )""",
+        """CREATE TABLE IF NOT EXISTS equity_state (
+            key   TEXT PRIMARY KEY,  -- high_water_mark | session_day | session_open_equity
+            value TEXT NOT NULL
+        )""",
+    ),
+    adopt_unversioned=True,
 )
-"""
 
 
 class MetaRisk:
@@ -149,10 +154,8 @@ class MetaRisk:
     ) -> None:
         self.limits = limits or MetaRiskLimits()
         self.calendar = calendar
-        self._db = sqlite3.connect(str(private_file(state_path)), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._store = open_store(state_path, SCHEMA, synchronous="NORMAL", busy_timeout_s=5.0)
+        self._db = self._store.db
         # reason -> (day, value, limit)
         self._halts: dict[str, tuple[dt.date, float, float]] = {
             reason: (dt.date.fromisoformat(day), value, limit)
@@ -357,7 +360,7 @@ class MetaRisk:
         return was
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def __enter__(self) -> MetaRisk:
         return self
@@ -401,7 +404,8 @@ class MetaRisk:
                 "" if self._open_equity is None else repr(self._open_equity),
             ),
         ]
-        self._db.executemany("INSERT OR REPLACE INTO equity_state VALUES (?, ?)", rows)
+        with self._store.transaction() as db:  # the three keys move together
+            db.executemany("INSERT OR REPLACE INTO equity_state VALUES (?, ?)", rows)
 
     def _check_kill_switches(self, day: dt.date, exchange_ts_ms: int, equity: float) -> list[Veto]:
         lim = self.limits
