@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from chimera_core.control import Command
+from chimera_core.errors import ChimeraError
 from cortex import charts, sources
 from cortex.names import label, recorded_names
 from cortex.runtime import Runtime, build_runtime
@@ -437,12 +438,22 @@ def page_execution() -> None:
             if rc.positions:
                 st.dataframe([msgspec.to_builtins(p) for p in rc.positions], hide_index=True)
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
-        journal_fills = sources.journal(mode_dir, "fills", 100)
+        journal_fills = _store_rows(lambda: sources.journal(mode_dir, "fills", 100))
         if journal_fills:
             st.subheader(f"{mode} journal fills, newest first ({mode_dir / 'chimera.db'})")
             st.dataframe(journal_fills, hide_index=True)
 
     body()
+
+
+def _store_rows(read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A store's rows, or an error on the page naming the file when it is damaged or has a
+    schema this code does not read (never an empty table that looks like "nothing yet")."""
+    try:
+        return read()
+    except ChimeraError as exc:
+        st.error(f"cannot read the store: {exc}")
+        return []
 
 
 def _report_row(r: Any, names: dict[str, str]) -> dict[str, Any]:
@@ -471,7 +482,7 @@ def page_governance() -> None:
         names = names_of(rt, snap)
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
         st.subheader("Approval queue")
-        queue = sources.approvals(mode_dir)
+        queue = _store_rows(lambda: sources.approvals(mode_dir))
         pending = [r for r in queue if r["status"] == "PENDING"]
         known = {r["approval_id"] for r in queue}
         # Pending approvals the decisions reported but the db (not readable here) lacks.
@@ -557,7 +568,7 @@ def page_governance() -> None:
         else:
             st.caption("No vetoes this session.")
         st.subheader("Genome versions")
-        genomes = sources.genome_versions(mode_dir)
+        genomes = _store_rows(lambda: sources.genome_versions(mode_dir))
         if genomes:
             st.dataframe(genomes, hide_index=True)
         else:

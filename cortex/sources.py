@@ -1,11 +1,13 @@
 """Read-only access to what other processes wrote: the recorder's files, the governance
-SQLite databases, the execution journal. Every reader tolerates the file (or table) being
-absent and opens SQLite with ``mode=ro`` so the cortex can never write the engine's state.
+SQLite databases, the execution journal. The stores are read through each store's own
+read-only view (``mode=ro``: the cortex can never write the engine's state, and no SQL
+here knows another package's tables). A file not there yet reads as empty; a damaged one,
+or one whose schema this code does not read, raises an error naming it, so a page says
+so instead of showing nothing.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,14 @@ import msgspec
 import orjson
 
 from chimera_core.contracts import Decision
+from chimera_execution.journal_view import DB_NAME, JournalReader
+from chimera_governance.approvals import ApprovalsView
+from chimera_governance.genome import GenomeView
 
 NEURAL_STATE = "neural_state.json"
 BLACKBOX = "blackbox"
+APPROVALS_DB = "approvals.db"
+GENOME_DB = "genome.db"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -31,74 +38,70 @@ def neural_state(data_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(data_dir) / NEURAL_STATE)
 
 
-def _query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows as dicts from a read-only connection; [] when the file or table is absent."""
-    if not db.is_file():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return []
-    try:
-        con.row_factory = sqlite3.Row
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    except sqlite3.Error:
-        return []
-    finally:
-        con.close()
-
-
 def approvals(mode_dir: Path, limit: int = 200) -> list[dict[str, Any]]:
-    """The approval queue (pending oldest first, then decided newest first), intents decoded."""
-    rows = _query(
-        Path(mode_dir) / "approvals.db",
-        "SELECT approval_id, client_order_id, intent, value, confidence, reason, status,"
-        " created_ms, decided_ms, decided_by FROM approval"
-        # Pending oldest first (they expire first, and the list stays put as new ones
-        # queue), then decided ones newest first.
-        " ORDER BY (status = 'PENDING') DESC,"
-        " CASE WHEN status = 'PENDING' THEN created_ms ELSE -created_ms END LIMIT ?",
-        (limit,),
-    )
-    for r in rows:
-        try:
-            intent = orjson.loads(r.pop("intent"))
-        except (orjson.JSONDecodeError, TypeError):
-            intent = {}
-        r["token"] = intent.get("token", "")
-        r["side"] = intent.get("side", "")
-        r["qty"] = intent.get("qty", 0)
-        r["ref_price"] = intent.get("ref_price", 0.0)
-    return rows
+    """The approval queue (pending oldest first, then decided newest first), one flat row
+    per approval with its intent's token, side, qty and reference price. [] while there is
+    no queue file (or the engine has not created its table yet); StoreError when the file
+    is damaged or has a schema this code does not read — never an empty page for that."""
+    path = Path(mode_dir) / APPROVALS_DB
+    if not path.is_file():
+        return []
+    with ApprovalsView(path) as view:
+        records = view.queue(limit)
+    return [
+        {
+            "approval_id": r.approval_id,
+            "client_order_id": r.intent.client_order_id,
+            "value": r.value,
+            "confidence": r.confidence,
+            "reason": r.reason,
+            "status": r.status,
+            "created_ms": r.created_ms,
+            "decided_ms": r.decided_ms,
+            "decided_by": r.decided_by,
+            "token": r.intent.token,
+            "side": r.intent.side.value,
+            "qty": r.intent.qty,
+            "ref_price": r.intent.ref_price,
+        }
+        for r in records
+    ]
 
 
 def genome_versions(mode_dir: Path, limit: int = 200) -> list[dict[str, Any]]:
-    """Every persisted genome version with its reason and metrics, newest first."""
-    rows = _query(
-        Path(mode_dir) / "genome.db",
-        "SELECT family, version, parent_version, restored_from, params, reason, metrics,"
-        " created_exchange_ts_ms FROM genome_version ORDER BY family, version DESC LIMIT ?",
-        (limit,),
-    )
-    for r in rows:
-        for key in ("params", "metrics"):
-            try:
-                r[key] = orjson.loads(r[key])
-            except (orjson.JSONDecodeError, TypeError):
-                pass
-    return rows
+    """Every persisted genome version with its reason and metrics, by family, newest first.
+    [] while there is no genome file or it holds no versions yet; GenomeError when it is
+    damaged or has a schema this code does not read."""
+    path = Path(mode_dir) / GENOME_DB
+    if not path.is_file():
+        return []
+    with GenomeView(path, empty_ok=True) as view:
+        return [msgspec.to_builtins(v) for v in view.versions(limit)]
+
+
+JOURNAL_TABLES = ("orders", "fills", "positions", "cash_ledger")
 
 
 def journal(mode_dir: Path, table: str, limit: int = 200) -> list[dict[str, Any]]:
-    """Newest rows of the execution journal (``chimera.db``): orders, fills, positions,
-    cash_ledger."""
-    if table not in ("orders", "fills", "positions", "cash_ledger"):
-        raise ValueError(f"unknown journal table {table!r}")
-    return _query(
-        Path(mode_dir) / "chimera.db",
-        f"SELECT * FROM {table} ORDER BY rowid DESC LIMIT ?",
-        (limit,),
-    )
+    """Newest rows of the execution journal (``chimera.db``), newest first: orders, fills,
+    positions (open or with realized P&L), cash_ledger. [] while there is no journal or no
+    schema yet; StoreError when it is damaged or has a schema this code does not read."""
+    if table not in JOURNAL_TABLES:
+        raise ValueError(f"unknown journal table {table!r}; expected one of {JOURNAL_TABLES}")
+    path = Path(mode_dir) / DB_NAME
+    if not path.is_file():
+        return []
+    with JournalReader(path) as reader:
+        rows: list[Any]
+        if table == "orders":
+            rows = reader.recent_orders(limit)
+        elif table == "fills":
+            rows = reader.recent_fills(limit)
+        elif table == "positions":
+            rows = reader.positions()[:limit]
+        else:
+            rows = reader.cash_movements(limit)
+    return [msgspec.to_builtins(r) for r in rows]
 
 
 def sessions(data_dir: Path) -> list[dict[str, Any]]:

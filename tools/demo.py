@@ -61,17 +61,17 @@ def _summary(config: Path) -> str:
     the paper journal). Best effort: the demo goes on without it."""
     from chimera_core.config import load_config, load_env
     from chimera_core.control import ControlClient, read_token
-    from chimera_execution.journal import Journal
+    from chimera_execution.journal_view import JournalReader, journal_path
 
     try:
         cfg = load_config(config)
         token = read_token(load_env(None), Path(cfg.data_dir))
         with ControlClient(cfg.control.endpoint, token, timeout_s=1.0) as client:
             status = client.request("status")["result"]
-        with Journal(cfg.data_dir, "paper") as journal:
+        with JournalReader(journal_path(cfg.data_dir, "paper")) as journal:  # the engine writes
             orders = journal.orders()
             fills = journal.fills()
-            cash = journal.cash()
+            cash = journal.cash() or 0.0  # None until the engine has fixed the starting cash
         filled = sum(1 for o in orders if o.status.value == "FILLED")
         return (
             f"demo: PAPER {len(orders)} orders ({filled} filled), {len(fills)} fills, "

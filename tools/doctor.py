@@ -40,9 +40,9 @@ from chimera_core.config import (
 )
 from chimera_core.contracts import SessionInfo, TickRecord
 from chimera_core.control import TOKEN_ENV, TOKEN_FILE, ControlError, check_token
-from chimera_core.errors import ChimeraError, ProtocolError
+from chimera_core.errors import ChimeraError, ProtocolError, StoreError
 from chimera_core.logging import configure_logging
-from chimera_core.sqlite_files import connect_readonly, file_state
+from chimera_core.store import open_readonly
 from chimera_core.telemetry import TOPIC_SESSION, TOPIC_TICK, decode_payload, split
 from tools.blackbox import ReadReport, check_session, iter_session, segments
 
@@ -199,17 +199,17 @@ def check_sqlite(cfg: Config) -> list[Row]:
     busy: list[str] = []
     for db in dbs:
         try:
-            state = file_state(db)
             # Read-only, and a snapshot: no -wal / -shm is created beside an idle store.
-            conn = connect_readonly(db, snapshot=True, timeout=2.0)
-            try:
-                result = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-            finally:
-                conn.close()
+            with open_readonly(db, snapshot=True, timeout_s=2.0) as view:
+                result = view.integrity_check()
+                unchanged = view.unchanged()
+        except StoreError as exc:  # names the file and what to do
+            bad.append(str(exc))
+            continue
         except (sqlite3.Error, ChimeraError, OSError) as exc:
             bad.append(f"{db}: {exc}")
             continue
-        if result != ["ok"] and file_state(db) != state:
+        if result != ["ok"] and not unchanged:
             busy.append(str(db))  # a writer started meanwhile: the snapshot proves nothing
         elif result != ["ok"]:
             bad.append(f"{db}: {'; '.join(str(r) for r in result[:3])}")
@@ -363,7 +363,7 @@ def check_broker(cfg: Config) -> list[Row]:
 def check_journal(cfg: Config) -> list[Row]:
     """The execution journal's own invariants: positions are the sum of fills, the cash
     ledger balances, no order over-filled."""
-    from chimera_execution.journal import SCHEMA_VERSION, JournalReader, journal_path
+    from chimera_execution.journal_view import SCHEMA_VERSION, JournalReader, journal_path
 
     path = journal_path(cfg.data_dir, cfg.mode)
     if not path.is_file():

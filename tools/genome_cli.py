@@ -14,7 +14,14 @@ from pathlib import Path
 
 import msgspec
 
-from chimera_governance.genome import DEFAULT_FAMILY, GenomeError, GenomeStore, GenomeVersion
+from chimera_core.errors import ChimeraError
+from chimera_governance.genome import (
+    DEFAULT_FAMILY,
+    GenomeError,
+    GenomeStore,
+    GenomeVersion,
+    GenomeView,
+)
 
 DEFAULT_DB = "data/paper/genome.db"
 
@@ -74,33 +81,37 @@ def _run(args: argparse.Namespace) -> str:
     db = Path(args.db)
     if not db.is_file():
         raise GenomeError(f"no genome db at {db} (expected the file the engine writes; --db)")
-    # Only rollback writes; show and history open the file read-only.
-    with GenomeStore(db, readonly=args.action != "rollback") as store:
-        if args.family not in store.families():
-            known = ", ".join(store.families()) or "none"
-            raise GenomeError(f"unknown genome family {args.family!r} (known: {known})")
-        if args.action == "show":
-            cur = store.current_version(args.family)
-            out = store.current(args.family)
-            return _json(
-                {
-                    "family": out.family,
-                    "version": out.version,
-                    "parent_version": cur.parent_version,
-                    "restored_from": cur.restored_from,
-                    "reason": cur.reason,
-                    "params": out.params,
-                    "metrics": cur.metrics,
-                    "closed_trades": out.closed_trades,
-                    "learning": out.learning,
-                    "created_exchange_ts_ms": cur.created_exchange_ts_ms,
-                }
-            )
+    if args.action == "rollback":  # the only action that writes
+        with GenomeStore(db) as store:
+            _known_family(store, args.family)
+            return _json(store.rollback(args.family, to_version=args.to, reason=args.reason))
+    with GenomeView(db) as view:  # show and history only read
+        _known_family(view, args.family)
         if args.action == "history":
-            versions = store.history(args.family)
+            versions = view.history(args.family)
             return _json(versions) if args.json else _table(versions)
-        new = store.rollback(args.family, to_version=args.to, reason=args.reason)
-        return _json(new)
+        cur = view.current_version(args.family)
+        out = view.current(args.family)
+        return _json(
+            {
+                "family": out.family,
+                "version": out.version,
+                "parent_version": cur.parent_version,
+                "restored_from": cur.restored_from,
+                "reason": cur.reason,
+                "params": out.params,
+                "metrics": cur.metrics,
+                "closed_trades": out.closed_trades,
+                "learning": out.learning,
+                "created_exchange_ts_ms": cur.created_exchange_ts_ms,
+            }
+        )
+
+
+def _known_family(store: GenomeStore | GenomeView, family: str) -> None:
+    if family not in store.families():
+        known = ", ".join(store.families()) or "none"
+        raise GenomeError(f"unknown genome family {family!r} (known: {known})")
 
 
 def main(argv: list[str]) -> int:
@@ -110,7 +121,7 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         text = _run(args)
-    except (GenomeError, sqlite3.Error) as exc:
+    except (ChimeraError, sqlite3.Error) as exc:
         print(f"chimera genome {args.action}: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(text + "\n")
