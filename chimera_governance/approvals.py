@@ -242,3 +242,61 @@ def _record(row: tuple[object, ...]) -> ApprovalRecord:
         decided_ms=None if decided_ms is None else int(decided_ms),  # type: ignore[call-overload]
         decided_by=str(decided_by),
     )
+
+
+# Proposals that are not orders (an assistant's genome change): kept beside the intent
+# queue in the same file, for a human to read; nothing acts on them by itself.
+_PROPOSAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS proposal (
+    proposal_id TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,          -- 'genome_change'
+    payload     TEXT NOT NULL,          -- JSON
+    reason      TEXT NOT NULL,
+    status      TEXT NOT NULL,          -- PENDING
+    created_ms  INTEGER NOT NULL,
+    proposed_by TEXT NOT NULL
+)
+"""
+PROPOSAL_KINDS = ("genome_change",)
+
+
+def propose(
+    db_path: str | Path, kind: str, payload: dict[str, object], reason: str, by: str, now_ms: int
+) -> str:
+    """Queue a non-order proposal for a human (PENDING); return its id."""
+    if kind not in PROPOSAL_KINDS:
+        raise ApprovalError(f"proposal kind {kind!r} is not allowed (allowed: {PROPOSAL_KINDS})")
+    if not reason or not by:
+        raise ApprovalError("a proposal needs a reason and who proposed it (by=...)")
+    body = msgspec.json.encode(payload).decode()
+    proposal_id = "prp-" + hashlib.sha256(f"{kind}{body}{now_ms}".encode()).hexdigest()[:20]
+    private_file(db_path)
+    db = sqlite3.connect(str(db_path), isolation_level=None, timeout=5.0)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(_PROPOSAL_SCHEMA)
+        db.execute(
+            "INSERT OR IGNORE INTO proposal VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (proposal_id, kind, body, reason, PENDING, now_ms, by),
+        )
+    except sqlite3.Error as exc:
+        raise ApprovalError(f"approvals: {open_failure(db_path, exc)}") from None
+    finally:
+        db.close()
+    log.info("approval.proposed", proposal_id=proposal_id, kind=kind, by=by)
+    return proposal_id
+
+
+def proposals(db_path: str | Path) -> list[dict[str, object]]:
+    """Every queued proposal, oldest first ([] when there is none)."""
+    if not Path(db_path).is_file():
+        return []
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM proposal ORDER BY created_ms, proposal_id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [{**dict(r), "payload": msgspec.json.decode(r["payload"])} for r in rows]
