@@ -1,0 +1,161 @@
+"""`chimera mcp` with the SDK's own clients against a real `chimera live` trading the
+simulator (real processes, loopback only)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from chimera_core.config import load_config
+from chimera_core.control import ControlClient, read_token
+from chimera_governance.approvals import proposals
+from tests.loopback import REPO, chimera, free_port, wait_port
+
+pytestmark = pytest.mark.timeout(90)
+
+# Words no tool name may contain: the server never trades.
+ORDER_WORDS = ("order_place", "place", "cancel", "flatten", "buy", "sell", "submit", "approve")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("mcp")
+    sim_port, tel_port, ctl_port = free_port(), free_port(), free_port()
+    (tmp / "chimera.toml").write_text(
+        f'data_dir = "{tmp / "data"}"\n'
+        f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
+        '[logging]\ndecisions = "none"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
+    )
+    procs = [chimera("sim", "--port", str(sim_port), "--rate", "500", cwd=tmp)]
+    try:
+        wait_port(sim_port)
+        procs.append(chimera("live", cwd=tmp))
+        deadline = time.monotonic() + 40
+        while True:  # the engine answers on the control channel once it is up
+            try:
+                _control(tmp, "status")
+                break
+            except Exception:
+                assert procs[1].poll() is None, procs[1].output()[1].decode()[-2000:]
+                assert time.monotonic() < deadline, "the engine never answered status"
+                time.sleep(0.5)
+        yield tmp
+    finally:
+        _stop(procs)
+
+
+def _control(tmp: Path, command: str) -> dict[str, Any]:
+    cfg = load_config(tmp / "chimera.toml")
+    token = read_token({}, Path(cfg.data_dir))
+    with ControlClient(cfg.control.endpoint, token, 2.0) as c:
+        return c.request(command)
+
+
+def _stdio(tmp: Path) -> Client:
+    return Client(
+        StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "tools.cli", "mcp", "--config", str(tmp / "chimera.toml")],
+            cwd=str(tmp),
+            env={"PYTHONPATH": str(REPO)},
+        )
+    )
+
+
+def _stable(status: dict[str, Any]) -> dict[str, Any]:
+    r = status["result"]
+    return {k: r[k] for k in ("halted", "states") if k in r} | {"ok": status["ok"]}
+
+
+def test_stdio_tools_read_the_engine_and_only_make_it_safer(engine: Path) -> None:
+    async def run() -> None:
+        async with _stdio(engine) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"status", "positions", "pause", "halt", "propose_genome_change"} <= names
+            assert not [n for n in names if any(w in n.lower() for w in ORDER_WORDS)], names
+
+            got = (await client.call_tool("status", {})).structured_content
+            assert got is not None
+            want = _control(engine, "status")
+            assert got["command"] == want["command"] == "status"
+            assert _stable(got) == _stable(want)
+            assert set(got["result"]) == set(want["result"])
+
+            assert not want["result"].get("paused")
+            res = await client.call_tool("pause", {"reason": "test"})
+            assert not res.is_error, res
+            after = _control(engine, "status")["result"]
+            assert after.get("paused") is True or "PAUSED" in str(after), after
+
+            res = await client.call_tool(
+                "propose_genome_change",
+                {"family": "physics", "params": {"energy_threshold": 0.01}, "reason": "test"},
+            )
+            assert not res.is_error, res
+            pid = res.structured_content["proposal_id"]  # type: ignore[index]
+            mode_dir = engine / "data" / load_config(engine / "chimera.toml").mode
+            queued = proposals(mode_dir / "approvals.db")
+            assert [(p["proposal_id"], p["status"], p["proposed_by"]) for p in queued] == [
+                (pid, "PENDING", "assistant")
+            ]
+            assert queued[0]["payload"] == {
+                "family": "physics",
+                "params": {"energy_threshold": 0.01},
+            }
+
+            uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            assert "chimera://docs/README.md" in uris and "chimera://config/schema" in uris
+
+    anyio.run(run)
+
+
+def test_http_refuses_a_wrong_token_and_serves_the_right_one(engine: Path) -> None:
+    port = free_port()
+    proc = chimera("mcp", "--config", "chimera.toml", "--http", "--port", str(port), cwd=engine)
+    try:
+        wait_port(port)
+        url = f"http://127.0.0.1:{port}/mcp"
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789abcdef"}):
+            req = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=5)
+            assert err.value.code == 401
+        token = read_token({}, engine / "data")
+
+        async def run() -> dict[str, Any]:
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+            async with http, Client(streamable_http_client(url, http_client=http)) as client:
+                res = await client.call_tool("status", {})
+                assert res.structured_content is not None
+                return res.structured_content
+
+        got = anyio.run(run)
+        assert got["ok"] is True and got["command"] == "status"
+    finally:
+        _stop([proc])
