@@ -50,11 +50,13 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
+        "wait_for_subscriber_s = 20\n"
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
     )
     procs = [chimera("sim", "--port", str(sim_port), "--rate", "500", cwd=tmp)]
     try:
         wait_port(sim_port)
+        procs.append(chimera("record", cwd=tmp))  # the black box explain reads
         procs.append(chimera("live", cwd=tmp))
         deadline = time.monotonic() + 40
         while True:  # the engine answers on the control channel once it is up
@@ -62,7 +64,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 _control(tmp, "status")
                 break
             except Exception:
-                assert procs[1].poll() is None, procs[1].output()[1].decode()[-2000:]
+                assert procs[2].poll() is None, procs[2].output()[1].decode()[-2000:]
                 assert time.monotonic() < deadline, "the engine never answered status"
                 time.sleep(0.5)
         yield tmp
@@ -159,3 +161,41 @@ def test_http_refuses_a_wrong_token_and_serves_the_right_one(engine: Path) -> No
         assert got["ok"] is True and got["command"] == "status"
     finally:
         _stop([proc])
+
+
+def test_recent_decisions_and_explain_match_the_black_box(engine: Path) -> None:
+    from cortex.sources import load_session, sessions
+
+    deadline = time.monotonic() + 30
+    while True:  # the recorder flushes its segment in batches
+        found = sessions(engine / "data")
+        box = load_session(Path(found[0]["path"]), max_points=10**9) if found else None
+        if box and box["prices"]:
+            break
+        assert time.monotonic() < deadline, "no decision reached the black box"
+        time.sleep(1.0)
+    token = sorted(box["prices"])[0]
+
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with _stdio(engine) as client:
+            res = await client.call_tool("recent_decisions", {"token": token, "n": 5})
+            assert not res.is_error, res
+            recent = res.structured_content["result"]  # type: ignore[index]
+            last = recent[-1]
+            res = await client.call_tool(
+                "explain", {"session": last["session"], "seq": last["seq"]}
+            )
+            assert not res.is_error, res
+            return recent, res.structured_content  # type: ignore[return-value]
+
+    recent, explained = anyio.run(run)
+    assert 1 <= len(recent) <= 5
+    # Read after the tools did: the recorder keeps appending while the engine runs.
+    box = load_session(Path(found[0]["path"]), max_points=10**9)
+    recorded = set(map(tuple, box["prices"][token]))
+    # Each summary is a decision the black box holds (an independent reader: the cortex's).
+    assert {(d["exchange_ts_ms"], d["close"]) for d in recent} <= recorded
+    assert explained["token"] == token
+    assert explained["exchange_ts_ms"] == recent[-1]["exchange_ts_ms"]
+    assert explained["physics"]["close"] == recent[-1]["close"]
+    assert {"physics", "meta_risk", "intent"} <= set(explained)
