@@ -263,6 +263,7 @@ def bearer_guard(app: ASGIApp, token: str) -> ASGIApp:
 
 def main(argv: list[str]) -> int:
     from chimera_core.config import default_config_path
+    from chimera_core.logging import configure_logging
 
     parser = argparse.ArgumentParser(prog="chimera mcp", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=default_config_path(), help="TOML config")
@@ -276,11 +277,12 @@ def main(argv: list[str]) -> int:
         engine = Engine(args.config)
         server = build_server(engine)
         if not args.http:
-            # stdout is the protocol: logs go to stderr.
-            structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+            # stdout is the protocol: JSON logs go to stderr.
+            configure_logging("INFO", stream=sys.stderr)
             server.run("stdio")
             return 0
         token = engine.token()
+        configure_logging("INFO", [token])  # never log the bearer token
     except ChimeraError as exc:
         print(f"chimera mcp: {exc}", file=sys.stderr)
         return 2
