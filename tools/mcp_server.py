@@ -12,6 +12,7 @@ stdio by default; ``--http`` serves streamable HTTP on 127.0.0.1 behind
 from __future__ import annotations
 
 import argparse
+import functools
 import hmac
 import sys
 import time
@@ -109,9 +110,24 @@ ACT_TOOLS = ("pause", "halt", "propose_genome_change")
 
 def build_server(engine: Engine) -> Any:
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
 
     from chimera_governance import approvals as apv
     from cortex import sources
+
+    def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``fn``; our errors reach the assistant with their message, not a bare
+        'error executing tool'."""
+
+        @functools.wraps(fn)
+        def clear(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except ChimeraError as exc:
+                log.warning("mcp.tool_failed", tool=fn.__name__, error=str(exc))
+                raise ToolError(f"{fn.__name__}: {exc}") from exc
+
+        return mcp.tool()(clear)
 
     mcp = MCPServer(
         "chimera",
@@ -119,45 +135,45 @@ def build_server(engine: Engine) -> Any:
         "genome changes for a human to approve. This server never places or cancels orders.",
     )
 
-    @mcp.tool()
+    @tool
     def status() -> dict[str, Any]:
         """The engine's status over the control channel (states, positions, P&L, halted)."""
         return engine.control("status")
 
-    @mcp.tool()
+    @tool
     def positions() -> list[dict[str, Any]]:
         """Open positions from the execution journal (read-only)."""
         with engine.journal() as j:
             return list(_json(j.positions()))
 
-    @mcp.tool()
+    @tool
     def open_orders() -> list[dict[str, Any]]:
         """Orders not yet final, from the execution journal (read-only)."""
         with engine.journal() as j:
             return list(_json(j.open_orders()))
 
-    @mcp.tool()
+    @tool
     def fills(n: int = 100) -> list[dict[str, Any]]:
         """The newest ``n`` fills from the execution journal (read-only)."""
         with engine.journal() as j:
             return list(_json(j.fills()[-n:]))
 
-    @mcp.tool()
+    @tool
     def approvals() -> list[dict[str, Any]]:
         """The approval queue: pending intents oldest first, then decided ones."""
         return sources.approvals(engine.mode_dir)
 
-    @mcp.tool()
+    @tool
     def proposals() -> list[dict[str, Any]]:
         """Genome-change proposals waiting for a human."""
         return apv.proposals(engine.mode_dir / "approvals.db")
 
-    @mcp.tool()
+    @tool
     def genome_versions() -> list[dict[str, Any]]:
         """Every persisted genome version with its reason and metrics, newest first."""
         return sources.genome_versions(engine.mode_dir)
 
-    @mcp.tool()
+    @tool
     def recent_decisions(token: str, n: int = 20) -> list[dict[str, Any]]:
         """The last ``n`` decisions for instrument ``token`` from the black box (summaries;
         use ``explain`` for one in full)."""
@@ -174,7 +190,7 @@ def build_server(engine: Engine) -> Any:
             for s, q, d in rows
         ]
 
-    @mcp.tool()
+    @tool
     def explain(session: str, seq: int) -> dict[str, Any]:
         """One decision in full: every layer's inputs and outputs."""
         for s, q, d in engine.decisions():
@@ -182,7 +198,7 @@ def build_server(engine: Engine) -> Any:
                 return dict(_json(d))
         raise ChimeraError(f"no decision with session={session!r} seq={seq} in the black box")
 
-    @mcp.tool()
+    @tool
     def health() -> dict[str, Any]:
         """The latest Health record from the black box, else the engine's status."""
         h = engine.latest_health()
@@ -190,19 +206,19 @@ def build_server(engine: Engine) -> Any:
             "source": "status", "status": engine.control("status")
         }  # fmt: skip
 
-    @mcp.tool()
+    @tool
     def pause(reason: str = "") -> dict[str, Any]:
         """Stop opening new positions (acts at once; logged as the assistant's)."""
         log.warning("mcp.pause", by=BY, reason=reason)
         return engine.control("pause", reason or f"by {BY}")
 
-    @mcp.tool()
+    @tool
     def halt(reason: str = "") -> dict[str, Any]:
         """Kill switch: halt the engine (acts at once; logged as the assistant's)."""
         log.warning("mcp.halt", by=BY, reason=reason)
         return engine.control("halt", reason or f"by {BY}")
 
-    @mcp.tool()
+    @tool
     def propose_genome_change(family: str, params: dict[str, Any], reason: str) -> dict[str, Any]:
         """Propose new genome parameters for ``family``: queued for a human, never applied."""
         pid = apv.propose(
