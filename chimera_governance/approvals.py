@@ -91,6 +91,17 @@ CREATE TABLE IF NOT EXISTS approval (
     decided_by      TEXT NOT NULL DEFAULT ''
 )
 """,
+        """
+CREATE TABLE proposal (
+    proposal_id TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,          -- 'genome_change'
+    payload     TEXT NOT NULL,          -- JSON
+    reason      TEXT NOT NULL,
+    status      TEXT NOT NULL,          -- PENDING
+    created_ms  INTEGER NOT NULL,
+    proposed_by TEXT NOT NULL
+)
+""",
     ),
     adopt_unversioned=True,
 )
@@ -303,3 +314,48 @@ class ApprovalQueue(_ApprovalReads):
             raise ApprovalNotPending(approval_id, rec.status, _ACTION[status])
         log.info("approval.decided", approval_id=approval_id, status=status, by=by)
         return rec
+
+
+# Proposals that are not orders (an assistant's genome change): kept beside the intent
+# queue in the same store (SCHEMA's version 2), for a human to read; nothing acts on them
+# by itself.
+PROPOSAL_KINDS = ("genome_change",)
+_PROPOSAL_COLUMNS = "proposal_id, kind, payload, reason, status, created_ms, proposed_by"
+
+
+def propose(
+    db_path: str | Path, kind: str, payload: dict[str, object], reason: str, by: str, now_ms: int
+) -> str:
+    """Queue a non-order proposal for a human (PENDING); return its id."""
+    if kind not in PROPOSAL_KINDS:
+        raise ApprovalError(f"proposal kind {kind!r} is not allowed (allowed: {PROPOSAL_KINDS})")
+    if not reason or not by:
+        raise ApprovalError("a proposal needs a reason and who proposed it (by=...)")
+    body = msgspec.json.encode(payload).decode()
+    proposal_id = "prp-" + hashlib.sha256(f"{kind}{body}{now_ms}".encode()).hexdigest()[:20]
+    try:
+        store = open_store(Path(db_path), SCHEMA, synchronous="FULL", busy_timeout_s=5.0)
+        with store, store.transaction() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO proposal ({_PROPOSAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (proposal_id, kind, body, reason, PENDING, now_ms, by),
+            )
+    except (StoreError, sqlite3.Error) as exc:
+        raise ApprovalError(f"approvals: {exc}") from None
+    log.info("approval.proposed", proposal_id=proposal_id, kind=kind, by=by)
+    return proposal_id
+
+
+def proposals(db_path: str | Path) -> list[dict[str, object]]:
+    """Every queued proposal, oldest first ([] when there is none), read-only."""
+    if not Path(db_path).is_file():
+        return []
+    with open_readonly(Path(db_path), SCHEMA) as view:
+        if view.version < 2:  # no proposal was ever made through this code
+            return []
+        rows = view.rows(f"SELECT {_PROPOSAL_COLUMNS} FROM proposal ORDER BY created_ms, 1")
+    names = _PROPOSAL_COLUMNS.split(", ")
+    return [
+        {**dict(zip(names, r, strict=True)), "payload": msgspec.json.decode(r[2])} for r in rows
+    ]

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "cortex": "cortex.launcher",
     "history": "tools.backtest.history_cli",
     "doctor": "tools.doctor",
+    "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
     "service": "tools.service",
     "watch": "tools.console",

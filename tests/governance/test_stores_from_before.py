@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from chimera_core.contracts import OrderIntent, Side
+from chimera_governance.approvals import SCHEMA as APPROVALS_SCHEMA
 from chimera_governance.approvals import (
     ApprovalError,
     ApprovalQueue,
@@ -131,7 +132,7 @@ def test_an_approval_queue_from_before_is_read_then_adopted(tmp_path: Path) -> N
         assert (rec.approval_id, rec.status, rec.intent) == (aid, "PENDING", intent("c-old"))
     assert digest(path) == before and user_version(path) == 0
     with ApprovalQueue(path, ttl_s=3600) as q:
-        assert user_version(path) == 1
+        assert user_version(path) == APPROVALS_SCHEMA.version  # adopted as 1, then migrated
         assert [r.approval_id for r in q.pending()] == [aid]
         assert q.approve(aid, "ops").status == "APPROVED"
         again = q.check(intent("c-old"), 0.9, T0 + 5)  # the same intent: never queued twice
