@@ -352,6 +352,7 @@ def open_store(
             if problems != ["ok"]:
                 problem = "; ".join(problems)
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+        _precheck(store)  # a file it refuses is left as it was, not even switched to WAL
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         _migrate(store)
@@ -368,6 +369,15 @@ def open_store(
         db.close()
         raise
     return store
+
+
+def _precheck(store: Store) -> None:
+    schema, db, path = store.schema, store.db, store.path
+    found = read_version(db, schema)
+    if found > schema.version:
+        raise _too_new(path, schema, found)
+    if found == 0 and schema.adopt_unversioned:
+        recognise_version(db, schema, path)  # raises for tables of no known version
 
 
 def _migrate(store: Store) -> None:
