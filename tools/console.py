@@ -60,9 +60,9 @@ class ConsoleView:
     ) -> None:
         self.state = CortexState()
         self._names = names or (lambda session: {})
-        self.events: deque[str] = deque(maxlen=event_lines)
+        # [line, times in a row]: the same event again (a veto on every signal) counts up
+        self.events: deque[list[Any]] = deque(maxlen=event_lines)
         self._last: dict[str, Any] = {}
-        self._repeat: list[Any] = ["", 0]  # the last line added and how often in a row
 
     def handle(self, message: bytes, now_ns: int | None = None) -> None:
         with self.state.lock:
@@ -91,12 +91,14 @@ class ConsoleView:
 
     def _add(self, line: str) -> None:
         """Append ``line``; the same event again (a veto on every signal) only counts up."""
-        if self.events and self._repeat[0] == line:
-            self._repeat[1] += 1
-            self.events[-1] = f"{line} (×{self._repeat[1]})"
-            return
-        self._repeat = [line, 1]
-        self.events.append(line)
+        if self.events and self.events[-1][0] == line:
+            self.events[-1][1] += 1
+        else:
+            self.events.append([line, 1])
+
+    def event_lines(self) -> list[str]:
+        """The event list as drawn: ``line (×N)`` for a line repeated N times in a row."""
+        return [line if n == 1 else f"{line} (×{n})" for line, n in self.events]
 
     @staticmethod
     def _line(key: str, item: Any, name: Callable[[str], str]) -> str:
@@ -168,7 +170,7 @@ class ConsoleView:
                 Text(_num(pnl, "+,.2f"), style=style),
             )
         alerts = [Text(a, style="bold red") for a in health_alerts(h, names=names)]
-        events = [Text(e) for e in self.events] or [Text("no fills, vetoes or halts yet")]
+        events = [Text(e) for e in self.event_lines()] or [Text("no fills, vetoes or halts yet")]
         return Group(table, *alerts, Text("recent events", style="bold"), *events)
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 HERE = Path(__file__).resolve().parent
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = [sys.executable, "-m", "tools.cli"]
     procs: list[subprocess.Popen[bytes]] = []
     view = _view()
-    logs: list[object] = []
+    logs: list[BinaryIO] = []
     log_dir = Path(cfg.data_dir) / "logs"
 
     def start(name: str, cmd: list[str]) -> None:
@@ -171,27 +172,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         deadline = time.monotonic() + seconds if seconds > 0 else None
+
+        def done() -> bool:
+            """A process exited, or DEMO_SECONDS are up."""
+            if any(p.poll() is not None for p in procs):
+                return True
+            return deadline is not None and time.monotonic() >= deadline
+
         if view == "console":
             from tools.console import watch
 
-            watch(
-                cfg.telemetry.endpoint,
-                Path(cfg.data_dir),
-                until=lambda: (
-                    any(p.poll() is not None for p in procs)
-                    or (deadline is not None and time.monotonic() >= deadline)
-                ),
-            )
-            failed = [p for p in procs if p.poll() not in (None, 0)]
-            return 1 if failed else 0
-        next_summary = time.monotonic() + SUMMARY_EVERY_S
-        while all(p.poll() is None for p in procs):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if time.monotonic() >= next_summary:
-                next_summary = time.monotonic() + SUMMARY_EVERY_S
-                print(_summary(args.config), file=sys.stderr)
-            time.sleep(0.2)
+            watch(cfg.telemetry.endpoint, Path(cfg.data_dir), until=done)
+        else:
+            next_summary = time.monotonic() + SUMMARY_EVERY_S
+            while not done():
+                if time.monotonic() >= next_summary:
+                    next_summary = time.monotonic() + SUMMARY_EVERY_S
+                    print(_summary(args.config), file=sys.stderr)
+                time.sleep(0.2)
         failed = [p for p in procs if p.poll() not in (None, 0)]
         return 1 if failed else 0
     except KeyboardInterrupt:
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         for out in logs:
-            out.close()  # type: ignore[attr-defined]
+            out.close()
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def test_the_event_line_keeps_the_latest_events_whatever_the_redraw_rhythm(
         if i % every == 0:
             view.render()
     view.render()
-    shown = [int(e.split()[4]) for e in view.events]
+    shown = [int(e.split()[4]) for e in view.event_lines()]
     assert shown == qtys[-len(shown) :]
     # The cortex's bounded history (EVENTS) is the most a burst between two redraws can
     # lose; with a redraw at least every 7 messages nothing is lost.
