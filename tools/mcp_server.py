@@ -59,41 +59,50 @@ class Engine:
 
         return Journal.open_readonly(self.data_dir, self.cfg.mode)
 
-    def decisions(self) -> list[tuple[str, int, Any]]:
-        """(session, seq, Decision) from every black-box session, oldest session first."""
-        from chimera_core.telemetry import SEP, SEQ, TOPIC_TICK, decode_payload
+    def _messages(self, newest_first: bool) -> Any:
+        """(session, topic, seq, payload) of every black-box message, session by session;
+        a record without a topic/sequence header is skipped."""
+        from chimera_core.errors import ProtocolError
+        from chimera_core.telemetry import split
         from cortex.sources import sessions
         from tools.blackbox import iter_session
 
-        out = []
-        for s in reversed(sessions(self.data_dir)):
+        found = sessions(self.data_dir)  # newest first
+        for s in found if newest_first else reversed(found):
             for body in iter_session(Path(s["path"])):
-                cut = body.find(SEP)
-                if cut <= 0 or not body.startswith(TOPIC_TICK):
-                    continue
-                (seq,) = SEQ.unpack_from(body, cut + 1)
                 try:
-                    rec = decode_payload(body[:cut], body[cut + 1 + SEQ.size :])
-                except ChimeraError:
+                    topic, seq, payload = split(body)
+                except ProtocolError:
                     continue
-                if rec.decision is not None:
-                    out.append((s["name"], seq, rec.decision))
+                yield s["name"], topic, seq, payload
+
+    def decisions(self) -> list[tuple[str, int, Any]]:
+        """(session, seq, Decision) from every black-box session, oldest session first."""
+        from chimera_core.telemetry import TOPIC_TICK, decode_payload
+
+        out = []
+        for name, topic, seq, payload in self._messages(newest_first=False):
+            if not topic.startswith(TOPIC_TICK):
+                continue
+            try:
+                rec = decode_payload(topic, payload)
+            except ChimeraError:
+                continue
+            if rec.decision is not None:
+                out.append((name, seq, rec.decision))
         return out
 
     def latest_health(self) -> Any:
-        from chimera_core.telemetry import SEP, SEQ, TOPIC_HEALTH, decode_payload
-        from cortex.sources import sessions
-        from tools.blackbox import iter_session
+        """The newest session's last Health record (None when no session has one)."""
+        from chimera_core.telemetry import TOPIC_HEALTH, decode_payload
 
-        for s in sessions(self.data_dir):  # newest first
-            last = None
-            for body in iter_session(Path(s["path"])):
-                cut = body.find(SEP)
-                if body[:cut] == TOPIC_HEALTH:
-                    last = body[cut + 1 + SEQ.size :]
-            if last is not None:
-                return decode_payload(TOPIC_HEALTH, last)
-        return None
+        last: tuple[str, bytes] | None = None
+        for name, topic, _, payload in self._messages(newest_first=True):
+            if last is not None and name != last[0]:
+                break  # the newest session that has one is done
+            if topic == TOPIC_HEALTH:
+                last = (name, payload)
+        return None if last is None else decode_payload(TOPIC_HEALTH, last[1])
 
 
 def _json(obj: Any) -> Any:
