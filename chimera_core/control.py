@@ -16,7 +16,6 @@ accepted within that window, so a captured request cannot be replayed either.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import itertools
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import zmq
 
+from chimera_core.commands import Command
 from chimera_core.errors import ChimeraError, ConfigError
 from chimera_core.sqlite_files import private_dir
 
@@ -54,21 +54,6 @@ class _Log:
 
 
 log = _Log()
-
-
-class Command(enum.StrEnum):
-    """The operator commands the engine serves, named once: the control server, the
-    CLI (tools/control_cli.py), replay and the cortex take them from here. ``reduce`` and
-    ``reduce_clear`` are the engine's own (recorded) events, never operator commands."""
-
-    STATUS = "status"
-    PAUSE = "pause"
-    RESUME = "resume"
-    HALT = "halt"
-    FLATTEN = "flatten"
-    APPROVE = "approve"
-    REJECT = "reject"
-    RESET_HALT = "reset_halt"
 
 
 COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)

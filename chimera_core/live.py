@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from chimera_core.commands import Command
 from chimera_core.config import Config, Credentials, feed_symbols
 from chimera_core.contracts import (
     FeedEvent,
@@ -23,7 +24,7 @@ from chimera_core.contracts import (
     Mode,
     SessionInfo,
 )
-from chimera_core.control import Command, ControlServer
+from chimera_core.control import ControlServer
 from chimera_core.errors import ChimeraError
 from chimera_core.event_loop import DecisionLog, Engine, session_info
 from chimera_core.execution import Router

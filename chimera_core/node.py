@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import structlog
 
+from chimera_core.commands import Command
 from chimera_core.contracts import (
     ControlEvent,
     Decision,
@@ -35,7 +36,6 @@ from chimera_core.contracts import (
     Reconciliation,
     Transition,
 )
-from chimera_core.control import Command
 from chimera_core.event_loop import Engine
 from chimera_core.execution import Router
 from chimera_core.governance import Governance

@@ -24,7 +24,7 @@ import msgspec
 import plotly.graph_objects as go
 import streamlit as st
 
-from chimera_core.control import Command
+from chimera_core.commands import Command
 from chimera_core.errors import ChimeraError
 from cortex import charts, sources
 from cortex.names import label, recorded_names

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from chimera_core.commands import Command
 from chimera_core.contracts import (
     ControlEvent,
     Decision,
@@ -29,7 +30,6 @@ from chimera_core.contracts import (
     Reconciliation,
     SessionInfo,
 )
-from chimera_core.control import Command
 from chimera_core.telemetry import (
     SEP,
     SEQ,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from chimera_core.control import Command
+from chimera_core.commands import Command
 from chimera_core.errors import ChimeraError
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"

@@ -46,6 +46,7 @@ from typing import Any
 
 import msgspec
 
+from chimera_core.commands import Command
 from chimera_core.config import Config
 from chimera_core.contracts import (
     ControlEvent,
@@ -56,7 +57,6 @@ from chimera_core.contracts import (
     SessionInfo,
     TickRecord,
 )
-from chimera_core.control import Command
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.event_loop import Engine
 from chimera_core.physics import warm_up_kernels

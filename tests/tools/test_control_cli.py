@@ -14,7 +14,8 @@ import pytest
 import uvloop
 from structlog.testing import capture_logs
 
-from chimera_core.control import COMMANDS, Command, ControlServer, resolve_token
+from chimera_core.commands import Command
+from chimera_core.control import COMMANDS, ControlServer, resolve_token
 from tools.control_cli import CLI_COMMANDS, main
 
 pytestmark = pytest.mark.timeout(60)
