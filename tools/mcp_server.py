@@ -61,38 +61,34 @@ class Engine:
 
     def decisions(self) -> list[tuple[str, int, Any]]:
         """(session, seq, Decision) from every black-box session, oldest session first."""
-        from chimera_core.telemetry import SEP, SEQ, TOPIC_TICK, decode_payload
+        from chimera_core.telemetry import TOPIC_TICK, TickView, decoder_for, read_session
         from cortex.sources import sessions
-        from tools.blackbox import iter_session
 
+        decode_tick = decoder_for(TOPIC_TICK, TickView)
         out = []
         for s in reversed(sessions(self.data_dir)):
-            for body in iter_session(Path(s["path"])):
-                cut = body.find(SEP)
-                if cut <= 0 or not body.startswith(TOPIC_TICK):
+            for message in read_session(Path(s["path"])):
+                if not message.topic.startswith(TOPIC_TICK):
                     continue
-                (seq,) = SEQ.unpack_from(body, cut + 1)
                 try:
-                    rec = decode_payload(body[:cut], body[cut + 1 + SEQ.size :])
+                    rec = decode_tick(message.payload)
                 except ChimeraError:
                     continue
                 if rec.decision is not None:
-                    out.append((s["name"], seq, rec.decision))
+                    out.append((s["name"], message.seq, rec.decision))
         return out
 
     def latest_health(self) -> Any:
-        from chimera_core.telemetry import SEP, SEQ, TOPIC_HEALTH, decode_payload
+        from chimera_core.telemetry import TOPIC_HEALTH, read_session
         from cortex.sources import sessions
-        from tools.blackbox import iter_session
 
         for s in sessions(self.data_dir):  # newest first
             last = None
-            for body in iter_session(Path(s["path"])):
-                cut = body.find(SEP)
-                if body[:cut] == TOPIC_HEALTH:
-                    last = body[cut + 1 + SEQ.size :]
+            for message in read_session(Path(s["path"])):
+                if message.topic == TOPIC_HEALTH:
+                    last = message
             if last is not None:
-                return decode_payload(TOPIC_HEALTH, last)
+                return last.decode()
         return None
 
 
