@@ -115,26 +115,21 @@ class Message(msgspec.Struct, frozen=True, gc=False):
         return decoder_for(self.topic)(self.payload)
 
 
-def _header_error(message: bytes) -> ProtocolError:
-    return ProtocolError(f"telemetry message of {len(message)} bytes has no topic/sequence header")
+def split(message: bytes) -> tuple[bytes, int, bytes]:
+    """(topic, publisher seq, payload) of one telemetry message (ProtocolError without a
+    header). The only parser of the header."""
+    cut = message.find(SEP)
+    if cut <= 0 or len(message) < cut + 1 + SEQ.size:
+        raise ProtocolError(
+            f"telemetry message of {len(message)} bytes has no topic/sequence header"
+        )
+    (seq,) = SEQ.unpack_from(message, cut + 1)
+    return message[:cut], seq, message[cut + 1 + SEQ.size :]
 
 
 def parse(message: bytes) -> Message:
     """The Message of one raw telemetry message (ProtocolError without a header)."""
-    cut = message.find(SEP)
-    if cut <= 0 or len(message) < cut + 1 + SEQ.size:
-        raise _header_error(message)
-    (seq,) = SEQ.unpack_from(message, cut + 1)
-    return Message(message[:cut], seq, message[cut + 1 + SEQ.size :])
-
-
-def split(message: bytes) -> tuple[bytes, int, bytes]:
-    """(topic, publisher seq, payload) of one telemetry message."""
-    cut = message.find(SEP)
-    if cut <= 0 or len(message) < cut + 1 + SEQ.size:
-        raise _header_error(message)
-    (seq,) = SEQ.unpack_from(message, cut + 1)
-    return message[:cut], seq, message[cut + 1 + SEQ.size :]
+    return Message(*split(message))
 
 
 _encoder = msgspec.msgpack.Encoder()
