@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 import zmq
 
@@ -32,7 +31,7 @@ from benchmarks.control import stats, wait_for_engine
 from benchmarks.hot_path import _free_port
 from chimera_core.contracts import ExecKind, ExecutionReport
 from chimera_core.control import ControlClient
-from chimera_core.telemetry import TOPIC_EXEC, split
+from chimera_core.telemetry import TOPIC_EXEC, decoder_for, parse
 
 TOKENS = [str(3000 + i) for i in range(20)]
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, TOPIC_EXEC)
     sub.connect(f"tcp://127.0.0.1:{tel}")
-    decoder = msgspec.msgpack.Decoder(ExecutionReport)
+    decode_report = decoder_for(TOPIC_EXEC, ExecutionReport)
     open_orders: set[str] = set()
 
     def drain(timeout_ms: int) -> list[tuple[int, ExecutionReport]]:
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 except zmq.Again:
                     break
                 now = time.monotonic_ns()
-                _, _, payload = split(msg)
-                rep = decoder.decode(payload)
+                rep = decode_report(parse(msg).payload)
                 if rep.kind in (ExecKind.ACK, ExecKind.PARTIAL):
                     open_orders.add(rep.client_order_id)
                 else:

@@ -123,32 +123,24 @@ def sessions(data_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-class _Tick(msgspec.Struct, array_like=True, gc=False):
-    recv_ns: int
-    frame: msgspec.Raw
-    decision: Decision | None
-
-
-_tick_decoder = msgspec.msgpack.Decoder(_Tick)
-
-
 def load_session(session_dir: Path, max_points: int = 5_000) -> dict[str, Any]:
     """A recorded session for the replay page: every decision that moved something (with
     its full record), and a price series per symbol thinned to ``max_points``."""
-    from chimera_core.telemetry import SEP, SEQ, TOPIC_TICK
-    from tools.blackbox import iter_session  # the black-box file format, nothing else
+    # The one telemetry reader; tick records decoded with the frame skipped.
+    from chimera_core.errors import ProtocolError
+    from chimera_core.telemetry import TOPIC_TICK, TickView, decoder_for, read_session
 
+    decode_tick = decoder_for(TOPIC_TICK, TickView)
     prices: dict[str, list[tuple[int, float]]] = {}
     decisions: list[Decision] = []
     records = 0
-    for body in iter_session(Path(session_dir)):
+    for message in read_session(Path(session_dir)):
         records += 1
-        cut = body.find(SEP)
-        if cut <= 0 or not body.startswith(TOPIC_TICK):
+        if not message.topic.startswith(TOPIC_TICK):
             continue
         try:
-            rec = _tick_decoder.decode(body[cut + 1 + SEQ.size :])
-        except msgspec.DecodeError:
+            rec = decode_tick(message.payload)
+        except ProtocolError:
             continue
         d = rec.decision
         if d is None:

@@ -18,8 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from chimera_core.commands import Command
 from chimera_core.contracts import (
     ControlEvent,
@@ -30,9 +28,8 @@ from chimera_core.contracts import (
     Reconciliation,
     SessionInfo,
 )
+from chimera_core.errors import ProtocolError
 from chimera_core.telemetry import (
-    SEP,
-    SEQ,
     TOPIC_CONTROL,
     TOPIC_EXEC,
     TOPIC_FEED,
@@ -41,6 +38,9 @@ from chimera_core.telemetry import (
     TOPIC_RECON,
     TOPIC_SESSION,
     TOPIC_TICK,
+    TickView,
+    TopicDecoder,
+    parse,
 )
 from cortex.names import label
 
@@ -81,21 +81,8 @@ LATENCY_BOUNDS_NS: tuple[int, ...] = (
 )
 
 
-class _TickView(msgspec.Struct, array_like=True, gc=False):
-    """TickRecord with the raw frame skipped (never copied into bytes)."""
-
-    recv_ns: int
-    frame: msgspec.Raw
-    decision: Decision | None
-
-
-_tick_decoder = msgspec.msgpack.Decoder(_TickView)
-_health_decoder = msgspec.msgpack.Decoder(Health)
-_feed_decoder = msgspec.msgpack.Decoder(FeedEvent)
-_control_decoder = msgspec.msgpack.Decoder(ControlEvent)
-_session_decoder = msgspec.msgpack.Decoder(SessionInfo)
-_exec_decoder = msgspec.msgpack.Decoder(ExecutionReport)
-_recon_decoder = msgspec.msgpack.Decoder(Reconciliation)
+# Tick records decoded with the raw frame skipped (never copied into bytes).
+_decoder = TopicDecoder({TOPIC_TICK: TickView, TOPIC_RAW: TickView})
 
 
 @dataclass
@@ -251,54 +238,51 @@ class CortexState:
     def handle(self, message: bytes, now_ns: int) -> None:
         """Fold one telemetry message. Malformed messages are counted, never raised."""
         self.messages += 1
-        cut = message.find(SEP)
-        if cut <= 0 or len(message) < cut + 1 + SEQ.size:
+        try:
+            msg = parse(message)
+        except ProtocolError:
             self.decode_errors += 1
             return
-        (seq,) = SEQ.unpack_from(message, cut + 1)
+        seq = msg.seq
         if seq <= self.last_seq:
             self.publisher_restarts += 1  # a new engine: its sequence starts again at 1
         elif self.last_seq and seq > self.last_seq + 1:
             self.gaps += 1
             self.missed += seq - self.last_seq - 1
         self.last_seq = seq
-        topic = message[:cut]
-        payload = message[cut + 1 + SEQ.size :]
         try:
-            if topic.startswith(TOPIC_TICK) or topic == TOPIC_RAW:
-                rec = _tick_decoder.decode(payload)
-                lag = now_ns - rec.recv_ns
-                self.last_lag_ns = lag
-                if lag > self.max_lag_ns:
-                    self.max_lag_ns = lag
-                self.ticks += 1
-                if rec.decision is None:
-                    self.raw += 1
-                else:
-                    self._decision(rec.decision)
-            elif topic == TOPIC_HEALTH:
-                h = _health_decoder.decode(payload)
-                self.health = h
-                self.health_local_ns = now_ns
-                self.health_history.append((h.at_ns, h.telemetry_sent, h.telemetry_dropped))
-            elif topic == TOPIC_SESSION:
-                info = _session_decoder.decode(payload)
-                if self.session is None or info.session_id != self.session.session_id:
-                    if self.session is not None:
-                        self._reset_session()
-                    self.session = info
-            elif topic == TOPIC_FEED:
-                self.feed_events.append(_feed_decoder.decode(payload))
-            elif topic == TOPIC_CONTROL:
-                self._control(_control_decoder.decode(payload))
-            elif topic == TOPIC_EXEC:
-                self._exec(_exec_decoder.decode(payload))
-            elif topic == TOPIC_RECON:
-                self.recon = _recon_decoder.decode(payload)
-            else:
-                self.decode_errors += 1
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            obj = _decoder.decode(msg)  # an unknown topic or a bad payload raises
+        except ProtocolError:
             self.decode_errors += 1
+            return
+        kind = msg.kind
+        if kind in (TOPIC_TICK, TOPIC_RAW):
+            lag = now_ns - obj.recv_ns
+            self.last_lag_ns = lag
+            if lag > self.max_lag_ns:
+                self.max_lag_ns = lag
+            self.ticks += 1
+            if obj.decision is None:
+                self.raw += 1
+            else:
+                self._decision(obj.decision)
+        elif kind == TOPIC_HEALTH:
+            self.health = obj
+            self.health_local_ns = now_ns
+            self.health_history.append((obj.at_ns, obj.telemetry_sent, obj.telemetry_dropped))
+        elif kind == TOPIC_SESSION:
+            if self.session is None or obj.session_id != self.session.session_id:
+                if self.session is not None:
+                    self._reset_session()
+                self.session = obj
+        elif kind == TOPIC_FEED:
+            self.feed_events.append(obj)
+        elif kind == TOPIC_CONTROL:
+            self._control(obj)
+        elif kind == TOPIC_EXEC:
+            self._exec(obj)
+        elif kind == TOPIC_RECON:
+            self.recon = obj
 
     def sample_lag(self, now_ns: int) -> None:
         """Record the current lag once per batch (the lag chart's points)."""

@@ -43,8 +43,15 @@ from chimera_core.control import TOKEN_ENV, TOKEN_FILE, ControlError, check_toke
 from chimera_core.errors import ChimeraError, ProtocolError, StoreError
 from chimera_core.logging import configure_logging
 from chimera_core.store import open_readonly
-from chimera_core.telemetry import TOPIC_SESSION, TOPIC_TICK, decode_payload, split
-from tools.blackbox import ReadReport, check_session, iter_session, segments
+from chimera_core.telemetry import (
+    TOPIC_SESSION,
+    TOPIC_TICK,
+    Message,
+    ReadReport,
+    check_session,
+    read_session,
+    segments,
+)
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GIB = 1 << 30
@@ -236,18 +243,15 @@ def check_blackbox(cfg: Config) -> list[Row]:
         return [Row("black box", OK, "no sessions yet"), Row("clock offset", OK, "no sessions yet")]
     report = ReadReport()
     info: SessionInfo | None = None
-    last_tick: tuple[bytes, bytes] | None = None
+    last_tick: Message | None = None
     try:
-        for body in iter_session(session, report):
-            try:
-                topic, _seq, payload = split(body)
-            except ProtocolError:
-                continue
+        for message in read_session(session, report):
+            topic = message.topic
             if topic.startswith(TOPIC_TICK):
-                last_tick = (topic, payload)
+                last_tick = message
             elif topic == TOPIC_SESSION and info is None:
                 try:
-                    info = decode_payload(topic, payload)
+                    info = message.decode()
                 except ProtocolError:
                     pass
     except (OSError, ProtocolError) as exc:
@@ -298,13 +302,11 @@ def _manifest(session: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _clock_row(
-    session: Path, info: SessionInfo | None, last_tick: tuple[bytes, bytes] | None
-) -> Row:
+def _clock_row(session: Path, info: SessionInfo | None, last_tick: Message | None) -> Row:
     if last_tick is None:
         return Row("clock offset", OK, "no ticks in the last session")
     try:
-        record: TickRecord = decode_payload(*last_tick)
+        record: TickRecord = last_tick.decode()
     except ProtocolError as exc:
         return Row("clock offset", WARN, f"last tick does not decode: {exc}")
     if record.decision is None:

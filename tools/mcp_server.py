@@ -59,50 +59,37 @@ class Engine:
 
         return Journal.open_readonly(self.data_dir, self.cfg.mode)
 
-    def _messages(self, newest_first: bool) -> Any:
-        """(session, topic, seq, payload) of every black-box message, session by session;
-        a record without a topic/sequence header is skipped."""
-        from chimera_core.errors import ProtocolError
-        from chimera_core.telemetry import split
-        from cortex.sources import sessions
-        from tools.blackbox import iter_session
-
-        found = sessions(self.data_dir)  # newest first
-        for s in found if newest_first else reversed(found):
-            for body in iter_session(Path(s["path"])):
-                try:
-                    topic, seq, payload = split(body)
-                except ProtocolError:
-                    continue
-                yield s["name"], topic, seq, payload
-
     def decisions(self) -> list[tuple[str, int, Any]]:
         """(session, seq, Decision) from every black-box session, oldest session first."""
-        from chimera_core.telemetry import TOPIC_TICK, decode_payload
+        from chimera_core.telemetry import TOPIC_TICK, TickView, decoder_for, read_session
+        from cortex.sources import sessions
 
+        decode_tick = decoder_for(TOPIC_TICK, TickView)
         out = []
-        for name, topic, seq, payload in self._messages(newest_first=False):
-            if not topic.startswith(TOPIC_TICK):
-                continue
-            try:
-                rec = decode_payload(topic, payload)
-            except ChimeraError:
-                continue
-            if rec.decision is not None:
-                out.append((name, seq, rec.decision))
+        for s in reversed(sessions(self.data_dir)):
+            for message in read_session(Path(s["path"])):
+                if not message.topic.startswith(TOPIC_TICK):
+                    continue
+                try:
+                    rec = decode_tick(message.payload)
+                except ChimeraError:
+                    continue
+                if rec.decision is not None:
+                    out.append((s["name"], message.seq, rec.decision))
         return out
 
     def latest_health(self) -> Any:
-        """The newest session's last Health record (None when no session has one)."""
-        from chimera_core.telemetry import TOPIC_HEALTH, decode_payload
+        from chimera_core.telemetry import TOPIC_HEALTH, read_session
+        from cortex.sources import sessions
 
-        last: tuple[str, bytes] | None = None
-        for name, topic, _, payload in self._messages(newest_first=True):
-            if last is not None and name != last[0]:
-                break  # the newest session that has one is done
-            if topic == TOPIC_HEALTH:
-                last = (name, payload)
-        return None if last is None else decode_payload(TOPIC_HEALTH, last[1])
+        for s in sessions(self.data_dir):  # newest first
+            last = None
+            for message in read_session(Path(s["path"])):
+                if message.topic == TOPIC_HEALTH:
+                    last = message
+            if last is not None:
+                return last.decode()
+        return None
 
 
 def _json(obj: Any) -> Any:

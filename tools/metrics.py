@@ -60,11 +60,8 @@ from prometheus_client.registry import Collector
 
 from chimera_core.config import default_config_path, load_config
 from chimera_core.contracts import (
-    ControlEvent,
     ExecutionReport,
-    FeedEvent,
     Health,
-    Reconciliation,
     Regime,
     SessionInfo,
 )
@@ -72,8 +69,6 @@ from chimera_core.errors import ChimeraError
 from chimera_core.logging import configure_logging
 from chimera_core.position_book import PositionBook
 from chimera_core.telemetry import (
-    SEP,
-    SEQ,
     TOPIC_CONTROL,
     TOPIC_EXEC,
     TOPIC_FEED,
@@ -82,7 +77,10 @@ from chimera_core.telemetry import (
     TOPIC_RECON,
     TOPIC_SESSION,
     TOPIC_TICK,
+    Message,
     TelemetrySubscriber,
+    TopicDecoder,
+    parse,
 )
 
 log = structlog.get_logger(__name__)
@@ -135,13 +133,7 @@ class _TickRecord(msgspec.Struct, array_like=True, gc=False):
 
 
 _NIL = msgspec.Raw(b"\xc0")  # msgpack nil
-_tick_decoder = msgspec.msgpack.Decoder(_TickRecord)
-_health_decoder = msgspec.msgpack.Decoder(Health)
-_feed_decoder = msgspec.msgpack.Decoder(FeedEvent)
-_control_decoder = msgspec.msgpack.Decoder(ControlEvent)
-_session_decoder = msgspec.msgpack.Decoder(SessionInfo)
-_report_decoder = msgspec.msgpack.Decoder(ExecutionReport)
-_recon_decoder = msgspec.msgpack.Decoder(Reconciliation)
+_decoder = TopicDecoder({TOPIC_TICK: _TickRecord, TOPIC_RAW: _TickRecord})
 
 
 class MetricsExporter(Collector):
@@ -199,42 +191,41 @@ class MetricsExporter(Collector):
     # ---- receive side ------------------------------------------------------------------
     def handle(self, message: bytes) -> None:
         """Fold one telemetry message (``topic NUL seq payload``) into the counters."""
-        cut = message.find(SEP)
-        if cut <= 0:
-            self.decode_errors += 1
-            return
-        topic = message[:cut]
-        payload = message[cut + 1 + SEQ.size :]
         try:
-            if topic.startswith(TOPIC_TICK) or topic == TOPIC_RAW:
-                self._tick(_tick_decoder.decode(payload))
-            elif topic == TOPIC_HEALTH:
-                self._on_health(_health_decoder.decode(payload))
-            elif topic == TOPIC_FEED:
-                ev = _feed_decoder.decode(payload)
-                self.feed_connected = ev.connected
-                self.feed_events[ev.connected] = self.feed_events.get(ev.connected, 0) + 1
-            elif topic == TOPIC_CONTROL:
-                c = _control_decoder.decode(payload)
-                key = (c.command, c.ok)
-                self.controls[key] = self.controls.get(key, 0) + 1
-            elif topic == TOPIC_SESSION:
-                self.session = _session_decoder.decode(payload)
-            elif topic == TOPIC_EXEC:
-                self._on_report(_report_decoder.decode(payload))
-            elif topic == TOPIC_RECON:
-                recon = _recon_decoder.decode(payload)
-                self.reconciled = recon.ok
-                for pos in recon.positions:
-                    held = self.book.get(pos.token)
-                    held.qty, held.avg_price = pos.qty, pos.avg_price
-            else:
-                self.decode_errors += 1
-                return
-        except msgspec.DecodeError:
+            msg = parse(message)
+        except ChimeraError:  # no topic/sequence header
             self.decode_errors += 1
             return
-        name = "tick" if topic[:5] == TOPIC_TICK else topic.decode("ascii", "replace")
+        self.fold(msg)
+
+    def fold(self, msg: Message) -> None:
+        """Fold one parsed telemetry message into the counters."""
+        try:
+            obj = _decoder.decode(msg)
+        except ChimeraError:  # an unknown topic, a bad payload
+            self.decode_errors += 1
+            return
+        kind = msg.kind
+        if kind in (TOPIC_TICK, TOPIC_RAW):
+            self._tick(obj)
+        elif kind == TOPIC_HEALTH:
+            self._on_health(obj)
+        elif kind == TOPIC_FEED:
+            self.feed_connected = obj.connected
+            self.feed_events[obj.connected] = self.feed_events.get(obj.connected, 0) + 1
+        elif kind == TOPIC_CONTROL:
+            key = (obj.command, obj.ok)
+            self.controls[key] = self.controls.get(key, 0) + 1
+        elif kind == TOPIC_SESSION:
+            self.session = obj
+        elif kind == TOPIC_EXEC:
+            self._on_report(obj)
+        elif kind == TOPIC_RECON:
+            self.reconciled = obj.ok
+            for pos in obj.positions:
+                held = self.book.get(pos.token)
+                held.qty, held.avg_price = pos.qty, pos.avg_price
+        name = "tick" if kind == TOPIC_TICK else msg.topic.decode("ascii", "replace")
         self.topics[name] = self.topics.get(name, 0) + 1
 
     def _tick(self, rec: _TickRecord) -> None:
@@ -292,8 +283,7 @@ class MetricsExporter(Collector):
         n = 0
         if sub.sock.poll(timeout_ms):
             recv = sub.sock.recv
-            handle = self.handle
-            unpack = SEQ.unpack_from
+            fold = self.fold
             last = sub.last_seq
             while n < BATCH:
                 try:
@@ -301,16 +291,19 @@ class MetricsExporter(Collector):
                 except zmq.Again:
                     break
                 n += 1
+                try:
+                    msg = parse(message)
+                except ChimeraError:
+                    self.decode_errors += 1
+                    continue
                 # the subscriber's gap accounting (TelemetrySubscriber.recv), inlined
-                cut = message.find(SEP)
-                if cut > 0 and len(message) >= cut + 1 + SEQ.size:
-                    (seq,) = unpack(message, cut + 1)
-                    if last and seq > last + 1:
-                        sub.gaps += 1
-                        sub.missed += seq - last - 1
-                    if seq > last:
-                        last = seq
-                handle(message)
+                seq = msg.seq
+                if last and seq > last + 1:
+                    sub.gaps += 1
+                    sub.missed += seq - last - 1
+                if seq > last:
+                    last = seq
+                fold(msg)
             sub.last_seq = last
         self.sample_rate()
         return n

@@ -1,7 +1,7 @@
 """``chimera record``: the black-box recorder.
 
 Subscribes to every telemetry topic and appends each message, byte for byte, to the
-session's segment files (tools.blackbox), one directory per engine session
+session's segment files (chimera_core.telemetry.blackbox), one directory per engine session
 (``<data_dir>/blackbox/<session_id>/``). Alongside: an atomically rewritten
 ``manifest.json`` per session and ``<data_dir>/neural_state.json``, the latest decision of
 every symbol for the cortex.
@@ -37,7 +37,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from chimera_core.config import default_config_path, load_config
-from chimera_core.contracts import Decision, Health, SessionInfo, TickRecord
+from chimera_core.contracts import Decision, Health, SessionInfo
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.logging import configure_logging
 from chimera_core.telemetry import (
@@ -46,9 +46,14 @@ from chimera_core.telemetry import (
     TOPIC_HEALTH,
     TOPIC_SESSION,
     TOPIC_TICK,
-    split,
+    SegmentWriter,
+    TickView,
+    check_session,
+    decoder_for,
+    open_private,
+    parse,
+    segments,
 )
-from tools.blackbox import SegmentWriter, check_session, open_private, segments
 
 log = structlog.get_logger(__name__)
 
@@ -63,9 +68,10 @@ PENDING_MAX_BYTES = 256 << 20
 POLL_MS = 50
 BATCH = 10_000  # messages drained per poll before timers get a turn
 
-_tick_decoder = msgspec.msgpack.Decoder(TickRecord)
-_health_decoder = msgspec.msgpack.Decoder(Health)
-_session_decoder = msgspec.msgpack.Decoder(SessionInfo)
+# Only these three are decoded (the frame skipped); every message is filed byte for byte.
+_decode_tick = decoder_for(TOPIC_TICK, TickView)
+_decode_health = decoder_for(TOPIC_HEALTH)
+_decode_session = decoder_for(TOPIC_SESSION)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 # The Decision's layer outputs neural_state.json carries per symbol (contracts.Decision).
 LAYERS = ("drift", "capital", "meta_risk", "genome", "approval", "execution")
@@ -185,13 +191,12 @@ class Recorder:
     # ---- per message ---------------------------------------------------------------
     def on_message(self, message: bytes, now: float) -> None:
         try:
-            topic, seq, payload = split(message)
-            info = _session_decoder.decode(payload) if topic == TOPIC_SESSION else None
-            decision = (
-                _tick_decoder.decode(payload).decision if topic.startswith(TOPIC_TICK) else None
-            )
-            health = _health_decoder.decode(payload) if topic == TOPIC_HEALTH else None
-        except (ProtocolError, msgspec.DecodeError) as exc:
+            msg = parse(message)
+            topic, seq, payload = msg.topic, msg.seq, msg.payload
+            info: SessionInfo | None = _decode_session(payload) if topic == TOPIC_SESSION else None
+            decision = _decode_tick(payload).decision if topic.startswith(TOPIC_TICK) else None
+            health: Health | None = _decode_health(payload) if topic == TOPIC_HEALTH else None
+        except ProtocolError as exc:
             self.malformed += 1
             log.warning("recorder_malformed", error=str(exc), size=len(message))
             return

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import json
 import math
 import shutil
 import signal
@@ -68,10 +67,15 @@ from chimera_core.telemetry import (
     TOPIC_RECON,
     TOPIC_SESSION,
     TOPIC_TICK,
-    split,
+    Message,
+    ReadReport,
+    SessionCheck,
+    check_session,
+    decoder_for,
+    read_manifest,
+    read_session,
 )
 from chimera_governance.pipeline import GovernancePipeline
-from tools.blackbox import ReadReport, SessionCheck, check_session, iter_session
 
 # Commands that change what the engine decides (flatten and flatten_token act only at the
 # broker: their outcome is in the exec records).
@@ -179,20 +183,14 @@ def resolve_session(session: str | Path, data_dir: str | Path = "data") -> Path:
 
 
 def _read_manifest(session_dir: Path) -> dict[str, Any] | None:
-    path = session_dir / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReplayError(f"{path}: unreadable manifest ({exc}); move it aside to replay") from exc
-    if not isinstance(manifest, dict):
-        raise ReplayError(f"{path}: manifest must be a JSON object")
+    manifest, error = read_manifest(session_dir)
+    if error is not None:
+        raise ReplayError(f"{session_dir}: {error}; move it aside to replay")
     return manifest
 
 
 def _load_config(
-    manifest: dict[str, Any] | None, bodies: list[bytes], session_dir: Path
+    manifest: dict[str, Any] | None, messages: list[Message], session_dir: Path
 ) -> tuple[Config, str]:
     """The session's Config, exactly: the manifest's, else the first ``session`` message's."""
     if manifest is not None and manifest.get("config_json") is not None:
@@ -207,13 +205,12 @@ def _load_config(
                 f"{session_dir}/manifest.json: config_json is not a Config: {exc}"
             ) from None
         return cfg, str(manifest.get("session_id", session_dir.name))
-    for body in bodies:
-        try:
-            topic, _, payload = split(body)
-        except ProtocolError:
-            continue
-        if topic == TOPIC_SESSION:
-            info = msgspec.msgpack.decode(payload, type=SessionInfo)
+    for message in messages:
+        if message.topic == TOPIC_SESSION:
+            try:
+                info = _decode_session(message.payload)
+            except ProtocolError as exc:
+                raise ReplayError(f"{session_dir}: {exc}") from None
             try:
                 cfg = msgspec.json.decode(info.config_json, type=Config)
             except msgspec.ValidationError as exc:
@@ -240,11 +237,12 @@ def _manifest_gaps(manifest: dict[str, Any] | None) -> list[Gap]:
 # ---- the replay ---------------------------------------------------------------------
 
 
-_tick_decoder = msgspec.msgpack.Decoder(TickRecord)
-_feed_decoder = msgspec.msgpack.Decoder(FeedEvent)
-_control_decoder = msgspec.msgpack.Decoder(ControlEvent)
-_report_decoder = msgspec.msgpack.Decoder(ExecutionReport)
-_recon_decoder = msgspec.msgpack.Decoder(Reconciliation)
+_decode_tick = decoder_for(TOPIC_TICK, TickRecord)
+_decode_feed = decoder_for(TOPIC_FEED, FeedEvent)
+_decode_control = decoder_for(TOPIC_CONTROL, ControlEvent)
+_decode_report = decoder_for(TOPIC_EXEC, ExecutionReport)
+_decode_recon = decoder_for(TOPIC_RECON, Reconciliation)
+_decode_session = decoder_for(TOPIC_SESSION, SessionInfo)
 
 
 def replay_session(
@@ -261,16 +259,16 @@ def replay_session(
     session_dir = Path(session_dir)
     if not session_dir.is_dir():
         raise ReplayError(f"{session_dir} is not a session directory")
-    check = check_session(session_dir, keep_bodies=True)
-    bodies, report = check.bodies, check.report
-    if not bodies:
+    check = check_session(session_dir, keep_messages=True)
+    messages, report = check.messages, check.report
+    if not messages:
         problems = "; ".join(check.errors)
         raise ReplayError(
             f"{session_dir}: no readable black-box records"
             + (f" ({problems})" if problems else " (no seg-*.chbb segments?)")
         )
     manifest = _read_manifest(session_dir)
-    cfg, session_id = _load_config(manifest, bodies, session_dir)
+    cfg, session_id = _load_config(manifest, messages, session_dir)
     result = ReplayResult(session_dir, session_id, cfg, read_report=report, check=check)
     result.gaps = _manifest_gaps(manifest)
 
@@ -285,27 +283,24 @@ def replay_session(
     after_publish = engine.after_publish
     encode = msgspec.msgpack.encode
     replace = msgspec.structs.replace
-    decode_tick = _tick_decoder.decode
+    decode_tick = _decode_tick
     rows = result.rows
     seen_gaps: list[Gap] = []
     last_seq = 0
     ticks = decisions = compared = identical = mismatched = 0
     divergence: Divergence | None = None
 
-    iterable: Iterable[bytes] = bodies
+    iterable: Iterable[Message] = messages
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(bodies, total=len(bodies), unit="msg", file=sys.stderr, mininterval=0.5)
+        bar = tqdm(messages, total=len(messages), unit="msg", file=sys.stderr, mininterval=0.5)
         iterable = bar
+    result.undecodable = check.malformed  # records without a telemetry header
     started = time.perf_counter()
-    for index, body in enumerate(iterable):
-        try:
-            topic, seq, payload = split(body)
-        except ProtocolError:
-            result.undecodable += 1
-            continue
+    for index, message in enumerate(iterable):
+        topic, seq, payload = message.topic, message.seq, message.payload
         # A jump is a gap (from 0: the recording started late); a step back is a
         # repeated/reordered record, replayed where it was written.
         if seq > last_seq + 1:
@@ -314,7 +309,7 @@ def replay_session(
         if topic == TOPIC_RAW or topic.startswith(TOPIC_TICK):
             try:
                 rec = decode_tick(payload)
-            except msgspec.DecodeError:
+            except ProtocolError:
                 result.undecodable += 1
                 continue
             recv_ns = rec.recv_ns
@@ -347,16 +342,16 @@ def replay_session(
                         )  # fmt: skip
         elif topic == TOPIC_FEED:
             try:
-                ev = _feed_decoder.decode(payload)
-            except msgspec.DecodeError:
+                ev = _decode_feed(payload)
+            except ProtocolError:
                 result.undecodable += 1
                 continue
             engine.on_feed_state(ev.connected)
             result.feed_events += 1
         elif topic == TOPIC_CONTROL:
             try:
-                cev = _control_decoder.decode(payload)
-            except msgspec.DecodeError:
+                cev = _decode_control(payload)
+            except ProtocolError:
                 result.undecodable += 1
                 continue
             if cev.ok and cev.command in REPLAYED_COMMANDS:
@@ -365,8 +360,8 @@ def replay_session(
             engine.actions.clear()  # what the router did about it is in the exec records
         elif topic == TOPIC_EXEC:
             try:
-                rep = _report_decoder.decode(payload)
-            except msgspec.DecodeError:
+                rep = _decode_report(payload)
+            except ProtocolError:
                 result.undecodable += 1
                 continue
             engine.on_report(rep)
@@ -374,8 +369,8 @@ def replay_session(
             result.reports_applied += 1
         elif topic == TOPIC_RECON:
             try:
-                recon = _recon_decoder.decode(payload)
-            except msgspec.DecodeError:
+                recon = _decode_recon(payload)
+            except ProtocolError:
                 result.undecodable += 1
                 continue
             engine.on_reconciled(recon)
@@ -386,7 +381,7 @@ def replay_session(
     # Segment-detected gaps the manifest already lists are not reported twice.
     listed = {(g.after_seq, g.missed) for g in result.gaps}
     result.gaps.extend(g for g in seen_gaps if (g.after_seq, g.missed) not in listed)
-    result.messages = len(bodies)
+    result.messages = len(messages)
     result.ticks = ticks
     result.decisions = decisions
     result.compared = compared
@@ -522,14 +517,13 @@ def export_parquet(rows: list[tuple[Decision, int]], out: Path) -> int:
 def session_frames(session_dir: Path) -> list[tuple[int, bytes]]:
     """Every recorded frame (kept or dropped by the engine) with its receive time, in order."""
     out = []
-    for body in iter_session(session_dir):
-        try:
-            topic, _, payload = split(body)
-            if topic == TOPIC_RAW or topic.startswith(TOPIC_TICK):
-                rec = _tick_decoder.decode(payload)
-                out.append((rec.recv_ns, rec.frame))
-        except (ProtocolError, msgspec.DecodeError):
-            continue
+    for message in read_session(session_dir):
+        if message.carries_frame:
+            try:
+                rec = _decode_tick(message.payload)
+            except ProtocolError:
+                continue
+            out.append((rec.recv_ns, rec.frame))
     return out
 
 

@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 
 from chimera_core.contracts import TickRecord
 from chimera_core.markets import MarketConfig, build_calendars
-from chimera_core.telemetry import TOPIC_HEALTH, TOPIC_RAW, TOPIC_TICK, encode_message
+from chimera_core.telemetry import (
+    TOPIC_HEALTH,
+    TOPIC_RAW,
+    TOPIC_TICK,
+    SegmentWriter,
+    encode_message,
+)
 from chimera_core.tickfile import TickFileReader, TickFileWriter
 from tools.backtest.data import (
     DAY_MS,
@@ -37,7 +43,6 @@ from tools.backtest.data import (
     parse_interval,
     write_bars,
 )
-from tools.blackbox import SegmentWriter
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data" / "samples"

@@ -23,9 +23,16 @@ from chimera_core.config import parse_config
 from chimera_core.contracts import Mode
 from chimera_core.event_loop import Engine, session_info
 from chimera_core.feed.smartapi_v2 import encode
-from chimera_core.telemetry import TOPIC_SESSION, TelemetryPublisher
+from chimera_core.telemetry import (
+    MAGIC,
+    RECORD,
+    TOPIC_SESSION,
+    TelemetryPublisher,
+    check_session,
+    segment_name,
+    segments,
+)
 from chimera_governance.pipeline import GovernancePipeline
-from tools.blackbox import MAGIC, RECORD, check_session, segment_name, segments
 from tools.replay import main as replay_main
 from tools.sim.market import Market
 

@@ -16,8 +16,13 @@ from chimera_core.config import CREDENTIAL_ENV, parse_config
 from chimera_core.contracts import Mode, TickRecord
 from chimera_core.event_loop import Engine, session_info
 from chimera_core.feed.smartapi_v2 import encode
-from chimera_core.telemetry import TOPIC_SESSION, encode_message, tick_topic
-from tools.blackbox import SegmentWriter, segments
+from chimera_core.telemetry import (
+    TOPIC_SESSION,
+    SegmentWriter,
+    encode_message,
+    segments,
+    tick_topic,
+)
 from tools.doctor import main
 from tools.sim.market import Market
 

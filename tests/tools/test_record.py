@@ -24,11 +24,13 @@ from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.telemetry import (
     TOPIC_HEALTH,
     TOPIC_SESSION,
+    ReadReport,
     TelemetryPublisher,
     encode_message,
+    iter_session,
+    segments,
     tick_topic,
 )
-from tools.blackbox import ReadReport, iter_session, segments
 from tools.sim.market import Market
 
 REPO = Path(__file__).resolve().parents[2]

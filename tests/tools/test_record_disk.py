@@ -20,8 +20,13 @@ from typing import Any
 import pytest
 
 from chimera_core.contracts import Health, SessionInfo
-from chimera_core.telemetry import TOPIC_HEALTH, TOPIC_SESSION, TelemetryPublisher
-from tools.blackbox import iter_session, segments
+from chimera_core.telemetry import (
+    TOPIC_HEALTH,
+    TOPIC_SESSION,
+    TelemetryPublisher,
+    iter_session,
+    segments,
+)
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]

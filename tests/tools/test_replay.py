@@ -29,11 +29,11 @@ from chimera_core.telemetry import (
     TOPIC_FEED,
     TOPIC_HEALTH,
     TOPIC_SESSION,
+    SegmentWriter,
     encode_message,
     tick_topic,
 )
 from chimera_governance.pipeline import GovernancePipeline
-from tools.blackbox import SegmentWriter
 from tools.replay import EXPORT_COLUMNS, main, replay_session, serve_session
 from tools.sim.market import Market
 
@@ -207,8 +207,7 @@ def test_manifest_gap_is_reported_and_divergence_free_run_still_passes(recorded,
 
 def test_lost_tick_record_diverges(recorded, tmp_path, capsys):
     """A tick lost between publisher and recorder: replay cannot be exact, verify says so."""
-    from chimera_core.telemetry import split
-    from tools.blackbox import iter_session
+    from chimera_core.telemetry import iter_session, split
 
     session_dir, _ = recorded
     writer = SegmentWriter(tmp_path / "lossy")

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -950,26 +949,20 @@ def ticks_hash(frames: Iterator[tuple[bytes, int]] | Sequence[tuple[bytes, int]]
     return h.hexdigest()
 
 
-_tick_decoder = msgspec.msgpack.Decoder(TickRecord)
-
-
 def _session_frames(session: Path, skipped: list[int]) -> Iterator[tuple[bytes, int]]:
-    from chimera_core.telemetry import TOPIC_RAW, TOPIC_TICK, split
-    from tools.blackbox import iter_session
+    from chimera_core.telemetry import TOPIC_RAW, ReadReport, decoder_for, read_session
 
-    for body in iter_session(session):
-        try:
-            topic, _, payload = split(body)
-        except ProtocolError:
-            skipped[0] += 1
-            continue
-        if topic == TOPIC_RAW or topic.startswith(TOPIC_TICK):
+    decode_tick = decoder_for(TOPIC_RAW, TickRecord)
+    report = ReadReport()
+    for message in read_session(session, report):
+        if message.carries_frame:
             try:
-                rec = _tick_decoder.decode(payload)
-            except msgspec.DecodeError:
+                rec = decode_tick(message.payload)
+            except ProtocolError:
                 skipped[0] += 1
                 continue
             yield rec.frame, rec.recv_ns
+    skipped[0] += report.malformed
 
 
 def _tickfile_frames(path: Path) -> Iterator[tuple[bytes, int]]:
@@ -999,12 +992,13 @@ class TickSource:
 
 def load_ticks(path: str | Path) -> TickSource:
     """A tick file (``chimera_core.tickfile``) or a black-box session directory
-    (``tools/blackbox.py``; its ``tick.*`` and ``raw`` messages carry the feed frames).
+    (``chimera_core/telemetry/blackbox.py``; its ``tick.*`` and ``raw`` messages carry the
+    feed frames).
     Reads the input once to count and hash it; iterate the result to read it again."""
     path = Path(path)
     source = str(path)
     if path.is_dir():
-        from tools.blackbox import segments
+        from chimera_core.telemetry import segments
 
         if not segments(path):
             raise _bad(source, "not a black-box session: no seg-*.chbb files in it")

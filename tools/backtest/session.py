@@ -31,18 +31,18 @@ from chimera_core.telemetry import (
     TOPIC_EXEC,
     TOPIC_FEED,
     TOPIC_RAW,
-    TOPIC_TICK,
-    encode_message,
-    split,
+    Message,
+    check_session,
+    decoder_for,
 )
 from tools.backtest.event import SimNode, Trade, _RoundTrips
 from tools.replay import REPLAYED_COMMANDS
 
 log = structlog.get_logger(__name__)
 
-_tick = msgspec.msgpack.Decoder(TickRecord)
-_feed = msgspec.msgpack.Decoder(FeedEvent)
-_control = msgspec.msgpack.Decoder(ControlEvent)
+_tick = decoder_for(TOPIC_RAW, TickRecord)
+_feed = decoder_for(TOPIC_FEED, FeedEvent)
+_control = decoder_for(TOPIC_CONTROL, ControlEvent)
 _encode = msgspec.msgpack.encode
 
 
@@ -81,15 +81,14 @@ async def run_session(
     progress: Callable[[int], None] | None = None,
 ) -> SessionRun:
     """Run a black-box session's frames through a fresh paper node (module docstring)."""
-    from tools.blackbox import check_session
     from tools.replay import ReplayError, _load_config, _read_manifest
 
     session_dir = Path(session_dir)
-    check = check_session(session_dir, keep_bodies=True)
-    if not check.bodies:
+    check = check_session(session_dir, keep_messages=True)
+    if not check.messages:
         raise ChimeraError(f"{session_dir}: no readable black-box records ({check.errors})")
     try:
-        cfg, session_id = _load_config(_read_manifest(session_dir), check.bodies, session_dir)
+        cfg, session_id = _load_config(_read_manifest(session_dir), check.messages, session_dir)
     except ReplayError as exc:
         raise ChimeraError(str(exc)) from None
     tmp = None
@@ -97,7 +96,7 @@ async def run_session(
         tmp = tempfile.TemporaryDirectory(prefix="chimera-backtest-session-")
         work_dir = Path(tmp.name)
     try:
-        return await _run(cfg, session_id, check.bodies, Path(work_dir), strategy, progress)
+        return await _run(cfg, session_id, check.messages, Path(work_dir), strategy, progress)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -112,7 +111,7 @@ def _node_config(cfg: Config, work_dir: Path) -> Config:
                                    execution=execution, telemetry=telemetry)  # fmt: skip
 
 
-async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: Path,
+async def _run(cfg: Config, session_id: str, messages: Iterable[Message], work_dir: Path,
                strategy: StrategyFactory,
                progress: Callable[[int], None] | None) -> SessionRun:  # fmt: skip
     node_cfg = _node_config(cfg, work_dir)
@@ -135,15 +134,12 @@ async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: 
     try:
         await sim.start()
         last_ts = 0
-        for body in bodies:
-            try:
-                topic, _seq, payload = split(body)
-            except ProtocolError:
-                continue
-            if topic == TOPIC_RAW or topic.startswith(TOPIC_TICK):
+        for message in messages:
+            topic, payload = message.topic, message.payload
+            if message.carries_frame:
                 try:
-                    rec = _tick.decode(payload)
-                except msgspec.DecodeError:
+                    rec = _tick(payload)
+                except ProtocolError:
                     continue
                 try:  # the clock follows the exchange; a corrupt frame does not move it
                     last_ts = max(last_ts, decode(rec.frame, 0).exchange_ts_ms)
@@ -169,13 +165,13 @@ async def _run(cfg: Config, session_id: str, bodies: Iterable[bytes], work_dir: 
                     }
             elif topic == TOPIC_FEED:
                 try:
-                    engine.on_feed_state(_feed.decode(payload).connected)
-                except msgspec.DecodeError:
+                    engine.on_feed_state(_feed(payload).connected)
+                except ProtocolError:
                     continue
             elif topic == TOPIC_CONTROL:
                 try:
-                    ev = _control.decode(payload)
-                except msgspec.DecodeError:
+                    ev = _control(payload)
+                except ProtocolError:
                     continue
                 if ev.ok and ev.command in REPLAYED_COMMANDS:  # as replay re-applies them
                     sim.node.on_control(ev.command, ev.arg)
@@ -206,8 +202,8 @@ async def run_tick_file(
     from tools.backtest.data import load_ticks
 
     source = load_ticks(path)
-    bodies = (
-        encode_message(TOPIC_RAW, i, TickRecord(recv_ns, frame, None))
+    messages = (
+        Message(TOPIC_RAW, i, _encode(TickRecord(recv_ns, frame, None)))
         for i, (frame, recv_ns) in enumerate(source, start=1)
     )
     tmp = None
@@ -215,7 +211,7 @@ async def run_tick_file(
         tmp = tempfile.TemporaryDirectory(prefix="chimera-backtest-ticks-")
         work_dir = Path(tmp.name)
     try:
-        run = await _run(cfg, f"{Path(path).name} {source.sha256}", bodies,
+        run = await _run(cfg, f"{Path(path).name} {source.sha256}", messages,
                          Path(work_dir), strategy, None)  # fmt: skip
     finally:
         if tmp is not None:
@@ -225,11 +221,11 @@ async def run_tick_file(
     return run
 
 
-_report = msgspec.msgpack.Decoder(ExecutionReport)
+_report = decoder_for(TOPIC_EXEC, ExecutionReport)
 
 
 def _has_fill(payload: bytes) -> bool:
     try:
-        return _report.decode(payload).fill is not None
-    except msgspec.DecodeError:
+        return _report(payload).fill is not None
+    except ProtocolError:
         return False

@@ -1,21 +1,18 @@
 """The black box on disk: append-only segment files of telemetry messages, each record
-length-prefixed with a CRC32, plus a session manifest.
+length-prefixed with a CRC32.
 
 Layout: ``data/blackbox/<session>/manifest.json`` and ``seg-000001.chbb``, ``seg-000002.chbb``…
 A segment starts with an 8-byte magic; each record is ``<II`` (body length, CRC32 of body)
 followed by the body, which is one telemetry message exactly as published
-(``topic NUL seq payload``, see chimera_core.telemetry). Reading never raises on damage:
-a torn last record (a crash mid-write) is reported and skipped, a broken frame elsewhere
-is reported and reading resumes at the next intact record. ``check_session`` judges a
-session against its manifest: only a torn tail at the end of the last segment of an
-unclean stop is harmless; anything else, and any record the manifest counts but the
-files do not hold, fails verification.
+(``topic NUL seq payload``, see ``codec``). Reading never raises on damage: a torn last
+record (a crash mid-write) is reported and skipped, a broken frame elsewhere is reported and
+reading resumes at the next intact record. Judging a session against its manifest, and
+reading it as parsed messages, is ``reader``'s.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import struct
@@ -23,7 +20,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -33,7 +29,6 @@ MAGIC = b"CHBBOX1\n"
 RECORD = struct.Struct("<II")
 MAX_RECORD = 16 << 20
 SEGMENT_GLOB = "seg-*.chbb"
-_SEQ = struct.Struct("<Q")  # the publisher sequence after the topic (chimera_core.telemetry)
 
 
 def segment_name(index: int) -> str:
@@ -204,6 +199,7 @@ class ReadReport:
     crc_errors: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     damage: list[str] = field(default_factory=list)
+    malformed: int = 0  # intact records without a telemetry header (reader.read_session)
 
     @property
     def ok(self) -> bool:
@@ -324,188 +320,3 @@ def iter_session(session_dir: Path, report: ReadReport | None = None) -> Iterato
     report = report if report is not None else ReadReport()
     for seg in segments(Path(session_dir)):
         yield from iter_segment(seg, report)
-
-
-# ---- checking a session against its manifest ------------------------------------------
-
-
-@dataclass
-class SessionCheck:
-    """A session read back and compared with its manifest.
-
-    ``errors`` make the session fail verification (damage, lost records, records of another
-    engine run); ``notes`` do not (publisher gaps the recorder saw, a torn tail after an
-    unclean stop, a missing manifest).
-    """
-
-    session_dir: Path
-    report: ReadReport
-    manifest: dict[str, Any] | None
-    segments: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    first_seq: int | None = None
-    last_seq: int | None = None
-    gaps: list[tuple[int, int]] = field(default_factory=list)  # (after seq, missed)
-    steps_back: list[tuple[int, int, int]] = field(default_factory=list)  # (index, prev, seq)
-    malformed: int = 0
-    expected: int | None = None  # records the manifest says were written
-    lost: int = 0  # records the manifest counts that could not be read back
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def read_manifest(session_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None), (None, None) when there is none, or (None, why it is unreadable)."""
-    path = Path(session_dir) / "manifest.json"
-    if not path.is_file():
-        return None, None
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        return None, f"{path.name} is unreadable ({exc})"
-    if not isinstance(manifest, dict):
-        return None, f"{path.name} is not a JSON object"
-    return manifest, None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def check_session(session_dir: Path, keep_bodies: bool = False) -> SessionCheck:
-    """Read every record of a session and judge it against its manifest (see SessionCheck).
-
-    A torn tail is harmless only at the end of the last segment of a session whose
-    recorder did not stop cleanly (manifest ``complete`` false, or no manifest); anywhere
-    else it is damage. Fewer records than the manifest says were written is a loss, counted.
-    """
-    session_dir = Path(session_dir)
-    report = ReadReport()
-    manifest, manifest_error = read_manifest(session_dir)
-    segs = segments(session_dir)
-    check = SessionCheck(session_dir, report, manifest, segments=len(segs))
-    counts = check.counts
-    prev = 0
-    index = 0
-    for body in iter_session(session_dir, report):
-        if keep_bodies:
-            check.bodies.append(body)
-        index += 1
-        cut = body.find(b"\x00")
-        if cut <= 0 or len(body) < cut + 9:
-            check.malformed += 1
-            continue
-        key = body[:cut].decode("ascii", "replace")
-        (seq,) = _SEQ.unpack_from(body, cut + 1)
-        counts[key] = counts.get(key, 0) + 1
-        if prev and seq > prev + 1:
-            check.gaps.append((prev, seq - prev - 1))
-        elif prev and seq <= prev:
-            check.steps_back.append((index, prev, seq))
-        prev = seq
-        check.first_seq = seq if check.first_seq is None else check.first_seq
-        check.last_seq = seq
-
-    errors, notes = check.errors, check.notes
-    errors += [f"damage: {d}" for d in report.damage]
-    errors += [f"crc mismatch at {where}" for where in report.crc_errors]
-    complete = manifest.get("complete") if manifest is not None else None
-    last_segment = segs[-1].name if segs else ""
-    for where in report.torn:
-        if not where.startswith(last_segment + "@"):
-            errors.append(
-                f"damage: record cut short at {where}, which is not the end of the last "
-                "segment (a crash only ever tears the end of the last segment)"
-            )
-        elif complete is True:
-            errors.append(
-                f"damage: record cut short at {where}, but the recorder stopped this session "
-                "cleanly (the file was truncated or damaged afterwards)"
-            )
-        else:
-            notes.append(
-                f"torn tail at {where}: the recorder did not stop cleanly (a crash leaves "
-                "this); the records before it are intact"
-            )
-    for i, (at, before, seq) in enumerate(check.steps_back):
-        if i == 3:
-            errors.append(f"... {len(check.steps_back) - 3} more sequence steps back")
-            break
-        errors.append(
-            f"sequence goes back from {before} to {seq} at record #{at}: messages of another "
-            "engine run are filed in this session"
-        )
-    if manifest_error is not None:
-        errors.append(f"manifest: {manifest_error}")
-    elif manifest is None:
-        notes.append("no manifest.json: records cannot be checked against what was written")
-    else:
-        _compare_manifest(check, manifest, complete)
-    if check.first_seq is not None and check.first_seq > 1:
-        notes.append(
-            f"the session's first {check.first_seq - 1} message(s) were not recorded "
-            f"(first recorded seq {check.first_seq})"
-        )
-    seen = _manifest_gaps(manifest)
-    write_lost = _int_or_none((manifest or {}).get("records_lost")) or 0
-    for after, missed in check.gaps:
-        # The manifest lists what the publisher dropped, and counts what the recorder could
-        # not write; any other gap is lost from the files.
-        lost_here = manifest is not None and (after, missed) not in seen and not write_lost
-        where = " (not in the manifest: lost from the files)" if lost_here else ""
-        notes.append(f"gap after seq {after}: {missed} missed{where}")
-    return check
-
-
-def _manifest_gaps(manifest: dict[str, Any] | None) -> set[tuple[int, int]]:
-    out = set()
-    for g in (manifest or {}).get("gaps") or ():
-        if isinstance(g, dict):
-            after, missed = _int_or_none(g.get("after_seq")), _int_or_none(g.get("missed"))
-            if after is not None and missed is not None:
-                out.add((after, missed))
-    return out
-
-
-def _compare_manifest(check: SessionCheck, manifest: dict[str, Any], complete: Any) -> None:
-    read = check.report.records
-    expected = _int_or_none(manifest.get("records"))
-    check.expected = expected
-    if expected is None:
-        check.notes.append("manifest has no record count: cannot check for lost records")
-        return
-    if read < expected:
-        check.lost = expected - read
-        check.errors.append(
-            f"{check.lost} record(s) lost: the manifest says {expected} were written, "
-            f"{read} could be read back"
-        )
-    elif read > expected and complete is True:
-        check.errors.append(
-            f"{read - expected} record(s) more than the {expected} the manifest says were "
-            "written (records appended after the recorder closed the session?)"
-        )
-    write_lost = _int_or_none(manifest.get("records_lost")) or 0
-    if write_lost:
-        check.notes.append(
-            f"{write_lost} message(s) were received but could not be written "
-            f"({manifest.get('write_error') or 'write failure'})"
-        )
-    last = _int_or_none(manifest.get("last_seq"))
-    if (
-        complete is True
-        and not write_lost
-        and last is not None
-        and check.last_seq is not None
-        and check.last_seq != last
-        and not check.lost
-    ):
-        check.errors.append(
-            f"last record has seq {check.last_seq}, the manifest says {last}: the end of "
-            "the session is missing or foreign"
-        )

@@ -1,4 +1,5 @@
-"""Telemetry: the hot path's only window to the world, and it never waits.
+"""The telemetry publisher (the hot path's only window to the world, and it never waits)
+and the SUB side for side processes.
 
 One XPUB socket bound to 127.0.0.1 (or ipc://). Each message is a single frame:
 ``topic NUL seq(8, little-endian) msgpack-payload``. Sends are NOBLOCK against a bounded
@@ -9,7 +10,6 @@ at once with ``zmq.Again``: the message is dropped and counted, the tick loop go
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,29 +18,10 @@ import msgspec
 import structlog
 import zmq
 
-from chimera_core.contracts import (
-    ControlEvent,
-    Decision,
-    ExecutionReport,
-    FeedEvent,
-    Health,
-    Reconciliation,
-    SessionInfo,
-    TickRecord,
-)
-from chimera_core.errors import ChimeraError, ProtocolError
+from chimera_core.contracts import Decision, TickRecord
+from chimera_core.errors import ChimeraError
+from chimera_core.telemetry.codec import SEP, SEQ, TOPIC_RAW, TOPIC_TICK, decode_payload, split
 
-SEQ = struct.Struct("<Q")
-SEP = b"\x00"
-
-TOPIC_RAW = b"raw"
-TOPIC_TICK = b"tick."
-TOPIC_FEED = b"feed"
-TOPIC_CONTROL = b"control"
-TOPIC_HEALTH = b"health"
-TOPIC_SESSION = b"session"
-TOPIC_EXEC = b"exec"
-TOPIC_RECON = b"recon"
 # The recorder subscribes to this prefix besides everything (b""): no message matches it
 # (topics never start with NUL), so it costs nothing, but the publisher sees it arrive and
 # can tell "the black box is attached" from "some subscriber (the cortex) is attached".
@@ -52,62 +33,6 @@ RECORDER_RECONNECT_MS = 100
 CLOSE_FLUSH_MS = 2_000
 
 log = structlog.get_logger(__name__)
-
-PAYLOAD_TYPES: dict[bytes, type[Any]] = {
-    TOPIC_RAW: TickRecord,
-    TOPIC_FEED: FeedEvent,
-    TOPIC_CONTROL: ControlEvent,
-    TOPIC_HEALTH: Health,
-    TOPIC_SESSION: SessionInfo,
-    TOPIC_EXEC: ExecutionReport,
-    TOPIC_RECON: Reconciliation,
-}
-
-
-def payload_type(topic: bytes) -> type[Any]:
-    if topic.startswith(TOPIC_TICK):
-        return TickRecord
-    try:
-        return PAYLOAD_TYPES[topic]
-    except KeyError:
-        raise ProtocolError(f"unknown telemetry topic {topic!r}") from None
-
-
-def split(message: bytes) -> tuple[bytes, int, bytes]:
-    """(topic, publisher seq, payload) of one telemetry message."""
-    cut = message.find(SEP)
-    if cut <= 0 or len(message) < cut + 1 + SEQ.size:
-        raise ProtocolError(
-            f"telemetry message of {len(message)} bytes has no topic/sequence header"
-        )
-    (seq,) = SEQ.unpack_from(message, cut + 1)
-    return message[:cut], seq, message[cut + 1 + SEQ.size :]
-
-
-_encoder = msgspec.msgpack.Encoder()
-
-
-def encode_message(topic: bytes, seq: int, obj: Any) -> bytes:
-    """One telemetry message exactly as the publisher sends it (and the black box stores)."""
-    return b"".join((topic, SEP, SEQ.pack(seq), _encoder.encode(obj)))
-
-
-def tick_topic(decision: Decision | None) -> bytes:
-    return TOPIC_RAW if decision is None else TOPIC_TICK + decision.token.encode()
-
-
-_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
-
-
-def decode_payload(topic: bytes, payload: bytes) -> Any:
-    kind = payload_type(topic)
-    dec = _decoders.get(kind)
-    if dec is None:
-        dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
-    try:
-        return dec.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"bad {topic.decode(errors='replace')} payload: {exc}") from exc
 
 
 class TelemetryPublisher:
