@@ -609,6 +609,11 @@ class Engine:
         sym = self.symbols.get(report.token)
         if sym is None:
             log.warning("report_unknown_token", token=report.token, coid=report.client_order_id)
+            if report.fill is not None:
+                # A position reconciled in a token no longer traded (a flatten closes it):
+                # the book the router reads must see it go, or the next flatten sends again.
+                self.account.on_fill(report.fill)
+                self.positions.apply(report.fill)
             return ()
         kind = report.kind
         coid = report.client_order_id
