@@ -1,7 +1,8 @@
 """The hot path, in order: decode → feed hygiene → bars + physics → strategy →
-governance → state machine → route → publish. ``Engine.on_frame`` is that path for one
-frame; ``chimera_core.node`` wires it to a router and telemetry, ``chimera_core.live`` to the
-feed on a uvloop event loop. Logic lives in the layers.
+governance → state machine (the per-symbol trading step, ``chimera_core.trading_step``) →
+route → publish. ``Engine.on_frame`` is that path for one frame; ``chimera_core.node`` wires
+it to a router and telemetry, ``chimera_core.live`` to the feed on a uvloop event loop.
+Logic lives in the layers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from chimera_core.contracts import (
     Bar,
     CancelAll,
     CancelEntries,
-    CancelIntent,
     Decision,
     ExecKind,
     ExecutionOutput,
@@ -34,14 +34,12 @@ from chimera_core.contracts import (
     Flatten,
     GenomeOutput,
     Mode,
-    OrderIntent,
     PhysicsState,
     Purpose,
     Reconciliation,
     ResumeRouting,
     RouterCommand,
     SessionInfo,
-    Side,
     Signal,
     Tick,
     TradingState,
@@ -50,13 +48,14 @@ from chimera_core.contracts import (
 from chimera_core.errors import IllegalTransition, ProtocolError
 from chimera_core.feed.sanity import FeedClock, PriceFilter, Seq, SequenceTracker
 from chimera_core.feed.smartapi_v2 import decode
-from chimera_core.governance import GateVerdict, Governance
+from chimera_core.governance import Governance
 from chimera_core.logging import RateLimiter
 from chimera_core.markets import MarketCalendar, calendar_for
 from chimera_core.position_book import PositionBook
 from chimera_core.state_machine import Event, ExecutionStateMachine, State
 from chimera_core.strategy import StrategyFactory, default_factory
 from chimera_core.symbol_physics import SymbolPhysics
+from chimera_core.trading_step import TradingStep
 
 log = structlog.get_logger(__name__)
 
@@ -189,17 +188,7 @@ class Engine:
         self.feed_clock = FeedClock(ahead_ms, sanity.rebaseline_after)
         self._rebaseline_after = sanity.rebaseline_after
         self._stale_ns = int(cfg.feed.stale_after_s * 1e9)
-        self._execute_timeout_ms = int(cfg.strategy.execute_timeout_s * 1000)
-        # A parent the router works as VWAP children over the slicing window is given that
-        # window on top: the timeout must not cancel an entry that is being worked.
-        slicing = cfg.execution.slicing
-        self._slice_min_qty = slicing.min_qty
-        self._slice_extra_ms = int((slicing.window_s + slicing.max_wait_s) * 1000)
-        self._cooldown_ms = int(cfg.strategy.cooldown_s * 1000)
-        self._order_qty = cfg.strategy.order_qty
         self._seq = 0
-        # What governance said about the intent of the current tick (None when not asked).
-        self._gate: GateVerdict | None = None
         self._bar_work: list[tuple[str, Bar, PhysicsState]] = []
         # Execution: positions from reports, and what the router must do next (drained by
         # the wiring after each frame/report/command; replay drains and drops them, because
@@ -219,6 +208,11 @@ class Engine:
         # No entries while False: run_live clears it until the broker is reconciled.
         self.reconciled = True
         self.last_tick: Tick | None = None
+        # The per-symbol trading step (ARM / FIRE / EXPIRE / COOLED), beside the machine.
+        self.trading_step = TradingStep(
+            cfg, self, governance, self.stats, self.actions, self.account_snapshot,
+            self._kill_switch,
+        )  # fmt: skip
         if ex.enabled:
             empty = ExecutionOutput(0, 0.0, 0.0, 0.0, 0, "")
             for sym in self.symbols.values():
@@ -335,10 +329,10 @@ class Engine:
         else:
             drift = capital = None
             influence = _PHYSICS_ONLY
-        self._gate = None
         # 6. state machine
-        transitions, intent = self._step(sym, tick, signal_.direction, stale, physics, confidence)
-        gate = self._gate
+        trading = self.trading_step
+        transitions, intent = trading.step(sym, tick, signal_.direction, stale, physics, confidence)
+        gate = trading.gate
         if gate is not None and not gate.allowed:
             # The layer that refused the intent decided this evaluation outright.
             influence = _REFUSED_BY.get(gate.reason.partition(":")[0], influence)
@@ -477,130 +471,6 @@ class Engine:
             log.warning("daily_loss_cleared", state=self.trading_state.value)
         return []
 
-    def _step(
-        self,
-        sym: SymbolContext,
-        tick: Tick,
-        direction: int,
-        stale: bool,
-        physics: PhysicsState,
-        confidence: float,
-    ) -> tuple[tuple[Transition, ...], OrderIntent | None]:
-        machine = sym.machine
-        state = machine.state
-        ts = tick.exchange_ts_ms
-        try:
-            if state is State.IDLE:
-                if (
-                    direction
-                    and not stale
-                    and not self.paused
-                    and not self.exits_only
-                    and self.reconciled
-                    and sym.vetoed_bar_ms != sym.physics.bar_start_ms
-                    and not self._entries_closed(sym, ts)
-                ):
-                    sym.armed_direction = direction
-                    return (
-                        machine.apply(Event.ARM, ts, "long" if direction > 0 else "short"),
-                    ), None
-            elif state is State.READY:
-                blocked = self._entry_blocked(sym, ts)
-                if direction == sym.armed_direction and not stale and not blocked:
-                    return self._fire(sym, tick, physics, confidence, stale)
-                reason = "feed_stale" if stale else blocked or "signal_gone"
-                sym.armed_direction = 0
-                return (machine.apply(Event.DISARM, ts, reason),), None
-            elif state is State.EXECUTE and ts - machine.entered_ms >= sym.pending_timeout_ms:
-                if sym.pending_intent and self.execution_enabled:
-                    # Whatever is still working at the broker is cancelled; fills that
-                    # already happened stay booked.
-                    self.actions.append(CancelIntent(sym.pending_intent))
-                sym.expired_intent = sym.pending_intent
-                sym.pending_intent = ""
-                return (machine.apply(Event.EXPIRED, ts, "no_execution_report"),), None
-            elif state is State.COOLDOWN and ts - machine.entered_ms >= self._cooldown_ms:
-                return (machine.apply(Event.COOLED, ts),), None
-        except IllegalTransition as exc:
-            self.stats.illegal_transitions += 1
-            return (Transition("?", state.value, state.value, False, str(exc)),), None
-        return (), None
-
-    def _fire(
-        self, sym: SymbolContext, tick: Tick, physics: PhysicsState, confidence: float, stale: bool
-    ) -> tuple[tuple[Transition, ...], OrderIntent | None]:
-        bar_start = sym.physics.bar_start_ms or 0
-        coid, signal_seq = sym.machine.next_fire(bar_start)
-        direction = sym.armed_direction
-        intent = OrderIntent(
-            client_order_id=coid,
-            token=sym.token,
-            exchange_type=sym.exchange_type,
-            side=Side.BUY if direction > 0 else Side.SELL,
-            qty=self._order_qty * sym.lot_size,  # order_qty lots (units where no lots)
-            ref_price=tick.ltp,
-            bar_start_ms=bar_start,
-            signal_seq=signal_seq,
-            exchange_ts_ms=tick.exchange_ts_ms,
-        )
-        governance = self.governance
-        if governance is not None:
-            gate = governance.gate(
-                intent, physics, confidence, _spread_pct(sym.book), stale, self.account_snapshot()
-            )
-            self._gate = gate
-            if gate.halt_reason:
-                self.stats.vetoes += 1
-                sym.armed_direction = 0
-                rule = gate.halt_reason.partition(":")[2].split(",")[0]
-                rule = governance.kill_switch or rule
-                moved = self._kill_switch(rule, tick.exchange_ts_ms)
-                if sym.machine.state is State.READY:
-                    sym.vetoed_bar_ms = bar_start
-                    moved.append(sym.machine.apply(Event.DISARM, tick.exchange_ts_ms, gate.reason))
-                return tuple(moved), None
-            if not gate.allowed:
-                self.stats.vetoes += 1
-                sym.armed_direction = 0
-                sym.vetoed_bar_ms = bar_start
-                return (sym.machine.apply(Event.DISARM, tick.exchange_ts_ms, gate.reason),), None
-            intent = msgspec.structs.replace(intent, qty=gate.qty)
-        transition, fired_id, _ = sym.machine.fire(bar_start, tick.exchange_ts_ms, "confirmed")
-        assert fired_id == coid  # next_fire and fire agree by construction
-        sym.armed_direction = 0
-        sym.pending_intent = coid
-        sym.pending_qty = intent.qty if direction > 0 else -intent.qty
-        sym.pending_timeout_ms = self._execute_timeout_ms + (
-            self._slice_extra_ms if intent.qty >= self._slice_min_qty else 0
-        )
-        sym.intent_filled = 0
-        # What the signal looked like, named after the genome's genes it speaks to.
-        band_dist = (
-            abs(physics.close - physics.band_mean) / physics.band_std
-            if physics.band_std > 0
-            else 0.0
-        )
-        sym.entry_features = {"energy_threshold": abs(physics.energy), "band_k": band_dist}
-        self.stats.intents += 1
-        return (transition,), intent
-
-    def _entry_blocked(self, sym: SymbolContext, exchange_ts_ms: int) -> str:
-        """Why no entry may fire now ("" when it may): checked again at FIRE, since a
-        pause, exits-only or the entry cut-off can come between ARM and FIRE."""
-        if self.paused:
-            return "paused"
-        if self.exits_only:
-            return "exits_only"
-        if self._entries_closed(sym, exchange_ts_ms):
-            return "past_entry_cutoff"
-        return ""
-
-    def _entries_closed(self, sym: SymbolContext, exchange_ts_ms: int) -> bool:
-        """Outside the market's entry hours (closed, a holiday, past the cut-off)."""
-        if not self.execution_enabled:
-            return False
-        return not sym.calendar.entries_allowed(exchange_ts_ms)
-
     # ---- execution reports (between frames, in arrival order; replay re-applies them) ----
     def on_report(self, report: ExecutionReport) -> tuple[Transition, ...]:
         """Apply one execution report: book its fill, update the symbol's execution output,
@@ -609,6 +479,11 @@ class Engine:
         sym = self.symbols.get(report.token)
         if sym is None:
             log.warning("report_unknown_token", token=report.token, coid=report.client_order_id)
+            if report.fill is not None:
+                # A position reconciled in a token no longer traded (a flatten closes it):
+                # the book the router reads must see it go, or the next flatten sends again.
+                self.account.on_fill(report.fill)
+                self.positions.apply(report.fill)
             return ()
         kind = report.kind
         coid = report.client_order_id
@@ -833,17 +708,7 @@ class Engine:
 _PHYSICS_ONLY = {"physics": 1.0}
 _TERMINAL = (ExecKind.FILLED, ExecKind.REJECTED, ExecKind.CANCELLED)
 _REFUSED_BY = {"veto": {"meta_risk": 1.0}, "capital": {"capital": 1.0}}
-_STATE_NAME = {s: s.value for s in State}
-
-
-def _spread_pct(book: Tick | None) -> float:
-    """Best bid/ask spread in percent of mid; 0.0 when the feed mode carries no book."""
-    if book is None or not book.bids or not book.asks:
-        return 0.0
-    bid, ask = book.bids[0].price, book.asks[0].price
-    return (
-        (ask - bid) / ((ask + bid) / 2.0) * 100.0 if ask > 0 and bid > 0 else 0.0
-    )  # Enum.value is a slow property in 3.11
+_STATE_NAME = {s: s.value for s in State}  # Enum.value is a slow property in 3.11
 
 
 class DecisionLog:

@@ -14,6 +14,7 @@ from chimera_core.contracts import (
     RouterCommand,
     Tick,
 )
+from chimera_core.position_book import PositionBook
 
 
 class Router(Protocol):
@@ -21,6 +22,10 @@ class Router(Protocol):
     # Told (with the error text) when a journal write fails: the wiring moves the engine to
     # exits only or halts it. The router keeps working in memory meanwhile.
     on_journal_failure: Callable[[str], None]
+
+    def use_positions(self, book: PositionBook) -> None:
+        """Read positions from ``book`` (the engine's, which books every fill); the router
+        books none itself."""
 
     async def connect(self) -> None:
         """Open the broker session (login, order-update stream)."""

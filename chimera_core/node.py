@@ -15,6 +15,11 @@ Per accepted frame, in this order:
 A report from the broker (step 1, or later from the network) is applied by the engine,
 published, and any command it queued (a kill switch) goes to the router at once.
 
+One position book: the engine's. The engine books every fill (with the signal it entered
+on), here and in a replay that has no router; the router reads the same book for its
+brackets, exits and square-off and books nothing itself. The router hands a report to the
+engine before it acts on the position the report moved, so both see one position.
+
 This module imports nothing above ``chimera_core``: governance and the router come in
 through their protocols (``chimera_core.governance``, ``chimera_core.execution``); the
 composition root (``tools/node.py``) builds them.
@@ -85,6 +90,7 @@ class Node:
         self.on_frame = self._build_on_frame(publish_tick or _no_tick)
         if router is not None:
             engine.reconciled = False  # no entries before the broker has been reconciled
+            router.use_positions(engine.positions)  # one book: the engine books the fills
             router.sink = self.on_report
             engine.on_market = router.on_market  # a paper exchange fills before the step
             router.on_journal_failure = self._on_journal_failure

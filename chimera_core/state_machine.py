@@ -4,6 +4,7 @@ Any other transition raises IllegalTransition and leaves the state untouched. FI
 only event that creates an order, and its client_order_id is derived from (exchange type,
 token, bar start, signal sequence within that bar): a replay or a restart that fires on
 the same bar produces the same id, which the journal refuses to place twice.
+``chimera_core.trading_step`` drives it on every tick.
 """
 
 from __future__ import annotations

@@ -7,9 +7,17 @@ every broker report → journal → engine.
   the intent has nothing left working, so the state machine leaves EXECUTE exactly once.
 - Smart execution: parents at or above ``slicing.min_qty`` are worked as VWAP children, each
   child is capped by displayed depth and waits out a wide spread; every broker call passes
-  the throttler. Brackets (stop / target from ATR) and the intraday square-off are managed
-  here, on ticks, with deterministic order ids.
-- Start-up reconciliation against the broker; trading waits for it.
+  the throttler.
+- Exits (brackets, the square-off, strategy exits, flattens: ``chimera_execution.exits``)
+  and start-up reconciliation (``chimera_execution.reconcile``; trading waits for it) are
+  parts the router composes; this module keeps submission, working parents, report
+  routing and the kill switch.
+- Positions: the router books no fill. It reads the one ``PositionBook`` the engine
+  applies every fill to (``use_positions``; the wiring in ``chimera_core.node`` hands it
+  over), and the sink gets each report before the router acts on the position it moved
+  (a bracket follows the fill after the engine booked it). A router used without an
+  engine starts with a book of its own, seeded by reconciliation; its sink must book the
+  fills into ``router.positions`` as the engine does.
 
 Everything runs on the engine's event loop; broker calls are tasks, so a slow broker never
 holds a tick.
@@ -37,19 +45,15 @@ from chimera_core.contracts import (
     ExecKind,
     ExecutionReport,
     ExitPosition,
-    Fill,
     Flatten,
-    Order,
     OrderIntent,
     OrderRequest,
     OrderStatus,
     OrderType,
-    Position,
     Purpose,
     Reconciliation,
     ResumeRouting,
     RouterCommand,
-    Side,
     Tick,
 )
 from chimera_core.errors import (
@@ -64,26 +68,15 @@ from chimera_core.instruments import Instrument
 from chimera_core.markets import calendar_for
 from chimera_core.position_book import PositionBook
 from chimera_execution.brokers.base import Broker, report_for
+from chimera_execution.exits import Exits
 from chimera_execution.journal import Journal, journal_path
-from chimera_execution.smart_execution import (
-    Bracket,
-    LiquidityAdjuster,
-    Throttler,
-    VwapSlicer,
-    exit_request,
-)
+from chimera_execution.reconcile import Reconciler
+from chimera_execution.smart_execution import LiquidityAdjuster, Throttler, VwapSlicer
 
 log = structlog.get_logger(__name__)
 
 ReportSink = Callable[[ExecutionReport], None]
 
-_STATUS_KIND = {
-    OrderStatus.OPEN: ExecKind.ACK,
-    OrderStatus.PARTIAL: ExecKind.PARTIAL,
-    OrderStatus.FILLED: ExecKind.FILLED,
-    OrderStatus.CANCELLED: ExecKind.CANCELLED,
-    OrderStatus.REJECTED: ExecKind.REJECTED,
-}
 _PLACE_ATTEMPTS = 3
 KILL_SWITCH_KEY = "kill_switch"
 KILL_SWITCH_PERSISTED = "kill_switch_persisted"
@@ -165,21 +158,30 @@ class OrderRouter:
         # Trading symbols for the broker: the instrument master's, or [execution.angelone].
         self._symbols = {**{i.token: i.symbol for i in instruments}, **ex.angelone.symbols}
         self._parents: dict[str, Parent] = {}
-        self._positions = PositionBook()
-        self._brackets: dict[str, tuple[str, Bracket]] = {}  # token → (entry intent, levels)
-        self._exits: dict[str, str] = {}  # token → exit order working
         self._watch: set[str] = set()  # tokens with parents, positions or exits
         self._last_tick: dict[str, Tick] = {}
         self._matched: Tick | None = None  # the tick the broker last matched on (on_market)
         self._tasks: set[asyncio.Task[Any]] = set()
         # The same calendars as the engine and meta-risk (chimera_core.markets).
         self.calendar = calendar_for(cfg.markets, self._exchange_type, ex.square_off_at)
-        self._calendars = {
-            et: calendar_for(cfg.markets, et, ex.square_off_at)
-            for et in set(self._segment.values())
-        }
-        self._squared_off: set[str] = set()
-        self._unbracketed: set[str] = set()  # restored positions still without a bracket
+        self.exits = Exits(
+            ex,
+            PositionBook(),  # until use_positions hands over the engine's
+            send=self._send,
+            stop_entries=self._stop_entries,
+            set_risk=self._set_risk,
+            watch=self._watch,
+            segment=self._segment,
+            exchange_type=self._exchange_type,
+            calendars={
+                et: calendar_for(cfg.markets, et, ex.square_off_at)
+                for et in set(self._segment.values())
+            },
+            calendar=self.calendar,
+            tick_sizes=self._ticks,
+            symbols=self._symbols,
+        )
+        self.reconciler = Reconciler(cfg, journal, self.exits, self.cancel_throttler, clock)
         self._cancel_all_ns = 0  # kill switch started (0: none pending)
         # Orders the kill switch caught before they reached the broker: never sent.
         self._dont_send: set[str] = set()
@@ -390,10 +392,9 @@ class OrderRouter:
         token = report.token
         if report.kind is ExecKind.REJECTED:
             self.stats["rejects"] += 1
-        if report.fill is not None:
-            self._on_fill(report, report.fill)
-        if terminal and self._exits.get(token) == coid:
-            del self._exits[token]
+        exits = self.exits
+        if terminal:
+            exits.order_ended(token, coid)
         final = False
         # An exit (bracket, strategy exit, square-off) names its entry's intent: it is no
         # child of the entry's parent, and its fills are none of the entry's.
@@ -413,8 +414,12 @@ class OrderRouter:
                     log.info("vwap_done", **msgspec.structs.asdict(parent.slicer.report()))
         elif terminal and entry:
             final = True  # an order from before a restart: nothing else works for it
-        self._rewatch(token)
+        # The engine books the fill into the position book (the one the exits read) ...
         self.sink(msgspec.structs.replace(report, final=True) if final else report)
+        if report.fill is not None:
+            # ... and the bracket follows the position it made (its entry's ATR).
+            exits.follow_fill(token, report.intent_id, parent.atr if parent is not None else 0.0)
+        self._rewatch(token)
         if self._cancel_all_ns and not self.open_orders():
             took_us = (self.clock() - self._cancel_all_ns) / 1000
             self.kill_latencies_us.append(took_us)
@@ -461,37 +466,6 @@ class OrderRouter:
         except JournalWriteError as exc:
             self._journal_failed(exc, key)
 
-    def _on_fill(self, report: ExecutionReport, fill: Fill) -> None:
-        token = fill.token
-        self._positions.apply(fill)
-        pos = self._positions.get(token)
-        if pos.qty == 0:
-            if self._brackets.pop(token, None) is not None:
-                self._set_risk(f"bracket:{token}", {})
-            return
-        parent = self._parents.get(report.intent_id)
-        if report.purpose is Purpose.ENTRY and parent is not None and parent.atr > 0:
-            # The bracket follows the position's average entry.
-            side = Side.BUY if pos.qty > 0 else Side.SELL
-            try:
-                bracket = Bracket.from_entry(
-                    side,
-                    pos.avg_price,
-                    parent.atr,
-                    self.ex.stop_atr_multiple,
-                    self.ex.take_profit_atr_multiple,
-                    tick_size=self._ticks.get(token, 0.05),
-                )
-            except Exception as exc:  # a bracket without a distance is no bracket
-                log.warning("bracket_refused", token=token, error=str(exc))
-                return
-            self._brackets[token] = (report.intent_id, bracket)
-            self._set_risk(
-                f"bracket:{token}",
-                {"intent_id": report.intent_id, "side": side.value, "entry": pos.avg_price,
-                 "atr": parent.atr},
-            )  # fmt: skip
-
     # ---- ticks --------------------------------------------------------------------------
     def on_market(self, tick: Tick) -> None:
         """The broker sees an accepted tick before the engine steps on it (the engine's
@@ -515,61 +489,21 @@ class OrderRouter:
         for parent in list(self._parents.values()):
             if parent.intent.token == token:
                 self._work(parent, tick, now)
-        pos = self._positions.get(token)
-        # A halt never abandons a position: stops, targets and the square-off keep working
-        # in every trading state.
-        if pos.qty == 0 or token in self._exits:
-            return
-        if token in self._unbracketed:
-            self._bracket_restored(token, pos.qty, pos.avg_price, atr, now)
-        calendar = self._calendars.get(self._segment.get(token, -1), self.calendar)
-        if calendar.past_square_off(now):
-            if token not in self._squared_off:
-                self._squared_off.add(token)
-                log.warning("square_off", token=token, qty=pos.qty)
-            self._exit(token, Purpose.SQUARE_OFF, f"SQ-{token}", now)
-            return
-        held = self._brackets.get(token)
-        if held is not None:
-            hit = held[1].check(tick.ltp)
-            if hit is not None:
-                log.info("bracket_hit", token=token, purpose=hit.value, ltp=tick.ltp)
-                self._exit(token, hit, held[0], now)
+        self.exits.on_tick(tick, atr, now)
 
-    def _exit(self, token: str, purpose: Purpose, intent_id: str, now_ms: int) -> None:
-        pos = self._positions.get(token)
-        if pos.qty == 0 or token in self._exits:
-            return
+    def _stop_entries(self, token: str, purpose: Purpose) -> None:
+        """Leaving while the entry is still being worked: no more children (they would
+        reopen what the exit closes); those working are cancelled."""
         for parent in [p for p in self._parents.values() if p.intent.token == token]:
-            # Leaving while the entry is still being worked: no more children (they would
-            # reopen what this exit closes); those working are cancelled.
             parent.stopped = True
             for coid in list(parent.working):
                 self._spawn(self._cancel(coid))
             if not parent.working:
                 self._finish(parent, f"{purpose.value.lower()} before the entry was complete")
-        request = exit_request(
-            Position(token, pos.qty, pos.avg_price),
-            purpose,
-            intent_id,
-            self._segment.get(token, self._exchange_type),
-            now_ms,
-            now_ms,  # the exchange time makes the id unique and the same on replay
-        )
-        request = msgspec.structs.replace(
-            request,
-            product=self.ex.product,
-            symbol=self._symbols.get(token, ""),
-        )
-        self._exits[token] = request.client_order_id
-        self._watch.add(token)
-        self._send(request)
 
     def _rewatch(self, token: str) -> None:
-        busy = (
-            self._positions.get(token).qty != 0
-            or token in self._exits
-            or any(p.intent.token == token for p in self._parents.values())
+        busy = self.exits.busy(token) or any(
+            p.intent.token == token for p in self._parents.values()
         )
         if busy:
             self._watch.add(token)
@@ -592,11 +526,7 @@ class OrderRouter:
                 case Flatten(reason, token):
                     self.flatten(reason, only=token or None)
                 case ExitPosition(token, reason):
-                    tick = self._last_tick.get(token)
-                    held = self._brackets.get(token)
-                    intent_id = held[0] if held is not None else f"EX-{token}"
-                    log.info("strategy_exit", token=token, reason=reason)
-                    self._exit(token, Purpose.EXIT, intent_id, tick.exchange_ts_ms if tick else 0)
+                    self.exits.strategy_exit(token, reason, self._last_ms(token))
                 case ResumeRouting(reason):
                     self.halted = False
                     self._set_risk(KILL_SWITCH_KEY, {})
@@ -648,16 +578,12 @@ class OrderRouter:
 
     def flatten(self, reason: str, only: str | None = None) -> int:
         """Close positions at market (every one, or only token ``only``)."""
-        flattened = 0
-        for pos in self._positions.positions():
-            if pos.qty and (only is None or pos.token == only):
-                tick = self._last_tick.get(pos.token)
-                now = tick.exchange_ts_ms if tick is not None else 0
-                self._exits.pop(pos.token, None)  # the flatten supersedes a working exit
-                self._exit(pos.token, Purpose.FLATTEN, f"FL-{pos.token}", now)
-                flattened += 1
-        log.warning("flatten", reason=reason, positions=flattened)
-        return flattened
+        return self.exits.flatten(reason, only, self._last_ms)
+
+    def _last_ms(self, token: str) -> int:
+        """The exchange time of ``token``'s last tick (0 before the first)."""
+        tick = self._last_tick.get(token)
+        return tick.exchange_ts_ms if tick is not None else 0
 
     async def _cancel(self, coid: str) -> None:
         assert self.broker is not None
@@ -678,152 +604,25 @@ class OrderRouter:
         return str((self.journal.get_risk(KILL_SWITCH_KEY) or {}).get("reason", ""))
 
     def follow_feed_headers(self, apply: Callable[[dict[str, str]], None]) -> None:
-        """Give the broker session's market-data headers to ``apply`` now and after every
-        later login (angelone: its login issues the feed's JWT and feed token); paper has
-        none and never calls it."""
-        broker = self.broker
-        headers_of = getattr(broker, "feed_headers", None)
-        if broker is None or not callable(headers_of):
-            return
-
-        def on_login() -> None:
-            headers = headers_of()
-            if headers:
-                apply(headers)
-
-        broker.on_login = on_login  # type: ignore[attr-defined]
-        on_login()
+        """The broker session's market-data headers to ``apply``, now and after every later
+        login (``chimera_execution.reconcile``)."""
+        self.reconciler.follow_feed_headers(self.broker, apply)
 
     async def reconcile(self) -> Reconciliation:
-        """Make the journal agree with the broker, or say what does not agree."""
-        broker = self.broker
-        assert broker is not None
-        book = {o.client_order_id: o for o in await broker.order_book()}
-        broker_fills = await broker.fills()
-        broker_positions = {p.token: p for p in await broker.positions()}
-        known = {f.fill_id for f in self.journal.fills()}
-        recovered = 0
-        for fill in broker_fills:
-            if fill.fill_id in known:
-                continue
-            order = self.journal.order(fill.client_order_id) or book.get(fill.client_order_id)
-            intent_id = order.intent_id if order is not None else ""
-            purpose = order.purpose if order is not None else Purpose.ENTRY
-            if self.journal.record_fill(fill, intent_id, purpose):
-                recovered += 1
-        never_sent: list[str] = []
-        for order in self.journal.open_orders():
-            theirs = book.get(order.client_order_id)
-            if theirs is None:
-                if order.status is OrderStatus.PENDING:
-                    # Journaled, then the process died before the broker got it. Not resent:
-                    # the signal that wanted it is gone.
-                    never_sent.append(order.client_order_id)
-                    self.journal.apply_report(
-                        _status_report(order, OrderStatus.REJECTED, "never reached the broker")
-                    )
-                continue
-            self.journal.apply_report(_status_report(order, theirs.status, theirs.reason, theirs))
-        adopted: list[str] = []
-        cancelled: list[str] = []
-        for coid, theirs in book.items():
-            if theirs.status in TERMINAL_STATUSES or self.journal.order(coid) is not None:
-                continue
-            if self.ex.orphans == "adopt":
-                self.journal.apply_report(_status_report(theirs, theirs.status, "adopted", theirs))
-                adopted.append(coid)
-            else:
-                await self.cancel_throttler.acquire()
-                await broker.cancel(coid)
-                cancelled.append(coid)
-        positions = self.journal.positions()
-        mismatches = []
-        for token in {p.token for p in positions} | set(broker_positions):
-            ours = next((p.qty for p in positions if p.token == token), 0)
-            theirs_qty = broker_positions[token].qty if token in broker_positions else 0
-            if ours != theirs_qty:
-                mismatches.append(f"position {token}: journal {ours}, broker {theirs_qty}")
-        mismatches.extend(self.journal.check())
-        self._positions.seed(positions)
-        for p in positions:
-            if p.qty:
-                self._watch.add(p.token)
-                self._restore_bracket(p)
-        open_orders = tuple(self.journal.open_orders())
-        recon = Reconciliation(
-            mode=self.cfg.mode,
-            ok=not mismatches,
-            positions=tuple(p for p in positions if p.qty),
-            open_orders=open_orders,
-            adopted=tuple(adopted),
-            cancelled=tuple(cancelled),
-            never_sent=tuple(never_sent),
-            fills_recovered=recovered,
-            mismatches=tuple(mismatches),
-            cash=self.journal.cash(),
-            at_ns=self.clock(),
-        )
-        (log.info if recon.ok else log.error)(
-            "reconciled",
-            ok=recon.ok,
-            positions={p.token: p.qty for p in recon.positions},
-            open_orders=len(open_orders),
-            adopted=len(adopted),
-            cancelled=len(cancelled),
-            never_sent=len(never_sent),
-            fills_recovered=recovered,
-            mismatches=list(mismatches),
-        )
-        return recon
+        """Make the journal agree with the broker, or say what does not agree; the
+        reconciled positions (and their brackets) are where the exits start from."""
+        assert self.broker is not None
+        return await self.reconciler.reconcile(self.broker)
 
-    def _restore_bracket(self, position: Position) -> None:
-        saved = self.journal.get_risk(f"bracket:{position.token}") or {}
-        if not saved or saved.get("atr", 0) <= 0:
-            # Never left bare: a bracket from the ATR at its first warm tick, or closed.
-            log.warning(
-                "position_without_bracket",
-                token=position.token,
-                qty=position.qty,
-                action=self.ex.restored_without_bracket,
-            )
-            self._unbracketed.add(position.token)
-            self._watch.add(position.token)
-            return
-        side = Side.BUY if position.qty > 0 else Side.SELL
-        bracket = Bracket.from_entry(
-            side,
-            position.avg_price,
-            float(saved["atr"]),
-            self.ex.stop_atr_multiple,
-            self.ex.take_profit_atr_multiple,
-            tick_size=self._ticks.get(position.token, 0.05),
-        )
-        self._brackets[position.token] = (str(saved.get("intent_id", "")), bracket)
+    @property
+    def positions(self) -> PositionBook:
+        """The position book the router reads (the engine's once ``use_positions`` ran)."""
+        return self.exits.positions
 
-    def _bracket_restored(self, token: str, qty: int, avg: float, atr: float, now: int) -> None:
-        if self.ex.restored_without_bracket == "flatten":
-            self._unbracketed.discard(token)
-            self._exit(token, Purpose.FLATTEN, f"FL-{token}", now)
-            return
-        if not (math.isfinite(atr) and atr > 0):
-            return  # not warm yet: the square-off still closes it at the cut-off
-        side = Side.BUY if qty > 0 else Side.SELL
-        try:
-            bracket = Bracket.from_entry(
-                side, avg, atr, self.ex.stop_atr_multiple, self.ex.take_profit_atr_multiple,
-                tick_size=self._ticks.get(token, 0.05),
-            )  # fmt: skip
-        except Exception as exc:  # a bracket without a distance is no bracket
-            log.warning("bracket_refused", token=token, error=str(exc))
-            return
-        self._unbracketed.discard(token)
-        intent_id = f"RB-{token}"
-        self._brackets[token] = (intent_id, bracket)
-        self._set_risk(
-            f"bracket:{token}",
-            {"intent_id": intent_id, "side": side.value, "entry": avg, "atr": atr},
-        )
-        log.warning("bracket_restored_from_atr", token=token, atr=atr, entry=avg)
+    def use_positions(self, book: PositionBook) -> None:
+        """Read positions from ``book`` from now on: the engine's, which books every fill
+        (the router books none). Called by the wiring before reconciliation."""
+        self.exits.positions = book
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Cancel open orders (when configured) and wait for the answers, then close."""
@@ -842,10 +641,7 @@ class OrderRouter:
     def bracket_levels(self, token: str) -> tuple[float, ...]:
         """The stop and target held for ``token``'s position (none while it is flat or an
         exit is working): a backtest prints them when a bar's path passes through them."""
-        held = self._brackets.get(token)
-        if held is None or token in self._exits or self._positions.get(token).qty == 0:
-            return ()
-        return (held[1].stop, held[1].target)
+        return self.exits.bracket_levels(token)
 
     @property
     def tasks_in_flight(self) -> int:
@@ -895,25 +691,6 @@ def _reject_request(request: OrderRequest, reason: str, at_ns: int) -> Execution
 
 def _cancelled_request(request: OrderRequest, reason: str) -> ExecutionReport:
     return report_for(request, ExecKind.CANCELLED, reason=reason)
-
-
-def _status_report(
-    order: Order, status: OrderStatus, reason: str, theirs: Order | None = None
-) -> ExecutionReport:
-    src = theirs or order
-    return ExecutionReport(
-        kind=_STATUS_KIND.get(status, ExecKind.ACK),
-        client_order_id=order.client_order_id,
-        intent_id=order.intent_id,
-        token=order.token,
-        side=order.side,
-        order_qty=order.qty,
-        filled_qty=src.filled_qty,
-        avg_price=src.avg_fill_price,
-        purpose=order.purpose,
-        broker_order_id=src.broker_order_id,
-        reason=reason,
-    )
 
 
 # ---- assembly ----------------------------------------------------------------------------

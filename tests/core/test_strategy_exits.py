@@ -15,7 +15,7 @@ from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.strategy import DefaultStrategy
 from chimera_core.telemetry import TOPIC_EXEC
 from chimera_execution.router import build_router
-from tests.execution.test_router import T0, TOKEN, intent, snap
+from tests.execution.test_router import T0, TOKEN, booking, intent, snap
 from tools.backtest.event import SimNode
 
 
@@ -116,7 +116,7 @@ async def test_a_restored_position_without_its_bracket_is_never_left_bare(tmp_pa
     cfg = parse_config(text)
     first = build_router(cfg, {})
     reports: list = []
-    first.sink = reports.append
+    first.sink = booking(first, reports)
     await first.connect()
     await first.reconcile()
     first.on_tick(snap(T0))
@@ -132,7 +132,7 @@ async def test_a_restored_position_without_its_bracket_is_never_left_bare(tmp_pa
 
     router = build_router(cfg, {})  # the restart
     reports = []
-    router.sink = reports.append
+    router.sink = booking(router, reports)
     await router.connect()
     recon = await router.reconcile()
     assert [p.qty for p in recon.positions] == [10]

@@ -23,7 +23,7 @@ from chimera_core.contracts import (
 )
 from chimera_execution.brokers.angelone import AngelOneBroker
 from chimera_execution.journal import Journal
-from chimera_execution.router import build_router
+from chimera_execution.router import OrderRouter, ReportSink, build_router
 from chimera_execution.smart_execution import Throttler
 from tools.sim.orders import DEFAULT_CLIENT_CODE, DEFAULT_PASSWORD, DEFAULT_TOTP_SECRET
 from tools.sim.server import ExchangeSimulator
@@ -51,6 +51,20 @@ def intent(ts: int, qty: int, side: Side = Side.BUY, seq: int = 0) -> OrderInten
     return OrderIntent(coid, TOKEN, 1, side, qty, 100.0, ts, seq, ts)
 
 
+def booking(router: OrderRouter, reports: list[ExecutionReport]) -> ReportSink:
+    """A sink that does the engine's part for a router without an engine: each fill is
+    booked into the position book the router reads (the router books none), then the
+    report is kept."""
+    book = router.positions
+
+    def sink(report: ExecutionReport) -> None:
+        if report.fill is not None:
+            book.apply(report.fill)
+        reports.append(report)
+
+    return sink
+
+
 class Desk:
     """A paper router with its reports collected as the engine would get them."""
 
@@ -61,7 +75,7 @@ class Desk:
         )
         self.router = build_router(self.cfg, {})
         self.reports: list[ExecutionReport] = []
-        self.router.sink = self.reports.append
+        self.router.sink = booking(self.router, self.reports)
 
     async def start(self) -> None:
         await self.router.connect()

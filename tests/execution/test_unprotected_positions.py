@@ -52,7 +52,7 @@ def test_exits_only_blocks_entries_per_cause_and_lifts_per_cause():
     engine.control("reduce", "position_unprotected: 2885")
     engine.control("reduce_clear", "position_unprotected")  # the feed came back
     assert engine.exits_only == "journal_write_failed: disk full"  # the other cause holds
-    assert engine._entry_blocked(engine.symbols["2885"], 0) == "exits_only"
+    assert engine.trading_step.entry_blocked(engine.symbols["2885"], 0) == "exits_only"
     ok, out = engine.control("resume")
     assert ok and out["exits_only_cleared"] and engine.exits_only == ""
 
