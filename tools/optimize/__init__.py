@@ -1,0 +1,1 @@
+"""`chimera optimize`: walk-forward genome search and its overfitting guards."""
