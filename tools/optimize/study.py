@@ -161,6 +161,18 @@ def trial_seed(seed: int, fold: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, fold, number]).generate_state(1)[0])
 
 
+def grid_sampler(search_space: Mapping[str, Sequence[Any]], seed: int) -> Any:
+    """Optuna's GridSampler without its ``study.stop()`` after the last grid point (which
+    raises outside ``study.optimize``; the driver stops at the grid's size itself)."""
+    import optuna
+
+    class _Grid(optuna.samplers.GridSampler):
+        def after_trial(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return _Grid(dict(search_space), seed=seed)
+
+
 def make_sampler(spec: StudySpec, seed: int) -> Any:
     import optuna
 
@@ -171,7 +183,7 @@ def make_sampler(spec: StudySpec, seed: int) -> Any:
         if spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if spec.sampler == "grid":
-            return optuna.samplers.GridSampler(dict(grid(spec.space)), seed=seed)
+            return grid_sampler(grid(spec.space), seed)
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population)
 
 
@@ -180,7 +192,8 @@ def _directions(spec: StudySpec) -> list[Literal["minimize", "maximize"]]:
 
 
 def _spec_json(spec: StudySpec) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(spec)
+    """The spec as it reads back from the study's JSON (lists, not tuples)."""
+    out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(spec))
     return out
 
 
