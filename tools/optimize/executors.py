@@ -148,9 +148,21 @@ def local_ray_init(num_cpus: int | None = None, **kwargs: Any) -> None:
     interface; ``_node_ip_address`` alone does not change that. With
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` set before Ray starts it does (measured with
     ``ss``; tests/optimize/test_ray.py holds it)."""
+    import sys
+
+    imported = "ray" in sys.modules
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
+    if imported:
+        from ray._private import ray_constants  # read once, when Ray is imported
+
+        if ray_constants.ENABLE_RAY_CLUSTER:
+            raise ExecutorError(
+                "Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a "
+                "local start would listen beyond 127.0.0.1: set it in the environment (or "
+                "before the first `import ray`)"
+            )
     ray.init(
         num_cpus=num_cpus,
         _node_ip_address="127.0.0.1",
@@ -205,16 +217,18 @@ class RayExecutor:
         self._started_ray = False
 
     def start(self, workload: Workload) -> None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        import ray
+        import sys
 
-        if not ray.is_initialized():
-            if self.address is None or self.address == "local":
-                local_ray_init(num_cpus=self.num_cpus)
-            elif self.address == "auto" and not _running_cluster():
-                # "auto" with no cluster on this machine: a private local one, no setup.
+        running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        local = self.address in (None, "local") or (
+            self.address == "auto" and not _running_cluster()
+        )  # "auto" with no cluster on this machine: a private local one, no setup
+        if not running:
+            if local:
                 local_ray_init(num_cpus=self.num_cpus)
             else:
+                import ray
+
                 try:
                     ray.init(address=self.address, log_to_driver=False, configure_logging=False)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -224,6 +238,8 @@ class RayExecutor:
                         "--ray local"
                     ) from None
             self._started_ray = True
+        import ray
+
         cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
         if cpus < 1:
             raise ExecutorError("the Ray cluster has no CPUs")
