@@ -3,6 +3,9 @@ the window's bars), and the test window as the continuation of the train window.
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import msgspec
 import numpy as np
 import pytest
@@ -40,7 +43,16 @@ def test_a_train_window_is_the_backtest_of_that_windows_bars(cfg, loaded, fold):
         assert got.metrics[key] == want[key], key
     eq = np.asarray(series["equity"])
     prev = np.concatenate(([result["starting_equity"]], eq[:-1]))
-    np.testing.assert_array_equal(got.returns, eq / prev - 1.0)
+    per_bar = eq / prev - 1.0
+    assert got.bar_sharpe == pytest.approx(per_bar.mean() / per_bar.std(ddof=1), rel=1e-9)
+    # The PBO matrix's periods: the bars' returns compounded per IST trading day.
+    zone = ZoneInfo("Asia/Kolkata")
+    days: dict[dt.date, float] = {}
+    for t, r in zip(window.ts_ms, per_bar, strict=True):
+        d = dt.datetime.fromtimestamp(int(t) / 1000, zone).date()
+        days[d] = (1.0 + days.get(d, 0.0)) * (1.0 + r) - 1.0
+    np.testing.assert_allclose(got.returns, list(days.values()), rtol=1e-9, atol=1e-15)
+    assert len(days) == 10
 
 
 def test_the_test_window_continues_the_train_run_and_reads_no_later_bar(cfg, loaded):
@@ -83,7 +95,8 @@ def test_two_instruments_are_one_book_of_two_accounts(cfg, loaded):
     assert two.metrics["initial_equity"] == 2 * one.metrics["initial_equity"]
     assert two.metrics["final_equity"] == pytest.approx(2 * one.metrics["final_equity"])
     assert two.metrics["trades"] == 2 * one.metrics["trades"]
-    np.testing.assert_allclose(two.returns, one.returns, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(two.returns, one.returns, rtol=1e-9, atol=1e-15)
+    assert two.bar_sharpe == pytest.approx(one.bar_sharpe, rel=1e-9)
 
 
 def test_parameters_the_strategy_refuses_are_an_error_not_a_crash(cfg, loaded):

@@ -57,6 +57,7 @@ def _run(tmp: Path, spec: StudySpec, w: Any, executor: Any) -> tuple[dict[str, A
     finally:
         executor.close()
     result.pop("_series")
+    result.pop("_timings")
     return result, db
 
 

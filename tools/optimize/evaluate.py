@@ -80,6 +80,7 @@ class Workload:
     grid_ts_ms: IntArray  # the sorted union of the instruments' bar times
     folds: tuple[Fold, ...]
     periods_per_year: float
+    day_starts: IntArray  # grid index of each trading day's first bar (the folds' zone)
 
     def initial_equity(self) -> float:
         return float(sum(i.settings.initial_equity for i in self.instruments))
@@ -97,12 +98,17 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A task's result: the book's metrics (JSON-ready), its per-bar returns over the
-    scored window, or the error that made the parameters unusable."""
+    """A task's result: the book's metrics (JSON-ready), its returns over the scored
+    window (test: per bar, for the stitched equity; train: per trading day, compounded,
+    for the PBO matrix: a per-bar matrix of a year of minute bars by thousands of trials
+    would not fit, nor travel back from the workers cheaply), the per-bar Sharpe (mean /
+    std, not annualised: the deflated Sharpe's trial Sharpes), or the error that made the
+    parameters unusable."""
 
     key: tuple[int, int]
     metrics: dict[str, Any] | None
     returns: FloatArray = field(default_factory=lambda: np.empty(0))
+    bar_sharpe: float = 0.0
     error: str | None = None
 
 
@@ -216,7 +222,16 @@ def evaluate(w: Workload, task: Task) -> Outcome:
         )  # fmt: skip
     except ChimeraError as exc:  # a parameter set the strategy refuses (fast >= slow)
         return Outcome(task.key, None, error=str(exc))
-    return Outcome(task.key, msgspec.to_builtins(m), returns=_returns(equity, initial))
+    r = _returns(equity, initial)
+    if task.phase == "train":
+        a = fold.train_start
+        starts = w.day_starts[(w.day_starts >= a) & (w.day_starts < fold.test_start)] - a
+        if starts.size == 0 or starts[0] != 0:
+            starts = np.concatenate(([0], starts))
+        periods = np.expm1(np.add.reduceat(np.log1p(r), starts)) if r.size else r
+    else:
+        periods = r
+    return Outcome(task.key, msgspec.to_builtins(m), returns=periods, bar_sharpe=per_bar_sharpe(r))
 
 
 def evaluate_batch(w: Workload, tasks: Sequence[Task]) -> list[Outcome]:

@@ -61,7 +61,7 @@ class Fold(msgspec.Struct, frozen=True):
         return self.test_start, self.test_end
 
 
-def _day_starts(ts_ms: npt.NDArray[np.int64], tz: str) -> npt.NDArray[np.int64]:
+def day_starts(ts_ms: npt.NDArray[np.int64], tz: str) -> npt.NDArray[np.int64]:
     """Index of the first bar of each trading day (dates in ``tz``)."""
     try:
         zone = ZoneInfo(tz)
@@ -95,7 +95,7 @@ def make_folds(ts_ms: npt.NDArray[np.int64], spec: FoldSpec) -> list[Fold]:
     if spec.folds < 0:
         raise FoldError(f"folds: folds must be >= 0 (0: as many as fit), got {spec.folds}")
     # Unit u starts at grid point starts[u] (a bar, or a day's first bar).
-    starts = np.arange(n, dtype=np.int64) if spec.unit == "bars" else _day_starts(ts, spec.tz)
+    starts = np.arange(n, dtype=np.int64) if spec.unit == "bars" else day_starts(ts, spec.tz)
     units = int(starts.size)
     edges = np.append(starts, n)  # unit u spans [edges[u], edges[u + 1])
     out: list[Fold] = []

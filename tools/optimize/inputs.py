@@ -15,7 +15,7 @@ from chimera_core.config import Config
 from chimera_core.contracts import ExchangeType
 from chimera_core.errors import ChimeraError
 from tools.optimize.evaluate import Instrument, Workload
-from tools.optimize.folds import FoldSpec, make_folds
+from tools.optimize.folds import FoldSpec, day_starts, make_folds
 from tools.optimize.study import DataRef
 
 
@@ -98,5 +98,6 @@ def build_workload(
     w = Workload(
         strategy=strategy, instruments=tuple(instruments), grid_ts_ms=grid,
         folds=tuple(fold_list), periods_per_year=float(periods),
+        day_starts=day_starts(grid, folds.tz),
     )  # fmt: skip
     return w, h.hexdigest()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ from tools.optimize.evaluate import (
     Task,
     Workload,
     objective_value,
-    per_bar_sharpe,
 )
 from tools.optimize.executors import Executor
 from tools.optimize.folds import FoldSpec
@@ -144,7 +144,7 @@ def open_storage(path: Path, create: bool = True) -> Any:
         # WAL without an fsync per commit (synchronous=NORMAL): an Optuna trial is a few
         # commits, and at ~10 ms an fsync here they were the study's whole cost. A killed
         # process loses nothing committed; only a power cut can lose the last commits.
-        conn = sqlite3.connect(path, timeout=60)
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
@@ -235,7 +235,8 @@ class FoldSearch:
     complete: dict[int, dict[str, Any]] = field(default_factory=dict)  # number -> params
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     values: dict[int, list[float]] = field(default_factory=dict)
-    returns: dict[int, np.ndarray] = field(default_factory=dict)
+    returns: dict[int, np.ndarray] = field(default_factory=dict)  # per trading day
+    sharpe: dict[int, float] = field(default_factory=dict)  # per bar, not annualised
     failed: int = 0
 
 
@@ -264,6 +265,60 @@ def _load_or_create(storage: Any, spec: StudySpec, data_meta: Mapping[str, Any])
         parent.set_user_attr("spec", given)  # more (or fewer) trials per fold: allowed
     log.info("optimize_study_resumed", study=spec.name)
     return parent
+
+
+class TrialWriter:
+    """Writes finished trials to the SQLite study in trial order, on a thread of its own:
+    an Optuna RDB insert is tens of ms of Python (SQLAlchemy), done while the driver waits
+    for the next generation's evaluation on the workers. ``close`` waits for every trial
+    queued and raises the first error (another process writing the same study). A trial
+    queued but not written when the process dies is evaluated again on resume (the same
+    parameters and result: nothing lost, nothing twice)."""
+
+    def __init__(self, storage: Any, study_id: int, name: str, next_number: int) -> None:
+        import queue
+        import threading
+
+        self._storage = storage
+        self._study_id = study_id
+        self._name = name
+        self._next = next_number
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="optimize-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, frozen: Any) -> None:
+        if self._error is not None:
+            raise StudyError(f"study {self._name}: writing trials failed: {self._error}")
+        self._queue.put(frozen)
+
+    def _loop(self) -> None:
+        while True:
+            frozen = self._queue.get()
+            if frozen is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                if frozen.number != self._next:
+                    raise StudyError(f"trial {frozen.number} queued, {self._next} expected")
+                trial_id = self._storage.create_new_trial(self._study_id, template_trial=frozen)
+                made = self._storage.get_trial_number_from_id(trial_id)
+                if made != frozen.number:
+                    raise StudyError(
+                        f"trial {frozen.number} stored as {made}: is another process "
+                        "running this study?"
+                    )
+                self._next += 1
+            except BaseException as exc:  # kept for close(): the driver raises it
+                self._error = exc
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise StudyError(f"study {self._name}: writing trials failed: {self._error}")
 
 
 def _record(
@@ -324,71 +379,69 @@ def search_fold(
     number = 0
     if progress is not None and stored:
         progress.advance(0, None)
-    while number < target:
-        upto = min(target, number + spec.generation)
-        asked = []
-        for k in range(number, upto):
-            memory.sampler = make_sampler(spec, trial_seed(spec.seed, fold, k))
-            asked.append(memory.ask(dict(dists)))
-        fresh: list[Task] = []
-        for t in asked:
-            if t.number < len(stored):
-                if stored[t.number].params != t.params:
-                    raise StudyError(
-                        f"study {stored_study.study_name}, trial {t.number}: stored parameters "
-                        f"{stored[t.number].params} but the sampler now draws {t.params} "
-                        "(another Optuna version or sampler code?); use a new --study name"
-                    )
-            else:
-                fresh.append(Task((fold, t.number), {**t.params, **spec.space.fixed}, fold))
-        outcomes = {o.key[1]: o for o in executor.run(fresh)}
-        for t in asked:
-            params = {**t.params, **spec.space.fixed}
-            if t.number < len(stored):
-                old = stored[t.number]
-                for key, value in old.user_attrs.items():
-                    t.set_user_attr(key, value)
-                record = dict(old.user_attrs.get("run", {}))
-                values = list(old.values) if old.state == TrialState.COMPLETE else None
-                returns = None
-            else:
-                o = outcomes[t.number]
-                record, values = _record(spec, fold, o, stamp)
-                t.set_user_attr("run", record)
-                returns = o.returns
-            if values is None:
-                memory.tell(t, state=TrialState.FAIL)
-                result.failed += 1
-            else:
-                memory.tell(t, values)
-                result.complete[t.number] = params
-                result.metrics[t.number] = dict(record.get("train", {}))
-                result.values[t.number] = values
-                if returns is not None:
-                    result.returns[t.number] = returns
-                v = values[0] if len(values) == 1 else objective_value(
-                    result.metrics[t.number], spec.pick
-                )  # fmt: skip
-                if best is None or sign * v > sign * best:
-                    best = v
-            if t.number >= len(stored):
-                frozen = memory.get_trials(deepcopy=False)[t.number]
-                made = storage.get_trial_number_from_id(
-                    storage.create_new_trial(stored_id, template_trial=frozen)
-                )
-                if made != t.number:
-                    raise StudyError(
-                        f"study {stored_study.study_name}: stored trial {t.number} as "
-                        f"{made}: is another process running this study?"
-                    )
-        if progress is not None:
-            progress.advance(len(asked), best)
-        number = upto
+    writer = TrialWriter(storage, stored_id, stored_study.study_name, len(stored))
+    try:
+        while number < target:
+            upto = min(target, number + spec.generation)
+            asked = []
+            for k in range(number, upto):
+                memory.sampler = make_sampler(spec, trial_seed(spec.seed, fold, k))
+                asked.append(memory.ask(dict(dists)))
+            fresh: list[Task] = []
+            for t in asked:
+                if t.number < len(stored):
+                    if stored[t.number].params != t.params:
+                        raise StudyError(
+                            f"study {stored_study.study_name}, trial {t.number}: stored parameters "
+                            f"{stored[t.number].params} but the sampler now draws {t.params} "
+                            "(another Optuna version or sampler code?); use a new --study name"
+                        )
+                else:
+                    fresh.append(Task((fold, t.number), {**t.params, **spec.space.fixed}, fold))
+            outcomes = {o.key[1]: o for o in executor.run(fresh)}
+            for t in asked:
+                params = {**t.params, **spec.space.fixed}
+                if t.number < len(stored):
+                    old = stored[t.number]
+                    for key, value in old.user_attrs.items():
+                        t.set_user_attr(key, value)
+                    record = dict(old.user_attrs.get("run", {}))
+                    values = list(old.values) if old.state == TrialState.COMPLETE else None
+                    returns, bar_sharpe = None, 0.0
+                else:
+                    o = outcomes[t.number]
+                    record, values = _record(spec, fold, o, stamp)
+                    t.set_user_attr("run", record)
+                    returns, bar_sharpe = o.returns, o.bar_sharpe
+                if values is None:
+                    memory.tell(t, state=TrialState.FAIL)
+                    result.failed += 1
+                else:
+                    memory.tell(t, values)
+                    result.complete[t.number] = params
+                    result.metrics[t.number] = dict(record.get("train", {}))
+                    result.values[t.number] = values
+                    if returns is not None:
+                        result.returns[t.number] = returns
+                        result.sharpe[t.number] = bar_sharpe
+                    v = values[0] if len(values) == 1 else objective_value(
+                        result.metrics[t.number], spec.pick
+                    )  # fmt: skip
+                    if best is None or sign * v > sign * best:
+                        best = v
+                if t.number >= len(stored):
+                    writer.put(memory.get_trials(deepcopy=False)[t.number])
+            if progress is not None:
+                progress.advance(len(asked), best)
+            number = upto
+    finally:
+        writer.close()  # every told trial in the file (or the writer's error raised)
     missing = [n for n in result.complete if n not in result.returns]
     if missing:  # trials told by an earlier run: their returns again (same numbers)
         tasks = [Task((fold, n), result.complete[n], fold) for n in missing]
         for o in executor.run(tasks):
             result.returns[o.key[1]] = o.returns
+            result.sharpe[o.key[1]] = o.bar_sharpe
     return result
 
 
@@ -474,7 +527,7 @@ def run_guards(
         "max_pbo": spec.guards.max_pbo,
     }
     sharpes = np.asarray(
-        [per_bar_sharpe(s.returns[n]) for s in searches for n in sorted(s.complete)],
+        [s.sharpe[n] for s in searches for n in sorted(s.complete)],
         dtype=np.float64,
     )
     out["n_trials"] = int(sharpes.size)
@@ -520,9 +573,11 @@ def run_study(
 
     spec.check()
     parent = _load_or_create(storage, spec, stamp)
+    clock = time.perf_counter()
     searches = [
         search_fold(storage, spec, f.index, executor, stamp, progress) for f in workload.folds
     ]
+    timings = {"search_s": time.perf_counter() - clock}
     picks = {s.fold: pick_of(spec, s) for s in searches}
     if any(p is None for p in picks.values()):
         empty = [f for f, p in picks.items() if p is None]
@@ -541,7 +596,9 @@ def run_study(
         bt_metrics.compute(oos_eq, ts_ms=oos_ts, periods=workload.periods_per_year,
                            initial_equity=workload.initial_equity())
     )  # fmt: skip
+    timings["test_s"] = time.perf_counter() - clock - timings["search_s"]
     guard = run_guards(spec, workload, searches, oos_r)
+    timings["guards_s"] = time.perf_counter() - clock - timings["search_s"] - timings["test_s"]
     folds_out: list[dict[str, Any]] = []
     for s, o in zip(searches, tests, strict=True):
         f = workload.folds[s.fold]
@@ -600,6 +657,7 @@ def run_study(
         proposable=not reasons, reasons=reasons,
     )  # fmt: skip
     result["_series"] = {"oos_equity": oos_eq, "oos_ts_ms": oos_ts}
+    result["_timings"] = timings  # wall clock: not stored (the result is reproducible)
     return result
 
 
