@@ -87,6 +87,13 @@ def _run_parser() -> argparse.ArgumentParser:
         help="run on Ray: local (a private 127.0.0.1 Ray), auto (the running "
         "cluster, else local), or HOST:PORT",
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="trials per worker task at least (default 8: a fast trial is ms; use 1 when a "
+        "trial takes a second)",
+    )
     p.add_argument("--segment", default="NSE_CM", help="exchange segment (charges, calendar)")
     p.add_argument("--interval", default=None, help="bar interval when it cannot be inferred")
     p.add_argument("--tz", default=None, help="timezone of naive timestamps")
@@ -255,7 +262,7 @@ def cmd_run(argv: list[str]) -> int:
     db = storage_path(research, spec.name)
     storage = open_storage(db)
     stamp = {"code_version": code_version(), "data_sha256": [r.sha256 for r in spec.data]}
-    executor = make_executor(args.ray, args.workers)
+    executor = make_executor(args.ray, args.workers, args.batch)
     total = spec.n_trials * len(workload.folds)
     if spec.sampler == "grid":
         total = min(spec.n_trials, space.grid_size()) * len(workload.folds)

@@ -272,10 +272,13 @@ class RayExecutor:
             self._started_ray = False
 
 
-def make_executor(ray_address: str | None, workers: int) -> Executor:
+def make_executor(ray_address: str | None, workers: int, min_batch: int = MIN_BATCH) -> Executor:
     """``--ray ADDRESS`` → Ray, else ``--workers N`` processes (1: this process)."""
+    if min_batch < 1:
+        raise ExecutorError(f"--batch must be >= 1 trial per task, got {min_batch}")
     if ray_address:
-        return RayExecutor(ray_address, num_cpus=workers if ray_address == "local" else None)
+        cpus = workers if ray_address == "local" else None
+        return RayExecutor(ray_address, num_cpus=cpus, min_batch=min_batch)
     if workers <= 1:
         return SerialExecutor()
-    return PoolExecutor(workers)
+    return PoolExecutor(workers, min_batch=min_batch)
