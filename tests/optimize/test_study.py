@@ -70,6 +70,13 @@ def test_the_same_seed_gives_the_same_trials_in_one_process_and_on_a_pool(tmp_pa
     assert t1 == t2
     assert sum(len(v) for v in t1.values()) == 2 * 24
     assert one == two
+    # The out-of-sample curve is the picks' test windows chained: its return compounds
+    # theirs, its trades are theirs.
+    tests = [f["pick"]["test"] for f in one["folds"]]
+    chained = float(np.prod([1.0 + t["total_return"] for t in tests]) - 1.0)
+    assert one["oos"]["metrics"]["total_return"] == pytest.approx(chained, rel=1e-9, abs=1e-12)
+    assert one["oos"]["metrics"]["trades"] == sum(t["trades"] for t in tests)
+    assert one["oos"]["bars"] == sum(t["bars"] for t in tests)
     # A different seed draws other parameters (so the equality above says something).
     _other, db3 = _run(tmp_path / "c", _spec(loaded, "same", seed=12), w, SerialExecutor())
     assert trials_of(db3, "same") != t1

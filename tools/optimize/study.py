@@ -544,9 +544,15 @@ def run_guards(
         numbers = sorted(s.complete)
         entry: dict[str, Any] = {"fold": s.fold, "n_trials": len(numbers)}
         try:
-            if len(numbers) < 2:
-                raise StudyError("PBO needs at least 2 completed trials in the fold")
-            perf = np.column_stack([s.returns[n] for n in numbers])
+            # A trial that never trades has a flat curve: no Sharpe to rank, no column.
+            moving = [n for n in numbers if np.std(s.returns[n]) > 0]
+            entry["flat_trials_left_out"] = len(numbers) - len(moving)
+            if len(moving) < 2:
+                raise StudyError(
+                    f"PBO needs at least 2 trials whose returns move in the fold; "
+                    f"{len(moving)} of {len(numbers)} do (the others never trade)"
+                )
+            perf = np.column_stack([s.returns[n] for n in moving])
             res = guards.pbo_cscv(perf, n_splits=spec.guards.pbo_splits)
             entry.update(
                 pbo=res.pbo, n_combinations=res.n_combinations, logits=res.logits,
@@ -596,6 +602,12 @@ def run_study(
         bt_metrics.compute(oos_eq, ts_ms=oos_ts, periods=workload.periods_per_year,
                            initial_equity=workload.initial_equity())
     )  # fmt: skip
+    # The stitched curve's trade figures are the test windows' own, summed (the equity
+    # alone has none); ratios over trades are left to each fold's test metrics.
+    for key in ("trades", "open_trades", "charges", "traded_value"):
+        oos_metrics[key] = sum(o.metrics[key] for o in tests if o.metrics is not None)
+    for key in ("win_rate", "profit_factor", "exposure", "turnover"):
+        oos_metrics[key] = None
     timings["test_s"] = time.perf_counter() - clock - timings["search_s"]
     guard = run_guards(spec, workload, searches, oos_r)
     timings["guards_s"] = time.perf_counter() - clock - timings["search_s"] - timings["test_s"]
