@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "doctor": "tools.doctor",
     "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
+    "optimize": "tools.optimize.cli",
     "service": "tools.service",
     "watch": "tools.console",
 }
@@ -126,6 +127,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "fuzz": ("benchmarks.fuzz", "a million mutated frames through the whole node"),
     "backtest": ("benchmarks.backtest_bench", "fast mode against vectorbt and backtesting.py"),
     "backtest-event": ("benchmarks.backtest_event", "event-mode prints/s beside the engine alone"),
+    "optimize": ("benchmarks.optimize_bench", "trials/s: one process, a local pool, local Ray"),
 }  # fmt: skip
 
 
@@ -139,8 +141,10 @@ def cmd_bench(argv: list[str]) -> int:
         argv = ["hot-path", *argv]
     name = argv[0]
     module = importlib.import_module(BENCHMARKS[name][0])
-    # The older suites parse their own name as the first argument; backtest's does not.
-    return int(module.main(argv[1:] if name.startswith("backtest") else argv))
+    # The older suites parse their own name as the first argument; backtest's and
+    # optimize's do not.
+    own = name.startswith("backtest") or name == "optimize"
+    return int(module.main(argv[1:] if own else argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmarks (chimera bench --help lists them)", add_help=False)
     sub.add_parser("backtest", help="a strategy over history: event mode or --fast", add_help=False)
     sub.add_parser("history", help="Angel One candle history: fetch | ls", add_help=False)
+    sub.add_parser(
+        "optimize", help="walk-forward parameter search: run | show | rerun", add_help=False
+    )
     sub.add_parser(
         "doctor", help="check config, credentials, data, ports, black box", add_help=False
     )

@@ -121,7 +121,6 @@ def run_backtest(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(result, series): ``result`` goes to result.json as it is; ``series`` feeds the
     report's plots (``ts_ms``, ``close``, ``equity``, ``panel``, ``band_k``)."""
-    from tools.backtest import fast as fast_mode
     from tools.backtest import metrics
     from tools.backtest.strategies import get
 
@@ -154,32 +153,14 @@ def run_backtest(
     ts = np.asarray(bars.ts_ms, dtype=np.int64)
     close = np.asarray(bars.close, dtype=np.float64)
     if fast:
-        segment = ExchangeType(exchange_type).name
-        interval_ms = int(bars.interval_ms)
-        overrides = {"fill": "next_open", "long_only": long_only, **(fast_settings or {})}
-        known = {f.name for f in msgspec.structs.fields(fast_mode.FastSettings)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ChimeraError(
-                f"--set {', '.join(unknown)}: not a fast-mode setting; the settings are "
-                f"{', '.join(sorted(known - {'equity_charges'}))} (docs/BACKTEST_METRICS.md)"
-            )
-        settings = fast_mode.settings_from_config(
-            bt, token=f"{segment}:{token}", bar_interval_s=interval_ms / 1000, **overrides
+        settings, entries, square_off, open_delay = fast_inputs(
+            bt, bars, token, exchange_type, long_only, fast_settings
         )
-        calendar = calendar_for(bt.markets, exchange_type)
-        # The node acts on a bar's decision at the next bar's open (the next morning's after
-        # the last bar of a day): its entry cut-off and
-        # square-off are read there, and a feed gap before that open delays the entry as
-        # the node's feed clock and staleness rules do (fast.event_open_delays).
-        acted = np.append(ts[1:], ts[-1] + interval_ms)  # the next bar's open, as it came
-        entries, square_off = fast_mode.session_masks(acted, calendar)
         out = spec.run_fast(
             np.asarray(bars.open, dtype=np.float64), np.asarray(bars.high, dtype=np.float64),
             np.asarray(bars.low, dtype=np.float64), close,
             np.asarray(bars.volume, dtype=np.float64), settings=settings, params=checked,
-            ts_ms=ts, entries_allowed=entries, square_off=square_off,
-            open_delay=fast_mode.event_open_delays(bt, ts, interval_ms),
+            ts_ms=ts, entries_allowed=entries, square_off=square_off, open_delay=open_delay,
         )  # fmt: skip
         trades = out.trades
         records = trades.as_records()
@@ -231,6 +212,43 @@ def run_backtest(
     series = {"ts_ms": ts, "close": close, "equity": equity, "panel": panel,
               "band_k": bt.strategy.band_k}  # fmt: skip
     return result, series
+
+
+def fast_inputs(
+    bt: Config,
+    bars: Any,
+    token: str,
+    exchange_type: int,
+    long_only: bool = False,
+    fast_settings: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """(settings, entries_allowed, square_off, open_delay): what fast mode needs beside the
+    bars, from the configuration event mode runs with (``bt``: ``backtest_config``'s), so
+    ``run_backtest --fast`` and ``chimera optimize`` trade under the same rules."""
+    from tools.backtest import fast as fast_mode
+
+    ts = np.asarray(bars.ts_ms, dtype=np.int64)
+    segment = ExchangeType(exchange_type).name
+    interval_ms = int(bars.interval_ms)
+    overrides = {"fill": "next_open", "long_only": long_only, **(fast_settings or {})}
+    known = {f.name for f in msgspec.structs.fields(fast_mode.FastSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ChimeraError(
+            f"--set {', '.join(unknown)}: not a fast-mode setting; the settings are "
+            f"{', '.join(sorted(known - {'equity_charges'}))} (docs/BACKTEST_METRICS.md)"
+        )
+    settings = fast_mode.settings_from_config(
+        bt, token=f"{segment}:{token}", bar_interval_s=interval_ms / 1000, **overrides
+    )
+    calendar = calendar_for(bt.markets, exchange_type)
+    # The node acts on a bar's decision at the next bar's open (the next morning's after
+    # the last bar of a day): its entry cut-off and
+    # square-off are read there, and a feed gap before that open delays the entry as
+    # the node's feed clock and staleness rules do (fast.event_open_delays).
+    acted = np.append(ts[1:], ts[-1] + interval_ms)  # the next bar's open, as it came
+    entries, square_off = fast_mode.session_masks(acted, calendar)
+    return settings, entries, square_off, fast_mode.event_open_delays(bt, ts, interval_ms)
 
 
 _EXIT_CODE = {"EXIT": 1, "STOP_LOSS": 4, "TAKE_PROFIT": 5, "SQUARE_OFF": 6, "END": 0}
