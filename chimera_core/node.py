@@ -28,7 +28,7 @@ composition root (``tools/node.py``) builds them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -41,7 +41,7 @@ from chimera_core.contracts import (
     Reconciliation,
     Transition,
 )
-from chimera_core.event_loop import Engine
+from chimera_core.event_loop import DecisionSink, Engine
 from chimera_core.execution import Router
 from chimera_core.governance import Governance
 from chimera_core.telemetry import TOPIC_CONTROL, TOPIC_EXEC
@@ -50,6 +50,16 @@ log = structlog.get_logger(__name__)
 
 Publish = Callable[[bytes, Any], object]
 PublishTick = Callable[[bytes, int, Decision | None], object]
+
+
+class MakeNode(Protocol):
+    """What ``chimera_core.live.run_live`` is given to build its node once the telemetry
+    publisher exists: the composition root's ``build_node`` with its configuration and
+    parts bound (``functools.partial(tools.node.build_node, cfg, parts)``)."""
+
+    def __call__(
+        self, *, sinks: list[DecisionSink], publish: Publish, publish_tick: PublishTick
+    ) -> Node: ...
 
 
 def _no_publish(topic: bytes, obj: Any) -> None:

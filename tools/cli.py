@@ -59,21 +59,16 @@ def cmd_live(args: argparse.Namespace) -> int:
     instruments: list[Instrument] = []
     if cfg.instruments.names:
         cfg, instruments = with_instruments(cfg)
-    from tools.node import build_parts
+    import functools
+
+    from tools.node import build_node, build_parts
 
     # The journal for this mode only (data/<mode>/chimera.db), the configured broker, and
     # governance state kept apart per mode: no path lets paper touch live.
     parts = build_parts(cfg, env, instruments)
     try:
-        uvloop.run(
-            run_live(
-                cfg,
-                credentials,
-                control_token=token,
-                governance=parts.governance,
-                router=parts.router,
-            )
-        )
+        make_node = functools.partial(build_node, cfg, parts)
+        uvloop.run(run_live(cfg, credentials, make_node, control_token=token))
     finally:
         parts.close()
     return 0

@@ -57,7 +57,6 @@ from chimera_core.contracts import (
     TickRecord,
 )
 from chimera_core.errors import ChimeraError, ProtocolError
-from chimera_core.event_loop import Engine
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
@@ -75,7 +74,7 @@ from chimera_core.telemetry import (
     read_manifest,
     read_session,
 )
-from chimera_governance.pipeline import GovernancePipeline
+from tools.node import build_node, build_parts
 
 # Commands that change what the engine decides (flatten and flatten_token act only at the
 # broker: their outcome is in the exec records).
@@ -277,8 +276,10 @@ def replay_session(
     # Governance starts from empty state, as the live session did (a halt it loaded at
     # start is in the recording as a control event, and is re-applied from there).
     state_dir = Path(tempfile.mkdtemp(prefix="chimera-replay-governance-"))
-    governance = GovernancePipeline(cfg, state_dir) if cfg.governance.enabled else None
-    engine = Engine(cfg, clock=lambda: now[0], governance=governance)
+    # The node as the composition root builds it for live, without the router: what the
+    # router did is in the recording (exec records), applied as reports below.
+    parts = build_parts(cfg, {}, state_dir=state_dir, with_router=False)
+    engine = build_node(cfg, parts, clock=lambda: now[0]).engine
     on_frame = engine.on_frame
     after_publish = engine.after_publish
     encode = msgspec.msgpack.encode
@@ -389,8 +390,7 @@ def replay_session(
     result.mismatched = mismatched
     result.divergence = divergence
     result.engine_stats = engine.stats.as_dict()
-    if governance is not None:
-        governance.close()
+    parts.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
 
