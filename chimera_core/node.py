@@ -118,6 +118,8 @@ class Node:
                 decision = on_frame_engine(frame, recv_ns)
                 publish_tick(frame, recv_ns, decision)
                 after_publish()
+                if actions:
+                    actions.clear()  # no router to take them (a replay has its answers)
                 return decision
 
             return on_frame_unrouted
@@ -143,14 +145,12 @@ class Node:
         if moved and self.on_transitions is not None:
             self.on_transitions(report, moved)
         self.publish(TOPIC_EXEC, report)
-        if engine.actions and self.router is not None:
-            self.router.apply(engine.actions)
+        self._hand_over_actions()
 
     def on_control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
         engine = self.engine
         ok, result = engine.control(command, arg)
-        if engine.actions and self.router is not None:
-            self.router.apply(engine.actions)  # kill switch: the cancels leave now
+        self._hand_over_actions()  # kill switch: the cancels leave now
         if command != "status":
             self.publish(
                 TOPIC_CONTROL,
@@ -158,6 +158,17 @@ class Node:
             )
             log.warning("control_applied", command=command, arg=arg, ok=ok)
         return ok, result
+
+    def _hand_over_actions(self) -> None:
+        """The engine's queued commands go to the router; a node without one (a replay,
+        whose router answers are in the recording) drops them, so none piles up."""
+        actions = self.engine.actions
+        if not actions:
+            return
+        if self.router is not None:
+            self.router.apply(actions)
+        else:
+            actions.clear()
 
     def _on_journal_failure(self, error: str) -> None:
         # Nothing new that cannot be recorded: exits only (or a halt that cancels), as a

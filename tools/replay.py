@@ -279,9 +279,11 @@ def replay_session(
     # The node as the composition root builds it for live, without the router: what the
     # router did is in the recording (exec records), applied as reports below.
     parts = build_parts(cfg, {}, state_dir=state_dir, with_router=False)
-    engine = build_node(cfg, parts, clock=lambda: now[0]).engine
-    on_frame = engine.on_frame
-    after_publish = engine.after_publish
+    node = build_node(cfg, parts, clock=lambda: now[0])
+    engine = node.engine
+    # The router-less node runs a frame as live does (step, publish, per-bar work) and
+    # drops the commands the engine queues: what the router did is in the exec records.
+    on_frame = node.on_frame
     encode = msgspec.msgpack.encode
     replace = msgspec.structs.replace
     decode_tick = _decode_tick
@@ -316,10 +318,6 @@ def replay_session(
             recv_ns = rec.recv_ns
             now[0] = recv_ns
             d = on_frame(rec.frame, recv_ns)
-            # As live: the per-bar work runs right after the frame is published, before a
-            # report that arrives next can move the account it reads.
-            after_publish()
-            engine.actions.clear()  # the router's answers are recorded as exec records
             ticks += 1
             recorded = rec.decision
             if d is not None:
@@ -356,17 +354,15 @@ def replay_session(
                 result.undecodable += 1
                 continue
             if cev.ok and cev.command in REPLAYED_COMMANDS:
-                engine.control(cev.command, cev.arg)
+                node.on_control(cev.command, cev.arg)
                 result.control_applied += 1
-            engine.actions.clear()  # what the router did about it is in the exec records
         elif topic == TOPIC_EXEC:
             try:
                 rep = _decode_report(payload)
             except ProtocolError:
                 result.undecodable += 1
                 continue
-            engine.on_report(rep)
-            engine.actions.clear()
+            node.on_report(rep)
             result.reports_applied += 1
         elif topic == TOPIC_RECON:
             try:
