@@ -28,7 +28,14 @@ from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
 from chimera_core.markets import calendar_for
 from chimera_core.sqlite_files import private_dir
-from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
+from chimera_governance import genome as gen
+from chimera_governance.approvals import (
+    APPROVED,
+    NOT_REQUIRED,
+    PROPOSAL_PREFIX,
+    REJECTED,
+    ApprovalQueue,
+)
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
@@ -107,6 +114,7 @@ class GovernancePipeline:
             t: self.genomes.current(self.genomes.family_for(t)) for t in tokens
         }
         drift_warm_up()
+        self._last_ts = 0  # the newest exchange time seen (closed bars): when a human decided
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     def reload_genomes(self) -> None:
@@ -117,6 +125,7 @@ class GovernancePipeline:
 
     # ---- per bar ---------------------------------------------------------------------
     def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
+        self._last_ts = max(self._last_ts, bar.end_ms)
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
         detector = self._drift.get(token)
@@ -253,6 +262,8 @@ class GovernancePipeline:
             return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
         if command not in ("approve", "reject"):
             return None
+        if arg.startswith(PROPOSAL_PREFIX):
+            return self._decide_proposal(arg, approve=command == "approve")
         try:
             if command == "approve":
                 rec = self.approvals.approve(arg, by="operator")
@@ -263,8 +274,43 @@ class GovernancePipeline:
         log.warning("approval_decided", approval_id=arg, status=rec.status)
         return True, {"approval_id": arg, "status": rec.status}
 
+    def _decide_proposal(self, proposal_id: str, approve: bool) -> tuple[bool, dict[str, Any]]:
+        """Carry out (or turn down) a proposal a human decided: a genome candidate's
+        promotion or a parameter change becomes the version in force, taken by each
+        symbol of its family at its next bar. The genome is written before the proposal
+        is marked, so a crash between them leaves a proposal that can be decided again."""
+        ts = self._last_ts
+        try:
+            prop = self.approvals.proposal(proposal_id)
+            family = str(prop.payload.get("family", ""))
+            done: dict[str, Any] = {"proposal_id": proposal_id, "kind": prop.kind}
+            if prop.kind == "genome_promote":
+                version = int(prop.payload["version"])
+                cand = self.genomes.version(family, version)
+                ts = max(ts, cand.created_exchange_ts_ms)
+                if approve and cand.status == gen.CANDIDATE:
+                    new = self.genomes.promote(family, version, "operator", ts)
+                    done |= {"family": family, "version": new.version, "params": new.params}
+                elif not approve and cand.status == gen.CANDIDATE:
+                    self.genomes.reject(family, version)
+                elif cand.status != (gen.PROMOTED if approve else gen.REJECTED):
+                    # decided before (a crash between the two writes) or gone: say which
+                    return False, {"error": f"{family!r} v{version} is {cand.status}"}
+            elif prop.kind == "genome_change" and approve:
+                params = {k: float(v) for k, v in dict(prop.payload["params"]).items()}
+                full = {**self.genomes.current(family).params, **params}  # the rest stay
+                new = self.genomes.new_version(family, full, f"proposal:{proposal_id}", ts)
+                done |= {"family": family, "version": new.version, "params": new.params}
+            status = APPROVED if approve else REJECTED
+            self.approvals.decide_proposal(proposal_id, status, "operator", ts)
+        except (ChimeraError, KeyError, TypeError, ValueError) as exc:
+            return False, {"error": f"proposal {proposal_id}: {exc}"}
+        self.reload_genomes()
+        log.warning("proposal_decided", status=status, **done)
+        return True, {**done, "status": status}
+
     def pending_approvals(self) -> list[dict[str, Any]]:
-        return [
+        intents: list[dict[str, Any]] = [
             {
                 "approval_id": r.approval_id,
                 "client_order_id": r.intent.client_order_id,
@@ -272,6 +318,11 @@ class GovernancePipeline:
             }
             for r in self.approvals.pending()
         ]
+        return intents + [
+            {"approval_id": p.proposal_id, "kind": p.kind, "payload": p.payload,
+             "reason": p.reason, "proposed_by": p.proposed_by}
+            for p in self.approvals.pending_proposals()
+        ]  # fmt: skip
 
     @property
     def halted(self) -> bool:
