@@ -270,6 +270,52 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     slicing: SlicingConfig = msgspec.field(default_factory=SlicingConfig)
 
 
+class ResearchHistory(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One series the nightly research refreshes (`chimera history fetch`) before its
+    studies run: the last ``days`` IST days up to yesterday, written to ``out``."""
+
+    exchange: str = "NSE"
+    token: str
+    interval: str = "FIVE_MINUTE"
+    days: Annotated[int, msgspec.Meta(gt=0, le=3_650)] = 365
+    out: str  # .csv or .parquet a study's ``data`` names
+
+
+class ResearchStudy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One study the nightly research re-runs walk-forward (`chimera optimize`), named
+    ``NAME-YYYYMMDD`` for the night; its candidate is proposed when the guards pass."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    data: list[str]
+    strategy: str = "default"
+    space: str = ""  # search-space TOML (default: the strategy's genes within their bounds)
+    sampler: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    trials: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] = 100
+    generation: Annotated[int, msgspec.Meta(gt=0, le=100_000)] = 32  # asked before told
+    scheme: Literal["rolling", "anchored"] = "rolling"
+    unit: Literal["bars", "days"] = "days"
+    train: Annotated[int, msgspec.Meta(gt=0)] = 60
+    test: Annotated[int, msgspec.Meta(gt=0)] = 20
+    folds: Annotated[int, msgspec.Meta(ge=0)] = 0  # at most this many latest folds; 0 = all
+    seed: int = 0
+    min_deflated_sharpe: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.95
+    max_pbo: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    pbo_splits: Annotated[int, msgspec.Meta(ge=2, le=64)] = 16  # CSCV blocks S, even
+    family: str = "default"  # the genome family a candidate is proposed for
+    propose: bool = True
+
+
+class ResearchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """`chimera research nightly` (the chimera-research.timer): refresh history, re-run
+    the studies, propose candidates, all within ``budget_s`` of wall time."""
+
+    budget_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3_600.0
+    workers: Annotated[int, msgspec.Meta(ge=0, le=1_024)] = 0  # local processes; 0 = CPUs
+    ray: str = ""  # "", "local", "auto" or HOST:PORT (chimera optimize --ray)
+    history: list[ResearchHistory] = msgspec.field(default_factory=list)
+    studies: list[ResearchStudy] = msgspec.field(default_factory=list)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -289,6 +335,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     markets: dict[str, MarketConfig] = msgspec.field(default_factory=dict)
     # The instrument master and instruments by name (chimera_core/instruments.py).
     instruments: InstrumentsConfig = msgspec.field(default_factory=InstrumentsConfig)
+    # Nightly research (chimera-research.timer): history, studies, candidates.
+    research: ResearchConfig = msgspec.field(default_factory=ResearchConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
     "optimize": "tools.optimize.cli",
+    "research": "tools.research",
     "service": "tools.service",
     "watch": "tools.console",
 }
@@ -171,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
-    sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
+    sub.add_parser(
+        "genome", help="strategy genome: show | history | rollback | propose", add_help=False
+    )
+    sub.add_parser(
+        "research", help="nightly research: history, studies, candidates", add_help=False
+    )
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
     sub.add_parser("watch", help="a live terminal view of a running engine", add_help=False)
