@@ -1,0 +1,414 @@
+"""Portfolio risk: rules on the whole book, beside meta-risk's per-entry rules.
+
+Every rule is optional (``[governance.portfolio]``, chimera_core.config.PortfolioConfig) and
+off by default. State is explicit and time is an input: bar returns are kept per closed
+bar (never per tick), the statistics (covariance, correlation, clusters) are recomputed
+lazily at the first intent after a bar closed, and entries are counted by exchange time,
+so a replay of the same frames and reports gives the same numbers bit for bit.
+
+Returns: for each symbol the simple return of its bar close on the previous bar close,
+kept by bar end time for the last ``returns_window`` bar ends seen. A symbol without a
+bar at some bar end (no ticks) has return 0 there (its price did not move). Statistics
+need at least two bar ends; before that every statistic is 0 and the rules that need
+them are silent.
+
+Book: each symbol's value held and working, ``(held + working) x mark``, plus the candidate
+entry ``+/- qty x price``. Historical P&L scenarios are ``R @ w`` (one per kept bar end);
+the 1-day loss is scaled by ``sqrt(h)`` with ``h`` bars in a day (``var_horizon_bars``, or
+the market's session length over the bar interval); the covariance by ``h``.
+
+=================== =============================================== ==========================
+rule                value                                           limit
+=================== =============================================== ==========================
+stop_risk           loss of one lot at the bracket stop + charges   stop_risk x equity
+order_value         value of one lot, rupees                        max_order_fraction x eq.
+vol_target          1-day book volatility with one more lot, rupees vol_target x equity
+cluster_exposure    cluster's gross value with one more lot         cluster_max_exposure x eq.
+entries_per_session entries let through this session, all symbols   max_entries_per_session
+order_rate          entries let through in the last 60 s            max_orders_per_minute
+var                 1-day historical VaR of book + entry, rupees    var_limit x equity
+cvar                1-day historical CVaR of book + entry, rupees   cvar_limit x equity
+=================== =============================================== ==========================
+
+Sizing rules (stop_risk, order_value, vol_target, cluster_exposure) size the entry down to
+what they leave room for and veto only when no whole lot fits; the others veto. VaR at
+level a: losses sorted ascending, ``VaR = L[ceil(a T) - 1]`` (numpy's ``inverted_cdf``
+quantile), ``CVaR`` the mean of ``L[ceil(a T) - 1:]``. ``order_rate`` also trips REDUCING
+for the rest of the session (meta-risk's ``trip``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+import structlog
+
+from chimera_core.config import ChargesConfig, Config, PortfolioConfig
+from chimera_core.contracts import AccountSnapshot, ExchangeType, Side, Veto
+from chimera_core.markets import market_of_exchange_type, merged_market
+
+log = structlog.get_logger(__name__)
+
+ORDER_RATE = "order_rate"
+MINUTE_MS = 60_000
+LEVELS = (0.95, 0.99)
+
+
+def var_cvar(pnl: np.ndarray, level: float) -> tuple[float, float]:
+    """Historical VaR and CVaR (positive = a loss, rupees) of P&L scenarios at ``level``."""
+    n = pnl.shape[0]
+    if n == 0:
+        return 0.0, 0.0
+    losses = np.sort(-pnl)
+    k = max(1, math.ceil(round(level * n, 9)))
+    return float(losses[k - 1]), float(losses[k - 1 :].mean())
+
+
+def clusters(corr: np.ndarray, rho: float) -> list[int]:
+    """Connected components of the graph "correlation > rho" (single linkage): a cluster
+    label per column, the smallest column index in the cluster."""
+    n = corr.shape[0]
+    label = list(range(n))
+
+    def root(i: int) -> int:
+        while label[i] != i:
+            label[i] = label[label[i]]
+            i = label[i]
+        return i
+
+    rows, cols = np.nonzero(np.triu(corr > rho, k=1))
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        a, b = root(i), root(j)
+        if a != b:
+            label[max(a, b)] = min(a, b)
+    return [root(i) for i in range(n)]
+
+
+def cost_bound(cfg: Config) -> tuple[float, float, float]:
+    """An upper bound on a round trip's charges: ``fixed + buy_rate x buy turnover +
+    sell_rate x sell turnover`` (rupees, fractions of turnover), from the segment's charge
+    model: ``percent`` and ``fixed`` exactly, ``schedule`` from ``[execution.charges]``
+    (cash equity rates for ``execution.product``; brokerage bounded by its flat fee per
+    order, GST on it included, plus paise rounding), ``none`` 0."""
+    name = market_of_exchange_type(int(ExchangeType[cfg.feed.exchange_type]))
+    market = merged_market(name, cfg.markets.get(name))
+    if market.charges == "none":
+        return 0.0, 0.0, 0.0
+    if market.charges == "percent":
+        pct = (market.charges_pct or 0.0) / 100.0
+        return 0.0, pct, pct
+    if market.charges == "fixed":
+        return 2.0 * (market.charges_fixed or 0.0), 0.0, 0.0
+    c: ChargesConfig = cfg.execution.charges
+    delivery = cfg.execution.product == "DELIVERY"
+    taxed = (c.exchange_txn + c.sebi_per_crore / 1e7) * (1.0 + c.gst)
+    buy = taxed + (c.stamp_delivery_buy if delivery else c.stamp_intraday_buy)
+    buy += c.stt_delivery if delivery else 0.0
+    sell = taxed + (c.stt_delivery if delivery else c.stt_intraday_sell)
+    # Each of a fill's six components is rounded half-up to paise: up to 3 paise a side.
+    return 2.0 * c.brokerage_flat * (1.0 + c.gst) + 0.06, buy, sell
+
+
+def horizon_bars(cfg: Config) -> int:
+    """Bars in one trading day: ``var_horizon_bars``, or the market's session length over
+    the bar interval (24 h when open == close)."""
+    if cfg.governance.portfolio.var_horizon_bars > 0:
+        return cfg.governance.portfolio.var_horizon_bars
+    name = market_of_exchange_type(int(ExchangeType[cfg.feed.exchange_type]))
+    market = merged_market(name, cfg.markets.get(name))
+    o = int(market.open[:2]) * 60 + int(market.open[3:]) if market.open else 0
+    c = int(market.close[:2]) * 60 + int(market.close[3:]) if market.close else 0
+    minutes = (c - o) % 1440 or 1440
+    return max(1, round(minutes * 60 / cfg.strategy.bar_interval_s))
+
+
+class BookStats:
+    """What the book rules read, recomputed per closed bar: the return matrix, covariance
+    and correlation over the window, and the correlation clusters."""
+
+    __slots__ = ("cluster", "corr", "cov", "members", "returns")
+
+    def __init__(self, returns: np.ndarray, rho: float) -> None:
+        self.returns = returns  # T x N, rows oldest first
+        n = returns.shape[1]
+        if returns.shape[0] >= 2:
+            self.cov = np.cov(returns, rowvar=False, ddof=1).reshape(n, n)
+            sd = np.sqrt(np.diag(self.cov))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                corr = self.cov / np.outer(sd, sd)
+            self.corr = np.where(np.isfinite(corr), corr, 0.0)
+        else:
+            self.cov = np.zeros((n, n))
+            self.corr = np.zeros((n, n))
+        self.cluster = clusters(self.corr, rho) if rho > 0 else list(range(n))
+        self.members: dict[int, list[int]] = {}
+        for j, c in enumerate(self.cluster):
+            self.members.setdefault(c, []).append(j)
+
+
+class PortfolioRisk:
+    """The portfolio rules of one pipeline. ``on_bar`` feeds returns; ``size`` and
+    ``vetoes`` judge an entry; ``record_entry`` counts one let through."""
+
+    def __init__(
+        self,
+        cfg: PortfolioConfig,
+        *,
+        tokens: Iterable[str],
+        stop_atr_multiple: float,
+        costs: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        horizon: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self.stop_atr_multiple = float(stop_atr_multiple)
+        self.fixed_cost, self.buy_rate, self.sell_rate = costs
+        self.horizon = max(1, int(horizon))
+        self.level = 0.95 if cfg.var_confidence == "95" else 0.99
+        self._index: dict[str, int] = {}
+        for t in tokens:
+            self._index.setdefault(t, len(self._index))
+        self._last_close: dict[str, float] = {}
+        self._times: deque[int] = deque()
+        self._rows: dict[int, dict[str, float]] = {}
+        self._stats: BookStats | None = None
+        self._day: object = None
+        self._entries_today = 0
+        self._recent: deque[int] = deque()  # exchange ms of entries let through
+        self.needs_book = cfg.var_limit > 0 or cfg.cvar_limit > 0 or cfg.vol_target > 0
+        self.needs_book = self.needs_book or cfg.cluster_rho > 0
+        self.active = (
+            self.needs_book
+            or cfg.risk_sizing
+            or cfg.max_order_fraction > 0
+            or cfg.max_entries_per_session > 0
+            or cfg.max_orders_per_minute > 0
+        )
+
+    # ---- per closed bar ------------------------------------------------------------------
+    def on_bar(self, token: str, end_ms: int, close: float) -> None:
+        """A bar of ``token`` closed at ``end_ms``: keep its return on the previous close."""
+        if not self.needs_book or not (math.isfinite(close) and close > 0):
+            return
+        prev = self._last_close.get(token)
+        self._last_close[token] = close
+        if prev is None:
+            return
+        if token not in self._index:
+            self._index[token] = len(self._index)
+        row = self._rows.get(end_ms)
+        if row is None:
+            if self._times and end_ms < self._times[-1]:
+                log.warning("portfolio.bar_out_of_order", token=token, end_ms=end_ms)
+                return
+            row = self._rows[end_ms] = {}
+            self._times.append(end_ms)
+            if len(self._times) > self.cfg.returns_window:
+                del self._rows[self._times.popleft()]
+        row[token] = close / prev - 1.0
+        self._stats = None
+
+    def stats(self) -> BookStats:
+        """The statistics over the window (recomputed after a bar closed)."""
+        st = self._stats
+        if st is None:
+            r = np.zeros((len(self._times), len(self._index)))
+            index = self._index
+            for i, t in enumerate(self._times):
+                for token, ret in self._rows[t].items():
+                    r[i, index[token]] = ret
+            st = self._stats = BookStats(r, self.cfg.cluster_rho)
+        return st
+
+    # ---- per intent ----------------------------------------------------------------------
+    def book(self, account: AccountSnapshot, n: int) -> np.ndarray:
+        """Rupee value per column of what is held and working, at the marks."""
+        w = np.zeros(n)
+        index, marks = self._index, account.marks
+        for side in (account.positions, account.working):
+            for token, q in side.items():
+                j = index.get(token)
+                if q and j is not None and j < n:
+                    w[j] += q * marks.get(token, 0.0)
+        return w
+
+    def size(
+        self,
+        account: AccountSnapshot,
+        token: str,
+        side: Side,
+        qty: int,
+        price: float,
+        atr: float,
+        lot: int,
+    ) -> tuple[int, list[Veto]]:
+        """The largest whole-lot quantity, at most ``qty``, the sizing rules leave room for;
+        with the veto of the rule that bound when that is 0."""
+        cfg, equity = self.cfg, account.equity
+        lot = max(1, lot)
+        if qty <= 0 or not (math.isfinite(price) and price > 0):
+            return 0, []
+        if not (math.isfinite(equity) and equity > 0):
+            return 0, [Veto("equity", equity, 0.0, "no positive account equity")]
+        rooms: list[tuple[str, float, Veto]] = []
+        if cfg.risk_sizing:
+            stop = atr * self.stop_atr_multiple if math.isfinite(atr) and atr > 0 else math.nan
+            # Enter at price, leave at the stop: a long sells at price - stop, a short buys
+            # back at price + stop.
+            if side is Side.BUY:
+                per_unit = stop + self.buy_rate * price + self.sell_rate * (price - stop)
+            else:
+                per_unit = stop + self.sell_rate * price + self.buy_rate * (price + stop)
+            budget = cfg.stop_risk * equity - self.fixed_cost
+            room = budget / per_unit if per_unit > 0 else 0.0
+            loss = lot * per_unit + self.fixed_cost
+            detail = f"stop {stop:.4g}/unit at {self.stop_atr_multiple:g} ATR + charges"
+            rooms.append(
+                ("stop_risk", room, Veto("stop_risk", loss, cfg.stop_risk * equity, detail))
+            )
+        if cfg.max_order_fraction > 0:
+            cap = cfg.max_order_fraction * equity
+            rooms.append(("order_value", cap / price, Veto("order_value", lot * price, cap, "")))
+        j = self._index.get(token)
+        if j is not None and (cfg.vol_target > 0 or cfg.cluster_rho > 0):
+            st = self.stats()
+            n = st.cov.shape[0]
+            w = self.book(account, n)
+            sign = 1.0 if side is Side.BUY else -1.0
+            if cfg.vol_target > 0:
+                rooms.append(self._vol_room(st, w, j, sign, price, lot, equity))
+            if cfg.cluster_rho > 0:
+                members = st.members[st.cluster[j]]
+                if len(members) > 1:
+                    gross = float(np.abs(w[members]).sum())
+                    cap = cfg.cluster_max_exposure * equity
+                    names = ",".join(t for t, i in self._index.items() if i in set(members))
+                    v = Veto(
+                        "cluster_exposure",
+                        gross + lot * price,
+                        cap,
+                        f"rho>{cfg.cluster_rho:g}: {names}",
+                    )
+                    rooms.append(("cluster_exposure", (cap - gross) / price, v))
+        out = qty
+        for _, room, _ in rooms:
+            if math.isnan(room):
+                out = 0
+            elif room < math.inf:
+                fits = int(max(0.0, room))
+                out = min(out, fits - fits % lot)
+        if out > 0:
+            return out, []
+        _, _, veto = min(rooms, key=lambda r: -math.inf if math.isnan(r[1]) else r[1])
+        return 0, [veto]
+
+    def _vol_room(
+        self,
+        st: BookStats,
+        w: np.ndarray,
+        j: int,
+        sign: float,
+        price: float,
+        lot: int,
+        equity: float,
+    ) -> tuple[str, float, Veto]:
+        """Units of room under the volatility target: the largest q >= 0 with
+        (w + q s e_j)' S (w + q s e_j) <= (vol_target x equity)^2, S the 1-day covariance."""
+        cov = st.cov * self.horizon
+        bound = self.cfg.vol_target * equity
+        s = sign * price
+        cw = cov @ w
+        a = float(cov[j, j]) * s * s
+        b = 2.0 * s * float(cw[j])
+        c = float(w @ cw) - bound * bound
+        if a <= 0.0:
+            room = math.inf if c <= 0 or b < 0 else 0.0  # no variance of its own
+        else:
+            disc = b * b - 4.0 * a * c
+            room = (-b + math.sqrt(disc)) / (2.0 * a) if disc >= 0 else 0.0
+        one = w.copy()
+        one[j] += lot * s
+        vol = math.sqrt(max(0.0, float(one @ cov @ one)))
+        return "vol_target", room, Veto("vol_target", vol, bound, f"1-day, {self.horizon} bars")
+
+    def book_risk(
+        self, account: AccountSnapshot, token: str, side: Side, qty: int, price: float
+    ) -> dict[float, tuple[float, float]]:
+        """1-day historical (VaR, CVaR) in rupees of the book plus the entry, per level."""
+        st = self.stats()
+        n = st.returns.shape[1]
+        w = self.book(account, n)
+        j = self._index.get(token)
+        if j is not None and j < n:
+            w[j] += (qty if side is Side.BUY else -qty) * price
+        pnl = st.returns @ w
+        scale = math.sqrt(self.horizon)
+        out: dict[float, tuple[float, float]] = {}
+        for level in LEVELS:
+            var, cvar = var_cvar(pnl, level)
+            out[level] = (var * scale, cvar * scale)
+        return out
+
+    def vetoes(
+        self,
+        account: AccountSnapshot,
+        token: str,
+        side: Side,
+        qty: int,
+        price: float,
+        exchange_ts_ms: int,
+        day: object,
+    ) -> list[Veto]:
+        """The budget and book-risk rules an entry of ``qty`` breaches (evaluated before it:
+        at a count limit, one more would exceed it)."""
+        cfg = self.cfg
+        self._roll(exchange_ts_ms, day)
+        out: list[Veto] = []
+        if cfg.max_entries_per_session and self._entries_today >= cfg.max_entries_per_session:
+            out.append(
+                Veto(
+                    "entries_per_session",
+                    float(self._entries_today),
+                    float(cfg.max_entries_per_session),
+                    "all symbols",
+                )
+            )
+        if cfg.max_orders_per_minute and len(self._recent) >= cfg.max_orders_per_minute:
+            out.append(
+                Veto(
+                    ORDER_RATE,
+                    float(len(self._recent) + 1),
+                    float(cfg.max_orders_per_minute),
+                    "entries in 60 s: runaway guard, REDUCING for the session",
+                )
+            )
+        equity = account.equity
+        if qty > 0 and (cfg.var_limit > 0 or cfg.cvar_limit > 0) and equity > 0:
+            risk = self.book_risk(account, token, side, qty, price)
+            var, cvar = risk[self.level]
+            (v95, c95), (v99, c99) = risk[0.95], risk[0.99]
+            detail = (
+                f"1-day, {self.horizon} bars, {self.stats().returns.shape[0]} scenarios; "
+                f"95%: VaR {v95:.2f} CVaR {c95:.2f}; 99%: VaR {v99:.2f} CVaR {c99:.2f}"
+            )
+            if cfg.var_limit > 0 and var > cfg.var_limit * equity:
+                out.append(Veto("var", var, cfg.var_limit * equity, detail))
+            if cfg.cvar_limit > 0 and cvar > cfg.cvar_limit * equity:
+                out.append(Veto("cvar", cvar, cfg.cvar_limit * equity, detail))
+        return out
+
+    def record_entry(self, exchange_ts_ms: int, day: object) -> None:
+        """An entry was let through: it counts against the session's and the minute's."""
+        self._roll(exchange_ts_ms, day)
+        self._entries_today += 1
+        self._recent.append(exchange_ts_ms)
+
+    def _roll(self, exchange_ts_ms: int, day: object) -> None:
+        if day != self._day:
+            self._day = day
+            self._entries_today = 0
+        recent = self._recent
+        while recent and recent[0] <= exchange_ts_ms - MINUTE_MS:
+            recent.popleft()
