@@ -292,7 +292,7 @@ class PortfolioRisk:
                         f"rho>{cfg.cluster_rho:g}: {names}",
                     )
                     rooms.append(("cluster_exposure", (cap - gross) / price, v))
-        out = qty
+        out = qty - qty % lot
         for _, room, _ in rooms:
             if math.isnan(room):
                 out = 0
