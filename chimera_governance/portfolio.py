@@ -40,8 +40,10 @@ for the rest of the session (meta-risk's ``trip``).
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -59,12 +61,21 @@ LEVELS = (0.95, 0.99)
 
 def var_cvar(pnl: np.ndarray, level: float) -> tuple[float, float]:
     """Historical VaR and CVaR (positive = a loss, rupees) of P&L scenarios at ``level``."""
-    n = pnl.shape[0]
+    return var_cvar_sorted(np.sort(-pnl), level)
+
+
+def var_cvar_sorted(
+    losses: np.ndarray, level: float, tail_sums: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``var_cvar`` on losses already sorted ascending; ``tail_sums[i]`` (optional, the
+    sum of ``losses[i:]``) saves a mean per level."""
+    n = losses.shape[0]
     if n == 0:
         return 0.0, 0.0
-    losses = np.sort(-pnl)
     k = max(1, math.ceil(round(level * n, 9)))
-    return float(losses[k - 1]), float(losses[k - 1 :].mean())
+    if tail_sums is None:
+        return float(losses[k - 1]), float(losses[k - 1 :].mean())
+    return float(losses[k - 1]), float(tail_sums[k - 1]) / (n - k + 1)
 
 
 def clusters(corr: np.ndarray, rho: float) -> list[int]:
@@ -129,9 +140,9 @@ class BookStats:
     """What the book rules read, recomputed per closed bar: the return matrix, covariance
     and correlation over the window, and the correlation clusters."""
 
-    __slots__ = ("cluster", "corr", "cov", "members", "returns")
+    __slots__ = ("cluster", "corr", "cov", "cov_h", "members", "returns")
 
-    def __init__(self, returns: np.ndarray, rho: float) -> None:
+    def __init__(self, returns: np.ndarray, rho: float, horizon: int = 1) -> None:
         self.returns = returns  # T x N, rows oldest first
         n = returns.shape[1]
         if returns.shape[0] >= 2:
@@ -143,10 +154,12 @@ class BookStats:
         else:
             self.cov = np.zeros((n, n))
             self.corr = np.zeros((n, n))
+        self.cov_h = self.cov * horizon  # the 1-day covariance
         self.cluster = clusters(self.corr, rho) if rho > 0 else list(range(n))
-        self.members: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for j, c in enumerate(self.cluster):
-            self.members.setdefault(c, []).append(j)
+            groups.setdefault(c, []).append(j)
+        self.members = {c: np.array(m, dtype=np.intp) for c, m in groups.items()}
 
 
 class PortfolioRisk:
@@ -174,6 +187,8 @@ class PortfolioRisk:
         self._times: deque[int] = deque()
         self._rows: dict[int, dict[str, float]] = {}
         self._stats: BookStats | None = None
+        self._book: tuple[AccountSnapshot, np.ndarray] | None = None
+        self._cols: tuple[tuple[str, ...], int, np.ndarray, Any] | None = None
         self._day: object = None
         self._entries_today = 0
         self._recent: deque[int] = deque()  # exchange ms of entries let through
@@ -219,20 +234,44 @@ class PortfolioRisk:
             for i, t in enumerate(self._times):
                 for token, ret in self._rows[t].items():
                     r[i, index[token]] = ret
-            st = self._stats = BookStats(r, self.cfg.cluster_rho)
+            st = self._stats = BookStats(r, self.cfg.cluster_rho, self.horizon)
         return st
 
     # ---- per intent ----------------------------------------------------------------------
-    def book(self, account: AccountSnapshot, n: int) -> np.ndarray:
-        """Rupee value per column of what is held and working, at the marks."""
-        w = np.zeros(n)
+    def book(self, account: AccountSnapshot, n: int, *, copy: bool = True) -> np.ndarray:
+        """Rupee value per column of what is held and working, at the marks (a copy; the
+        last account's is kept, since size and vetoes read the same one per intent)."""
+        cached = self._book
+        if cached is not None and cached[0] is account and cached[1].shape[0] == n:
+            return cached[1].copy() if copy else cached[1]
+        w = self._book_of(account, n)
+        self._book = (account, w)
+        return w.copy() if copy else w
+
+    def _book_of(self, account: AccountSnapshot, n: int) -> np.ndarray:
+        # Column n (dropped) takes tokens the window does not know yet. The positions'
+        # columns and marks are looked up once per key set (positions rarely change
+        # which tokens they hold), then the values are read in C.
         index, marks = self._index, account.marks
-        for side in (account.positions, account.working):
-            for token, q in side.items():
-                j = index.get(token)
-                if q and j is not None and j < n:
-                    w[j] += q * marks.get(token, 0.0)
-        return w
+        positions = account.positions
+        keys = tuple(positions)
+        cols = self._cols
+        if cols is None or cols[0] != keys or cols[1] != n:
+            at = np.array([min(index.get(t, n), n) for t in keys], dtype=np.intp)
+            cols = self._cols = (keys, n, at, operator.itemgetter(*keys) if keys else None)
+        w = np.zeros(n + 1)
+        if keys:
+            qty = np.fromiter(positions.values(), float, len(keys))
+            try:
+                got = cols[3](marks)  # type: ignore[misc]
+                px = np.array(got if len(keys) > 1 else (got,), dtype=float)
+            except KeyError:  # a position without a mark is valued at 0, as exposure does
+                px = np.array([marks.get(t, 0.0) for t in keys])
+            w[cols[2]] = qty * px
+        for token, q in account.working.items():
+            j = index.get(token, n)
+            w[j if j < n else n] += q * marks.get(token, 0.0)
+        return w[:n]
 
     def size(
         self,
@@ -252,7 +291,8 @@ class PortfolioRisk:
             return 0, []
         if not (math.isfinite(equity) and equity > 0):
             return 0, [Veto("equity", equity, 0.0, "no positive account equity")]
-        rooms: list[tuple[str, float, Veto]] = []
+        # (rule, units of room, the veto's numbers: made only when it is the one returned)
+        rooms: list[tuple[str, float, Callable[[], Veto]]] = []
         if cfg.risk_sizing:
             stop = atr * self.stop_atr_multiple if math.isfinite(atr) and atr > 0 else math.nan
             # Enter at price, leave at the stop: a long sells at price - stop, a short buys
@@ -263,19 +303,28 @@ class PortfolioRisk:
                 per_unit = stop + self.sell_rate * price + self.buy_rate * (price + stop)
             budget = cfg.stop_risk * equity - self.fixed_cost
             room = budget / per_unit if per_unit > 0 else 0.0
-            loss = lot * per_unit + self.fixed_cost
-            detail = f"stop {stop:.4g}/unit at {self.stop_atr_multiple:g} ATR + charges"
             rooms.append(
-                ("stop_risk", room, Veto("stop_risk", loss, cfg.stop_risk * equity, detail))
+                (
+                    "stop_risk",
+                    room,
+                    lambda: Veto(
+                        "stop_risk",
+                        lot * per_unit + self.fixed_cost,
+                        cfg.stop_risk * equity,
+                        f"stop {stop:.4g}/unit at {self.stop_atr_multiple:g} ATR + charges",
+                    ),
+                )
             )
         if cfg.max_order_fraction > 0:
             cap = cfg.max_order_fraction * equity
-            rooms.append(("order_value", cap / price, Veto("order_value", lot * price, cap, "")))
+            rooms.append(
+                ("order_value", cap / price, lambda: Veto("order_value", lot * price, cap, ""))
+            )
         j = self._index.get(token)
         if j is not None and (cfg.vol_target > 0 or cfg.cluster_rho > 0):
             st = self.stats()
             n = st.cov.shape[0]
-            w = self.book(account, n)
+            w = self.book(account, n, copy=False)
             sign = 1.0 if side is Side.BUY else -1.0
             if cfg.vol_target > 0:
                 rooms.append(self._vol_room(st, w, j, sign, price, lot, equity))
@@ -283,15 +332,19 @@ class PortfolioRisk:
                 members = st.members[st.cluster[j]]
                 if len(members) > 1:
                     gross = float(np.abs(w[members]).sum())
-                    cap = cfg.cluster_max_exposure * equity
-                    names = ",".join(t for t, i in self._index.items() if i in set(members))
-                    v = Veto(
-                        "cluster_exposure",
-                        gross + lot * price,
-                        cap,
-                        f"rho>{cfg.cluster_rho:g}: {names}",
+                    cluster_cap = cfg.cluster_max_exposure * equity
+                    rooms.append(
+                        (
+                            "cluster_exposure",
+                            (cluster_cap - gross) / price,
+                            lambda: Veto(
+                                "cluster_exposure",
+                                gross + lot * price,
+                                cluster_cap,
+                                f"rho>{cfg.cluster_rho:g}: " + self._names(members),
+                            ),
+                        )
                     )
-                    rooms.append(("cluster_exposure", (cap - gross) / price, v))
         out = qty - qty % lot
         for _, room, _ in rooms:
             if math.isnan(room):
@@ -301,8 +354,12 @@ class PortfolioRisk:
                 out = min(out, fits - fits % lot)
         if out > 0:
             return out, []
-        _, _, veto = min(rooms, key=lambda r: -math.inf if math.isnan(r[1]) else r[1])
-        return 0, [veto]
+        _, _, make = min(rooms, key=lambda r: -math.inf if math.isnan(r[1]) else r[1])
+        return 0, [make()]
+
+    def _names(self, columns: Iterable[int]) -> str:
+        cols = set(columns)
+        return ",".join(t for t, i in self._index.items() if i in cols)
 
     def _vol_room(
         self,
@@ -313,10 +370,10 @@ class PortfolioRisk:
         price: float,
         lot: int,
         equity: float,
-    ) -> tuple[str, float, Veto]:
+    ) -> tuple[str, float, Callable[[], Veto]]:
         """Units of room under the volatility target: the largest q >= 0 with
         (w + q s e_j)' S (w + q s e_j) <= (vol_target x equity)^2, S the 1-day covariance."""
-        cov = st.cov * self.horizon
+        cov = st.cov_h
         bound = self.cfg.vol_target * equity
         s = sign * price
         cw = cov @ w
@@ -328,10 +385,13 @@ class PortfolioRisk:
         else:
             disc = b * b - 4.0 * a * c
             room = (-b + math.sqrt(disc)) / (2.0 * a) if disc >= 0 else 0.0
-        one = w.copy()
-        one[j] += lot * s
-        vol = math.sqrt(max(0.0, float(one @ cov @ one)))
-        return "vol_target", room, Veto("vol_target", vol, bound, f"1-day, {self.horizon} bars")
+        # Volatility with one more lot: sqrt(c + bound^2 + b lot + a lot^2).
+        vol = math.sqrt(max(0.0, c + bound * bound + (b + a * lot) * lot))
+        return (
+            "vol_target",
+            room,
+            lambda: Veto("vol_target", vol, bound, f"1-day, {self.horizon} bars"),
+        )
 
     def book_risk(
         self, account: AccountSnapshot, token: str, side: Side, qty: int, price: float
@@ -343,11 +403,12 @@ class PortfolioRisk:
         j = self._index.get(token)
         if j is not None and j < n:
             w[j] += (qty if side is Side.BUY else -qty) * price
-        pnl = st.returns @ w
+        losses = np.sort(-(st.returns @ w))
+        tail = np.cumsum(losses[::-1])[::-1]  # tail[i] = sum of losses[i:]
         scale = math.sqrt(self.horizon)
         out: dict[float, tuple[float, float]] = {}
         for level in LEVELS:
-            var, cvar = var_cvar(pnl, level)
+            var, cvar = var_cvar_sorted(losses, level, tail)
             out[level] = (var * scale, cvar * scale)
         return out
 
@@ -388,15 +449,18 @@ class PortfolioRisk:
         if qty > 0 and (cfg.var_limit > 0 or cfg.cvar_limit > 0) and equity > 0:
             risk = self.book_risk(account, token, side, qty, price)
             var, cvar = risk[self.level]
-            (v95, c95), (v99, c99) = risk[0.95], risk[0.99]
-            detail = (
-                f"1-day, {self.horizon} bars, {self.stats().returns.shape[0]} scenarios; "
-                f"95%: VaR {v95:.2f} CVaR {c95:.2f}; 99%: VaR {v99:.2f} CVaR {c99:.2f}"
-            )
-            if cfg.var_limit > 0 and var > cfg.var_limit * equity:
-                out.append(Veto("var", var, cfg.var_limit * equity, detail))
-            if cfg.cvar_limit > 0 and cvar > cfg.cvar_limit * equity:
-                out.append(Veto("cvar", cvar, cfg.cvar_limit * equity, detail))
+            var_over = cfg.var_limit > 0 and var > cfg.var_limit * equity
+            cvar_over = cfg.cvar_limit > 0 and cvar > cfg.cvar_limit * equity
+            if var_over or cvar_over:
+                (v95, c95), (v99, c99) = risk[0.95], risk[0.99]
+                detail = (
+                    f"1-day, {self.horizon} bars, {self.stats().returns.shape[0]} scenarios; "
+                    f"95%: VaR {v95:.2f} CVaR {c95:.2f}; 99%: VaR {v99:.2f} CVaR {c99:.2f}"
+                )
+                if var_over:
+                    out.append(Veto("var", var, cfg.var_limit * equity, detail))
+                if cvar_over:
+                    out.append(Veto("cvar", cvar, cfg.cvar_limit * equity, detail))
         return out
 
     def record_entry(self, exchange_ts_ms: int, day: object) -> None:
