@@ -12,10 +12,12 @@ bar at some bar end (no ticks) has return 0 there (its price did not move). Stat
 need at least two bar ends; before that every statistic is 0 and the rules that need
 them are silent.
 
-Book: each symbol's value held and working, ``(held + working) x mark``, plus the candidate
-entry ``+/- qty x price``. Historical P&L scenarios are ``R @ w`` (one per kept bar end);
-the 1-day loss is scaled by ``sqrt(h)`` with ``h`` bars in a day (``var_horizon_bars``, or
-the market's session length over the bar interval); the covariance by ``h``.
+Book: each symbol's value held and working, ``(held + working) x its last bar close`` (the
+prices the returns are measured on; recomputed when a bar closes or the positions change,
+not per tick), plus the candidate entry ``+/- qty x price`` at the intent's price.
+Historical P&L scenarios are ``R @ w`` (one per kept bar end); the 1-day loss is scaled
+by ``sqrt(h)`` with ``h`` bars in a day (``var_horizon_bars``, or the market's session
+length over the bar interval); the covariance by ``h``.
 
 =================== =============================================== ==========================
 rule                value                                           limit
@@ -40,10 +42,8 @@ for the rest of the session (meta-risk's ``trip``).
 from __future__ import annotations
 
 import math
-import operator
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 import structlog
@@ -64,18 +64,13 @@ def var_cvar(pnl: np.ndarray, level: float) -> tuple[float, float]:
     return var_cvar_sorted(np.sort(-pnl), level)
 
 
-def var_cvar_sorted(
-    losses: np.ndarray, level: float, tail_sums: np.ndarray | None = None
-) -> tuple[float, float]:
-    """``var_cvar`` on losses already sorted ascending; ``tail_sums[i]`` (optional, the
-    sum of ``losses[i:]``) saves a mean per level."""
+def var_cvar_sorted(losses: np.ndarray, level: float) -> tuple[float, float]:
+    """``var_cvar`` on losses already sorted ascending."""
     n = losses.shape[0]
     if n == 0:
         return 0.0, 0.0
     k = max(1, math.ceil(round(level * n, 9)))
-    if tail_sums is None:
-        return float(losses[k - 1]), float(losses[k - 1 :].mean())
-    return float(losses[k - 1]), float(tail_sums[k - 1]) / (n - k + 1)
+    return float(losses[k - 1]), float(losses[k - 1 :].sum()) / (n - k + 1)
 
 
 def clusters(corr: np.ndarray, rho: float) -> list[int]:
@@ -140,10 +135,11 @@ class BookStats:
     """What the book rules read, recomputed per closed bar: the return matrix, covariance
     and correlation over the window, and the correlation clusters."""
 
-    __slots__ = ("cluster", "corr", "cov", "cov_h", "members", "returns")
+    __slots__ = ("cluster", "columns", "corr", "cov", "cov_h", "members", "returns")
 
     def __init__(self, returns: np.ndarray, rho: float, horizon: int = 1) -> None:
         self.returns = returns  # T x N, rows oldest first
+        self.columns = np.ascontiguousarray(returns.T)  # one symbol's returns, contiguous
         n = returns.shape[1]
         if returns.shape[0] >= 2:
             self.cov = np.cov(returns, rowvar=False, ddof=1).reshape(n, n)
@@ -160,6 +156,29 @@ class BookStats:
         for j, c in enumerate(self.cluster):
             groups.setdefault(c, []).append(j)
         self.members = {c: np.array(m, dtype=np.intp) for c, m in groups.items()}
+
+
+class HeldBook:
+    """The book held and working at one set of statistics: its value per column, its
+    scenario P&L, its 1-day covariance product and variance, its clusters' gross values."""
+
+    __slots__ = ("_gross", "cw", "pnl", "positions", "stats", "w", "working", "wsw")
+
+    def __init__(self, stats: BookStats, account: AccountSnapshot, w: np.ndarray) -> None:
+        self.stats = stats
+        self.positions = dict(account.positions)
+        self.working = dict(account.working)
+        self.w = w
+        self.pnl = stats.returns @ w
+        self.cw = stats.cov_h @ w
+        self.wsw = float(w @ self.cw)
+        self._gross: dict[int, float] = {}
+
+    def cluster_gross(self, label: int) -> float:
+        g = self._gross.get(label)
+        if g is None:
+            g = self._gross[label] = float(np.abs(self.w[self.stats.members[label]]).sum())
+        return g
 
 
 class PortfolioRisk:
@@ -185,10 +204,13 @@ class PortfolioRisk:
             self._index.setdefault(t, len(self._index))
         self._last_close: dict[str, float] = {}
         self._times: deque[int] = deque()
-        self._rows: dict[int, dict[str, float]] = {}
+        # bar end -> its row in _ret, a ring of returns_window rows x symbols (column j is
+        # the symbol _index gives j); rows reused oldest first, zeroed when reused.
+        self._rows: dict[int, int] = {}
+        self._ret = np.zeros((cfg.returns_window, max(8, len(self._index))))
         self._stats: BookStats | None = None
-        self._book: tuple[AccountSnapshot, np.ndarray] | None = None
-        self._cols: tuple[tuple[str, ...], int, np.ndarray, Any] | None = None
+        self._held: HeldBook | None = None
+        self._closes: list[float] = [0.0]
         self._day: object = None
         self._entries_today = 0
         self._recent: deque[int] = deque()  # exchange ms of entries let through
@@ -211,67 +233,64 @@ class PortfolioRisk:
         self._last_close[token] = close
         if prev is None:
             return
-        if token not in self._index:
-            self._index[token] = len(self._index)
+        j = self._index.get(token)
+        if j is None:
+            j = self._index[token] = len(self._index)
+        if j >= self._ret.shape[1]:  # more symbols than the ring has columns: widen it
+            wider = np.zeros((self._ret.shape[0], 2 * (j + 1)))
+            wider[:, : self._ret.shape[1]] = self._ret
+            self._ret = wider
         row = self._rows.get(end_ms)
         if row is None:
             if self._times and end_ms < self._times[-1]:
                 log.warning("portfolio.bar_out_of_order", token=token, end_ms=end_ms)
                 return
-            row = self._rows[end_ms] = {}
+            if len(self._times) >= self.cfg.returns_window:
+                row = self._rows.pop(self._times.popleft())
+                self._ret[row] = 0.0
+            else:
+                row = len(self._times)
+            self._rows[end_ms] = row
             self._times.append(end_ms)
-            if len(self._times) > self.cfg.returns_window:
-                del self._rows[self._times.popleft()]
-        row[token] = close / prev - 1.0
+        self._ret[row, j] = close / prev - 1.0
         self._stats = None
 
     def stats(self) -> BookStats:
         """The statistics over the window (recomputed after a bar closed)."""
         st = self._stats
         if st is None:
-            r = np.zeros((len(self._times), len(self._index)))
-            index = self._index
-            for i, t in enumerate(self._times):
-                for token, ret in self._rows[t].items():
-                    r[i, index[token]] = ret
+            index, rows = self._index, self._rows
+            order = np.fromiter((rows[t] for t in self._times), np.intp, len(self._times))
+            r = self._ret[order, : len(index)]  # oldest bar end first (a copy)
             st = self._stats = BookStats(r, self.cfg.cluster_rho, self.horizon)
+            last = self._last_close
+            self._closes = [last.get(t, 0.0) for t in index] + [0.0]
         return st
 
     # ---- per intent ----------------------------------------------------------------------
-    def book(self, account: AccountSnapshot, n: int, *, copy: bool = True) -> np.ndarray:
-        """Rupee value per column of what is held and working, at the marks (a copy; the
-        last account's is kept, since size and vetoes read the same one per intent)."""
-        cached = self._book
-        if cached is not None and cached[0] is account and cached[1].shape[0] == n:
-            return cached[1].copy() if copy else cached[1]
-        w = self._book_of(account, n)
-        self._book = (account, w)
-        return w.copy() if copy else w
-
-    def _book_of(self, account: AccountSnapshot, n: int) -> np.ndarray:
-        # Column n (dropped) takes tokens the window does not know yet. The positions'
-        # columns and marks are looked up once per key set (positions rarely change
-        # which tokens they hold), then the values are read in C.
-        index, marks = self._index, account.marks
-        positions = account.positions
-        keys = tuple(positions)
-        cols = self._cols
-        if cols is None or cols[0] != keys or cols[1] != n:
-            at = np.array([min(index.get(t, n), n) for t in keys], dtype=np.intp)
-            cols = self._cols = (keys, n, at, operator.itemgetter(*keys) if keys else None)
-        w = np.zeros(n + 1)
-        if keys:
-            qty = np.fromiter(positions.values(), float, len(keys))
-            try:
-                got = cols[3](marks)  # type: ignore[misc]
-                px = np.array(got if len(keys) > 1 else (got,), dtype=float)
-            except KeyError:  # a position without a mark is valued at 0, as exposure does
-                px = np.array([marks.get(t, 0.0) for t in keys])
-            w[cols[2]] = qty * px
-        for token, q in account.working.items():
-            j = index.get(token, n)
-            w[j if j < n else n] += q * marks.get(token, 0.0)
-        return w[:n]
+    def held(self, account: AccountSnapshot) -> HeldBook:
+        """The book held and working, valued at each symbol's last bar close, with what the
+        rules read of it; recomputed only when a bar closed or the positions changed."""
+        st = self.stats()
+        hb = self._held
+        if (
+            hb is not None
+            and hb.stats is st
+            and hb.positions == account.positions
+            and hb.working == account.working
+        ):
+            return hb
+        n = st.returns.shape[1]
+        closes = self._closes
+        index = self._index
+        w = [0.0] * (n + 1)  # column n (dropped): tokens without returns yet
+        for side in (account.positions, account.working):
+            for token, q in side.items():
+                j = index.get(token, n)
+                j = j if j < n else n
+                w[j] += q * closes[j]
+        hb = self._held = HeldBook(st, account, np.array(w[:n]))
+        return hb
 
     def size(
         self,
@@ -322,16 +341,16 @@ class PortfolioRisk:
             )
         j = self._index.get(token)
         if j is not None and (cfg.vol_target > 0 or cfg.cluster_rho > 0):
-            st = self.stats()
-            n = st.cov.shape[0]
-            w = self.book(account, n, copy=False)
+            hb = self.held(account)
+            st = hb.stats
             sign = 1.0 if side is Side.BUY else -1.0
             if cfg.vol_target > 0:
-                rooms.append(self._vol_room(st, w, j, sign, price, lot, equity))
+                rooms.append(self._vol_room(hb, j, sign, price, lot, equity))
             if cfg.cluster_rho > 0:
-                members = st.members[st.cluster[j]]
+                label = st.cluster[j]
+                members = st.members[label]
                 if len(members) > 1:
-                    gross = float(np.abs(w[members]).sum())
+                    gross = hb.cluster_gross(label)
                     cluster_cap = cfg.cluster_max_exposure * equity
                     rooms.append(
                         (
@@ -363,8 +382,7 @@ class PortfolioRisk:
 
     def _vol_room(
         self,
-        st: BookStats,
-        w: np.ndarray,
+        hb: HeldBook,
         j: int,
         sign: float,
         price: float,
@@ -373,13 +391,11 @@ class PortfolioRisk:
     ) -> tuple[str, float, Callable[[], Veto]]:
         """Units of room under the volatility target: the largest q >= 0 with
         (w + q s e_j)' S (w + q s e_j) <= (vol_target x equity)^2, S the 1-day covariance."""
-        cov = st.cov_h
         bound = self.cfg.vol_target * equity
         s = sign * price
-        cw = cov @ w
-        a = float(cov[j, j]) * s * s
-        b = 2.0 * s * float(cw[j])
-        c = float(w @ cw) - bound * bound
+        a = float(hb.stats.cov_h[j, j]) * s * s
+        b = 2.0 * s * float(hb.cw[j])
+        c = hb.wsw - bound * bound
         if a <= 0.0:
             room = math.inf if c <= 0 or b < 0 else 0.0  # no variance of its own
         else:
@@ -394,21 +410,26 @@ class PortfolioRisk:
         )
 
     def book_risk(
-        self, account: AccountSnapshot, token: str, side: Side, qty: int, price: float
+        self,
+        account: AccountSnapshot,
+        token: str,
+        side: Side,
+        qty: int,
+        price: float,
+        levels: tuple[float, ...] = LEVELS,
     ) -> dict[float, tuple[float, float]]:
         """1-day historical (VaR, CVaR) in rupees of the book plus the entry, per level."""
-        st = self.stats()
-        n = st.returns.shape[1]
-        w = self.book(account, n)
+        hb = self.held(account)
+        st = hb.stats
         j = self._index.get(token)
-        if j is not None and j < n:
-            w[j] += (qty if side is Side.BUY else -qty) * price
-        losses = np.sort(-(st.returns @ w))
-        tail = np.cumsum(losses[::-1])[::-1]  # tail[i] = sum of losses[i:]
+        pnl = hb.pnl
+        if j is not None and j < st.returns.shape[1]:
+            pnl = pnl + ((qty if side is Side.BUY else -qty) * price) * st.columns[j]
+        losses = np.sort(-pnl)
         scale = math.sqrt(self.horizon)
         out: dict[float, tuple[float, float]] = {}
-        for level in LEVELS:
-            var, cvar = var_cvar_sorted(losses, level, tail)
+        for level in levels:
+            var, cvar = var_cvar_sorted(losses, level)
             out[level] = (var * scale, cvar * scale)
         return out
 
@@ -447,11 +468,12 @@ class PortfolioRisk:
             )
         equity = account.equity
         if qty > 0 and (cfg.var_limit > 0 or cfg.cvar_limit > 0) and equity > 0:
-            risk = self.book_risk(account, token, side, qty, price)
-            var, cvar = risk[self.level]
+            # The configured level first; both levels for the record only on a veto.
+            var, cvar = self.book_risk(account, token, side, qty, price, (self.level,))[self.level]
             var_over = cfg.var_limit > 0 and var > cfg.var_limit * equity
             cvar_over = cfg.cvar_limit > 0 and cvar > cfg.cvar_limit * equity
             if var_over or cvar_over:
+                risk = self.book_risk(account, token, side, qty, price)
                 (v95, c95), (v99, c99) = risk[0.95], risk[0.99]
                 detail = (
                     f"1-day, {self.horizon} bars, {self.stats().returns.shape[0]} scenarios; "
