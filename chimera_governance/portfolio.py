@@ -280,15 +280,15 @@ class PortfolioRisk:
             and hb.working == account.working
         ):
             return hb
-        n = st.returns.shape[1]
+        n = int(st.returns.shape[1])
         closes = self._closes
         index = self._index
         w = [0.0] * (n + 1)  # column n (dropped): tokens without returns yet
         for side in (account.positions, account.working):
             for token, q in side.items():
-                j = index.get(token, n)
-                j = j if j < n else n
-                w[j] += q * closes[j]
+                col = index.get(token, n)
+                col = col if col < n else n
+                w[col] += q * closes[col]
         hb = self._held = HeldBook(st, account, np.array(w[:n]))
         return hb
 
