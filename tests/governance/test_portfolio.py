@@ -159,8 +159,9 @@ def test_risk_sizing_loses_at_most_r_at_the_stop_charges_included(
         assert loss(qty + lot) > budget - risk.fixed_cost
     else:
         assert vetoes[0].rule == "stop_risk" and vetoes[0].value > budget
-    off = _sizing(PortfolioConfig()).size(acct, "T0", Side.BUY, 10**9, price, atr, lot)
-    assert off == (10**9, [])  # the rule off: nothing sized down
+    wanted = 10**9 // lot * lot  # the capital brain sizes in whole lots
+    off = _sizing(PortfolioConfig()).size(acct, "T0", side, wanted, price, atr, lot)
+    assert off == (wanted, [])  # the rule off: nothing sized down
 
 
 def test_order_value_cap():

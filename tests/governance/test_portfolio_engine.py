@@ -4,6 +4,7 @@ the next bar, and a session with every rule on decides the same twice."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import msgspec
@@ -13,7 +14,7 @@ from chimera_core.config import parse_config
 from chimera_core.contracts import TradingState
 from chimera_core.event_loop import Engine
 from chimera_governance.pipeline import GovernancePipeline
-from tests.governance.test_pipeline import _frames, _round_trip, _run
+from tests.governance.test_pipeline import _frames, _live_briefly, _round_trip, _run
 
 CFG = """
 [strategy]
@@ -62,6 +63,12 @@ def test_the_order_rate_guard_trips_reducing_with_its_numbers(tmp_path):
     later = [d for d in decisions if d.exchange_ts_ms > tripped[0].exchange_ts_ms]
     assert not any(d.intent for d in later)  # exits only for the rest of the session
     gov.close()
+
+    # A restart the same session starts REDUCING (the live node restores the switch).
+    restarted = GovernancePipeline(cfg, tmp_path)
+    assert restarted.kill_switch == "order_rate"
+    asyncio.run(_live_briefly(cfg, restarted))  # asserts REDUCING and no intent
+    restarted.close()
 
 
 @pytest.mark.parametrize("on", [True, False])
