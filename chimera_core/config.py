@@ -136,6 +136,39 @@ class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     neural_state_interval_s: ShortSeconds = 0.25
 
 
+class PortfolioConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[governance.portfolio]``: rules on the whole book (chimera_governance/portfolio.py,
+    docs/RISK.md). Every rule is off at its default (0 / false): today's behaviour."""
+
+    # Size each entry so its bracket stop (execution.stop_atr_multiple x ATR) plus the
+    # round trip's charges loses at most stop_risk x equity (whole lots).
+    risk_sizing: bool = False
+    stop_risk: PositiveFraction = 0.01
+    # One order's value (qty x price) at most this x equity; 0 = off.
+    max_order_fraction: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    # Entries let through per session, all symbols (per symbol: max_trades_per_symbol); 0 = off.
+    max_entries_per_session: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    # Entries in any 60 s of exchange time; one more trips REDUCING for the session; 0 = off.
+    max_orders_per_minute: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    # Historical 1-day VaR / CVaR of the book + the entry, as a fraction of equity; 0 = off.
+    var_limit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    cvar_limit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    var_confidence: Literal["95", "99"] = "99"  # percent; both are always on the record
+    returns_window: Annotated[int, msgspec.Meta(ge=20, le=5_000)] = 250  # closed bars kept
+    # Bars in one day for the 1-day horizon (sqrt-time scaling); 0 = the market's session.
+    var_horizon_bars: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    # Symbols whose rolling correlation exceeds cluster_rho share one gross exposure cap
+    # of cluster_max_exposure x equity; cluster_rho 0 = off.
+    cluster_rho: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.0
+    cluster_max_exposure: Multiple = 1.0
+    # Ex-ante 1-day portfolio volatility (fraction of equity) kept under this by sizing
+    # entries down; 0 = off.
+    vol_target: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    # A session loss of this fraction of the session's opening equity rolls every genome
+    # family back to its previous version at the next bar, once a session; 0 = off.
+    rollback_session_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
 class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     enabled: bool = True
     # Rupees the capital brain sizes against until the account's equity (cash + positions
@@ -165,6 +198,7 @@ class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     approval_min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.35
     approval_ttl_s: Seconds = 120.0
     families: dict[str, str] = msgspec.field(default_factory=dict)  # token → genome family
+    portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
 
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]

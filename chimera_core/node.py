@@ -204,5 +204,5 @@ class Node:
             self.on_control(Command.HALT, "kill_switch_persisted:" + router.persisted_halt())
         if governance is not None and governance.kill_switch == "max_drawdown":
             self.on_control("halt", "meta_risk_persisted:max_drawdown")
-        elif governance is not None and governance.kill_switch == "daily_loss":
-            self.on_control("reduce", "meta_risk:daily_loss")
+        elif governance is not None and governance.kill_switch in ("daily_loss", "order_rate"):
+            self.on_control("reduce", "meta_risk:" + governance.kill_switch)

@@ -23,6 +23,7 @@ from chimera_core.contracts import (
     OrderIntent,
     PhysicsState,
     Side,
+    Veto,
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
@@ -40,8 +41,9 @@ from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
 from chimera_governance.exposure import ExposureLimits, fit
-from chimera_governance.genome import GenomeStore, genes_from_strategy
+from chimera_governance.genome import GenomeError, GenomeStore, genes_from_strategy
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
+from chimera_governance.portfolio import ORDER_RATE, PortfolioRisk, cost_bound, horizon_bars
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +115,16 @@ class GovernancePipeline:
         self._genome_out: dict[str, GenomeOutput] = {
             t: self.genomes.current(self.genomes.family_for(t)) for t in tokens
         }
+        # Rules on the whole book ([governance.portfolio]; all off by default).
+        self.portfolio = PortfolioRisk(
+            g.portfolio,
+            tokens=tokens,
+            stop_atr_multiple=cfg.execution.stop_atr_multiple,  # the bracket's, not sizing's
+            costs=cost_bound(cfg),
+            horizon=horizon_bars(cfg),
+        )
+        self.rollback_session_loss = g.portfolio.rollback_session_loss
+        self._rollback_pending = False
         drift_warm_up()
         self._last_ts = 0  # the newest exchange time seen (closed bars): when a human decided
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
@@ -128,6 +140,10 @@ class GovernancePipeline:
         self._last_ts = max(self._last_ts, bar.end_ms)
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
+        if self._rollback_pending:
+            self._rollback_pending = False
+            self._roll_back_genomes(bar.end_ms)
+        self.portfolio.on_bar(token, bar.end_ms, bar.close)
         detector = self._drift.get(token)
         if detector is None:
             return
@@ -137,6 +153,26 @@ class GovernancePipeline:
             drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close,
             self.equity, self.lots.get(token, self.lot_size),
         )  # fmt: skip
+
+    def _roll_back_genomes(self, exchange_ts_ms: int) -> None:
+        """A bad session: every family in use goes back to its previous version (a family
+        still at its first version has none and stays)."""
+        for family in sorted({self.genomes.family_for(t) for t in self._genome_out}):
+            try:
+                v = self.genomes.rollback(
+                    family, reason="session_loss_rollback", exchange_ts_ms=exchange_ts_ms
+                )
+            except GenomeError as exc:
+                log.warning("genome.session_rollback_skipped", family=family, error=str(exc))
+                continue
+            log.warning(
+                "genome.session_rollback",
+                family=family,
+                version=v.version,
+                restored_from=v.restored_from,
+                exchange_ts_ms=exchange_ts_ms,
+            )
+        self.reload_genomes()
 
     def layers(
         self, token: str
@@ -186,13 +222,24 @@ class GovernancePipeline:
             self.equity = account.equity
         capital = self._capital_out.get(token)
         wanted = capital.qty if capital is not None else 0
+        lot = self.lots.get(token, self.lot_size)
+        portfolio = self.portfolio
+        extra: list[Veto] = []
+        if portfolio.active and wanted > 0:
+            # Sized down inside the portfolio's sizing rules (risk at the stop, one order's
+            # value, the volatility target, the correlation cluster's cap) first.
+            wanted, extra = portfolio.size(
+                account, token, intent.side, wanted, price, physics.atr, lot
+            )
         # The capital brain sizes inside every exposure cap instead of sizing into a veto.
-        qty, cap_veto = fit(
-            account, token, intent.side, wanted, price, self.exposure,
-            self.lots.get(token, self.lot_size),
-        )  # fmt: skip
+        qty, cap_veto = fit(account, token, intent.side, wanted, price, self.exposure, lot)
         held = account.positions.get(token, 0) + account.working.get(token, 0)
         day = trading_day(ts, self.calendar)
+        if portfolio.active:
+            extra += portfolio.vetoes(account, token, intent.side, qty, price, ts, day)
+            for v in extra:
+                if v.rule == ORDER_RATE:  # a runaway strategy: REDUCING for the session
+                    self.meta_risk.trip(ORDER_RATE, v.value, v.limit, ts)
         meta = self.meta_risk.update(
             token=token,
             exchange_ts_ms=ts,
@@ -205,7 +252,11 @@ class GovernancePipeline:
             equity=account.equity,
         )
         if cap_veto is not None and wanted > 0:
-            meta = msgspec.structs.replace(meta, allowed=False, vetoes=(*meta.vetoes, cap_veto))
+            extra.append(cap_veto)
+        if extra:
+            named = {v.rule for v in meta.vetoes}  # a tripped order_rate is there already
+            more = tuple(v for v in extra if v.rule not in named)
+            meta = msgspec.structs.replace(meta, allowed=False, vetoes=(*meta.vetoes, *more))
         rules = ",".join(v.rule for v in meta.vetoes)
         if meta.halt:
             return GateVerdict(False, qty, f"veto:{rules}", f"meta_risk:{rules}", meta, None)
@@ -224,6 +275,8 @@ class GovernancePipeline:
             reason = f"approval_{approval.status.lower()}:{approval.approval_id}"
             return GateVerdict(False, qty, reason, "", meta, approval)
         self._fired[(token, day)] = self._fired.get((token, day), 0) + 1
+        if portfolio.active:
+            portfolio.record_entry(ts, day)
         return GateVerdict(True, qty, "", "", meta, approval)
 
     def observe(self, equity: float, exchange_ts_ms: int) -> str:
@@ -233,6 +286,10 @@ class GovernancePipeline:
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
         self.meta_risk.observe(equity, exchange_ts_ms)
+        if self.rollback_session_loss > 0 and self.meta_risk.rollback_due(
+            self.rollback_session_loss, exchange_ts_ms
+        ):
+            self._rollback_pending = True  # at the next bar, in bar order (replayable)
         return self.meta_risk.kill_switch
 
     @property
