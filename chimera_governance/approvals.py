@@ -431,8 +431,10 @@ def proposals(db_path: str | Path) -> list[dict[str, object]]:
     with open_readonly(Path(db_path), SCHEMA) as view:
         if view.version < 2:  # no proposal was ever made through this code
             return []
-        rows = view.rows(f"SELECT {_PROPOSAL_COLUMNS} FROM proposal ORDER BY created_ms, 1")
-    names = _PROPOSAL_COLUMNS.split(", ")
+        # Decided by whom and when since schema version 3 (a file not yet migrated: none).
+        cols = _PROPOSAL_COLUMNS + (", decided_ms, decided_by" if view.version >= 3 else "")
+        rows = view.rows(f"SELECT {cols} FROM proposal ORDER BY created_ms, 1")
+    names = cols.split(", ")
     return [
         {**dict(zip(names, r, strict=True)), "payload": msgspec.json.decode(r[2])} for r in rows
     ]
