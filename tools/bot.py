@@ -78,6 +78,9 @@ SAFE = {"pause": Command.PAUSE, "halt": Command.HALT}
 # Confirmation (and a code where configured): these can add risk.
 RISKY = {"resume": Command.RESUME, "flatten": Command.FLATTEN, "approve": Command.APPROVE}
 _ANNOUNCED_KEPT = 1000  # approval ids remembered as announced (the queue keeps them all)
+# Wrong codes before the waiting command is dropped (6 digits, 3 valid at a time: three
+# guesses succeed one time in ~110,000).
+MAX_WRONG_CODES = 3
 
 
 class BotError(ChimeraError):
@@ -95,6 +98,7 @@ class Confirmation:
     arg: str
     expires: float  # wall clock
     tapped: bool = False  # confirmed; with OTP, the code is next
+    wrong_codes: int = 0
 
 
 class BotState:
@@ -270,7 +274,7 @@ class OperatorBot:
 
     async def _send(self, command: Command, arg: str, user_id: int) -> dict[str, Any]:
         reply = await self.control.send(command, arg)
-        emit = log.debug if command is Command.STATUS else log.warning
+        emit = log.info if command is Command.STATUS else log.warning
         emit("bot_command", command=command.value, arg=arg, user_id=user_id,
              ok=bool(reply.get("ok")), error=reply.get("error"))  # fmt: skip
         return reply
@@ -340,12 +344,18 @@ class OperatorBot:
         now = self.clock()
         self._used_codes = {k: t for k, t in self._used_codes.items() if t > now - 120}
         code = code.strip()
+        c = waiting[-1]
         if code in self._used_codes or not self._otp.verify(code, for_time=now, valid_window=1):
-            log.warning("bot_otp_refused", user_id=user_id, reused=code in self._used_codes)
-            await self._say(chat_id, "wrong or already used code; the command is still waiting")
+            c.wrong_codes += 1
+            log.warning("bot_otp_refused", user_id=user_id, reused=code in self._used_codes,
+                        command=c.command.value, wrong_codes=c.wrong_codes)  # fmt: skip
+            if c.wrong_codes >= MAX_WRONG_CODES:
+                del self.confirmations[c.key]
+                await self._say(chat_id, f"{c.command.value}: too many wrong codes; cancelled")
+            else:
+                await self._say(chat_id, "wrong or already used code; the command is still waiting")
             return
         self._used_codes[code] = now
-        c = waiting[-1]
         del self.confirmations[c.key]
         await self._execute(c)
 

@@ -36,6 +36,7 @@ class Session:
         self.procs = procs
         self.totp = pyotp.TOTP(OTP_SECRET)
         self.used: set[str] = set()
+        self.old_logs: list[str] = []
 
     def status(self) -> dict[str, Any]:
         p = chimera("status", cwd=self.cwd)
@@ -232,7 +233,100 @@ def test_a_replayed_or_stale_update_is_ignored(session: Session) -> None:
     assert len(session.events("bot_update_stale")) == 1
 
 
+def test_the_read_only_commands_answer(session: Session) -> None:
+    for command, expected in (
+        ("/status", "state "),
+        ("/positions", ""),
+        ("/pnl", "net "),
+        ("/daily", "Chimera paper report"),
+        ("/approvals", ""),
+        ("/help", "/halt"),
+    ):
+        _, before = session.say(command)
+        reply = session.reply(before, expected)
+        assert not reply["text"].startswith("failed:"), reply["text"]
+    # Nothing a read-only command does goes to the engine but a status request.
+    assert {e["command"] for e in session.events("bot_command")} <= {
+        "approve", "halt", "pause", "resume", "status",
+    }  # fmt: skip
+
+
+def test_the_reject_button_rejects_in_one_tap(session: Session) -> None:
+    from chimera_governance.approvals import ApprovalsView
+
+    api = session.api
+    decided = {e["arg"] for e in session.events("bot_command") if e["command"] == "approve"}
+    prompt = api.wait_for(
+        OPERATOR,
+        lambda m: any(b.startswith("ap:") and b[3:] not in decided for b in buttons(m)),
+        timeout=120,
+    )
+    approval_id = next(b for b in buttons(prompt) if b.startswith("rj:"))[3:]
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(OPERATOR, "rj:" + approval_id, prompt)
+    session.reply(before, f"reject {approval_id}: done")
+    with ApprovalsView(session.cwd / "data" / "paper" / "approvals.db") as view:
+        assert view.record(approval_id).status == "REJECTED"
+
+
+def test_flatten_cancelled_or_with_wrong_codes_never_reaches_the_engine(session: Session) -> None:
+    api = session.api
+    _, before = session.say("/flatten")
+    confirm = api.wait_for(OPERATOR, lambda m: any(b.startswith("cx:") for b in buttons(m)),
+                           after=before)  # fmt: skip
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(OPERATOR, next(b for b in buttons(confirm) if b.startswith("cx:")), confirm)
+    session.reply(before, "flatten: cancelled")
+    # Confirmed, then three wrong codes: dropped.
+    _, before = session.say("/flatten")
+    confirm = api.wait_for(OPERATOR, lambda m: any(b.startswith("cf:") for b in buttons(m)),
+                           after=before)  # fmt: skip
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(OPERATOR, next(b for b in buttons(confirm) if b.startswith("cf:")), confirm)
+    session.reply(before, "/otp CODE")
+    wrong = next(c for c in ("000000", "111111", "222222") if c not in session.used)
+    for _ in range(3):
+        _, before = session.say("/otp " + wrong)
+    session.reply(before, "too many wrong codes; cancelled")
+    _, before = session.say("/otp 123456")  # whatever the code: nothing waits for one
+    session.reply(before, "no confirmed command is waiting")
+    # The confirmation's button cannot be pressed again either.
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(OPERATOR, next(b for b in buttons(confirm) if b.startswith("cf:")), confirm)
+    session.reply(before, "expired or is not yours")
+    assert "flatten" not in {e["command"] for e in session.events("bot_command")}
+
+
+def test_a_restarted_bot_acts_on_no_update_twice(session: Session) -> None:
+    api = session.api
+    old = session.procs["bot"]
+    old.send_signal(signal.SIGINT)
+    assert old.wait(timeout=30) == 0, old.output()[1].decode()[-2000:]
+    session.old_logs.append(session.bot_log())
+    state = json.loads((session.cwd / "data" / "bot" / "state.json").read_text())
+    with api._lock:
+        history = list(api._updates)
+    assert state["last_update_id"] == history[-1]["update_id"]
+    calls = len(api.calls)
+    session.procs["bot"] = chimera("bot", cwd=session.cwd)
+    deadline = time.monotonic() + 60
+    while "getUpdates" not in api.calls[calls:]:
+        assert time.monotonic() < deadline, "the restarted bot never polled"
+        time.sleep(0.1)
+    # A Bot API that hands the whole history out again (every /halt, /pause, /otp ...).
+    for update in history:
+        api.replay(update)
+    _, before = session.say("/status")
+    session.reply(before, "state ")
+    replayed = [e["update_id"] for e in session.events("bot_update_replayed")]
+    assert replayed == [u["update_id"] for u in history]
+    assert [e["command"] for e in session.events("bot_command")] == ["status"]
+    status = session.status()
+    assert status["halted"] is False and status["paused"] is False
+
+
 def test_the_bot_token_never_reaches_the_logs(session: Session) -> None:
-    assert BOT_TOKEN not in session.bot_log()
-    assert OTP_SECRET not in session.bot_log()
+    for log in [*session.old_logs, session.bot_log()]:
+        assert BOT_TOKEN not in log
+        assert OTP_SECRET not in log
     assert session.api.unauthorized == 0
