@@ -180,6 +180,8 @@ def paper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
         "[governance]\napproval_size_limit = 1e9\napproval_min_confidence = 0.0\n"
+        # A few trades a day, then vetoes: the report counts them.
+        "max_trades_per_day = 3\n"
     )
     procs = []
     db = cwd / "data" / "paper" / "chimera.db"
@@ -198,7 +200,7 @@ def paper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                     p = chimera(cmd, "--reason", f"test_{cmd}", cwd=cwd)
                     assert p.wait(timeout=30) == 0, p.output()[1].decode()
                 paused = True
-            if len(rows) >= 12 or time.monotonic() > deadline:
+            if len(rows) >= 10 or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         assert len(rows) >= 4, f"the paper session made only {len(rows)} fills"
@@ -271,6 +273,34 @@ def test_the_pause_and_resume_are_on_the_day_they_happened(paper_session: Path) 
         assert len(listed) == 1, report.halts
         other = build_report(data, "paper", day + dt.timedelta(days=1))
         assert not [h for h in other.halts if h.get("reason") == f"test_{command}"]
+
+
+def test_the_vetoes_match_the_black_box(paper_session: Path) -> None:
+    from chimera_core.telemetry import TOPIC_TICK, decoder_for
+    from chimera_core.telemetry.reader import check_session
+
+    data = paper_session / "data"
+    # Independently: every decision's meta-risk verdict, by IST day of its exchange time.
+    by_day: dict[dt.date, dict[str, int]] = {}
+    vetoed: dict[dt.date, int] = {}
+    decode = decoder_for(TOPIC_TICK)
+    for session_dir in (data / "blackbox").iterdir():
+        for m in check_session(session_dir, keep_messages=True).messages:
+            if not m.topic.startswith(TOPIC_TICK):
+                continue
+            d = decode(m.payload).decision
+            if d is None or d.meta_risk is None or d.meta_risk.allowed:
+                continue
+            day = dt.datetime.fromtimestamp(d.exchange_ts_ms / 1000, IST).date()
+            vetoed[day] = vetoed.get(day, 0) + 1
+            rules = by_day.setdefault(day, {})
+            for v in d.meta_risk.vetoes:
+                rules[v.rule] = rules.get(v.rule, 0) + 1
+    assert sum(vetoed.values()) > 0, "the session was vetoed nowhere: nothing to compare"
+    for day in {*vetoed, *_days(_fill_rows(data / "paper" / "chimera.db"))}:
+        report = build_report(data, "paper", day)
+        assert report.vetoed_decisions == vetoed.get(day, 0)
+        assert report.vetoes == dict(sorted(by_day.get(day, {}).items()))
 
 
 def test_chimera_report_prints_and_writes_json_and_html(paper_session: Path) -> None:
