@@ -420,7 +420,8 @@ class OperatorBot:
         from tools.report import build_report, latest_day
 
         day = latest_day(self.cfg.data_dir, self.cfg.mode)
-        report = build_report(self.cfg.data_dir, self.cfg.mode, day)
+        # /pnl needs the journal only; the black box (vetoes, halts) is read for /daily.
+        report = build_report(self.cfg.data_dir, self.cfg.mode, day, blackbox=which == "daily")
         if which == "daily":
             return report.short_text()
         return (

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import structlog
 
-from chimera_core.contracts import Decision, Fill, Side
+from chimera_core.contracts import Fill, MetaRiskOutput, Side
 from chimera_core.errors import ChimeraError, ConfigError
 from chimera_core.telemetry import TOPIC_CONTROL, TOPIC_TICK, decoder_for
 from chimera_core.telemetry.reader import read_manifest, read_session
@@ -52,10 +52,18 @@ class ReportError(ChimeraError):
     """A report cannot be built: bad date or week, no journal, unreadable black box."""
 
 
+class _VerdictView(msgspec.Struct, gc=False):
+    """What the report reads of a Decision: its time and meta-risk's verdict (the rest of
+    the decision is skipped, not decoded)."""
+
+    exchange_ts_ms: int
+    meta_risk: MetaRiskOutput | None = None
+
+
 class _DecisionView(msgspec.Struct, array_like=True, gc=False):
     recv_ns: int
     frame: msgspec.Raw
-    decision: Decision | None
+    decision: _VerdictView | None
 
 
 _decode_tick = decoder_for(TOPIC_TICK, _DecisionView)
@@ -391,9 +399,11 @@ def build_report(
     day: dt.date | None = None,
     *,
     week: tuple[dt.date, dt.date] | None = None,
+    blackbox: bool = True,
 ) -> Report:
     """The report of one IST ``day`` (or of ``week`` = (monday, next monday)) for ``mode``,
-    from ``data_dir/<mode>/chimera.db`` (read-only) and ``data_dir/blackbox``."""
+    from ``data_dir/<mode>/chimera.db`` (read-only) and ``data_dir/blackbox``
+    (``blackbox=False``: the journal's figures only, no vetoes or halts; the bot's /pnl)."""
     if mode not in MODES:
         raise ReportError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if week is not None:
@@ -429,7 +439,10 @@ def build_report(
     )
     books: dict[str, _Book] = w["books"]
     unreal = _unrealized(books)
-    vetoes, vetoed, halts, sessions, notes = _blackbox(data, mode, start_ms, end_ms)
+    if blackbox:
+        vetoes, vetoed, halts, sessions, notes = _blackbox(data, mode, start_ms, end_ms)
+    else:
+        vetoes, vetoed, halts, sessions, notes = {}, 0, [], [], ["black box not read"]
     if any(b.qty for b in books.values()):
         notes.append(
             "open positions are marked at their last fill price (no quotes in the journal)"
