@@ -81,6 +81,7 @@ _ANNOUNCED_KEPT = 1000  # approval ids remembered as announced (the queue keeps 
 # Wrong codes before the waiting command is dropped (6 digits, 3 valid at a time: three
 # guesses succeed one time in ~110,000).
 MAX_WRONG_CODES = 3
+MAX_ANNOUNCED_PER_POLL = 3  # approvals sent with buttons per poll; the rest in one line
 
 
 class BotError(ChimeraError):
@@ -391,15 +392,22 @@ class OperatorBot:
             return
         known = set(self.state.announced)
         new = [r for r in pending if r.approval_id not in known]
-        for r in new:
+        # A burst of intents (a signal that fires on every tick) must not flood the chat:
+        # the oldest few with buttons, then one line for the rest.
+        for r in new[:MAX_ANNOUNCED_PER_POLL]:
             for user_id in sorted(self.allowed):
                 # A private chat's id is its user's id.
                 await self._say(
                     user_id, _approval_text(r), buttons=_approval_buttons(r.approval_id)
                 )
-            self.state.announced.append(r.approval_id)
             log.info("bot_approval_announced", approval_id=r.approval_id)
+        rest = new[MAX_ANNOUNCED_PER_POLL:]
+        if rest:
+            for user_id in sorted(self.allowed):
+                await self._say(user_id, f"and {len(rest)} more approvals waiting: /approvals")
+            log.info("bot_approvals_summarised", count=len(rest))
         if new:
+            self.state.announced.extend(r.approval_id for r in new)
             self.state.save()
 
     # ---- read-only answers ----------------------------------------------------------------

@@ -142,8 +142,10 @@ class TelegramStandIn:
                 if predicate(m):
                     return m
             if time.monotonic() > deadline:
-                texts = [m.get("text") for m in self.messages_to(chat_id)]
-                raise AssertionError(f"no matching message to {chat_id} in {timeout} s: {texts}")
+                texts = [m.get("text") for m in self.messages_to(chat_id)][-10:]
+                raise AssertionError(
+                    f"no matching message to {chat_id} in {timeout} s; the last: {texts}"
+                )
             time.sleep(0.05)
 
     # ---- the Bot API ----------------------------------------------------------------------

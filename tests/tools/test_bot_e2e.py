@@ -24,6 +24,7 @@ from tests.tools.telegram_standin import TelegramStandIn, buttons
 pytestmark = pytest.mark.timeout(180)
 
 OPERATOR = 424242  # allow-listed
+DEPUTY = 515151  # allow-listed too
 STRANGER = 13131313  # not
 BOT_TOKEN = "700000001:AAH-standin-token-for-tests-only-x9Qz"
 OTP_SECRET = pyotp.random_base32()
@@ -93,7 +94,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         # Every intent waits for a human, and for long: exchange time runs ~400x wall time.
         "[governance]\napproval_size_limit = 1.0\napproval_min_confidence = 0.0\n"
         "approval_ttl_s = 604800\n"
-        f'[bot]\nallowed_users = [{OPERATOR}]\notp = true\napi_url = "{api.api_url}"\n'
+        f'[bot]\nallowed_users = [{OPERATOR}, {DEPUTY}]\notp = true\napi_url = "{api.api_url}"\n'
         "poll_timeout_s = 1\napprovals_poll_s = 0.5\nstale_after_s = 60\n"
     )
     (cwd / ".env").write_text(
@@ -262,11 +263,29 @@ def test_the_reject_button_rejects_in_one_tap(session: Session) -> None:
         timeout=120,
     )
     approval_id = next(b for b in buttons(prompt) if b.startswith("rj:"))[3:]
+    db = session.cwd / "data" / "paper" / "approvals.db"
+    # A stranger's tap on the same button is refused and reported; nothing is decided.
+    refusals = session.cwd / "data" / "bot" / "refusals.jsonl"
+    seen = len(refusals.read_text().splitlines())
+    api.push_button(STRANGER, "rj:" + approval_id, prompt)
+    deadline = time.monotonic() + 30
+    while len(refusals.read_text().splitlines()) == seen:
+        assert time.monotonic() < deadline, "the stranger's tap was not reported"
+        time.sleep(0.1)
+    assert json.loads(refusals.read_text().splitlines()[-1])["text"] == "rj:" + approval_id
+    with ApprovalsView(db) as view:
+        assert view.record(approval_id).status == "PENDING"
     before = len(api.messages_to(OPERATOR))
     api.push_button(OPERATOR, "rj:" + approval_id, prompt)
     session.reply(before, f"reject {approval_id}: done")
-    with ApprovalsView(session.cwd / "data" / "paper" / "approvals.db") as view:
+    with ApprovalsView(db) as view:
         assert view.record(approval_id).status == "REJECTED"
+        pending = len(view.pending())
+    # This engine queues an intent on nearly every tick: a few are sent with buttons each
+    # poll and the rest summarised, not one message each.
+    announced = len(session.events("bot_approval_announced"))
+    assert any("more approvals waiting" in m["text"] for m in api.messages_to(OPERATOR))
+    assert announced < pending, (announced, pending)
 
 
 def test_flatten_cancelled_or_with_wrong_codes_never_reaches_the_engine(session: Session) -> None:
@@ -284,6 +303,15 @@ def test_flatten_cancelled_or_with_wrong_codes_never_reaches_the_engine(session:
     before = len(api.messages_to(OPERATOR))
     api.push_button(OPERATOR, next(b for b in buttons(confirm) if b.startswith("cf:")), confirm)
     session.reply(before, "/otp CODE")
+    # Another allow-listed user cannot use this confirmation (a tap on its button, as in a
+    # group chat: the answer goes to the button's chat), nor send its code.
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(DEPUTY, next(b for b in buttons(confirm) if b.startswith("cf:")), confirm)
+    session.reply(before, "expired or is not yours")
+    deputy_before = len(api.messages_to(DEPUTY))
+    api.push_message(DEPUTY, "/otp 123456")  # whatever the code: none waits for one
+    api.wait_for(DEPUTY, lambda m: "no confirmed command is waiting" in m["text"],
+                 after=deputy_before)  # fmt: skip
     wrong = next(c for c in ("000000", "111111", "222222") if c not in session.used)
     for _ in range(3):
         _, before = session.say("/otp " + wrong)
