@@ -100,6 +100,7 @@ class Confirmation:
     expires: float  # wall clock
     tapped: bool = False  # confirmed; with OTP, the code is next
     wrong_codes: int = 0
+    prompt: Any = None  # the approval prompt (a Message) whose button asked for it
 
 
 class BotState:
@@ -280,20 +281,43 @@ class OperatorBot:
              ok=bool(reply.get("ok")), error=reply.get("error"))  # fmt: skip
         return reply
 
-    async def _decide_reject(self, approval_id: str, user_id: int, chat_id: int) -> None:
+    async def _decide_reject(
+        self, approval_id: str, user_id: int, chat_id: int, prompt: Any = None
+    ) -> None:
         if not approval_id:
             await self._say(chat_id, "usage: /reject ID (ids: /approvals)")
             return
         reply = await self._send(Command.REJECT, approval_id, user_id)
         await self._say(chat_id, _format_reply(f"reject {approval_id}", reply))
+        await self._close_prompt(prompt, reply, user_id)
+
+    async def _close_prompt(self, prompt: Any, reply: dict[str, Any], user_id: int) -> None:
+        """The approval prompt says how it was decided and loses its buttons, so a later tap
+        on a stale button cannot be mistaken for a live one."""
+        from telegram.error import TelegramError
+
+        status = (reply.get("result") or {}).get("status") if reply.get("ok") else None
+        if prompt is None or status is None:
+            return
+        try:
+            await self.bot.edit_message_text(
+                text=f"{prompt.text or ''}\n→ {status} by {user_id}",
+                chat_id=prompt.chat_id,
+                message_id=prompt.message_id,
+            )
+        except TelegramError as exc:
+            log.warning("bot_edit_failed", message_id=prompt.message_id, error=str(exc))
 
     # ---- confirmations ------------------------------------------------------------------
 
-    async def _ask(self, chat_id: int, user_id: int, command: Command, arg: str) -> None:
+    async def _ask(
+        self, chat_id: int, user_id: int, command: Command, arg: str, prompt: Any = None
+    ) -> None:
         self._expire()
         key = secrets.token_hex(8)
+        expires = self.clock() + self.cfg.bot.confirm_timeout_s
         self.confirmations[key] = Confirmation(
-            key, user_id, chat_id, command, arg, self.clock() + self.cfg.bot.confirm_timeout_s
+            key, user_id, chat_id, command, arg, expires, prompt=prompt
         )
         what = f"{command.value} {arg}" if command is Command.APPROVE else command.value
         steps = "tap Confirm, then send /otp CODE" if self._otp else "tap Confirm"
@@ -313,9 +337,10 @@ class OperatorBot:
         data = query.data or ""
         await self.bot.answer_callback_query(query.id)
         if data.startswith(CB_APPROVE):
-            await self._ask(chat_id, user_id, Command.APPROVE, data[len(CB_APPROVE) :])
+            approval_id = data[len(CB_APPROVE) :]
+            await self._ask(chat_id, user_id, Command.APPROVE, approval_id, query.message)
         elif data.startswith(CB_REJECT):
-            await self._decide_reject(data[len(CB_REJECT) :], user_id, chat_id)
+            await self._decide_reject(data[len(CB_REJECT) :], user_id, chat_id, query.message)
         elif data.startswith((CB_CONFIRM, CB_CANCEL)):
             self._expire()
             key = data[3:]
@@ -364,6 +389,7 @@ class OperatorBot:
         reply = await self._send(c.command, c.arg, c.user_id)
         label = f"{c.command.value} {c.arg}" if c.command is Command.APPROVE else c.command.value
         await self._say(c.chat_id, _format_reply(label, reply))
+        await self._close_prompt(c.prompt, reply, c.user_id)
 
     # ---- approvals ----------------------------------------------------------------------
 

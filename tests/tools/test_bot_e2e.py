@@ -155,6 +155,10 @@ def test_the_approve_button_approves_a_real_pending_request(session: Session) ->
     session.reply(before, "/otp CODE")
     _, before = session.say("/otp " + session.code())
     session.reply(before, f"approve {approval_id}: done")
+    # The prompt now says how it was decided, and has no buttons left.
+    edited = api.wait_for(OPERATOR, lambda m: m["message_id"] == prompt["message_id"]
+                          and "APPROVED" in m["text"])  # fmt: skip
+    assert buttons(edited) == [] and f"by {OPERATOR}" in edited["text"]
     with ApprovalsView(db) as view:
         record = view.record(approval_id)
     assert record.status == "APPROVED"
@@ -278,6 +282,9 @@ def test_the_reject_button_rejects_in_one_tap(session: Session) -> None:
     before = len(api.messages_to(OPERATOR))
     api.push_button(OPERATOR, "rj:" + approval_id, prompt)
     session.reply(before, f"reject {approval_id}: done")
+    edited = api.wait_for(OPERATOR, lambda m: m["message_id"] == prompt["message_id"]
+                          and "REJECTED" in m["text"])  # fmt: skip
+    assert buttons(edited) == []
     with ApprovalsView(db) as view:
         assert view.record(approval_id).status == "REJECTED"
         pending = len(view.pending())
