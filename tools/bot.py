@@ -88,6 +88,14 @@ class BotError(ChimeraError):
     """The bot cannot start: no token, nobody allow-listed, no OTP secret, bad API URL."""
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """An intent or a proposal waiting for a human: its id and how it reads in a chat."""
+
+    id: str
+    text: str
+
+
 @dataclass
 class Confirmation:
     """A risky command waiting for its requester's tap (and code)."""
@@ -393,21 +401,30 @@ class OperatorBot:
 
     # ---- approvals ----------------------------------------------------------------------
 
-    def _pending(self) -> list[Any]:
-        from chimera_governance.approvals import ApprovalsView
+    def _pending(self) -> list[Waiting]:
+        """What waits for a human: proposals (genome changes; rare) first, then intents."""
+        from chimera_governance.approvals import PENDING, ApprovalsView, proposals
 
         if not self.approvals_path.is_file():
             return []
+        out = [
+            Waiting(str(p["proposal_id"]), _proposal_text(p))
+            for p in proposals(self.approvals_path)
+            if p["status"] == PENDING
+        ]
         with ApprovalsView(self.approvals_path) as view:
-            return view.pending()
+            out += [Waiting(r.approval_id, _approval_text(r)) for r in view.pending()]
+        return out
 
     async def _list_approvals(self, chat_id: int) -> None:
         pending = await asyncio.to_thread(self._pending)
         if not pending:
             await self._say(chat_id, "no approvals waiting")
             return
-        for r in pending[:10]:
-            await self._say(chat_id, _approval_text(r), buttons=_approval_buttons(r.approval_id))
+        for w in pending[:10]:
+            await self._say(chat_id, w.text, buttons=_approval_buttons(w.id))
+        if len(pending) > 10:
+            await self._say(chat_id, f"and {len(pending) - 10} more (oldest first; /approve ID)")
 
     async def announce_approvals(self) -> None:
         """Send each new pending approval to every allow-listed user, once."""
@@ -417,23 +434,21 @@ class OperatorBot:
             log.warning("bot_approvals_unreadable", path=str(self.approvals_path), error=str(exc))
             return
         known = set(self.state.announced)
-        new = [r for r in pending if r.approval_id not in known]
+        new = [r for r in pending if r.id not in known]
         # A burst of intents (a signal that fires on every tick) must not flood the chat:
         # the oldest few with buttons, then one line for the rest.
         for r in new[:MAX_ANNOUNCED_PER_POLL]:
             for user_id in sorted(self.allowed):
                 # A private chat's id is its user's id.
-                await self._say(
-                    user_id, _approval_text(r), buttons=_approval_buttons(r.approval_id)
-                )
-            log.info("bot_approval_announced", approval_id=r.approval_id)
+                await self._say(user_id, r.text, buttons=_approval_buttons(r.id))
+            log.info("bot_approval_announced", approval_id=r.id)
         rest = new[MAX_ANNOUNCED_PER_POLL:]
         if rest:
             for user_id in sorted(self.allowed):
                 await self._say(user_id, f"and {len(rest)} more approvals waiting: /approvals")
             log.info("bot_approvals_summarised", count=len(rest))
         if new:
-            self.state.announced.extend(r.approval_id for r in new)
+            self.state.announced.extend(r.id for r in new)
             self.state.save()
 
     # ---- read-only answers ----------------------------------------------------------------
@@ -563,6 +578,14 @@ def _approval_text(r: Any) -> str:
     return (
         f"approval {r.approval_id}: {i.side.value} {i.qty} {i.token} @ {i.ref_price:.2f} "
         f"(₹{r.value:,.0f}, confidence {r.confidence:.2f}; {r.reason})"
+    )
+
+
+def _proposal_text(p: dict[str, Any]) -> str:
+    payload = orjson.dumps(p.get("payload", {})).decode()[:300]
+    return (
+        f"proposal {p['proposal_id']}: {p.get('kind')} {payload} "
+        f"({p.get('reason')}; by {p.get('proposed_by')})"
     )
 
 

@@ -295,6 +295,26 @@ def test_the_reject_button_rejects_in_one_tap(session: Session) -> None:
     assert announced < pending, (announced, pending)
 
 
+def test_a_proposal_is_announced_and_its_reject_button_decides_it(session: Session) -> None:
+    from chimera_governance.approvals import proposals, propose
+
+    api = session.api
+    db = session.cwd / "data" / "paper" / "approvals.db"
+    change = {"family": "default", "params": {"energy_threshold": 0.01}}
+    proposal_id = propose(
+        db, "genome_change", change, "a test proposal", "assistant", int(time.time() * 1000)
+    )
+    prompt = api.wait_for(OPERATOR, lambda m: ("rj:" + proposal_id) in buttons(m))
+    assert "genome_change" in prompt["text"] and "a test proposal" in prompt["text"]
+    before = len(api.messages_to(OPERATOR))
+    api.push_button(OPERATOR, "rj:" + proposal_id, prompt)
+    session.reply(before, f"reject {proposal_id}: done")
+    api.wait_for(OPERATOR, lambda m: m["message_id"] == prompt["message_id"]
+                 and "REJECTED" in m["text"])  # fmt: skip
+    (decided,) = [p for p in proposals(db) if p["proposal_id"] == proposal_id]
+    assert decided["status"] == "REJECTED"
+
+
 def test_flatten_cancelled_or_with_wrong_codes_never_reaches_the_engine(session: Session) -> None:
     api = session.api
     _, before = session.say("/flatten")
