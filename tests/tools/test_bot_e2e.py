@@ -90,7 +90,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nwait_for_subscriber_s = 0\n'
-        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\ntimeout_s = 5.0\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\ntimeout_s = 20.0\n'
         # Every intent waits for a human, and for long: exchange time runs ~400x wall time.
         "[governance]\napproval_size_limit = 1.0\napproval_min_confidence = 0.0\n"
         "approval_ttl_s = 604800\n"
