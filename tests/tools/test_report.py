@@ -178,7 +178,7 @@ def paper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
         '[logging]\ndecisions = "none"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\n'
-        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\ntimeout_s = 20.0\n'
         "[governance]\napproval_size_limit = 1e9\napproval_min_confidence = 0.0\n"
         # A few trades a day, then vetoes: the report counts them.
         "max_trades_per_day = 3\n"
