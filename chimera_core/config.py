@@ -130,6 +130,23 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0
 
 
+class BotConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``chimera bot``: the operator's Telegram bot. The bot token (CHIMERA_TELEGRAM_BOT_TOKEN)
+    and the one-time-code secret (CHIMERA_BOT_OTP_SECRET) come from the environment or
+    .env, never from here."""
+
+    # Telegram user ids (not chat ids) served; anyone else is refused and reported.
+    allowed_users: list[Annotated[int, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=list)
+    # resume / approve / flatten also need a TOTP code (pyotp) after the confirmation tap.
+    otp: bool = False
+    confirm_timeout_s: ShortSeconds = 60.0  # a confirmation (and its code) expires after this
+    stale_after_s: ShortSeconds = 60.0  # updates older than this (Telegram's date) are ignored
+    approvals_poll_s: ShortSeconds = 2.0  # new pending approvals are announced this often
+    poll_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=50)] = 20  # getUpdates long poll
+    # The Bot API; http only on loopback (a local stand-in or a local Bot API server).
+    api_url: str = "https://api.telegram.org/bot"
+
+
 class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     segment_mb: Annotated[int, msgspec.Meta(gt=0, le=16_384)] = 64
     fsync_interval_s: ShortSeconds = 1.0
@@ -363,6 +380,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    bot: BotConfig = msgspec.field(default_factory=BotConfig)
     governance: GovernanceConfig = msgspec.field(default_factory=GovernanceConfig)
     execution: ExecutionConfig = msgspec.field(default_factory=ExecutionConfig)
     # Calendars by market name (presets and keys: chimera_core/markets.py).
@@ -397,7 +415,15 @@ CREDENTIAL_ENV = {
     "feed_token": "CHIMERA_FEED_TOKEN",
     "jwt": "CHIMERA_JWT",
 }
-SECRET_ENV = (*CREDENTIAL_ENV.values(), "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
+BOT_TOKEN_ENV = "CHIMERA_TELEGRAM_BOT_TOKEN"
+BOT_OTP_ENV = "CHIMERA_BOT_OTP_SECRET"
+SECRET_ENV = (
+    *CREDENTIAL_ENV.values(),
+    "CHIMERA_PASSWORD",
+    "CHIMERA_TOTP_SECRET",
+    BOT_TOKEN_ENV,
+    BOT_OTP_ENV,
+)
 
 
 def _is_optional(tp: typing.Any) -> bool:
@@ -584,6 +610,12 @@ def _check(cfg: Config, source: str) -> None:
     _check_url(source, "execution.angelone.order_ws_url", cfg.execution.angelone.order_ws_url,
                ("wss", "ws"))  # fmt: skip
     _check_data_dir(cfg, source)
+    _check_url(source, "bot.api_url", cfg.bot.api_url, ("https", "http"))
+    if cfg.bot.api_url.startswith("http://") and not is_loopback_url(cfg.bot.api_url):
+        raise ConfigError(
+            f"{source}: 'bot.api_url' = {cfg.bot.api_url!r}: plain http only on loopback "
+            "(the bot token travels in the URL); use https://"
+        )
     # Cross-field calendar rules (a cut-off outside the session, a square-off override
     # that does not fit it) are refused at load, not at the first tick.
     try:

@@ -22,12 +22,14 @@ PLANNED: dict[str, str] = {}
 # Commands whose module owns its own argument parsing: name → module with main(argv).
 SUBCOMMANDS = {
     "backtest": "tools.backtest.cli",
+    "bot": "tools.bot",
     "cortex": "cortex.launcher",
     "history": "tools.backtest.history_cli",
     "doctor": "tools.doctor",
     "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
     "optimize": "tools.optimize.cli",
+    "report": "tools.report",
     "research": "tools.research",
     "service": "tools.service",
     "watch": "tools.console",
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
     sub.add_parser("watch", help="a live terminal view of a running engine", add_help=False)
+    sub.add_parser("bot", help="the operator's Telegram bot (allow-listed users)", add_help=False)
+    sub.add_parser("report", help="daily / weekly report from the journal", add_help=False)
     for name in CONTROL_COMMANDS:
         sub.add_parser(name, help="operator command over the control channel", add_help=False)
     for name, what in PLANNED.items():
