@@ -571,6 +571,16 @@ class Health(msgspec.Struct, gc=False):
     trading_state: str = "ACTIVE"  # TradingState: ACTIVE | REDUCING | PAUSED | HALTED
 
 
+class GovernanceState(msgspec.Struct, frozen=True):
+    """Governance's stores as the engine started (topic ``state``, right after the session
+    record): SQLite images by file name (genome, meta-risk, approvals). Replay starts from
+    them, so a session that began with a learned genome, a persisted halt or queued
+    approvals replays as it ran; a session without one replays from empty state."""
+
+    files: dict[str, bytes]
+    schema: int = SCHEMA_VERSION
+
+
 class SessionInfo(msgspec.Struct):
     """Published once at start (topic ``session``): what produced this session."""
 

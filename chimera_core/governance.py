@@ -75,5 +75,9 @@ class Governance(Protocol):
     def halted(self) -> bool:
         """A persisted kill switch is in force (the engine starts halted)."""
 
+    def snapshot(self) -> dict[str, bytes]:
+        """Images of governance's stores now (file name → SQLite image), recorded at a
+        session's start so replay starts from the same state."""
+
     def control(self, command: str, arg: str) -> tuple[bool, dict[str, object]] | None:
         """Handle approve/reject (and other governance commands); None if not ours."""

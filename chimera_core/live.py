@@ -20,6 +20,7 @@ from chimera_core.commands import Command
 from chimera_core.config import Config, Credentials, feed_symbols
 from chimera_core.contracts import (
     FeedEvent,
+    GovernanceState,
     Health,
     Mode,
     SessionInfo,
@@ -28,6 +29,7 @@ from chimera_core.control import ControlServer
 from chimera_core.errors import ChimeraError
 from chimera_core.event_loop import DecisionLog, Engine, session_info
 from chimera_core.feed.client import FeedClient
+from chimera_core.governance import Governance
 from chimera_core.logging import redactor
 from chimera_core.node import MakeNode
 from chimera_core.physics import warm_up_kernels
@@ -36,8 +38,10 @@ from chimera_core.telemetry import (
     TOPIC_HEALTH,
     TOPIC_RECON,
     TOPIC_SESSION,
+    TOPIC_STATE,
     TelemetryPublisher,
 )
+from chimera_core.telemetry.blackbox import MAX_RECORD
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +141,7 @@ async def run_live(
     # the black box files this session from its first message.
     await telemetry.wait_for_recorder(cfg.telemetry.wait_for_subscriber_s, stop)
     telemetry.publish(TOPIC_SESSION, session)  # seq 1: a recorder attached above gets it
+    _publish_governance_state(node.governance, telemetry)  # seq 2: where replay starts
     if router is not None:
 
         def use_login_headers(headers: dict[str, str]) -> None:
@@ -294,6 +299,22 @@ async def _report_health(
                 telemetry_dropped=telemetry.dropped,
                 states=states,
             )
+
+
+def _publish_governance_state(governance: Governance | None, telemetry: TelemetryPublisher) -> None:
+    """Governance's stores as this session starts, for replay to start from (a session
+    whose images would not fit one black-box record replays from empty state, and says so
+    in the log)."""
+    if governance is None:
+        return
+    files = governance.snapshot()
+    size = sum(len(v) for v in files.values())
+    if size > MAX_RECORD - (1 << 16):
+        log.warning("governance_state_not_recorded", bytes=size, limit=MAX_RECORD,
+                    note="replay of this session starts from empty governance state")  # fmt: skip
+        return
+    telemetry.publish(TOPIC_STATE, GovernanceState(files))
+    log.info("governance_state_recorded", files=sorted(files), bytes=size)
 
 
 def _by_segment(symbols: list[tuple[int, str]]) -> dict[int, list[str]]:

@@ -491,6 +491,37 @@ class StoreView:
         self.close()
 
 
+def image_of(path: str | Path) -> bytes:
+    """A consistent image of the SQLite file at ``path`` (its committed state, the WAL
+    included), read-only: what ``restore_image`` writes back as a file."""
+    src = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    mem = sqlite3.connect(":memory:")
+    try:
+        src.backup(mem)
+        image = bytearray(mem.serialize())
+    finally:
+        mem.close()
+        src.close()
+    # The header's read/write format versions (offsets 18, 19) say WAL when the source is
+    # in WAL mode, and an image in WAL format cannot be opened from memory: mark it a
+    # rollback-journal file (1, 1); the store that opens the restored file sets WAL again.
+    if len(image) >= 20:
+        image[18] = image[19] = 1
+    return bytes(image)
+
+
+def restore_image(path: str | Path, image: bytes) -> None:
+    """Write ``image`` (from ``image_of``) as the SQLite file ``path`` (replacing it)."""
+    mem = sqlite3.connect(":memory:")
+    dst = sqlite3.connect(Path(path))
+    try:
+        mem.deserialize(image)
+        mem.backup(dst)
+    finally:
+        dst.close()
+        mem.close()
+
+
 def open_readonly(
     path: str | Path,
     schema: Schema | None = None,

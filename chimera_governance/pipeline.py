@@ -29,6 +29,7 @@ from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
 from chimera_core.markets import calendar_for
 from chimera_core.sqlite_files import private_dir
+from chimera_core.store import image_of
 from chimera_governance import genome as gen
 from chimera_governance.approvals import (
     APPROVED,
@@ -48,6 +49,8 @@ from chimera_governance.portfolio import ORDER_RATE, PortfolioRisk, cost_bound, 
 log = structlog.get_logger(__name__)
 
 _PHYSICS_ONLY = {"physics": 1.0}
+# Governance's stores under its state dir: what a session's start records for replay.
+STATE_FILES = ("genome.db", "meta_risk.db", "approvals.db")
 
 
 class GovernancePipeline:
@@ -55,6 +58,7 @@ class GovernancePipeline:
 
     def __init__(self, cfg: Config, state_dir: Path, lots: Mapping[str, int] | None = None) -> None:
         g = cfg.governance
+        self.state_dir = state_dir
         private_dir(state_dir)  # 0700: positions, halts and approvals live here
         # The account's equity as last seen (cash + marks): what the capital brain sizes
         # against. The configured figure only stands in until the first observation.
@@ -384,6 +388,13 @@ class GovernancePipeline:
     @property
     def halted(self) -> bool:
         return self.meta_risk.halted
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {
+            name: image_of(self.state_dir / name)
+            for name in STATE_FILES
+            if (self.state_dir / name).is_file()
+        }
 
     def close(self) -> None:
         self.meta_risk.close()

@@ -38,7 +38,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +52,14 @@ from chimera_core.contracts import (
     Decision,
     ExecutionReport,
     FeedEvent,
+    GovernanceState,
     Reconciliation,
     SessionInfo,
     TickRecord,
 )
 from chimera_core.errors import ChimeraError, ProtocolError
 from chimera_core.physics import warm_up_kernels
+from chimera_core.store import restore_image
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
     TOPIC_EXEC,
@@ -65,6 +67,7 @@ from chimera_core.telemetry import (
     TOPIC_RAW,
     TOPIC_RECON,
     TOPIC_SESSION,
+    TOPIC_STATE,
     TOPIC_TICK,
     Message,
     ReadReport,
@@ -138,6 +141,9 @@ class ReplayResult:
     check: SessionCheck | None = None  # the recording judged against its manifest
     undecodable: int = 0
     feed_events: int = 0
+    # "recorded": governance started from the session's own stores; "empty": the session
+    # holds no state record (recorded before it existed, or too large to record).
+    governance_state: str = "empty"
     control_applied: int = 0
     reports_applied: int = 0
     elapsed_s: float = 0.0
@@ -239,9 +245,27 @@ def _manifest_gaps(manifest: dict[str, Any] | None) -> list[Gap]:
 _decode_tick = decoder_for(TOPIC_TICK, TickRecord)
 _decode_feed = decoder_for(TOPIC_FEED, FeedEvent)
 _decode_control = decoder_for(TOPIC_CONTROL, ControlEvent)
+_decode_state = decoder_for(TOPIC_STATE, GovernanceState)
 _decode_report = decoder_for(TOPIC_EXEC, ExecutionReport)
 _decode_recon = decoder_for(TOPIC_RECON, Reconciliation)
 _decode_session = decoder_for(TOPIC_SESSION, SessionInfo)
+
+
+def _restore_governance_state(messages: Sequence[Message], state_dir: Path) -> str:
+    """Write the session's recorded governance stores into ``state_dir`` (the first
+    ``state`` record, right after the session record); "recorded" or "empty"."""
+    for message in messages[:16]:  # it is published second; look a little further
+        if message.topic == TOPIC_STATE:
+            try:
+                state = _decode_state(message.payload)
+            except ProtocolError:
+                return "empty"
+            for name, image in state.files.items():
+                if "/" in name or name.startswith("."):
+                    raise ReplayError(f"state record names a file outside its dir: {name!r}")
+                restore_image(state_dir / name, image)
+            return "recorded"
+    return "empty"
 
 
 def replay_session(
@@ -273,9 +297,12 @@ def replay_session(
 
     warm_up_kernels()  # load/compile the numba kernels outside the timed loop
     now = [0]
-    # Governance starts from empty state, as the live session did (a halt it loaded at
-    # start is in the recording as a control event, and is re-applied from there).
+    # Governance starts from the stores the live session started with (its ``state``
+    # record: genome, meta-risk, approvals); a session recorded before that record existed
+    # starts from empty state. A halt loaded at start is also in the recording as a
+    # control event, and is re-applied from there.
     state_dir = Path(tempfile.mkdtemp(prefix="chimera-replay-governance-"))
+    result.governance_state = _restore_governance_state(messages, state_dir)
     # The node as the composition root builds it for live, without the router: what the
     # router did is in the recording (exec records), applied as reports below.
     parts = build_parts(cfg, {}, state_dir=state_dir, with_router=False)
@@ -689,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         f"replayed session {result.session_id}: {result.messages} messages, {result.ticks} "
         f"ticks, {result.decisions} decisions, {result.feed_events} feed events, "
         f"{result.control_applied} operator commands, {result.reports_applied} execution "
-        f"reports in {result.elapsed_s:.3f} s = "
+        f"reports, governance from {result.governance_state} state, in "
+        f"{result.elapsed_s:.3f} s = "
         f"{result.ticks_per_s:,.0f} ticks/s (Engine.on_frame per tick"
         + (", with verify)" if args.verify else ")")
     )

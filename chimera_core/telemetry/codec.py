@@ -24,6 +24,7 @@ from chimera_core.contracts import (
     Decision,
     ExecutionReport,
     FeedEvent,
+    GovernanceState,
     Health,
     Reconciliation,
     SessionInfo,
@@ -42,6 +43,7 @@ TOPIC_HEALTH = b"health"
 TOPIC_SESSION = b"session"
 TOPIC_EXEC = b"exec"
 TOPIC_RECON = b"recon"
+TOPIC_STATE = b"state"  # governance's stores at the session's start (replay starts there)
 
 # Payload type per topic kind (``tick.*`` topics are all of kind TOPIC_TICK).
 PAYLOAD_TYPES: dict[bytes, type[Any]] = {
@@ -53,6 +55,7 @@ PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_SESSION: SessionInfo,
     TOPIC_EXEC: ExecutionReport,
     TOPIC_RECON: Reconciliation,
+    TOPIC_STATE: GovernanceState,
 }
 
 T = TypeVar("T")
