@@ -27,7 +27,6 @@ once: nothing lost, nothing duplicated)."""
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -354,6 +353,7 @@ def judge(
         "max_position_qty": worst_qty,
         "max_position_value": worst_value,
         "trades": len(run.trades),
+        "ticks": run.ticks,
         "fills": len(run.fills),
         "orders": len(orders),
         "injected_rejects": rejected,
@@ -433,7 +433,3 @@ def run_scenarios(
         changed = bars if hook is not None else transform(sc, bars, anchor, sessions)
         one(sc.name, type(sc).__struct_config__.tag or "", changed, hook, anchor)  # type: ignore[attr-defined]
     return rows
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
