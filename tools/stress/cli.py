@@ -63,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scenario file (repeatable); with --data the shipped ones run unless given",
     )
     p.add_argument("--no-scenarios", action="store_true", help="Monte Carlo only")
+    p.add_argument(
+        "--reprice",
+        action="store_true",
+        help="with --data: also bootstrap the bars and re-run the strategy on each path in "
+        "fast mode",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        dest="settings",
+        help="with --reprice: a fast-mode setting, as for chimera backtest --fast "
+        "(e.g. sizing=equity_fraction)",
+    )
     p.add_argument("--out", default=None, help="report directory (default data/stress/NAME)")
     p.add_argument("--no-html", action="store_true", help="skip stress.html")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -120,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             load_backtest(bt_dir), limits, args.paths, args.seed, args.block, args.trades, tz
         )
         result: dict[str, Any] = {"monte_carlo": mc, "scenarios": []}
+        if args.reprice:
+            if bars is None:
+                raise StressError("--reprice re-runs the strategy on resampled bars: give --data")
+            from tools.stress.reprice import reprice_monte_carlo
+
+            mc["fast_reprice"], _ = reprice_monte_carlo(
+                cfg, bars, args.strategy, _params(args.param), limits, args.paths, args.seed,
+                args.block, token, exchange_type, args.long_only, tz, _settings(args.settings),
+            )  # fmt: skip
         if scenarios and bars is not None:
             from tools.backtest.run import event_factory
             from tools.stress.scenarios import run_scenarios
@@ -150,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _params(pairs: list[str]) -> dict[str, float]:
     from tools.backtest.cli import _params as parse
+
+    return parse(pairs)
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    from tools.backtest.cli import _settings as parse
 
     return parse(pairs)
 
@@ -218,13 +248,18 @@ def _print(result: dict[str, Any], paths: dict[str, Path]) -> None:
         "P(ruin)",
     ):
         table.add_column(col, justify="right")
-    for kind in ("returns_bootstrap", "trade_order"):
+    kinds = (
+        ("returns_bootstrap", "returns"),
+        ("trade_order", "trades"),
+        ("fast_reprice", "prices"),
+    )
+    for kind, label in kinds:
         s = mc.get(kind)
         if not s:
             continue
         fr, dd = s["final_return"], s["max_drawdown"]
         table.add_row(
-            kind,
+            label,
             f"{fr['p5']:.2%}",
             f"{fr['p50']:.2%}",
             f"{fr['p95']:.2%}",
