@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if scenario_files and not args.data:
         raise StressError("scenarios run the strategy on history: give --data (and --strategy)")
     scenarios = [load_scenario(f) for f in scenario_files]  # all validated before any run
-    bars = None
+    bars: Any = None
     token = "BT"
     if args.data:
         from tools.backtest.data import load_bars

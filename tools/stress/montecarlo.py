@@ -104,10 +104,11 @@ def bootstrap_indices(n_obs: int, n_paths: int, block: float, seed: int) -> IntA
         raise StressError(f"paths = {n_paths}: at least 1")
     if not block >= 1.0:
         raise StressError(f"block length {block!r}: at least 1 (expected block length, days)")
-    bs = StationaryBootstrap(block, np.arange(n_obs), seed=np.random.default_rng(seed))
+    # arch takes the expected block length as a float, though its stub says int.
+    bs = StationaryBootstrap(block, np.arange(n_obs), seed=np.random.default_rng(seed))  # type: ignore[arg-type]
     out = np.empty((n_paths, n_obs), dtype=np.int64)
     for i, _ in enumerate(bs.bootstrap(n_paths)):
-        out[i] = bs.index
+        out[i] = np.asarray(bs.index, dtype=np.int64)
     return out
 
 
@@ -152,8 +153,8 @@ def returns_paths(
     returns: FloatArray, start_equity: float, indices: IntArray
 ) -> tuple[FloatArray, PathStats]:
     """Equity paths from resampled daily returns: ``start · Π (1 + r[idx])``."""
-    sampled = returns[indices]
-    equity = start_equity * np.cumprod(1.0 + sampled, axis=1)
+    sampled = np.asarray(returns[indices], dtype=np.float64)
+    equity = start_equity * np.cumprod(1.0 + sampled, axis=1, dtype=np.float64)
     return equity, path_stats(equity, start_equity, sampled)
 
 
@@ -180,7 +181,7 @@ def summary(stats: PathStats, limits: Limits) -> dict[str, object]:
     limits.check()
     q = list(PERCENTILES)
 
-    def pct(a: npt.NDArray[np.generic]) -> dict[str, float]:
+    def pct(a: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> dict[str, float]:
         return {f"p{p:g}": float(v) for p, v in zip(q, np.percentile(a, q), strict=True)}
 
     return {

@@ -58,7 +58,7 @@ def rebuild(bars: Any, rel: FloatArray, idx: IntArray) -> tuple[FloatArray, ...]
         a[:, 1:] = prev * rel[k][idx]
         out.append(a)
     # The feed's price unit is 1/100; rounding may cross a bar's own extremes by a cent.
-    o, h, lo, c = (np.round(a, 2) for a in (out[0], out[1], out[2], close))
+    o, h, lo, c = (np.round(a, 2).astype(np.float64) for a in (out[0], out[1], out[2], close))
     h = np.maximum(h, np.maximum(o, c))
     lo = np.minimum(lo, np.minimum(o, c))
     vol = np.asarray(bars.volume, dtype=np.float64)
@@ -148,4 +148,4 @@ def _day_returns(
     last = np.r_[days[1:] != days[:-1], True]
     closes = equity[:, last]
     opens = np.hstack([np.full((equity.shape[0], 1), start), closes[:, :-1]])
-    return closes / opens - 1.0
+    return np.asarray(closes / opens - 1.0, dtype=np.float64)

@@ -62,27 +62,27 @@ class _Scenario(
     at: Literal["position", "open"] = "position"
 
 
-class Gap(_Scenario, tag="gap"):
+class Gap(_Scenario, tag="gap", frozen=True):
     pct: Annotated[float, msgspec.Meta(gt=-0.9, lt=0.9)]
 
 
-class Volatility(_Scenario, tag="volatility"):
+class Volatility(_Scenario, tag="volatility", frozen=True):
     factor: Annotated[float, msgspec.Meta(gt=0.0, le=20.0)] = 3.0
 
 
-class Depth(_Scenario, tag="depth"):
+class Depth(_Scenario, tag="depth", frozen=True):
     divisor: Annotated[float, msgspec.Meta(ge=1.0)] = 10.0
 
 
-class Outage(_Scenario, tag="outage"):
+class Outage(_Scenario, tag="outage", frozen=True):
     seconds: Annotated[float, msgspec.Meta(gt=0.0)] = 60.0
 
 
-class Rejects(_Scenario, tag="rejects"):
+class Rejects(_Scenario, tag="rejects", frozen=True):
     count: Annotated[int, msgspec.Meta(ge=1)] = 5
 
 
-class CircuitFreeze(_Scenario, tag="circuit_freeze"):
+class CircuitFreeze(_Scenario, tag="circuit_freeze", frozen=True):
     pct: Annotated[float, msgspec.Meta(gt=0.0, lt=0.5)] = 0.05
     direction: Literal["up", "down"] = "down"
 
@@ -94,7 +94,8 @@ def load_scenario(path: Path) -> Scenario:
     """One scenario TOML file, validated (an error names the file, the key and what is
     allowed)."""
     try:
-        return msgspec.toml.decode(path.read_bytes(), type=Scenario)  # type: ignore[arg-type]
+        scenario: Scenario = msgspec.toml.decode(path.read_bytes(), type=Scenario)  # type: ignore[arg-type]
+        return scenario
     except FileNotFoundError:
         raise StressError(f"scenario {path}: no such file") from None
     except msgspec.ValidationError as exc:
@@ -405,7 +406,7 @@ def run_scenarios(
     sessions = session_numbers(np.asarray(bars.ts_ms, dtype=np.int64), tz)
     rows: list[dict[str, Any]] = []
 
-    def one(name: str, kind: str, b: BarSeries, faults: Any, anchor: int | None) -> EventResult:
+    def one(name: str, kind: str, b: Any, faults: Any, anchor: int | None) -> EventResult:
         work = work_dir / name
         run = _run(cfg, b, token, exchange_type, work, strategy, faults)
         row = {
@@ -431,5 +432,5 @@ def run_scenarios(
         start_ms = int(bars.ts_ms[int(np.flatnonzero(sessions >= sc.session)[0])])
         hook = fault_hook(sc, token, int(bars.ts_ms[anchor]), start_ms)
         changed = bars if hook is not None else transform(sc, bars, anchor, sessions)
-        one(sc.name, type(sc).__struct_config__.tag or "", changed, hook, anchor)  # type: ignore[attr-defined]
+        one(sc.name, str(type(sc).__struct_config__.tag), changed, hook, anchor)
     return rows
