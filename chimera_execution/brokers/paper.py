@@ -161,6 +161,9 @@ class PaperBroker:
         self._last_px: dict[str, float] = {}  # token → last traded price (marks, margin)
         self._last_ts: dict[str, int] = {}  # token → exchange time of its last tick
         self._next_seq = 1
+        # A fault to inject (``chimera stress``): the refusal reason for an order the
+        # simulated exchange would accept, or "" to accept it. None in normal runs.
+        self.fault: Callable[[OrderRequest], str] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -307,6 +310,8 @@ class PaperBroker:
             return str(row[0])
 
         reason = self._validate(order)
+        if not reason and self.fault is not None:  # a stress scenario's injected refusal
+            reason = self.fault(order)
         seq = self._next_seq
         broker_id = f"P{seq:010d}"
         decided = order.exchange_ts_ms or self._last_ts.get(order.token, 0)

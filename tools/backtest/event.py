@@ -484,9 +484,12 @@ async def run_event(
     work_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     strategy: StrategyFactory = default_factory,
+    faults: Callable[[SimNode], Callable[[Tick], bool]] | None = None,
 ) -> EventResult:
     """Replay ``bars`` through a fresh node built from ``cfg`` running ``strategy`` (see the
-    module docstring)."""
+    module docstring). ``faults`` (``chimera stress``) is called with the started node (it
+    may arm the paper broker's ``fault``) and returns a filter: a print it says False to
+    never reaches the feed (an outage)."""
     n = len(bars.ts_ms)
     if n == 0:
         raise BacktestError("no bars to replay")
@@ -495,7 +498,9 @@ async def run_event(
         tmp = tempfile.TemporaryDirectory(prefix="chimera-backtest-")
         work_dir = Path(tmp.name)
     try:
-        return await _run(cfg, bars, token, exchange_type, Path(work_dir), progress, strategy)
+        return await _run(
+            cfg, bars, token, exchange_type, Path(work_dir), progress, strategy, faults
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -509,6 +514,7 @@ async def _run(
     work_dir: Path,
     progress: Callable[[int], None] | None,
     strategy: StrategyFactory,
+    faults: Callable[[SimNode], Callable[[Tick], bool]] | None = None,
 ) -> EventResult:
     n = len(bars.ts_ms)
     bt = backtest_config(cfg, bars, token, exchange_type, work_dir)
@@ -554,6 +560,7 @@ async def _run(
     engine = sim.engine
     try:
         await sim.start()
+        deliver = faults(sim) if faults is not None else None
         equity = np.empty(n, dtype=np.float64)
         panel = np.full((4, n), np.nan)
         frame = sim.frame
@@ -581,6 +588,8 @@ async def _run(
                 close_bar(bar, decision)  # the previous bar's last print is done
                 bar += 1
                 next_start = int(ends[bar + 1]) if bar + 1 < n else None
+            if deliver is not None and not deliver(tick):
+                continue
             decision = await frame(encode(tick), tick.exchange_ts_ms)
             ticks += 1
             if decision is not None:
