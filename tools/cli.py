@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "doctor": "tools.doctor",
     "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
+    "notify": "tools.notify.cli",
     "optimize": "tools.optimize.cli",
     "service": "tools.service",
     "watch": "tools.console",
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "cortex", help="the Streamlit dashboard on 127.0.0.1 (--port 8501)", add_help=False
     )
+    sub.add_parser("notify", help="alerts to any channel (apprise URLs from .env)", add_help=False)
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
     sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar, overload
 import msgspec
 
 from chimera_core.contracts import (
+    AlertRecord,
     ControlEvent,
     Decision,
     ExecutionReport,
@@ -42,6 +43,7 @@ TOPIC_HEALTH = b"health"
 TOPIC_SESSION = b"session"
 TOPIC_EXEC = b"exec"
 TOPIC_RECON = b"recon"
+TOPIC_ALERT = b"alert"  # what chimera notify told the trader (never an engine input)
 
 # Payload type per topic kind (``tick.*`` topics are all of kind TOPIC_TICK).
 PAYLOAD_TYPES: dict[bytes, type[Any]] = {
@@ -53,6 +55,7 @@ PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_SESSION: SessionInfo,
     TOPIC_EXEC: ExecutionReport,
     TOPIC_RECON: Reconciliation,
+    TOPIC_ALERT: AlertRecord,
 }
 
 T = TypeVar("T")
