@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import apprise
 import structlog
 
+from chimera_core.config import is_loopback_url
 from chimera_core.errors import ConfigError
 from chimera_core.logging import MIN_SCRUBBED_LEN, redactor
 
@@ -85,6 +86,11 @@ class Channel:
                     f"{source}: URL #{i + 1} of channel {name!r} is not one apprise knows "
                     "(see https://github.com/caronc/apprise/wiki for the URL forms)"
                 )
+        for server in self._apprise:
+            # apprise spaces sends to one service 5.5 s apart, politeness towards public
+            # APIs; a relay or webhook on this machine needs none (nor do the tests).
+            if is_loopback_url(f"http://{getattr(server, 'host', '') or ''}/"):
+                server.request_rate_per_sec = 0
         # What logs may show: apprise's privacy form (secrets elided), scrubbed again.
         self.display = ", ".join(str(s.url(privacy=True)) for s in self._apprise)  # type: ignore[no-untyped-call]
 
