@@ -123,8 +123,8 @@ def test_a_scripted_session_alerts_once_and_a_down_channel_catches_up_in_order(t
         _wait("feed_dark", mail_has("feed_dark"))
         sim()
         _wait("feed_recovered", mail_has("feed_recovered"))
-        _wait("an approval and a fill", lambda: mail_has("approval_waiting")() and mail_has("fill")(),
-              timeout=150)  # fmt: skip
+        traded = mail_has("approval_waiting"), mail_has("fill")
+        _wait("an approval and a fill", lambda: all(f() for f in traded), timeout=150)
         hook.start()  # the channel comes back: everything held goes, in order
         _wait("the webhook to catch up", lambda: len(hook.received) >= len(smtp.received))
         time.sleep(1.0)  # published back onto telemetry while the engine runs
