@@ -65,9 +65,11 @@ def url_secrets(url: str) -> list[str]:
     if userinfo:
         found.append(userinfo)
         found.extend(unquote(x) for x in userinfo.split(":", 1))
-    hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    if hostname and "." not in hostname and hostname != "localhost":
-        found.append(unquote(hostname))
+    # A host that is no host name (no dot): a token in the host's place, as Telegram's
+    # BOT_ID:SECRET is; the whole of it and each side of a colon.
+    if host and "." not in host and not host.startswith(("localhost", "[")):
+        found.append(unquote(host))
+        found.extend(unquote(x) for x in host.split(":"))
     found.extend(unquote(seg) for seg in parts.path.split("/") if seg)
     found.extend(v for _, v in parse_qsl(parts.query) if v)
     return [s for s in found if len(s) >= MIN_SCRUBBED_LEN]

@@ -142,7 +142,7 @@ class AlertRules:
         self.unreachable = False
         self.stopped = False  # the engine said it is stopping: its silence is expected
         self.state = ""  # trading state as last seen ("" before the first health)
-        self.stale_since_ns = 0
+        self.stale_since_ns: int | None = None
         self.dark = False
         self.unprotected: set[str] = set()
         self.journal_error = ""
@@ -217,7 +217,8 @@ class AlertRules:
             out.append(self._alert("engine_unreachable", "info", "engine reachable again", now_ns))
         # The feed: dark only after dark_feed_s of staleness, recovered once fresh again.
         if h.feed_stale:
-            self.stale_since_ns = self.stale_since_ns or now_ns
+            if self.stale_since_ns is None:
+                self.stale_since_ns = now_ns
             dark_for = (now_ns - self.stale_since_ns) / 1e9
             if not self.dark and dark_for >= self.notify.dark_feed_s:
                 self.dark = True
@@ -233,14 +234,13 @@ class AlertRules:
                 )
         else:
             if self.dark:
-                dark_for = (now_ns - self.stale_since_ns) / 1e9
+                since = self.stale_since_ns
+                after = "" if since is None else f" after {(now_ns - since) / 1e9:.0f} s"
                 out.append(
-                    self._alert(
-                        "feed_recovered", "info", f"market feed back after {dark_for:.0f} s", now_ns
-                    )
+                    self._alert("feed_recovered", "info", f"market feed back{after}", now_ns)
                 )
             self.dark = False
-            self.stale_since_ns = 0
+            self.stale_since_ns = None
         # The trading state: an alert on each change (the first health only if not ACTIVE).
         state = h.trading_state
         if state != self.state and not self.stopped:
