@@ -82,7 +82,9 @@ class Notifier:
         self._wake = {name: asyncio.Event() for name in channels}
         self._publish_wake = asyncio.Event()
         self._next_poll_ns = 0
-        self._decode = {
+        self._decode: dict[
+            bytes, tuple[Callable[[bytes], Any], Callable[[Any, int], list[Alert]]]
+        ] = {
             TOPIC_SESSION: (decoder_for(TOPIC_SESSION), self.rules.on_session),
             TOPIC_HEALTH: (decoder_for(TOPIC_HEALTH), self.rules.on_health),
             TOPIC_CONTROL: (decoder_for(TOPIC_CONTROL), self.rules.on_control),
@@ -281,7 +283,7 @@ async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> 
 
 async def run_notify(notifier: Notifier, endpoint: str, stop: asyncio.Event) -> None:
     """Subscribe to ``endpoint`` and run the notifier until ``stop``."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.LINGER, 0)
