@@ -7,6 +7,10 @@ the publish to the webhook's receipt of the alert (one clock: one machine). The 
 in the same run: apprise posting the same alert straight to the same receiver (the
 delivery floor notify cannot beat); the ratio says what the SUB, rules, outbox write and
 ordered delivery add. Goal: p99 <= 500 ms.
+
+``--hot-path``: the engine's recv → decision-enqueued latency on a simulator stream, with
+telemetry drained by a plain subscriber (as the recorder does), then the same with a real
+``chimera notify`` subscribed as well, alternated (A B A B) in one run; goal: p99 within 5 %.
 """
 
 from __future__ import annotations
@@ -177,6 +181,102 @@ def run(n: int, gap_s: float) -> dict[str, Any]:
     }
 
 
+async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Path | None,
+                      hook_port: int) -> dict[str, Any]:  # fmt: skip
+    """One stream through the engine with telemetry drained by a plain subscriber, and,
+    with ``notify_dir``, a real chimera notify subscribed too."""
+    from benchmarks.hot_path import (
+        BENCH_CONFIG,
+        _governance,
+        _percentiles,
+        _Probe,
+        _subscriber,
+    )  # fmt: skip
+    from chimera_core.config import parse_config
+    from chimera_core.event_loop import Engine
+    from chimera_core.feed.client import FeedClient
+
+    cfg = parse_config(BENCH_CONFIG.format(port=port))
+    telemetry = TelemetryPublisher("tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm)
+    procs = [_subscriber(telemetry.endpoint)]
+    if notify_dir is not None:
+        (notify_dir / "chimera.toml").write_text(
+            f'data_dir = "{notify_dir / "data"}"\n'
+            f'[telemetry]\nendpoint = "{telemetry.endpoint}"\n'
+            f'[control]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "CHIMERA_NOTIFY_URLS": f"json://127.0.0.1:{hook_port}/hook"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "tools.cli", "notify"],
+                                      cwd=notify_dir, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))  # fmt: skip
+    while telemetry.subscriptions < len(procs):
+        telemetry.drain_subscriptions()
+        await asyncio.sleep(0.01)
+    capacity = 2_000_000
+    probe = _Probe(Engine(cfg, governance=_governance(cfg)), capacity, 0, telemetry)
+    client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
+                        "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
+    await client.subscribe(2, 1, list(cfg.feed.tokens))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(client.run(stop))
+    await asyncio.sleep(warmup_s)
+    probe.recording = True
+    await asyncio.sleep(seconds)
+    probe.recording = False
+    stop.set()
+    await task
+    for proc in procs:
+        proc.terminate()
+        proc.wait(30)
+    telemetry.close()
+    return _percentiles(probe.lat[: probe.n])
+
+
+def hot_path(rate: float, seconds: float, rounds: int) -> dict[str, Any]:
+    import uvloop
+
+    from benchmarks.hot_path import _start_sim
+    from chimera_core.logging import configure_logging
+    from chimera_core.physics import warm_up_kernels
+
+    configure_logging("WARNING")
+    warm_up_kernels()
+    hook_port = _free_port()
+    receiver = Receiver(hook_port)
+    receiver.start()
+    runs: dict[str, list[dict[str, Any]]] = {"without_notify": [], "with_notify": []}
+    try:
+        for _ in range(rounds):
+            for key in runs:
+                port = _free_port()
+                sim = _start_sim(port, rate, 7)
+                notify_dir = (
+                    Path(tempfile.mkdtemp(prefix="chimera-bench-hot-")) if key == "with_notify"
+                    else None
+                )  # fmt: skip
+                try:
+                    runs[key].append(uvloop.run(_hot_stream(port, 3.0, seconds, notify_dir,
+                                                            hook_port)))  # fmt: skip
+                finally:
+                    sim.terminate()
+                    sim.wait(10)
+    finally:
+        receiver.stop()
+    med = {k: {m: float(np.median([r[m] for r in v])) for m in ("p50_us", "p99_us")}
+           for k, v in runs.items()}  # fmt: skip
+    change = med["with_notify"]["p99_us"] / med["without_notify"]["p99_us"] - 1
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "rounds": runs,
+        "median": med,
+        "p99_change": round(change, 4),
+        "goal_p99_change": 0.05,
+        "meets_goal": change <= 0.05,
+    }
+
+
 def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -204,8 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--gap-ms", type=float, default=20.0, help="between two events")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/notify_latency.json"))
+    parser.add_argument("--hot-path", action="store_true", help="also: hot path with/without")
+    parser.add_argument("--rate", type=float, default=5_000.0, help="--hot-path ticks/s")
+    parser.add_argument("--seconds", type=float, default=8.0, help="--hot-path measured s/run")
+    parser.add_argument("--rounds", type=int, default=2, help="--hot-path A/B rounds")
     args = parser.parse_args(argv)
     result = run(args.events, args.gap_ms / 1000)
+    if args.hot_path:
+        result["hot_path"] = hot_path(args.rate, args.seconds, args.rounds)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, args.json.with_suffix(".png"))
@@ -216,6 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{d['p50_ms']} ms p99 {d['p99_ms']} ms; ratio p50 {result['p50_over_direct']}; goal "
         f"p99 <= {GOAL_P99_MS:.0f} ms: {'met' if result['meets_goal'] else 'MISSED'}"
     )
+    if args.hot_path:
+        h = result["hot_path"]
+        print(
+            f"hot path recv→decision p99 (median of {args.rounds}): without notify "
+            f"{h['median']['without_notify']['p99_us']:.1f} µs, with "
+            f"{h['median']['with_notify']['p99_us']:.1f} µs ({h['p99_change']:+.1%}; goal "
+            f"≤ +5 %: {'met' if h['meets_goal'] else 'MISSED'})"
+        )
     return 0
 
 
