@@ -17,8 +17,10 @@ trading_state          ``health.trading_state`` changed (the reason: the last ``
                        event and ``health.exits_only_reason``)
 daily_loss_near        ``tick.*`` decisions' ``meta_risk``: loss today at limit_fraction
 drawdown_near          of ``daily_loss_pct`` x open equity / of ``max_drawdown``
-daily_loss_tripped     ``control``: reduce ``meta_risk:daily_loss``
-drawdown_tripped       ``control``: halt ``meta_risk...:max_drawdown``
+daily_loss_tripped     ``health.exits_only_reason`` / a decision's ``meta_risk.kill_switch``
+                       daily_loss / ``control`` reduce ``meta_risk:daily_loss`` (restored)
+drawdown_tripped       a decision's ``meta_risk.kill_switch`` max_drawdown / ``control``
+                       halt ``meta_risk_persisted:max_drawdown`` (restored at start)
 position_unprotected   ``health.unprotected`` gained a token (``position_protected``: emptied)
 journal_write_failed   ``health.journal_error`` became non-empty
 disk_low               ``health.disk_free_mb`` below the config's ``min_free_disk_mb``
@@ -195,7 +197,9 @@ class AlertRules:
         if info.session_id == self.session_id:
             return []
         self.session_id = info.session_id
-        self.state = ""  # a new engine: its first health says where it stands
+        # A new engine starts ACTIVE; what it restores at start (a kept halt) comes as a
+        # change from there.
+        self.state = "ACTIVE"
         self.unreachable = False
         self.stopped = False
         self.last_health_ns = now_ns
@@ -241,11 +245,15 @@ class AlertRules:
                 )
             self.dark = False
             self.stale_since_ns = None
+        if "meta_risk:daily_loss" in h.exits_only_reason:
+            out += self._trip("daily_loss", now_ns)
         # The trading state: an alert on each change (the first health only if not ACTIVE).
         state = h.trading_state
         if state != self.state and not self.stopped:
             if self.state or state != "ACTIVE":
                 reason = h.exits_only_reason if state == "REDUCING" else ""
+                if state == "HALTED" and self.drawdown_tripped:
+                    reason = "meta_risk:max_drawdown"  # the engine halts itself, unrecorded
                 reason = reason or self.last_reason or "no reason recorded"
                 text = f"trading state {self.state or '?'} → {state}: {reason}"
                 numbers = self._risk_numbers()
@@ -317,34 +325,42 @@ class AlertRules:
                 )
             )
         elif ev.command == "reduce" and ev.arg.startswith("meta_risk:daily_loss"):
-            if not self.daily_tripped:
-                self.daily_tripped = True
-                out.append(
-                    self._alert(
-                        "daily_loss_tripped",
-                        "critical",
-                        "daily loss limit tripped: exits only until the next session "
-                        f"({self._risk_numbers() or 'limit ' + f'{self.daily_loss_pct:.1%}'})",
-                        now_ns,
-                    )
-                )
+            out += self._trip("daily_loss", now_ns)
         elif ev.command == "halt" and "max_drawdown" in ev.arg:
-            if not self.drawdown_tripped:
-                self.drawdown_tripped = True
-                out.append(
-                    self._alert(
-                        "drawdown_tripped",
-                        "critical",
-                        "max drawdown tripped: HALTED until `chimera reset-halt max_drawdown` "
-                        f"({self._risk_numbers() or 'limit ' + f'{self.max_drawdown:.1%}'})",
-                        now_ns,
-                    )
-                )
+            out += self._trip("max_drawdown", now_ns)
         elif ev.command == "reduce_clear" and ev.arg.startswith("meta_risk"):
             self.daily_tripped = False
         elif ev.command == "reset_halt":
             self.drawdown_tripped = False
         return out
+
+    def _trip(self, rule: str, now_ns: int) -> list[Alert]:
+        """A kill switch in force, told once until it is lifted. Seen on a control event
+        (a restored switch), a decision's ``meta_risk.kill_switch`` or health's reason."""
+        numbers = self._risk_numbers() or "no risk check seen yet"
+        if rule == "daily_loss" and not self.daily_tripped:
+            self.daily_tripped = True
+            return [
+                self._alert(
+                    "daily_loss_tripped",
+                    "critical",
+                    f"daily loss limit ({self.daily_loss_pct:.2%} of the opening equity) "
+                    f"tripped: exits only until the next session ({numbers})",
+                    now_ns,
+                )
+            ]
+        if rule == "max_drawdown" and not self.drawdown_tripped:
+            self.drawdown_tripped = True
+            return [
+                self._alert(
+                    "drawdown_tripped",
+                    "critical",
+                    f"max drawdown ({self.max_drawdown:.2%}) tripped: HALTED until "
+                    f"`chimera reset-halt max_drawdown` ({numbers})",
+                    now_ns,
+                )
+            ]
+        return []
 
     def on_exec(self, r: ExecutionReport, now_ns: int) -> list[Alert]:
         if r.kind is ExecKind.REJECTED:
@@ -393,6 +409,10 @@ class AlertRules:
         if m is None:
             return out
         self.risk = m
+        if m.kill_switch:
+            out += self._trip(m.kill_switch, now_ns)
+        else:
+            self.daily_tripped = self.drawdown_tripped = False
         frac = self.notify.limit_fraction
         opened = m.session_open_equity
         limit = self.daily_loss_pct * opened
@@ -473,6 +493,6 @@ class AlertRules:
             return ""
         limit = self.daily_loss_pct * m.session_open_equity
         return (
-            f"daily P&L {m.daily_pnl:,.2f} vs limit -{limit:,.2f}; drawdown {m.drawdown:.2%} "
-            f"vs {self.max_drawdown:.2%}"
+            f"at the last risk check: daily P&L {m.daily_pnl:,.2f} vs limit -{limit:,.2f}; "
+            f"drawdown {m.drawdown:.2%} vs {self.max_drawdown:.2%}"
         )

@@ -58,19 +58,36 @@ def test_one_trading_state_alert_per_change(seq):
 def test_the_state_alert_names_the_rule_and_its_numbers():
     rules = AlertRules(CFG)
     rules.on_health(health(), 0)
-    rules.on_decision(DecisionView("2885", MetaRiskView(0.01, -2100.0, 100_000.0, "daily_loss")), S)
-    tripped = rules.on_control(ControlEvent("reduce", "meta_risk:daily_loss", True, "{}", 0), S)
-    assert names(tripped) == ["daily_loss_tripped"]
+    seen = rules.on_decision(
+        DecisionView("2885", MetaRiskView(0.01, -2100.0, 100_000.0, "daily_loss")), S
+    )
+    assert names(seen) == ["daily_loss_tripped", "daily_loss_near"]
+    assert "-2,100.00 vs limit -2,000.00" in seen[0].text
+    # Said once, however it shows: the control event of a restored switch, health's reason.
+    assert rules.on_control(ControlEvent("reduce", "meta_risk:daily_loss", True, "{}", 0), S) == []
     (alert,) = rules.on_health(
         health(trading_state="REDUCING", exits_only=True, exits_only_reason="meta_risk:daily_loss"),
         2 * S,
     )
-    assert alert.severity == "warning"
+    assert alert.name == "trading_state" and alert.severity == "warning"
     assert "meta_risk:daily_loss" in alert.text and "-2,100.00 vs limit -2,000.00" in alert.text
-    # The same control event again (a restart restoring the switch) is not news.
-    assert (
-        rules.on_control(ControlEvent("reduce", "meta_risk:daily_loss", True, "{}", 0), 3 * S) == []
+    # Lifted (the next session's first decision), then tripped again: told again.
+    rules.on_decision(DecisionView("2885", MetaRiskView(0.0, 0.0, 100_000.0, "")), 3 * S)
+    again = rules.on_health(
+        health(trading_state="REDUCING", exits_only_reason="meta_risk:daily_loss"), 4 * S
     )
+    assert names(again) == ["daily_loss_tripped"]
+
+
+def test_a_drawdown_halt_is_told_with_its_rule():
+    rules = AlertRules(CFG)
+    rules.on_health(health(), 0)
+    seen = rules.on_decision(
+        DecisionView("2885", MetaRiskView(0.12, -500.0, 100_000.0, "max_drawdown")), S
+    )
+    assert names(seen) == ["drawdown_tripped", "drawdown_near"]
+    (alert,) = rules.on_health(health(trading_state="HALTED", halted=True), 2 * S)
+    assert alert.severity == "critical" and "meta_risk:max_drawdown" in alert.text
 
 
 def test_feed_dark_only_past_its_seconds_and_recovered_once():
