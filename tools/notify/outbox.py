@@ -147,6 +147,14 @@ class Outbox:
             sql, args = sql + " WHERE channel = ?", (channel,)
         return [_row(r) for r in self._db.execute(sql + " ORDER BY seq", args).fetchall()]
 
+    def prune(self, before_ns: int) -> int:
+        """Forget alerts decided (and republished) before ``before_ns``; how many."""
+        cur = self._db.execute(
+            "DELETE FROM alert WHERE status != ? AND published = 1 AND done_ns < ?",
+            (PENDING, before_ns),
+        )
+        return int(cur.rowcount)
+
     def remember(self, key: str, value: bytes) -> None:
         self._db.execute(
             "INSERT INTO memory (key, value) VALUES (?, ?) "

@@ -30,7 +30,6 @@ from chimera_core.errors import ChimeraError
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
     TOPIC_EXEC,
-    TOPIC_FEED,
     TOPIC_HEALTH,
     TOPIC_RECON,
     TOPIC_SESSION,
@@ -46,11 +45,11 @@ from tools.notify.rules import Alert, AlertRules, Memory, Pending, TickDecisionV
 log = structlog.get_logger(__name__)
 
 # Everything but raw frames (no decision) and our own alert topic.
-TOPICS = (TOPIC_SESSION, TOPIC_HEALTH, TOPIC_CONTROL, TOPIC_EXEC, TOPIC_RECON, TOPIC_FEED,
-          TOPIC_TICK)  # fmt: skip
+TOPICS = (TOPIC_SESSION, TOPIC_HEALTH, TOPIC_CONTROL, TOPIC_EXEC, TOPIC_RECON, TOPIC_TICK)
 _ALL_EVENTS = NotifyChannelConfig()
 SEND_TIMEOUT_S = 30.0
 MEMORY_KEY = "rules"
+KEEP_DAYS = 30  # delivered alerts stay in the outbox this long (the black box has them too)
 CLOCK_EVERY_S = 0.2
 Clock = Callable[[], int]
 
@@ -82,6 +81,7 @@ class Notifier:
         self._wake = {name: asyncio.Event() for name in channels}
         self._publish_wake = asyncio.Event()
         self._next_poll_ns = 0
+        self._next_prune_ns = 0
         self._decode: dict[
             bytes, tuple[Callable[[bytes], Any], Callable[[Any, int], list[Alert]]]
         ] = {
@@ -132,6 +132,11 @@ class Notifier:
             self._next_poll_ns = now + int(self.n.approvals_poll_s * 1e9)
             self.raise_alerts(self.rules.on_approvals(self._pending(), now))
         self.remember()
+        if now >= self._next_prune_ns:
+            self._next_prune_ns = now + int(3600e9)
+            pruned = self.outbox.prune(now - int(KEEP_DAYS * 86400e9))
+            if pruned:
+                log.info("notify_outbox_pruned", alerts=pruned, older_than_days=KEEP_DAYS)
 
     def _pending(self) -> list[Pending]:
         """PENDING approvals through the store's read-only view; [] while it cannot be read

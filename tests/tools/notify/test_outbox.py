@@ -124,3 +124,17 @@ def test_a_channel_urls_secret_never_appears_in_logs(tmp_path):
     assert text.count("send_failed") == 3
     for secret in ("PathSecret12345", "AAHsecretBotToken99", "hunter2-password"):
         assert secret not in text
+
+
+def test_prune_forgets_only_what_is_delivered_and_on_telemetry(tmp_path):
+    with Outbox(tmp_path / "o.db") as outbox:
+        a = [outbox.add("c", Alert("fill", "info", str(i), i)) for i in range(4)]
+        outbox.sent(a[0], 10, late=False)
+        outbox.published(a[0])
+        outbox.sent(a[1], 10, late=False)  # delivered, not yet on telemetry
+        outbox.add("c", Alert("fill", "info", "dropped", 5), "dropped", "quiet_hours", 10)
+        outbox.published(5)
+        assert outbox.prune(before_ns=11) == 2
+        assert [(r.seq, r.status) for r in outbox.rows()] == [(2, "sent"), (3, "pending"),
+                                                              (4, "pending")]  # fmt: skip
+        assert outbox.prune(before_ns=11) == 0
