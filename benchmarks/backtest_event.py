@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from chimera_core.config import parse_config
-from chimera_core.event_loop import Engine
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
-from chimera_governance.pipeline import GovernancePipeline
 from tools.backtest.data import bars_from_arrays
 from tools.backtest.event import ALWAYS_OPEN_MARKET, bar_ticks, run_event
+from tools.node import build_node, build_parts
 
 TARGET_PRINTS_PER_S = 100_000
 CONFIG = (
@@ -59,7 +58,8 @@ def _walk(n: int, seed: int) -> Any:
 
 
 def _engine_only(cfg: Any, frames: list[bytes], stamps: list[int], state: Path) -> float:
-    engine = Engine(cfg, governance=GovernancePipeline(cfg, state))
+    parts = build_parts(cfg, {}, state_dir=state, with_router=False)
+    engine = build_node(cfg, parts).engine
     engine.reconciled = True
     on_frame, after = engine.on_frame, engine.after_publish
     t0 = time.perf_counter()

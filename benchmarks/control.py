@@ -4,7 +4,10 @@ Against a real ``chimera live`` process (fed by ``chimera sim`` at 2,000 ticks/s
 1. ``in_process``: Engine.control("halt") on a loaded engine, timed around the call.
 2. ``client``: ControlClient round trips (halt, then resume) from this process; the engine
    replies only after HALT is applied, so the round trip bounds command → HALT.
-3. ``cli``: wall time of ``chimera kill`` as a new process (interpreter start included).
+3. ``cli``: wall time of ``chimera kill`` as a new process (interpreter start included),
+   beside ``interpreter`` (``python -c pass``: the floor no entry point can beat) and, with
+   ``--against REV``, the same command from revision REV's tree, interleaved run by run so
+   the machine's load falls on all three alike.
 """
 
 from __future__ import annotations
@@ -70,12 +73,24 @@ def _in_process(n: int) -> dict[str, float]:
     return stats(out)
 
 
+def _worktree(rev: str) -> Path:
+    """A checkout of ``rev`` in a temp dir (git worktree), for the old code beside the new."""
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(tempfile.mkdtemp(prefix="chimera-bench-rev-")) / "tree"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(path), rev],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chimera bench control")
     parser.add_argument("suite", choices=["control"])
     parser.add_argument("--json", default="benchmarks/results/control.json")
     parser.add_argument("--n", type=int, default=200, help="client round trips")
     parser.add_argument("--cli-runs", type=int, default=20)
+    parser.add_argument(
+        "--against", default=None, metavar="REV", help="also time REV's `chimera kill`"
+    )
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     result: dict[str, Any] = {
@@ -109,15 +124,32 @@ def main(argv: list[str] | None = None) -> int:
             assert reply["ok"] and reply["result"]["halted"], reply
             client.request("resume", "bench")
         result["client_round_trip"] = stats(rtt)
-        cli = []
+        trees: dict[str, Path | None] = {"cli": None}
+        if args.against:
+            trees["cli_against"] = _worktree(args.against)
+        runs: dict[str, list[float]] = {name: [] for name in (*trees, "interpreter")}
         for _ in range(args.cli_runs):
+            for name, tree in trees.items():
+                run_env = env if tree is None else {**env, "PYTHONPATH": str(tree)}
+                t0 = time.perf_counter_ns()
+                done = subprocess.run([sys.executable, "-m", "tools.cli", "kill"], cwd=work,
+                                      env=run_env, capture_output=True, timeout=30)  # fmt: skip
+                runs[name].append((time.perf_counter_ns() - t0) / 1000)
+                assert done.returncode == 0, done.stderr.decode()
+                client.request("resume", "bench")
             t0 = time.perf_counter_ns()
-            done = subprocess.run([sys.executable, "-m", "tools.cli", "kill"], cwd=work, env=env,
-                                  capture_output=True, timeout=30)  # fmt: skip
-            cli.append((time.perf_counter_ns() - t0) / 1000)
-            assert done.returncode == 0, done.stderr.decode()
-            client.request("resume", "bench")
-        result["cli"] = stats(cli)
+            subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+            runs["interpreter"].append((time.perf_counter_ns() - t0) / 1000)
+        for name, us in runs.items():
+            result[name] = stats(us)
+        result["cli_over_interpreter_p50"] = round(
+            result["cli"]["p50_us"] / result["interpreter"]["p50_us"], 2
+        )
+        if args.against:
+            result["against"] = args.against
+            result["cli_over_against_p50"] = round(
+                result["cli"]["p50_us"] / result["cli_against"]["p50_us"], 3
+            )
         client.close()
     finally:
         live.terminate()

@@ -35,13 +35,10 @@ from typing import Any
 
 from chimera_core.config import parse_config
 from chimera_core.contracts import Mode
-from chimera_core.event_loop import Engine
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.logging import configure_logging
-from chimera_core.node import Node
 from chimera_core.physics import warm_up_kernels
-from chimera_execution.router import build_router
-from chimera_governance.pipeline import GovernancePipeline
+from tools.node import build_node, build_parts
 from tools.sim.market import Market
 
 INT64_MAX = (1 << 63) - 1
@@ -101,10 +98,10 @@ def _mutate(rng: random.Random, frame: bytes, history: list[bytes]) -> tuple[str
 async def run(frames: int, mutate_p: float, seed: int, clean_tail: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="chimera-fuzz-"))
     cfg = parse_config(CONFIG.format(data=data))
-    governance = GovernancePipeline(cfg, data / "paper" / "governance")
-    engine = Engine(cfg, governance=governance)
-    router = build_router(cfg, {})
-    node = Node(engine, router, governance)  # wired as chimera live wires it
+    parts = build_parts(cfg, {}, state_dir=data / "paper" / "governance")
+    node = build_node(cfg, parts)  # the composition root, as chimera live builds it
+    engine, router = node.engine, parts.router
+    assert router is not None  # execution is on in CONFIG
     await node.connect()
     market = Market(seed=seed)
     rng = random.Random(seed)

@@ -38,7 +38,7 @@ from chimera_core.feed.client import FeedClient
 from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import TelemetryPublisher
-from chimera_governance.pipeline import GovernancePipeline
+from tools.node import build_node, build_parts
 
 TARGETS = {"p50_us": 8.0, "p99_us": 30.0, "ticks_per_s": 100_000.0}
 # The default config (1-minute bars). The simulator's exchange clock runs ~4000x the wall
@@ -54,11 +54,11 @@ level = "WARNING"
 """
 
 
-def _governance(cfg: Config) -> GovernancePipeline | None:
-    """As `chimera live` runs it: the governance layers on (fresh, throwaway) state."""
-    if not cfg.governance.enabled:
-        return None
-    return GovernancePipeline(cfg, Path(tempfile.mkdtemp(prefix="chimera-bench-gov-")))
+def _engine(cfg: Config) -> Engine:
+    """The engine as the composition root builds it for `chimera live`: the governance
+    layers on (fresh, throwaway) state; the router is measured on its own below."""
+    state = Path(tempfile.mkdtemp(prefix="chimera-bench-gov-"))
+    return build_node(cfg, build_parts(cfg, {}, state_dir=state, with_router=False)).engine
 
 
 def _free_port() -> int:
@@ -174,7 +174,7 @@ async def _stream(
         while telemetry.subscriptions < 1:
             telemetry.drain_subscriptions()
             await asyncio.sleep(0.01)
-    probe = _Probe(Engine(cfg, governance=_governance(cfg)), capacity, keep, telemetry)
+    probe = _Probe(_engine(cfg), capacity, keep, telemetry)
     client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
                         "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
     await client.subscribe(2, 1, list(cfg.feed.tokens))
@@ -202,7 +202,7 @@ async def _stream(
 
 def _engine_only(frames: list[bytes], port: int) -> dict[str, Any]:
     cfg = parse_config(BENCH_CONFIG.format(port=port))
-    engine = Engine(cfg, governance=_governance(cfg))
+    engine = _engine(cfg)
     lat = np.zeros(len(frames), dtype=np.int64)
     clock = time.monotonic_ns
     n = 0
@@ -228,7 +228,7 @@ def _router_per_tick(frames: list[bytes], port: int) -> dict[str, Any]:
 
     data_dir = tempfile.mkdtemp(prefix="chimera-bench-exec-")
     cfg = parse_config(f'data_dir = "{data_dir}"\n' + BENCH_CONFIG.format(port=port))
-    engine = Engine(cfg, governance=_governance(cfg))
+    engine = _engine(cfg)
     router = build_router(cfg, {})
     on_tick = router.on_tick
     spent = np.zeros(len(frames), dtype=np.int64)

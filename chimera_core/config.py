@@ -130,10 +130,60 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0
 
 
+class BotConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``chimera bot``: the operator's Telegram bot. The bot token (CHIMERA_TELEGRAM_BOT_TOKEN)
+    and the one-time-code secret (CHIMERA_BOT_OTP_SECRET) come from the environment or
+    .env, never from here."""
+
+    # Telegram user ids (not chat ids) served; anyone else is refused and reported.
+    allowed_users: list[Annotated[int, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=list)
+    # resume / approve / flatten also need a TOTP code (pyotp) after the confirmation tap.
+    otp: bool = False
+    confirm_timeout_s: ShortSeconds = 60.0  # a confirmation (and its code) expires after this
+    stale_after_s: ShortSeconds = 60.0  # updates older than this (Telegram's date) are ignored
+    approvals_poll_s: ShortSeconds = 2.0  # new pending approvals are announced this often
+    poll_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=50)] = 20  # getUpdates long poll
+    # The Bot API; http only on loopback (a local stand-in or a local Bot API server).
+    api_url: str = "https://api.telegram.org/bot"
+
+
 class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     segment_mb: Annotated[int, msgspec.Meta(gt=0, le=16_384)] = 64
     fsync_interval_s: ShortSeconds = 1.0
     neural_state_interval_s: ShortSeconds = 0.25
+
+
+class PortfolioConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[governance.portfolio]``: rules on the whole book (chimera_governance/portfolio.py,
+    docs/RISK.md). Every rule is off at its default (0 / false): today's behaviour."""
+
+    # Size each entry so its bracket stop (execution.stop_atr_multiple x ATR) plus the
+    # round trip's charges loses at most stop_risk x equity (whole lots).
+    risk_sizing: bool = False
+    stop_risk: PositiveFraction = 0.01
+    # One order's value (qty x price) at most this x equity; 0 = off.
+    max_order_fraction: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    # Entries let through per session, all symbols (per symbol: max_trades_per_symbol); 0 = off.
+    max_entries_per_session: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    # Entries in any 60 s of exchange time; one more trips REDUCING for the session; 0 = off.
+    max_orders_per_minute: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    # Historical 1-day VaR / CVaR of the book + the entry, as a fraction of equity; 0 = off.
+    var_limit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    cvar_limit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    var_confidence: Literal["95", "99"] = "99"  # percent; both are always on the record
+    returns_window: Annotated[int, msgspec.Meta(ge=20, le=5_000)] = 250  # closed bars kept
+    # Bars in one day for the 1-day horizon (sqrt-time scaling); 0 = the market's session.
+    var_horizon_bars: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    # Symbols whose rolling correlation exceeds cluster_rho share one gross exposure cap
+    # of cluster_max_exposure x equity; cluster_rho 0 = off.
+    cluster_rho: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.0
+    cluster_max_exposure: Multiple = 1.0
+    # Ex-ante 1-day portfolio volatility (fraction of equity) kept under this by sizing
+    # entries down; 0 = off.
+    vol_target: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    # A session loss of this fraction of the session's opening equity rolls every genome
+    # family back to its previous version at the next bar, once a session; 0 = off.
+    rollback_session_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
 
 class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -165,6 +215,7 @@ class GovernanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     approval_min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.35
     approval_ttl_s: Seconds = 120.0
     families: dict[str, str] = msgspec.field(default_factory=dict)  # token → genome family
+    portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
 
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -322,6 +373,52 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     timezone: str = "Asia/Kolkata"  # for quiet hours
 
 
+class ResearchHistory(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One series the nightly research refreshes (`chimera history fetch`) before its
+    studies run: the last ``days`` IST days up to yesterday, written to ``out``."""
+
+    exchange: str = "NSE"
+    token: str
+    interval: str = "FIVE_MINUTE"
+    days: Annotated[int, msgspec.Meta(gt=0, le=3_650)] = 365
+    out: str  # .csv or .parquet a study's ``data`` names
+
+
+class ResearchStudy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One study the nightly research re-runs walk-forward (`chimera optimize`), named
+    ``NAME-YYYYMMDD`` for the night; its candidate is proposed when the guards pass."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    data: list[str]
+    strategy: str = "default"
+    space: str = ""  # search-space TOML (default: the strategy's genes within their bounds)
+    sampler: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    trials: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] = 100
+    generation: Annotated[int, msgspec.Meta(gt=0, le=100_000)] = 32  # asked before told
+    scheme: Literal["rolling", "anchored"] = "rolling"
+    unit: Literal["bars", "days"] = "days"
+    train: Annotated[int, msgspec.Meta(gt=0)] = 60
+    test: Annotated[int, msgspec.Meta(gt=0)] = 20
+    folds: Annotated[int, msgspec.Meta(ge=0)] = 0  # at most this many latest folds; 0 = all
+    seed: int = 0
+    min_deflated_sharpe: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.95
+    max_pbo: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    pbo_splits: Annotated[int, msgspec.Meta(ge=2, le=64)] = 16  # CSCV blocks S, even
+    family: str = "default"  # the genome family a candidate is proposed for
+    propose: bool = True
+
+
+class ResearchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """`chimera research nightly` (the chimera-research.timer): refresh history, re-run
+    the studies, propose candidates, all within ``budget_s`` of wall time."""
+
+    budget_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3_600.0
+    workers: Annotated[int, msgspec.Meta(ge=0, le=1_024)] = 0  # local processes; 0 = CPUs
+    ray: str = ""  # "", "local", "auto" or HOST:PORT (chimera optimize --ray)
+    history: list[ResearchHistory] = msgspec.field(default_factory=list)
+    studies: list[ResearchStudy] = msgspec.field(default_factory=list)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -335,6 +432,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    bot: BotConfig = msgspec.field(default_factory=BotConfig)
     governance: GovernanceConfig = msgspec.field(default_factory=GovernanceConfig)
     execution: ExecutionConfig = msgspec.field(default_factory=ExecutionConfig)
     # Calendars by market name (presets and keys: chimera_core/markets.py).
@@ -343,6 +441,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     instruments: InstrumentsConfig = msgspec.field(default_factory=InstrumentsConfig)
     # `chimera notify`: alert filters, quiet hours, rate limits (channel URLs: .env only).
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
+    # Nightly research (chimera-research.timer): history, studies, candidates.
+    research: ResearchConfig = msgspec.field(default_factory=ResearchConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):
@@ -369,7 +469,15 @@ CREDENTIAL_ENV = {
     "feed_token": "CHIMERA_FEED_TOKEN",
     "jwt": "CHIMERA_JWT",
 }
-SECRET_ENV = (*CREDENTIAL_ENV.values(), "CHIMERA_PASSWORD", "CHIMERA_TOTP_SECRET")
+BOT_TOKEN_ENV = "CHIMERA_TELEGRAM_BOT_TOKEN"
+BOT_OTP_ENV = "CHIMERA_BOT_OTP_SECRET"
+SECRET_ENV = (
+    *CREDENTIAL_ENV.values(),
+    "CHIMERA_PASSWORD",
+    "CHIMERA_TOTP_SECRET",
+    BOT_TOKEN_ENV,
+    BOT_OTP_ENV,
+)
 
 
 def _is_optional(tp: typing.Any) -> bool:
@@ -581,6 +689,12 @@ def _check(cfg: Config, source: str) -> None:
                ("wss", "ws"))  # fmt: skip
     _check_data_dir(cfg, source)
     _check_notify(cfg.notify, source)
+    _check_url(source, "bot.api_url", cfg.bot.api_url, ("https", "http"))
+    if cfg.bot.api_url.startswith("http://") and not is_loopback_url(cfg.bot.api_url):
+        raise ConfigError(
+            f"{source}: 'bot.api_url' = {cfg.bot.api_url!r}: plain http only on loopback "
+            "(the bot token travels in the URL); use https://"
+        )
     # Cross-field calendar rules (a cut-off outside the session, a square-off override
     # that does not fit it) are refused at load, not at the first tick.
     try:

@@ -35,7 +35,7 @@ import zmq
 
 from chimera_core.commands import Command
 from chimera_core.errors import ChimeraError, ConfigError
-from chimera_core.sqlite_files import private_dir
+from chimera_core.lazylog import LazyLogger
 
 if TYPE_CHECKING:
     import asyncio
@@ -43,17 +43,8 @@ if TYPE_CHECKING:
     import zmq.asyncio
 
 
-class _Log:
-    """This module's structlog logger, imported on first use: `chimera kill` is a fresh
-    process, and structlog + asyncio would double its start-up time before HALT."""
-
-    def __getattr__(self, name: str) -> Any:
-        import structlog
-
-        return getattr(structlog.get_logger(__name__), name)
-
-
-log = _Log()
+# `chimera kill` is a fresh process: structlog is imported only when something is logged.
+log = LazyLogger(__name__)
 
 
 COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
@@ -483,6 +474,8 @@ def resolve_token(env: Mapping[str, str], data_dir: Path) -> str:
     found = _token_from(env, path)
     if found is not None:
         return found
+    from chimera_core.sqlite_files import private_dir  # a server-side write: not on kill's path
+
     private_dir(path.parent)
     token = secrets.token_urlsafe(32)
     try:

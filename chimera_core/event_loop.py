@@ -457,15 +457,16 @@ class Engine:
 
     def _kill_switch(self, rule: str, exchange_ts_ms: int | None = None) -> list[Transition]:
         """Follow meta-risk's kill switch: the max drawdown halts (an operator resets it);
-        the daily loss makes the engine REDUCING (working entries cancelled, exits go on)
+        the daily loss (or the order-rate guard) makes the engine REDUCING (working entries
+        cancelled, exits go on)
         until meta-risk's next session clears it, and then the engine trades again."""
         if rule == "max_drawdown":
             return self.halt("meta_risk:max_drawdown", exchange_ts_ms) if not self.halted else []
-        if rule == "daily_loss":
+        if rule in ("daily_loss", "order_rate"):  # session kill switches: REDUCING
             if "meta_risk" not in self._reducing:
-                self.control("reduce", "meta_risk:daily_loss")
+                self.control("reduce", f"meta_risk:{rule}")
                 if self.execution_enabled:
-                    self.actions.append(CancelEntries("meta_risk:daily_loss"))
+                    self.actions.append(CancelEntries(f"meta_risk:{rule}"))
         elif "meta_risk" in self._reducing:
             self.control("reduce_clear", "meta_risk")
             log.warning("daily_loss_cleared", state=self.trading_state.value)

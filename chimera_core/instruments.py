@@ -42,7 +42,6 @@ import json
 import math
 import os
 import tempfile
-import urllib.request
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -50,12 +49,13 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import msgspec
-import structlog
 
 from chimera_core.contracts import ExchangeType, Side
 from chimera_core.errors import ConfigError
+from chimera_core.lazylog import LazyLogger
 
-log = structlog.get_logger(__name__)
+# On `chimera kill`'s path (the config imports this module): structlog on first use.
+log = LazyLogger(__name__)
 
 MASTER_URL = "https://margincalculator.angelbroking.com/OpenAPI_File/files/OpenAPIScripMaster.json"
 
@@ -220,6 +220,8 @@ def _cache_dir(data_dir: str | Path) -> Path:
 
 
 def _download(url: str, timeout_s: float) -> bytes:
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"User-Agent": "chimera"})
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         body: bytes = resp.read()

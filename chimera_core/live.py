@@ -29,11 +29,9 @@ from chimera_core.contracts import (
 from chimera_core.control import ControlServer
 from chimera_core.errors import ChimeraError
 from chimera_core.event_loop import DecisionLog, Engine, session_info
-from chimera_core.execution import Router
 from chimera_core.feed.client import FeedClient
-from chimera_core.governance import Governance
 from chimera_core.logging import redactor
-from chimera_core.node import Node
+from chimera_core.node import MakeNode
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import (
     TOPIC_ALERT,
@@ -70,16 +68,16 @@ def sd_notify(state: str) -> bool:
 async def run_live(
     cfg: Config,
     credentials: Credentials,
+    make_node: MakeNode,
     stop: asyncio.Event | None = None,
     control_token: str = "",
-    governance: Governance | None = None,
-    router: Router | None = None,
 ) -> Engine:
     """Run the engine on the configured feed until ``stop`` is set (or SIGINT/SIGTERM).
 
     Wiring only: feed → Engine.on_frame → telemetry → router (intents, ticks), broker
     reports → Engine.on_report → telemetry, a control server for operator commands, and a
-    health loop. Every piece that can be slow lives outside the tick path.
+    health loop. Every piece that can be slow lives outside the tick path. ``make_node``
+    builds the node (engine, governance, router) once the telemetry publisher exists.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,17 +93,16 @@ async def run_live(
         except (NotImplementedError, RuntimeError):
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
-    engine = Engine(cfg, sinks=[DecisionLog(cfg.logging.decisions)], governance=governance)
     telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
     session = session_info(cfg)
-    node = Node(
-        engine,
-        router,
-        governance,
+    # The node comes from the composition root (tools/node.py build_node), the one place a
+    # node is assembled for live, replay, the backtester and shadow candidates.
+    node = make_node(
+        sinks=[DecisionLog(cfg.logging.decisions)],
         publish=telemetry.publish,
         publish_tick=telemetry.tick,
-        on_journal_failure=cfg.execution.on_journal_failure,
     )
+    engine, router = node.engine, node.router
     on_frame, on_control, journal_error = node.on_frame, node.on_control, node.journal_error
 
     def on_feed_state(connected: bool) -> None:

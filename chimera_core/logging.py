@@ -29,13 +29,14 @@ _SECRET_KEYS = frozenset(
         "api_key", "apikey", "x_api_key", "password", "pin", "mpin", "totp", "totp_secret",
         "jwt", "jwt_token", "jwttoken", "access_token", "refresh_token", "refreshtoken",
         "feed_token", "feedtoken", "x_feed_token", "authorization", "secret", "control_token",
+        "bot_token",
     }
 )  # fmt: skip
 # Any key ending in one of these names a secret too (x_password, chimera_totp_secret, ...);
 # a bare "token" is an instrument token and stays.
 _SECRET_SUFFIXES = (
     "password", "passwd", "secret", "mpin", "_pin", "api_key", "apikey", "_jwt", "jwt_token",
-    "access_token", "refresh_token", "feed_token", "control_token", "_totp",
+    "access_token", "refresh_token", "feed_token", "control_token", "_totp", "bot_token",
 )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ composition root (``tools/node.py``) builds them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -41,7 +41,7 @@ from chimera_core.contracts import (
     Reconciliation,
     Transition,
 )
-from chimera_core.event_loop import Engine
+from chimera_core.event_loop import DecisionSink, Engine
 from chimera_core.execution import Router
 from chimera_core.governance import Governance
 from chimera_core.telemetry import TOPIC_CONTROL, TOPIC_EXEC
@@ -50,6 +50,16 @@ log = structlog.get_logger(__name__)
 
 Publish = Callable[[bytes, Any], object]
 PublishTick = Callable[[bytes, int, Decision | None], object]
+
+
+class MakeNode(Protocol):
+    """What ``chimera_core.live.run_live`` is given to build its node once the telemetry
+    publisher exists: the composition root's ``build_node`` with its configuration and
+    parts bound (``functools.partial(tools.node.build_node, cfg, parts)``)."""
+
+    def __call__(
+        self, *, sinks: list[DecisionSink], publish: Publish, publish_tick: PublishTick
+    ) -> Node: ...
 
 
 def _no_publish(topic: bytes, obj: Any) -> None:
@@ -108,6 +118,8 @@ class Node:
                 decision = on_frame_engine(frame, recv_ns)
                 publish_tick(frame, recv_ns, decision)
                 after_publish()
+                if actions:
+                    actions.clear()  # no router to take them (a replay has its answers)
                 return decision
 
             return on_frame_unrouted
@@ -133,14 +145,12 @@ class Node:
         if moved and self.on_transitions is not None:
             self.on_transitions(report, moved)
         self.publish(TOPIC_EXEC, report)
-        if engine.actions and self.router is not None:
-            self.router.apply(engine.actions)
+        self._hand_over_actions()
 
     def on_control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
         engine = self.engine
         ok, result = engine.control(command, arg)
-        if engine.actions and self.router is not None:
-            self.router.apply(engine.actions)  # kill switch: the cancels leave now
+        self._hand_over_actions()  # kill switch: the cancels leave now
         if command != "status":
             self.publish(
                 TOPIC_CONTROL,
@@ -148,6 +158,17 @@ class Node:
             )
             log.warning("control_applied", command=command, arg=arg, ok=ok)
         return ok, result
+
+    def _hand_over_actions(self) -> None:
+        """The engine's queued commands go to the router; a node without one (a replay,
+        whose router answers are in the recording) drops them, so none piles up."""
+        actions = self.engine.actions
+        if not actions:
+            return
+        if self.router is not None:
+            self.router.apply(actions)
+        else:
+            actions.clear()
 
     def _on_journal_failure(self, error: str) -> None:
         # Nothing new that cannot be recorded: exits only (or a halt that cancels), as a
@@ -183,5 +204,5 @@ class Node:
             self.on_control(Command.HALT, "kill_switch_persisted:" + router.persisted_halt())
         if governance is not None and governance.kill_switch == "max_drawdown":
             self.on_control("halt", "meta_risk_persisted:max_drawdown")
-        elif governance is not None and governance.kill_switch == "daily_loss":
-            self.on_control("reduce", "meta_risk:daily_loss")
+        elif governance is not None and governance.kill_switch in ("daily_loss", "order_rate"):
+            self.on_control("reduce", "meta_risk:" + governance.kill_switch)

@@ -102,6 +102,11 @@ CREATE TABLE proposal (
     proposed_by TEXT NOT NULL
 )
 """,
+        # 3: a proposal is decided by a human (approve / reject), recorded like an intent's.
+        """
+ALTER TABLE proposal ADD COLUMN decided_ms INTEGER;
+ALTER TABLE proposal ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
+""",
     ),
     adopt_unversioned=True,
 )
@@ -289,6 +294,21 @@ class ApprovalQueue(_ApprovalReads):
             required=True, status=rec.status, approval_id=approval_id, reason=rec.reason
         )
 
+    def proposal(self, proposal_id: str) -> Proposal:
+        """A PENDING proposal (typed error when unknown or decided)."""
+        return pending_proposal(self._db, proposal_id)
+
+    def decide_proposal(self, proposal_id: str, status: str, by: str, now_ms: int) -> Proposal:
+        return decide_proposal(self._db, proposal_id, status, by, now_ms)
+
+    def pending_proposals(self) -> list[Proposal]:
+        rows = self._db.execute(
+            f"SELECT {_PROPOSAL_COLUMNS}, decided_ms, decided_by FROM proposal "
+            "WHERE status = ? ORDER BY created_ms, proposal_id",
+            (PENDING,),
+        ).fetchall()
+        return [_proposal(r) for r in rows]
+
     def close(self) -> None:
         self._store.close()
 
@@ -316,11 +336,68 @@ class ApprovalQueue(_ApprovalReads):
         return rec
 
 
-# Proposals that are not orders (an assistant's genome change): kept beside the intent
-# queue in the same store (SCHEMA's version 2), for a human to read; nothing acts on them
-# by itself.
-PROPOSAL_KINDS = ("genome_change",)
+# Proposals that are not orders: kept beside the intent queue in the same store (SCHEMA's
+# version 2; decided since version 3). Nothing acts on one by itself: a human approves or
+# rejects it (`chimera approve prp-…`), and the engine's governance carries it out.
+# - genome_change {family, params}: an assistant's parameter change (a new version);
+# - genome_promote {family, version}: a candidate from `chimera genome propose`.
+PROPOSAL_KINDS = ("genome_change", "genome_promote")
+PROPOSAL_PREFIX = "prp-"
 _PROPOSAL_COLUMNS = "proposal_id, kind, payload, reason, status, created_ms, proposed_by"
+
+
+class Proposal(msgspec.Struct, frozen=True):
+    proposal_id: str
+    kind: str
+    payload: dict[str, Any]
+    reason: str
+    status: str
+    created_ms: int
+    proposed_by: str
+    decided_ms: int | None = None
+    decided_by: str = ""
+
+
+def _proposal(row: Sequence[Any]) -> Proposal:
+    return Proposal(row[0], row[1], msgspec.json.decode(row[2]), *row[3:])
+
+
+def pending_proposal(db: sqlite3.Connection, proposal_id: str) -> Proposal:
+    """The proposal ``proposal_id`` on an open approvals store; a typed error when it is
+    unknown or already decided."""
+    rows = db.execute(
+        f"SELECT {_PROPOSAL_COLUMNS}, decided_ms, decided_by FROM proposal WHERE proposal_id = ?",
+        (proposal_id,),
+    ).fetchall()
+    if not rows:
+        raise UnknownApproval(f"unknown proposal {proposal_id!r}")
+    prop = _proposal(rows[0])
+    if prop.status != PENDING:
+        raise ApprovalNotPending(proposal_id, prop.status, "decide")
+    return prop
+
+
+def decide_proposal(
+    db: sqlite3.Connection, proposal_id: str, status: str, by: str, now_ms: int
+) -> Proposal:
+    """Mark a PENDING proposal APPROVED or REJECTED (atomically: of two racing deciders one
+    wins); a typed error when it is unknown or already decided."""
+    if status not in (APPROVED, REJECTED) or not by:
+        raise ApprovalError(f"a proposal is APPROVED or REJECTED by someone, got {status!r} {by!r}")
+    pending_proposal(db, proposal_id)
+    cur = db.execute(
+        "UPDATE proposal SET status = ?, decided_ms = ?, decided_by = ?"
+        " WHERE proposal_id = ? AND status = ?",
+        (status, now_ms, by, proposal_id, PENDING),
+    )
+    if cur.rowcount == 0:
+        raise ApprovalNotPending(proposal_id, "decided", _ACTION[status])
+    log.info("approval.proposal_decided", proposal_id=proposal_id, status=status, by=by)
+    rows = db.execute(
+        f"SELECT {_PROPOSAL_COLUMNS}, decided_ms, decided_by FROM proposal WHERE proposal_id = ?",
+        (proposal_id,),
+    ).fetchall()
+    return _proposal(rows[0])
 
 
 def propose(
@@ -354,8 +431,10 @@ def proposals(db_path: str | Path) -> list[dict[str, object]]:
     with open_readonly(Path(db_path), SCHEMA) as view:
         if view.version < 2:  # no proposal was ever made through this code
             return []
-        rows = view.rows(f"SELECT {_PROPOSAL_COLUMNS} FROM proposal ORDER BY created_ms, 1")
-    names = _PROPOSAL_COLUMNS.split(", ")
+        # Decided by whom and when since schema version 3 (a file not yet migrated: none).
+        cols = _PROPOSAL_COLUMNS + (", decided_ms, decided_by" if view.version >= 3 else "")
+        rows = view.rows(f"SELECT {cols} FROM proposal ORDER BY created_ms, 1")
+    names = cols.split(", ")
     return [
         {**dict(zip(names, r, strict=True)), "payload": msgspec.json.decode(r[2])} for r in rows
     ]

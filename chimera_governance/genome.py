@@ -58,6 +58,17 @@ DEFAULT_FAMILY = "default"
 REASON_INITIAL = "initial"
 REASON_LEARN = "learn"
 REASON_AUTO_ROLLBACK = "auto_rollback"
+REASON_CANDIDATE = "candidate"
+REASON_PROMOTE = "promote"
+
+# A version's status: only ``active`` versions are ever in force (the newest of them). A
+# ``candidate`` (from `chimera genome propose`) waits for a human in the approval queue;
+# approving it writes a new active version from it and marks it ``promoted``; rejecting
+# marks it ``rejected``. Nothing else moves a status.
+ACTIVE = "active"
+CANDIDATE = "candidate"
+PROMOTED = "promoted"
+REJECTED = "rejected"
 
 
 class GenomeError(ChimeraError):
@@ -115,6 +126,10 @@ class GenomeVersion(msgspec.Struct, frozen=True):
     reason: str
     metrics: dict[str, int | float]
     created_exchange_ts_ms: int
+    status: str = ACTIVE
+    # Where a candidate came from (study, trial, data hash, code version, guards); {}
+    # for the engine's own versions.
+    source: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- pure rules
@@ -206,13 +221,18 @@ CREATE TABLE IF NOT EXISTS genome_trade (
 );
 CREATE INDEX IF NOT EXISTS genome_trade_by_version ON genome_trade (family, version, seq);
 """,
+        # 2: candidates proposed from a study, promoted only through the approval queue.
+        """
+ALTER TABLE genome_version ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE genome_version ADD COLUMN source TEXT NOT NULL DEFAULT '{}';
+""",
     ),
     adopt_unversioned=True,
 )
 
 _VERSION_COLS = (
     "family, version, parent_version, restored_from, params, reason, metrics, "
-    "created_exchange_ts_ms"
+    "created_exchange_ts_ms, status, source"
 )
 
 
@@ -230,6 +250,8 @@ def _row_to_version(row: tuple[Any, ...]) -> GenomeVersion:
         reason=row[5],
         metrics=json.loads(row[6]),
         created_exchange_ts_ms=row[7],
+        status=row[8],
+        source=json.loads(row[9]),
     )
 
 
@@ -239,12 +261,16 @@ class _GenomeReads:
 
     genes: tuple[Gene, ...]
     _db: sqlite3.Connection
+    # The versions table as this file holds it: a file from before version 2 of the
+    # schema (read through a view, which never migrates) has no status or source, and
+    # every one of its versions was in force.
+    _versions = "genome_version"
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, tuple(args)).fetchall()
 
     def families(self) -> list[str]:
-        rows = self._rows("SELECT DISTINCT family FROM genome_version ORDER BY family")
+        rows = self._rows(f"SELECT DISTINCT family FROM {self._versions} ORDER BY family")
         return [r[0] for r in rows]
 
     def current_version(self, family: str) -> GenomeVersion:
@@ -256,7 +282,7 @@ class _GenomeReads:
     def history(self, family: str) -> list[GenomeVersion]:
         """Every version of the family, oldest first ([] for a family never seen)."""
         rows = self._rows(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? ORDER BY version",
+            f"SELECT {_VERSION_COLS} FROM {self._versions} WHERE family = ? ORDER BY version",
             (family,),
         )
         return [_row_to_version(r) for r in rows]
@@ -264,14 +290,14 @@ class _GenomeReads:
     def versions(self, limit: int) -> list[GenomeVersion]:
         """Up to ``limit`` versions of every family: by family, newest version first."""
         rows = self._rows(
-            f"SELECT {_VERSION_COLS} FROM genome_version ORDER BY family, version DESC LIMIT ?",
+            f"SELECT {_VERSION_COLS} FROM {self._versions} ORDER BY family, version DESC LIMIT ?",
             (limit,),
         )
         return [_row_to_version(r) for r in rows]
 
     def version(self, family: str, version: int) -> GenomeVersion:
         rows = self._rows(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? AND version = ?",
+            f"SELECT {_VERSION_COLS} FROM {self._versions} WHERE family = ? AND version = ?",
             (family, version),
         )
         if not rows:
@@ -282,6 +308,15 @@ class _GenomeReads:
                 f"unknown genome version {version} for family {family!r} (known: {known})"
             )
         return _row_to_version(rows[0])
+
+    def candidates(self, family: str | None = None) -> list[GenomeVersion]:
+        """Candidates waiting for a human (status ``candidate``), oldest first."""
+        sql = f"SELECT {_VERSION_COLS} FROM {self._versions} WHERE status = ?"
+        args: list[Any] = [CANDIDATE]
+        if family is not None:
+            sql += " AND family = ?"
+            args.append(family)
+        return [_row_to_version(r) for r in self._rows(sql + " ORDER BY family, version", args)]
 
     def trade_pnls(self, family: str, version: int | None = None) -> list[float]:
         """Closed-trade P&L, oldest first (all trades, or those closed under ``version``)."""
@@ -298,9 +333,9 @@ class _GenomeReads:
 
     def _latest(self, family: str) -> GenomeVersion | None:
         rows = self._rows(
-            f"SELECT {_VERSION_COLS} FROM genome_version WHERE family = ? "
+            f"SELECT {_VERSION_COLS} FROM {self._versions} WHERE family = ? AND status = ? "
             "ORDER BY version DESC LIMIT 1",
-            (family,),
+            (family, ACTIVE),
         )
         return _row_to_version(rows[0]) if rows else None
 
@@ -349,6 +384,8 @@ class GenomeView(_GenomeReads):
                 "written one yet); nothing was changed"
             )
         self._db = self._view.db
+        if self._view.version == 1:
+            self._versions = "(SELECT *, 'active' AS status, '{}' AS source FROM genome_version)"
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self._empty and not self._view.has_schema():
@@ -486,6 +523,11 @@ class GenomeStore(_GenomeReads):
                     )
                 to_version = cur.parent_version
             target = self.version(family, to_version)
+            if target.status != ACTIVE:
+                raise GenomeError(
+                    f"{family!r} v{to_version} is {target.status}, never in force: a candidate "
+                    "goes live only through the approval queue (`chimera approve`)"
+                )
             if exchange_ts_ms is None:
                 (last_trade,) = self._db.execute(
                     "SELECT MAX(exchange_ts_ms) FROM genome_trade WHERE family = ?", (family,)
@@ -499,18 +541,82 @@ class GenomeStore(_GenomeReads):
     ) -> GenomeVersion:
         """Put ``params`` in force for ``family`` as a new version (a promotion, an operator's
         change). Every gene must be present and inside its bounds."""
+        self._check_params(family, params)
+        with self._write():
+            cur = self._ensure(family, exchange_ts_ms)
+            return self._insert(cur, params, reason, {}, exchange_ts_ms, None)
+
+    def propose(
+        self,
+        family: str,
+        params: Mapping[str, float],
+        source: Mapping[str, Any],
+        exchange_ts_ms: int,
+        metrics: Mapping[str, int | float] | None = None,
+    ) -> GenomeVersion:
+        """Store ``params`` as a ``candidate`` version of ``family`` (never in force by
+        itself), linked to ``source`` (its study and trial); its parent is the version in
+        force now. Every gene must be present and inside its bounds."""
+        self._check_params(family, params)
+        with self._write():
+            cur = self._ensure(family, exchange_ts_ms)
+            return self._insert(
+                cur, params, REASON_CANDIDATE, dict(metrics or {}), exchange_ts_ms, None,
+                status=CANDIDATE, source=source,
+            )  # fmt: skip
+
+    def promote(self, family: str, version: int, by: str, exchange_ts_ms: int) -> GenomeVersion:
+        """Put candidate ``version``'s params in force as a new active version (a human
+        approved it) and mark the candidate ``promoted``."""
+        with self._write():
+            cand = self._candidate(family, version)
+            cur = self._ensure(family, exchange_ts_ms)
+            self._db.execute(
+                "UPDATE genome_version SET status = ? WHERE family = ? AND version = ?",
+                (PROMOTED, family, version),
+            )
+            source = {**cand.source, "candidate": version, "approved_by": by}
+            return self._insert(
+                cur, cand.params, REASON_PROMOTE, cand.metrics, exchange_ts_ms, version,
+                source=source,
+            )  # fmt: skip
+
+    def reject(self, family: str, version: int) -> GenomeVersion:
+        """Mark candidate ``version`` ``rejected`` (it stays in the history)."""
+        with self._write():
+            cand = self._candidate(family, version)
+            self._db.execute(
+                "UPDATE genome_version SET status = ? WHERE family = ? AND version = ?",
+                (REJECTED, family, version),
+            )
+        return msgspec.structs.replace(cand, status=REJECTED)
+
+    def _candidate(self, family: str, version: int) -> GenomeVersion:
+        cand = self.version(family, version)
+        if cand.status != CANDIDATE:
+            raise GenomeError(
+                f"{family!r} v{version} is {cand.status}, not a candidate: nothing to decide"
+            )
+        return cand
+
+    def _check_params(self, family: str, params: Mapping[str, float]) -> None:
         missing = {g.name for g in self.genes} - set(params)
         if missing:
             raise GenomeError(f"params for {family!r} lack genes {sorted(missing)}")
+        unknown = set(params) - {g.name for g in self.genes}
+        if unknown:
+            raise GenomeError(
+                f"params for {family!r} name no gene: {sorted(unknown)} (genes: "
+                f"{[g.name for g in self.genes]})"
+            )
         for g in self.genes:
             value = float(params[g.name])
             if not (g.lo <= value <= g.hi):
                 raise GenomeError(
                     f"gene {g.name}={value} is outside its bounds [{g.lo}, {g.hi}] for {family!r}"
                 )
-        with self._write():
-            cur = self._ensure(family, exchange_ts_ms)
-            return self._insert(cur, params, reason, {}, exchange_ts_ms, None)
+            if g.integer and value != int(value):
+                raise GenomeError(f"gene {g.name} is an integer, got {value} for {family!r}")
 
     # ------------------------------------------------------------------ internals
 
@@ -568,8 +674,9 @@ class GenomeStore(_GenomeReads):
             return cur
         params = {g.name: float(g.default) for g in self.genes}
         self._db.execute(
-            "INSERT INTO genome_version VALUES (?, 1, NULL, NULL, ?, ?, ?, ?)",
-            (family, _dumps(params), REASON_INITIAL, _dumps({}), ts),
+            f"INSERT INTO genome_version ({_VERSION_COLS}) "
+            "VALUES (?, 1, NULL, NULL, ?, ?, ?, ?, ?, ?)",
+            (family, _dumps(params), REASON_INITIAL, _dumps({}), ts, ACTIVE, _dumps({})),
         )
         return GenomeVersion(family, 1, None, None, params, REASON_INITIAL, {}, ts)
 
@@ -581,19 +688,27 @@ class GenomeStore(_GenomeReads):
         metrics: Mapping[str, int | float],
         ts: int,
         restored_from: int | None,
+        status: str = ACTIVE,
+        source: Mapping[str, Any] | None = None,
     ) -> GenomeVersion:
+        # Numbers run over every row (candidates too), so a version number names one row.
+        (top,) = self._db.execute(
+            "SELECT MAX(version) FROM genome_version WHERE family = ?", (cur.family,)
+        ).fetchone()
         new = GenomeVersion(
             family=cur.family,
-            version=cur.version + 1,
+            version=max(int(top or 0), cur.version) + 1,
             parent_version=cur.version,
             restored_from=restored_from,
             params=dict(params),
             reason=reason,
             metrics=dict(metrics),
             created_exchange_ts_ms=ts,
+            status=status,
+            source=dict(source or {}),
         )
         self._db.execute(
-            "INSERT INTO genome_version VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO genome_version ({_VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 new.family,
                 new.version,
@@ -603,6 +718,8 @@ class GenomeStore(_GenomeReads):
                 new.reason,
                 _dumps(new.metrics),
                 new.created_exchange_ts_ms,
+                new.status,
+                _dumps(new.source),
             ),
         )
         return new

@@ -29,7 +29,13 @@ spread              spread, percent                max_spread_pct              v
 confidence          signal confidence              min_confidence              value < limit
 trading_hours       local time as HHMM (914.0)     cut-off or next open, HHMM  outside entry hours
 rolling_sharpe      Sharpe of last N trades        sharpe_floor (>= 20 trades) value < limit
+order_rate          entries in the last 60 s       max_orders_per_minute       ``trip``
 =================== ============================== =========================== ==========
+
+``order_rate`` is tripped by the portfolio rules (chimera_governance/portfolio.py) through
+``trip``: like the daily loss it stops entries (REDUCING) for the rest of the trading day.
+``rollback_due`` tells, once a session, that the session's loss reached a fraction of its
+opening equity (the pipeline then rolls the genomes back at the next bar).
 
 Count limits use ``>=`` because ``update`` is evaluated *before* an entry: at the limit,
 one more entry would exceed it. A halt loaded from disk (or still in force after its
@@ -58,7 +64,9 @@ log = structlog.get_logger(__name__)
 
 DAILY_LOSS = "daily_loss"
 MAX_DRAWDOWN = "max_drawdown"
-HALT_RULES = (DAILY_LOSS, MAX_DRAWDOWN)
+ORDER_RATE = "order_rate"
+HALT_RULES = (DAILY_LOSS, MAX_DRAWDOWN, ORDER_RATE)
+SESSION_RULES = (DAILY_LOSS, ORDER_RATE)  # REDUCING for the trading day they tripped
 HWM_SAVE_STEP = 0.001  # the high-water mark is written when it has risen this much
 
 
@@ -177,6 +185,7 @@ class MetaRisk:
         self._equity = self._open_equity if self._open_equity is not None else math.nan
         self._saved_hwm = self._hwm if self._hwm is not None else 0.0
         self._closed_today = 0
+        self._rollback_day = saved.get("rollback_day", "")
         if self._halts:
             log.warning("meta_risk.halt_loaded", halts=sorted(self._halts))
 
@@ -213,11 +222,41 @@ class MetaRisk:
 
     @property
     def kill_switch(self) -> str:
-        """The kill switch in force: "max_drawdown" (HALTED until reset), "daily_loss"
-        (REDUCING until the next session), or ""."""
+        """The kill switch in force: "max_drawdown" (HALTED until reset), "daily_loss" or
+        "order_rate" (REDUCING until the next session), or ""."""
         if MAX_DRAWDOWN in self._halts:
             return MAX_DRAWDOWN
-        return DAILY_LOSS if DAILY_LOSS in self._halts else ""
+        for rule in SESSION_RULES:
+            if rule in self._halts:
+                return rule
+        return ""
+
+    def trip(self, rule: str, value: float, limit: float, exchange_ts_ms: int) -> None:
+        """Trip a session kill switch another layer judged (``order_rate``): REDUCING for
+        the rest of the trading day, persisted like the daily loss."""
+        if rule not in SESSION_RULES or rule == DAILY_LOSS:
+            raise MetaRiskError(f"cannot trip {rule!r}; expected {ORDER_RATE!r}")
+        day = self._roll_day(exchange_ts_ms)
+        self._record_halt(Veto(rule, value, limit, "REDUCING for the session"), day, exchange_ts_ms)
+
+    def rollback_due(self, fraction: float, exchange_ts_ms: int) -> Veto | None:
+        """Once a trading day: the session's loss has reached ``fraction`` of its opening
+        equity (0 = never). Returns the numbers, and remembers (persisted) that it fired."""
+        if fraction <= 0 or self._open_equity is None or not math.isfinite(self._equity):
+            return None
+        day = self._roll_day(exchange_ts_ms)
+        loss = self._open_equity - self._equity
+        limit = fraction * self._open_equity
+        if loss <= 0 or loss < limit or self._rollback_day == day.isoformat():
+            return None
+        self._rollback_day = day.isoformat()
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO equity_state VALUES (?, ?)",
+                ("rollback_day", self._rollback_day),
+            )
+        log.warning("meta_risk.session_loss_rollback", loss=loss, limit=limit, day=str(day))
+        return Veto("session_loss_rollback", loss, limit, f"genome rollback, {day}")
 
     def update(
         self,
@@ -380,11 +419,12 @@ class MetaRisk:
         self._equity = math.nan
         self._closed_today = 0
         self._save_equity_state()
-        stale = self._halts.get(DAILY_LOSS)
-        if stale is not None and stale[0] < day:
-            del self._halts[DAILY_LOSS]
-            self._db.execute("DELETE FROM halt WHERE reason = ?", (DAILY_LOSS,))
-            log.info("meta_risk.halt_cleared", reason=DAILY_LOSS, halt_day=str(stale[0]))
+        for rule in SESSION_RULES:
+            stale = self._halts.get(rule)
+            if stale is not None and stale[0] < day:
+                del self._halts[rule]
+                self._db.execute("DELETE FROM halt WHERE reason = ?", (rule,))
+                log.info("meta_risk.halt_cleared", reason=rule, halt_day=str(stale[0]))
         return day
 
     def _drawdown(self, equity: float) -> float:
@@ -419,19 +459,23 @@ class MetaRisk:
         if dd >= lim.max_drawdown:
             out.append(Veto(MAX_DRAWDOWN, dd, lim.max_drawdown, "halt until reset_halt"))
         for v in out:
-            if v.rule not in self._halts:
-                self._halts[v.rule] = (day, v.value, v.limit)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO halt (reason, day, value, limit_value, set_ts_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (v.rule, day.isoformat(), v.value, v.limit, exchange_ts_ms),
-                )
-                log.warning(
-                    "meta_risk.halt",
-                    reason=v.rule,
-                    value=v.value,
-                    limit=v.limit,
-                    day=day.isoformat(),
-                    exchange_ts_ms=exchange_ts_ms,
-                )
+            self._record_halt(v, day, exchange_ts_ms)
         return out
+
+    def _record_halt(self, v: Veto, day: dt.date, exchange_ts_ms: int) -> None:
+        if v.rule in self._halts:
+            return
+        self._halts[v.rule] = (day, v.value, v.limit)
+        self._db.execute(
+            "INSERT OR REPLACE INTO halt (reason, day, value, limit_value, set_ts_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (v.rule, day.isoformat(), v.value, v.limit, exchange_ts_ms),
+        )
+        log.warning(
+            "meta_risk.halt",
+            reason=v.rule,
+            value=v.value,
+            limit=v.limit,
+            day=day.isoformat(),
+            exchange_ts_ms=exchange_ts_ms,
+        )

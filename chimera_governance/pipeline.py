@@ -23,18 +23,27 @@ from chimera_core.contracts import (
     OrderIntent,
     PhysicsState,
     Side,
+    Veto,
 )
 from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
 from chimera_core.markets import calendar_for
 from chimera_core.sqlite_files import private_dir
-from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
+from chimera_governance import genome as gen
+from chimera_governance.approvals import (
+    APPROVED,
+    NOT_REQUIRED,
+    PROPOSAL_PREFIX,
+    REJECTED,
+    ApprovalQueue,
+)
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
 from chimera_governance.exposure import ExposureLimits, fit
-from chimera_governance.genome import GenomeStore, genes_from_strategy
+from chimera_governance.genome import GenomeError, GenomeStore, genes_from_strategy
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
+from chimera_governance.portfolio import ORDER_RATE, PortfolioRisk, cost_bound, horizon_bars
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +115,18 @@ class GovernancePipeline:
         self._genome_out: dict[str, GenomeOutput] = {
             t: self.genomes.current(self.genomes.family_for(t)) for t in tokens
         }
+        # Rules on the whole book ([governance.portfolio]; all off by default).
+        self.portfolio = PortfolioRisk(
+            g.portfolio,
+            tokens=tokens,
+            stop_atr_multiple=cfg.execution.stop_atr_multiple,  # the bracket's, not sizing's
+            costs=cost_bound(cfg),
+            horizon=horizon_bars(cfg),
+        )
+        self.rollback_session_loss = g.portfolio.rollback_session_loss
+        self._rollback_pending = False
         drift_warm_up()
+        self._last_ts = 0  # the newest exchange time seen (closed bars): when a human decided
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     def reload_genomes(self) -> None:
@@ -117,8 +137,13 @@ class GovernancePipeline:
 
     # ---- per bar ---------------------------------------------------------------------
     def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
+        self._last_ts = max(self._last_ts, bar.end_ms)
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
+        if self._rollback_pending:
+            self._rollback_pending = False
+            self._roll_back_genomes(bar.end_ms)
+        self.portfolio.on_bar(token, bar.end_ms, bar.close)
         detector = self._drift.get(token)
         if detector is None:
             return
@@ -128,6 +153,26 @@ class GovernancePipeline:
             drift.regime, drift.drift_score, drift.volatility, physics.atr, bar.close,
             self.equity, self.lots.get(token, self.lot_size),
         )  # fmt: skip
+
+    def _roll_back_genomes(self, exchange_ts_ms: int) -> None:
+        """A bad session: every family in use goes back to its previous version (a family
+        still at its first version has none and stays)."""
+        for family in sorted({self.genomes.family_for(t) for t in self._genome_out}):
+            try:
+                v = self.genomes.rollback(
+                    family, reason="session_loss_rollback", exchange_ts_ms=exchange_ts_ms
+                )
+            except GenomeError as exc:
+                log.warning("genome.session_rollback_skipped", family=family, error=str(exc))
+                continue
+            log.warning(
+                "genome.session_rollback",
+                family=family,
+                version=v.version,
+                restored_from=v.restored_from,
+                exchange_ts_ms=exchange_ts_ms,
+            )
+        self.reload_genomes()
 
     def layers(
         self, token: str
@@ -177,13 +222,24 @@ class GovernancePipeline:
             self.equity = account.equity
         capital = self._capital_out.get(token)
         wanted = capital.qty if capital is not None else 0
+        lot = self.lots.get(token, self.lot_size)
+        portfolio = self.portfolio
+        extra: list[Veto] = []
+        if portfolio.active and wanted > 0:
+            # Sized down inside the portfolio's sizing rules (risk at the stop, one order's
+            # value, the volatility target, the correlation cluster's cap) first.
+            wanted, extra = portfolio.size(
+                account, token, intent.side, wanted, price, physics.atr, lot
+            )
         # The capital brain sizes inside every exposure cap instead of sizing into a veto.
-        qty, cap_veto = fit(
-            account, token, intent.side, wanted, price, self.exposure,
-            self.lots.get(token, self.lot_size),
-        )  # fmt: skip
+        qty, cap_veto = fit(account, token, intent.side, wanted, price, self.exposure, lot)
         held = account.positions.get(token, 0) + account.working.get(token, 0)
         day = trading_day(ts, self.calendar)
+        if portfolio.active:
+            extra += portfolio.vetoes(account, token, intent.side, qty, price, ts, day)
+            for v in extra:
+                if v.rule == ORDER_RATE:  # a runaway strategy: REDUCING for the session
+                    self.meta_risk.trip(ORDER_RATE, v.value, v.limit, ts)
         meta = self.meta_risk.update(
             token=token,
             exchange_ts_ms=ts,
@@ -196,7 +252,11 @@ class GovernancePipeline:
             equity=account.equity,
         )
         if cap_veto is not None and wanted > 0:
-            meta = msgspec.structs.replace(meta, allowed=False, vetoes=(*meta.vetoes, cap_veto))
+            extra.append(cap_veto)
+        if extra:
+            named = {v.rule for v in meta.vetoes}  # a tripped order_rate is there already
+            more = tuple(v for v in extra if v.rule not in named)
+            meta = msgspec.structs.replace(meta, allowed=False, vetoes=(*meta.vetoes, *more))
         rules = ",".join(v.rule for v in meta.vetoes)
         if meta.halt:
             return GateVerdict(False, qty, f"veto:{rules}", f"meta_risk:{rules}", meta, None)
@@ -215,6 +275,8 @@ class GovernancePipeline:
             reason = f"approval_{approval.status.lower()}:{approval.approval_id}"
             return GateVerdict(False, qty, reason, "", meta, approval)
         self._fired[(token, day)] = self._fired.get((token, day), 0) + 1
+        if portfolio.active:
+            portfolio.record_entry(ts, day)
         return GateVerdict(True, qty, "", "", meta, approval)
 
     def observe(self, equity: float, exchange_ts_ms: int) -> str:
@@ -224,6 +286,10 @@ class GovernancePipeline:
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
         self.meta_risk.observe(equity, exchange_ts_ms)
+        if self.rollback_session_loss > 0 and self.meta_risk.rollback_due(
+            self.rollback_session_loss, exchange_ts_ms
+        ):
+            self._rollback_pending = True  # at the next bar, in bar order (replayable)
         return self.meta_risk.kill_switch
 
     @property
@@ -253,6 +319,8 @@ class GovernancePipeline:
             return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
         if command not in ("approve", "reject"):
             return None
+        if arg.startswith(PROPOSAL_PREFIX):
+            return self._decide_proposal(arg, approve=command == "approve")
         try:
             if command == "approve":
                 rec = self.approvals.approve(arg, by="operator")
@@ -263,8 +331,43 @@ class GovernancePipeline:
         log.warning("approval_decided", approval_id=arg, status=rec.status)
         return True, {"approval_id": arg, "status": rec.status}
 
+    def _decide_proposal(self, proposal_id: str, approve: bool) -> tuple[bool, dict[str, Any]]:
+        """Carry out (or turn down) a proposal a human decided: a genome candidate's
+        promotion or a parameter change becomes the version in force, taken by each
+        symbol of its family at its next bar. The genome is written before the proposal
+        is marked, so a crash between them leaves a proposal that can be decided again."""
+        ts = self._last_ts
+        try:
+            prop = self.approvals.proposal(proposal_id)
+            family = str(prop.payload.get("family", ""))
+            done: dict[str, Any] = {"proposal_id": proposal_id, "kind": prop.kind}
+            if prop.kind == "genome_promote":
+                version = int(prop.payload["version"])
+                cand = self.genomes.version(family, version)
+                ts = max(ts, cand.created_exchange_ts_ms)
+                if approve and cand.status == gen.CANDIDATE:
+                    new = self.genomes.promote(family, version, "operator", ts)
+                    done |= {"family": family, "version": new.version, "params": new.params}
+                elif not approve and cand.status == gen.CANDIDATE:
+                    self.genomes.reject(family, version)
+                elif cand.status != (gen.PROMOTED if approve else gen.REJECTED):
+                    # decided before (a crash between the two writes) or gone: say which
+                    return False, {"error": f"{family!r} v{version} is {cand.status}"}
+            elif prop.kind == "genome_change" and approve:
+                params = {k: float(v) for k, v in dict(prop.payload["params"]).items()}
+                full = {**self.genomes.current(family).params, **params}  # the rest stay
+                new = self.genomes.new_version(family, full, f"proposal:{proposal_id}", ts)
+                done |= {"family": family, "version": new.version, "params": new.params}
+            status = APPROVED if approve else REJECTED
+            self.approvals.decide_proposal(proposal_id, status, "operator", ts)
+        except (ChimeraError, KeyError, TypeError, ValueError) as exc:
+            return False, {"error": f"proposal {proposal_id}: {exc}"}
+        self.reload_genomes()
+        log.warning("proposal_decided", status=status, **done)
+        return True, {**done, "status": status}
+
     def pending_approvals(self) -> list[dict[str, Any]]:
-        return [
+        intents: list[dict[str, Any]] = [
             {
                 "approval_id": r.approval_id,
                 "client_order_id": r.intent.client_order_id,
@@ -272,6 +375,11 @@ class GovernancePipeline:
             }
             for r in self.approvals.pending()
         ]
+        return intents + [
+            {"approval_id": p.proposal_id, "kind": p.kind, "payload": p.payload,
+             "reason": p.reason, "proposed_by": p.proposed_by}
+            for p in self.approvals.pending_proposals()
+        ]  # fmt: skip
 
     @property
     def halted(self) -> bool:

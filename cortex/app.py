@@ -472,6 +472,15 @@ def _report_row(r: Any, names: dict[str, str]) -> dict[str, Any]:
 
 
 # ---- Governance ------------------------------------------------------------------------
+def _payload_text(payload: dict[str, Any]) -> str:
+    """A proposal's payload in one line: family, version, params."""
+    parts = [f"{k} {v}" for k, v in payload.items() if k != "params"]
+    params = payload.get("params") or {}
+    parts += [f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in params.items()]
+    return ", ".join(parts)
+
+
+# ---- Governance ------------------------------------------------------------------------
 def page_governance() -> None:
     rt = runtime()
     st.title("Governance")
@@ -533,6 +542,37 @@ def page_governance() -> None:
         if decided:
             with st.expander(f"Decided approvals ({len(decided)})"):
                 st.dataframe(decided, hide_index=True)
+
+        st.subheader("Proposals")
+        props = _store_rows(lambda: sources.proposals(mode_dir))
+        waiting = [p for p in props if p["status"] == "PENDING"]
+        if not waiting:
+            st.caption("No genome proposal waits for a human.")
+        for p in waiting[:10]:
+            pid = p["proposal_id"]
+            c = st.columns([6, 1, 1])
+            c[0].markdown(
+                f"**{pid}** · {p['kind']} · {_payload_text(p['payload'])} · {p['reason']} · "
+                f"by {p['proposed_by']} · queued {ts(p['created_ms'])}"
+            )
+            if not operator:
+                continue
+            if c[1].button("Approve", key=f"approve-{pid}", type="primary"):
+                st.session_state.last_proposal = ("approve", pid, command(rt, Command.APPROVE, pid))
+            if c[2].button("Reject", key=f"reject-{pid}"):
+                st.session_state.last_proposal = ("reject", pid, command(rt, Command.REJECT, pid))
+        last = st.session_state.get("last_proposal")
+        if last is not None:
+            action, pid, reply = last
+            (st.success if reply.get("ok") else st.error)(
+                f"{action} {pid}: " + str(reply.get("result") or reply.get("error"))
+            )
+        done = [p for p in props if p["status"] != "PENDING"][-30:]
+        if done:
+            with st.expander(f"Decided proposals ({len(done)})"):
+                st.dataframe(
+                    [{**p, "payload": _payload_text(p["payload"])} for p in done], hide_index=True
+                )
 
         st.subheader("Regime timeline")
         regimes = {label(t, names): list(s.regimes) for t, s in snap.symbols.items() if s.regimes}

@@ -33,6 +33,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def proposals(mode_dir: Path) -> list[dict[str, Any]]:
+    """Proposals that are not orders (a genome candidate's promotion, an assistant's genome
+    change), oldest first; [] while there is no queue file."""
+    from chimera_governance.approvals import proposals as read
+
+    return read(Path(mode_dir) / APPROVALS_DB)
+
+
 def neural_state(data_dir: Path) -> dict[str, Any] | None:
     """The recorder's latest snapshot (``data/neural_state.json``), or None."""
     return read_json(Path(data_dir) / NEURAL_STATE)

@@ -22,6 +22,7 @@ PLANNED: dict[str, str] = {}
 # Commands whose module owns its own argument parsing: name → module with main(argv).
 SUBCOMMANDS = {
     "backtest": "tools.backtest.cli",
+    "bot": "tools.bot",
     "cortex": "cortex.launcher",
     "history": "tools.backtest.history_cli",
     "doctor": "tools.doctor",
@@ -29,6 +30,8 @@ SUBCOMMANDS = {
     "metrics": "tools.metrics",
     "notify": "tools.notify.cli",
     "optimize": "tools.optimize.cli",
+    "report": "tools.report",
+    "research": "tools.research",
     "service": "tools.service",
     "watch": "tools.console",
 }
@@ -60,21 +63,16 @@ def cmd_live(args: argparse.Namespace) -> int:
     instruments: list[Instrument] = []
     if cfg.instruments.names:
         cfg, instruments = with_instruments(cfg)
-    from tools.node import build_parts
+    import functools
+
+    from tools.node import build_node, build_parts
 
     # The journal for this mode only (data/<mode>/chimera.db), the configured broker, and
     # governance state kept apart per mode: no path lets paper touch live.
     parts = build_parts(cfg, env, instruments)
     try:
-        uvloop.run(
-            run_live(
-                cfg,
-                credentials,
-                control_token=token,
-                governance=parts.governance,
-                router=parts.router,
-            )
-        )
+        make_node = functools.partial(build_node, cfg, parts)
+        uvloop.run(run_live(cfg, credentials, make_node, control_token=token))
     finally:
         parts.close()
     return 0
@@ -179,10 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("notify", help="alerts to any channel (apprise URLs from .env)", add_help=False)
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
-    sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
+    sub.add_parser(
+        "genome", help="strategy genome: show | history | rollback | propose", add_help=False
+    )
+    sub.add_parser(
+        "research", help="nightly research: history, studies, candidates", add_help=False
+    )
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
     sub.add_parser("watch", help="a live terminal view of a running engine", add_help=False)
+    sub.add_parser("bot", help="the operator's Telegram bot (allow-listed users)", add_help=False)
+    sub.add_parser("report", help="daily / weekly report from the journal", add_help=False)
     for name in CONTROL_COMMANDS:
         sub.add_parser(name, help="operator command over the control channel", add_help=False)
     for name, what in PLANNED.items():

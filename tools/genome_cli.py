@@ -1,4 +1,11 @@
-"""``chimera genome show|history|rollback``: inspect and roll back the strategy genome.
+"""``chimera genome show|history|rollback|propose``: inspect and roll back the strategy
+genome, and propose a study's trial as a candidate version.
+
+``propose STUDY [FOLD:TRIAL]`` writes the trial's parameters (default: the study's
+candidate) as a version with status ``candidate``, linked to its study and trial, and
+queues its promotion in the approval queue; it goes into force only when a human approves
+it (``chimera approve prp-…`` or the cortex). A study whose overfitting guards failed
+cannot be proposed.
 
 Exit codes: 0 done, 2 the request could not be served (no db, unknown family or
 version, bad arguments). ``show`` and ``rollback`` print JSON; ``history`` prints a
@@ -42,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(rollback)
     rollback.add_argument("--to", type=int, help="version to restore (default: the parent)")
     rollback.add_argument("--reason", default="manual_rollback", help="recorded reason")
+    propose = sub.add_parser("propose", help="a study's trial as a candidate (to approve)")
+    common(propose)
+    propose.add_argument("study", help="study name (chimera optimize show STUDY)")
+    propose.add_argument("trial", nargs="?", help="FOLD:TRIAL (default: the study's candidate)")
+    propose.add_argument("--research-dir", default=None, help="default: <data_dir>/research")
+    propose.add_argument("--config", default=None, help="chimera.toml (default: ./chimera.toml)")
+    propose.add_argument(
+        "--approvals", default=None, help="approval queue (default: approvals.db beside --db)"
+    )
     return parser
 
 
@@ -54,13 +70,17 @@ def _fmt_params(params: dict[str, float]) -> str:
 
 
 def _table(versions: list[GenomeVersion]) -> str:
-    header = ("version", "parent", "restored", "created_ts_ms", "reason", "trades", "mean_pnl")
+    header = (
+        "version", "status", "parent", "restored", "created_ts_ms", "reason", "trades",
+        "mean_pnl",
+    )  # fmt: skip
     rows = [header]
     for v in versions:
         mean = v.metrics.get("mean_pnl")
         rows.append(
             (
                 str(v.version),
+                v.status,
                 "-" if v.parent_version is None else str(v.parent_version),
                 "-" if v.restored_from is None else str(v.restored_from),
                 str(v.created_exchange_ts_ms),
@@ -77,7 +97,84 @@ def _table(versions: list[GenomeVersion]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _propose(args: argparse.Namespace) -> str:
+    """The study's trial as a candidate version, and its promotion in the approval queue."""
+    import time
+
+    from chimera_core.config import load_config
+    from chimera_governance import approvals as apv
+    from chimera_governance.genome import genes_from_strategy
+    from tools.optimize.cli import open_study
+
+    _, parent, spec = open_study(args.study, args.research_dir, args.config)
+    result = parent.user_attrs.get("result")
+    if not result:
+        raise GenomeError(
+            f"study {args.study!r} has not finished (no result): run the same "
+            "`chimera optimize` command again to resume it, then propose"
+        )
+    if not result.get("proposable"):
+        why = "; ".join(result.get("not_proposable_because", [])) or "guards failed"
+        raise GenomeError(f"study {args.study!r} cannot be proposed: {why}")
+    if spec.strategy != "default":
+        raise GenomeError(
+            f"study {args.study!r} searched strategy {spec.strategy!r}; the genome holds the "
+            "default strategy's genes only"
+        )
+    picks = {f["pick"]["ref"]: f for f in result["folds"]}
+    ref = args.trial or result["candidate"]["ref"]
+    if ref not in picks:
+        raise GenomeError(
+            f"trial {ref} was no fold's pick, so it has no out-of-sample score; proposable: "
+            f"{sorted(picks)} (the study's candidate: {result['candidate']['ref']})"
+        )
+    fold = picks[ref]
+    cfg = load_config(spec.config or args.config)
+    genes = genes_from_strategy(cfg.strategy)
+    db = Path(args.db)
+    with GenomeStore(db, genes=genes) as store:
+        base = store.current(args.family).params
+        searched = {**fold["pick"]["params"], **spec.space.fixed}
+        params = {g.name: float(searched.get(g.name, base[g.name])) for g in genes}
+        dsr = result["guards"]["deflated_sharpe"]
+        source = {
+            "study": args.study,
+            "trial": ref,
+            "strategy": spec.strategy,
+            "seed": spec.seed,
+            "data": [{"path": d.path, "sha256": d.sha256} for d in spec.data],
+            "code_version": result.get("code_version", ""),
+            "deflated_sharpe": dsr.get("value"),
+            "pbo": result["guards"]["pbo"][-1].get("pbo"),
+            "test_window_ts_ms": fold["test_ts_ms"],
+        }
+        metrics = {k: v for k, v in fold["pick"]["test"].items() if isinstance(v, int | float)}
+        cand = store.propose(args.family, params, source, fold["test_ts_ms"][1], metrics)
+    approvals = Path(args.approvals) if args.approvals else db.with_name("approvals.db")
+    sharpe = fold["pick"]["test"].get("sharpe")
+    proposal_id = apv.propose(
+        approvals,
+        "genome_promote",
+        {"family": args.family, "version": cand.version},
+        f"study {args.study} trial {ref}: out-of-sample Sharpe {sharpe}, deflated Sharpe "
+        f"{source['deflated_sharpe']}, PBO {source['pbo']}",
+        "chimera genome propose",
+        int(time.time() * 1000),
+    )
+    return _json(
+        {
+            "family": args.family,
+            "candidate_version": cand.version,
+            "params": cand.params,
+            "proposal_id": proposal_id,
+            "then": f"chimera approve {proposal_id}   (or reject it; the cortex shows it too)",
+        }
+    )
+
+
 def _run(args: argparse.Namespace) -> str:
+    if args.action == "propose":
+        return _propose(args)
     db = Path(args.db)
     if not db.is_file():
         raise GenomeError(f"no genome db at {db} (expected the file the engine writes; --db)")

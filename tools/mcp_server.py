@@ -16,7 +16,7 @@ import functools
 import hmac
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,17 @@ class Engine:
 
         return Journal.open_readonly(self.data_dir, self.cfg.mode)
 
-    def decisions(self) -> list[tuple[str, int, Any]]:
-        """(session, seq, Decision) from every black-box session, oldest session first."""
+    def session_decisions(self, only: str | None = None) -> Iterator[tuple[str, list[Any]]]:
+        """(session, [(seq, Decision), ...] in order) per black-box session, newest session
+        first (or only the session named ``only``): a caller stops once it has enough."""
         from chimera_core.telemetry import TOPIC_TICK, TickView, decoder_for, read_session
         from cortex.sources import sessions
 
         decode_tick = decoder_for(TOPIC_TICK, TickView)
-        out = []
-        for s in reversed(sessions(self.data_dir)):
+        for s in sessions(self.data_dir):
+            if only is not None and s["name"] != only:
+                continue
+            rows = []
             for message in read_session(Path(s["path"])):
                 if not message.topic.startswith(TOPIC_TICK):
                     continue
@@ -75,8 +78,21 @@ class Engine:
                 except ChimeraError:
                     continue
                 if rec.decision is not None:
-                    out.append((s["name"], message.seq, rec.decision))
-        return out
+                    rows.append((message.seq, rec.decision))
+            yield s["name"], rows
+
+    def newest(self, n: int, keep: Callable[[Any], bool]) -> list[tuple[str, int, Any]]:
+        """The newest ``n`` decisions ``keep`` accepts, oldest first, reading sessions from
+        the newest back only as far as needed."""
+        found: list[tuple[str, int, Any]] = []
+        for name, rows in self.session_decisions():
+            found = [(name, q, d) for q, d in rows if keep(d)] + found
+            if len(found) >= n:
+                break
+        return found[-n:]
+
+    def research_dir(self) -> Path:
+        return self.data_dir / "research"
 
     def latest_health(self) -> Any:
         from chimera_core.telemetry import TOPIC_HEALTH, read_session
@@ -92,6 +108,21 @@ class Engine:
         return None
 
 
+def _study_result(path: Path) -> dict[str, Any] | None:
+    """The stored result of the study in ``path`` (None while it has not finished)."""
+    import optuna
+
+    from tools.optimize.study import open_storage
+
+    storage = open_storage(path, create=False)
+    try:
+        parent = optuna.load_study(study_name=path.stem, storage=storage)
+    except KeyError:
+        return None
+    result = parent.user_attrs.get("result")
+    return dict(result) if result else None
+
+
 def _json(obj: Any) -> Any:
     return msgspec.to_builtins(obj)
 
@@ -99,7 +130,8 @@ def _json(obj: Any) -> Any:
 # Tool names, for the test and the README: none of them places, cancels or flattens.
 READ_TOOLS = (
     "status", "positions", "open_orders", "fills", "approvals", "proposals",
-    "genome_versions", "recent_decisions", "explain", "health",
+    "genome_versions", "recent_decisions", "explain", "governance_history", "health",
+    "studies", "study", "backtests", "backtest",
 )  # fmt: skip
 ACT_TOOLS = ("pause", "halt", "propose_genome_change")
 
@@ -173,7 +205,7 @@ def build_server(engine: Engine) -> Any:
     def recent_decisions(token: str, n: int = 20) -> list[dict[str, Any]]:
         """The last ``n`` decisions for instrument ``token`` from the black box (summaries;
         use ``explain`` for one in full)."""
-        rows = [(s, q, d) for s, q, d in engine.decisions() if d.token == token][-n:]
+        rows = engine.newest(n, lambda d: d.token == token)
         return [
             {
                 "session": s,
@@ -189,10 +221,97 @@ def build_server(engine: Engine) -> Any:
     @tool
     def explain(session: str, seq: int) -> dict[str, Any]:
         """One decision in full: every layer's inputs and outputs."""
-        for s, q, d in engine.decisions():
-            if s == session and q == seq:
-                return dict(_json(d))
+        for _, rows in engine.session_decisions(only=session):
+            for q, d in rows:
+                if q == seq:
+                    return dict(_json(d))
         raise ChimeraError(f"no decision with session={session!r} seq={seq} in the black box")
+
+    @tool
+    def governance_history(token: str, n: int = 50) -> list[dict[str, Any]]:
+        """Regime, leverage and veto history for instrument ``token`` from the black box:
+        the newest ``n`` decisions where the regime or the target leverage changed or
+        meta-risk vetoed (with every rule and its numbers), oldest first."""
+        out: list[dict[str, Any]] = []
+        for name, rows in engine.session_decisions():
+            events: list[dict[str, Any]] = []
+            last: tuple[Any, Any] = (None, None)
+            for q, d in rows:
+                if d.token != token:
+                    continue
+                now = (
+                    None if d.drift is None else d.drift.regime.value,
+                    None if d.capital is None else d.capital.target_leverage,
+                )
+                vetoes = [] if d.meta_risk is None else list(_json(d.meta_risk.vetoes))
+                if now == last and not vetoes:
+                    continue
+                events.append({
+                    "session": name, "seq": q, "exchange_ts_ms": d.exchange_ts_ms,
+                    "regime": now[0],
+                    "drift_score": None if d.drift is None else d.drift.drift_score,
+                    "target_leverage": now[1], "vetoes": vetoes,
+                    "halt": bool(d.meta_risk and d.meta_risk.halt), "state": d.state,
+                })  # fmt: skip
+                last = now
+            out = events + out
+            if len(out) >= n:
+                break
+        return out[-n:]
+
+    @tool
+    def studies() -> list[dict[str, Any]]:
+        """`chimera optimize` studies under data_dir/research: strategy, sampler, whether its
+        candidate may be proposed (and why not), the candidate and its out-of-sample metrics."""
+        out = []
+        for path in sorted(engine.research_dir().glob("*.db")):
+            result = _study_result(path)
+            if result is None:
+                out.append({"study": path.stem, "finished": False})
+                continue
+            out.append({
+                "study": path.stem, "finished": True, "strategy": result.get("strategy"),
+                "sampler": result.get("sampler"), "proposable": result.get("proposable"),
+                "not_proposable_because": result.get("not_proposable_because"),
+                "candidate": result.get("candidate"), "oos": result.get("oos"),
+            })  # fmt: skip
+        return out
+
+    @tool
+    def study(name: str) -> dict[str, Any]:
+        """One study's stored result: folds, picks, in-sample vs out-of-sample, guards."""
+        from tools.optimize.study import storage_path
+
+        path = storage_path(engine.research_dir(), name)
+        result = _study_result(path) if path.is_file() else None
+        if result is None:
+            raise ChimeraError(f"no finished study {name!r} under {engine.research_dir()}")
+        return result
+
+    @tool
+    def backtests() -> list[dict[str, Any]]:
+        """`chimera backtest` results under data_dir/backtests: name, mode, strategy, its
+        input data (with its hash), code version and the headline metrics."""
+        out = []
+        for path in sorted((engine.data_dir / "backtests").glob("*/result.json")):
+            r = msgspec.json.decode(path.read_bytes())
+            metrics = r.get("metrics") or {}
+            out.append({
+                "name": path.parent.name, "mode": r.get("mode"), "strategy": r.get("strategy"),
+                "data": r.get("data"), "code_version": r.get("code_version"),
+                "metrics": {k: metrics.get(k) for k in (
+                    "total_return", "sharpe", "max_drawdown", "trades", "win_rate",
+                    "profit_factor")},
+            })  # fmt: skip
+        return out
+
+    @tool
+    def backtest(name: str) -> dict[str, Any]:
+        """One backtest's result.json (settings, input hash, code version, metrics)."""
+        path = engine.data_dir / "backtests" / name / "result.json"
+        if "/" in name or ".." in name or not path.is_file():
+            raise ChimeraError(f"no backtest {name!r} under {engine.data_dir / 'backtests'}")
+        return dict(msgspec.json.decode(path.read_bytes()))
 
     @tool
     def health() -> dict[str, Any]:

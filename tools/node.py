@@ -53,10 +53,13 @@ def build_parts(
     throttle_clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     state_dir: Path | None = None,
+    with_router: bool = True,
 ) -> Parts:
     """Governance (its state under ``state_dir``, default ``data_dir/<mode>``: paper and live
     never share it) and the router with the configured broker and this mode's journal.
-    On any failure what was opened is closed again and the error names the state."""
+    ``with_router=False`` leaves the router out whatever the config says (replay: what the
+    router did is in the recording). On any failure what was opened is closed again and
+    the error names the state."""
     governance = None
     router = None
     state_dir = state_dir or Path(cfg.data_dir) / cfg.mode
@@ -65,7 +68,7 @@ def build_parts(
             from chimera_governance.pipeline import GovernancePipeline
 
             governance = GovernancePipeline(cfg, state_dir)
-        if cfg.execution.enabled:
+        if with_router and cfg.execution.enabled:
             from chimera_execution.router import build_router
 
             router = build_router(

@@ -57,7 +57,6 @@ from chimera_core.contracts import (
     TickRecord,
 )
 from chimera_core.errors import ChimeraError, ProtocolError
-from chimera_core.event_loop import Engine
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import (
     TOPIC_CONTROL,
@@ -75,7 +74,7 @@ from chimera_core.telemetry import (
     read_manifest,
     read_session,
 )
-from chimera_governance.pipeline import GovernancePipeline
+from tools.node import build_node, build_parts
 
 # Commands that change what the engine decides (flatten and flatten_token act only at the
 # broker: their outcome is in the exec records).
@@ -277,10 +276,14 @@ def replay_session(
     # Governance starts from empty state, as the live session did (a halt it loaded at
     # start is in the recording as a control event, and is re-applied from there).
     state_dir = Path(tempfile.mkdtemp(prefix="chimera-replay-governance-"))
-    governance = GovernancePipeline(cfg, state_dir) if cfg.governance.enabled else None
-    engine = Engine(cfg, clock=lambda: now[0], governance=governance)
-    on_frame = engine.on_frame
-    after_publish = engine.after_publish
+    # The node as the composition root builds it for live, without the router: what the
+    # router did is in the recording (exec records), applied as reports below.
+    parts = build_parts(cfg, {}, state_dir=state_dir, with_router=False)
+    node = build_node(cfg, parts, clock=lambda: now[0])
+    engine = node.engine
+    # The router-less node runs a frame as live does (step, publish, per-bar work) and
+    # drops the commands the engine queues: what the router did is in the exec records.
+    on_frame = node.on_frame
     encode = msgspec.msgpack.encode
     replace = msgspec.structs.replace
     decode_tick = _decode_tick
@@ -315,10 +318,6 @@ def replay_session(
             recv_ns = rec.recv_ns
             now[0] = recv_ns
             d = on_frame(rec.frame, recv_ns)
-            # As live: the per-bar work runs right after the frame is published, before a
-            # report that arrives next can move the account it reads.
-            after_publish()
-            engine.actions.clear()  # the router's answers are recorded as exec records
             ticks += 1
             recorded = rec.decision
             if d is not None:
@@ -355,17 +354,15 @@ def replay_session(
                 result.undecodable += 1
                 continue
             if cev.ok and cev.command in REPLAYED_COMMANDS:
-                engine.control(cev.command, cev.arg)
+                node.on_control(cev.command, cev.arg)
                 result.control_applied += 1
-            engine.actions.clear()  # what the router did about it is in the exec records
         elif topic == TOPIC_EXEC:
             try:
                 rep = _decode_report(payload)
             except ProtocolError:
                 result.undecodable += 1
                 continue
-            engine.on_report(rep)
-            engine.actions.clear()
+            node.on_report(rep)
             result.reports_applied += 1
         elif topic == TOPIC_RECON:
             try:
@@ -389,8 +386,7 @@ def replay_session(
     result.mismatched = mismatched
     result.divergence = divergence
     result.engine_stats = engine.stats.as_dict()
-    if governance is not None:
-        governance.close()
+    parts.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
 

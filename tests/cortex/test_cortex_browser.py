@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from chimera_core.control import ControlClient
+from chimera_governance.approvals import proposals, propose
 from tests.cortex.browser import ARTIFACTS, CHROMIUM, NO_BROWSER
 from tests.cortex.browser import launch as _launch
 from tests.cortex.browser import settle as _settle
@@ -198,6 +199,13 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             _settle(page)
             page.screenshot(path=str(ARTIFACTS / "replay.png"), full_page=True)
 
+            # An assistant's genome proposal (as `chimera mcp` queues it) waits beside them.
+            db = data_dir / "paper" / "approvals.db"
+            proposal_id = propose(
+                db, "genome_change", {"family": "default", "params": {"band_k": 2.5}},
+                "wider bands", "assistant", int(time.time() * 1000),
+            )  # fmt: skip
+
             # Governance: the queue shows, but approving needs the operator's login.
             page.goto(base + "governance")
             m = _wait_text(page, r"(apv-[0-9a-f]{20}) · ", timeout_s=120)
@@ -219,10 +227,18 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             assert client.request("status")["result"]["halted"] is False
             page.locator(f".st-key-approve-{approval_id} button").click()
             _wait_text(page, f"approve {approval_id}: ")
-            db = data_dir / "paper" / "approvals.db"
             deadline = time.monotonic() + 15
             while _approval_status(db, approval_id) != "APPROVED":
                 assert time.monotonic() < deadline, _approval_status(db, approval_id)
+                time.sleep(0.2)
+            # The proposal: shown with its payload and who proposed it; approving it goes
+            # through the engine, which puts the parameters in force.
+            _wait_text(page, rf"{proposal_id} · genome_change · family default, band_k=2.5")
+            page.locator(f".st-key-approve-{proposal_id} button").click()
+            _wait_text(page, f"approve {proposal_id}: ")
+            deadline = time.monotonic() + 15
+            while [p["status"] for p in proposals(db)] != ["APPROVED"]:
+                assert time.monotonic() < deadline, proposals(db)
                 time.sleep(0.2)
             page.screenshot(path=str(ARTIFACTS / "governance-approved.png"), full_page=True)
 

@@ -5,6 +5,7 @@ survives a restart."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import secrets
 
@@ -27,6 +28,7 @@ from chimera_core.feed.smartapi_v2 import decode, encode
 from chimera_core.live import run_live
 from chimera_governance.pipeline import GovernancePipeline
 from tests.loopback import free_port
+from tools.node import Parts, build_node
 from tools.sim.market import Market
 from tools.sim.server import ExchangeSimulator
 
@@ -176,7 +178,11 @@ async def _live_briefly(cfg, governance: GovernancePipeline) -> None:
         stop = asyncio.Event()
         task = asyncio.ensure_future(
             run_live(
-                live_cfg, load_credentials(live_cfg, {}), stop, secrets.token_hex(16), governance
+                live_cfg,
+                load_credentials(live_cfg, {}),
+                functools.partial(build_node, live_cfg, Parts(governance, None)),
+                stop,
+                secrets.token_hex(16),
             )
         )
         await asyncio.sleep(2.0)

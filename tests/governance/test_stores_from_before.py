@@ -170,7 +170,8 @@ def test_a_genome_from_before_is_read_then_adopted(tmp_path: Path) -> None:
         assert view.current("default").version == 2 and view.current("default").params == v2
     assert digest(path) == before and user_version(path) == 0
     with GenomeStore(path) as store:
-        assert user_version(path) == 1
+        assert user_version(path) == 2  # adopted as 1, then migrated (status, source)
+        assert [v.status for v in store.history("default")] == ["active", "active"]
         out = store.current("default")
         assert (out.version, out.params, out.closed_trades) == (2, v2, 35)
         store.on_trade_closed("default", 1.0, {}, T0 + 100)

@@ -20,7 +20,9 @@ EXAMPLE = REPO / "chimera.example.toml"
 # Active keys whose value is an example, not the default (the comment says the default).
 EXAMPLE_VALUES = {("execution", "angelone", "symbols")}
 
-_HEADER = re.compile(r"^(#\s*)?\[([A-Za-z0-9_.]+)\]\s*(#.*)?$")
+# [table] or [[array.of.tables]]: an array's element keys are documented under the
+# array's path and "[]" (research.studies.[].name).
+_HEADER = re.compile(r"^(#\s*)?(\[\[?)([A-Za-z0-9_.]+)\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^(#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 _CONTINUATION = re.compile(r"^\s+#\s?(.*)$")  # an indented comment carries on the key's
 
@@ -71,7 +73,7 @@ def _read_example() -> Example:
             continue
         last = None
         if m := _HEADER.match(raw):
-            table = tuple(m.group(2).split("."))
+            table = tuple(m.group(3).split(".")) + (("[]",) if m.group(2) == "[[" else ())
             continue
         if m := _KEY.match(raw):
             _, comment = _split_comment(m.group(3))
@@ -102,6 +104,11 @@ def _fields(
             ft.value_type, msgspec.inspect.StructType
         ):
             out |= _fields(ft.value_type, (*path, "*"))
+        elif isinstance(ft, msgspec.inspect.ListType) and isinstance(
+            ft.item_type, msgspec.inspect.StructType
+        ):
+            out[path] = ft  # the array itself ([] by default) and each element's keys
+            out |= _fields(ft.item_type, (*path, "[]"))
         else:
             out[path] = ft
     return out
@@ -118,6 +125,10 @@ def _schema_path(path: tuple[str, ...]) -> tuple[str, ...]:
         if isinstance(t, msgspec.inspect.DictType):
             out.append("*")
             t = t.value_type
+            continue
+        if isinstance(t, msgspec.inspect.ListType) and part == "[]":
+            out.append("[]")
+            t = t.item_type
             continue
         if not isinstance(t, msgspec.inspect.StructType):
             return tuple(path)
@@ -156,8 +167,16 @@ def test_the_example_parses_as_written_and_with_its_commented_keys_uncommented()
     parse_config(EX.text, str(EXAMPLE))
     # The commented-out tables and keys are examples to uncomment: they must work too.
     commented = {line.number for line in EX.lines if line.commented}
+    # `studies = []` documents the array; its uncommented [[...]] tables take its place.
+    arrays = {
+        line.number for line in EX.lines
+        if isinstance(FIELDS.get(_schema_path(line.path)), msgspec.inspect.ListType)
+        and isinstance(FIELDS[_schema_path(line.path)].item_type, msgspec.inspect.StructType)
+    }  # fmt: skip
     out = []
     for number, raw in enumerate(EX.text.splitlines(), 1):
+        if number in arrays:
+            continue
         m = _HEADER.match(raw)
         if number in commented or (m and m.group(1)):
             raw = raw.lstrip("#").lstrip()

@@ -41,9 +41,11 @@ def test_show(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_history_table_and_json(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "--db", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:5] == ["version", "parent", "restored", "created_ts_ms", "reason"]
-    assert lines[1].split()[:5] == ["1", "-", "-", "1000", "initial"]
-    assert lines[2].split()[:5] == ["2", "1", "-", str(1000 * MIN_HISTORY), "learn"]
+    assert lines[0].split()[:6] == [
+        "version", "status", "parent", "restored", "created_ts_ms", "reason",
+    ]  # fmt: skip
+    assert lines[1].split()[:6] == ["1", "active", "-", "-", "1000", "initial"]
+    assert lines[2].split()[:6] == ["2", "active", "1", "-", str(1000 * MIN_HISTORY), "learn"]
     assert "band_k=" in lines[2]
 
     assert main(["history", "--db", str(db), "--json"]) == 0

@@ -12,7 +12,10 @@ import pytest
 from tools import service
 from tools.service import UNITS, ServiceError, main, render_units
 
-SERVICES = [u for u in UNITS if u.endswith(".service")]
+# The trading target's long-running services; the nightly research is a oneshot its timer
+# starts, checked on its own below.
+RESEARCH = ("chimera-research.service", "chimera-research.timer")
+SERVICES = [u for u in UNITS if u.endswith(".service") and u not in RESEARCH]
 HARDENING = [
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
@@ -139,6 +142,21 @@ def test_rendered_units_carry_hardening_and_wiring(layout: dict[str, Path]) -> N
     wants = next(ln for ln in target if ln.startswith("Wants="))
     for name in SERVICES:
         assert name in wants
+    assert not any(u in wants for u in RESEARCH)  # research is never part of trading
+    research = _directives(units["chimera-research.service"])
+    for directive in HARDENING:
+        if not directive.startswith("Restart"):  # a oneshot: the timer runs it again
+            assert directive in research, directive
+    assert "Type=oneshot" in research and "Nice=19" in research
+    assert f"ReadWritePaths={layout['data']}" in research
+    assert (
+        f"ExecStart={layout['venv']}/bin/chimera research nightly --config {layout['config']}"
+        in research
+    )
+    timer = _directives(units["chimera-research.timer"])
+    assert "Unit=chimera-research.service" in timer and "Persistent=true" in timer
+    assert "WantedBy=timers.target" in timer
+    assert any(ln.startswith("OnCalendar=") for ln in timer)
 
 
 def _verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:

@@ -335,7 +335,8 @@ def _num(v: Any) -> str:
 # ---- show / rerun -------------------------------------------------------------------------
 
 
-def _open(study: str, research_dir: str | None, config: str | None) -> tuple[Any, Any, Any]:
+def open_study(study: str, research_dir: str | None, config: str | None) -> tuple[Any, Any, Any]:
+    """A stored study: (Optuna storage, the parent study, its StudySpec)."""
     import optuna
 
     from tools.optimize.study import StudyError, StudySpec, open_storage, storage_path
@@ -364,7 +365,7 @@ def cmd_show(argv: list[str]) -> int:
 
     from tools.optimize.study import fold_study_name, trial_ref
 
-    storage, parent, spec = _open(args.study, args.research_dir, args.config)
+    storage, parent, spec = open_study(args.study, args.research_dir, args.config)
     result = parent.user_attrs.get("result") or {}
     picks = {f["pick"]["ref"] for f in result.get("folds", [])}
     candidate = (result.get("candidate") or {}).get("ref")
@@ -451,7 +452,7 @@ def cmd_rerun(argv: list[str]) -> int:
     from tools.optimize.study import StudyError, fold_study_name, parse_ref
 
     configure_logging("WARNING")
-    storage, parent, spec = _open(args.study, args.research_dir, args.config)
+    storage, parent, spec = open_study(args.study, args.research_dir, args.config)
     cfg = load_config(spec.config or None)
     loaded = load_instruments([d.path for d in spec.data], spec.data[0].segment)
     for ref, d in zip((r for r, _ in loaded), spec.data, strict=True):
