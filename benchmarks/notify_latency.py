@@ -187,13 +187,12 @@ async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Pa
     with ``notify_dir``, a real chimera notify subscribed too."""
     from benchmarks.hot_path import (
         BENCH_CONFIG,
-        _governance,
+        _engine,
         _percentiles,
         _Probe,
         _subscriber,
     )  # fmt: skip
     from chimera_core.config import parse_config
-    from chimera_core.event_loop import Engine
     from chimera_core.feed.client import FeedClient
 
     cfg = parse_config(BENCH_CONFIG.format(port=port))
@@ -214,7 +213,7 @@ async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Pa
         telemetry.drain_subscriptions()
         await asyncio.sleep(0.01)
     capacity = 2_000_000
-    probe = _Probe(Engine(cfg, governance=_governance(cfg)), capacity, 0, telemetry)
+    probe = _Probe(_engine(cfg), capacity, 0, telemetry)
     client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
                         "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
     await client.subscribe(2, 1, list(cfg.feed.tokens))
