@@ -23,3 +23,11 @@ class Command(enum.StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     RESET_HALT = "reset_halt"
+    # Informational: ``chimera notify`` hands the engine an alert it sent or dropped, and
+    # the engine only republishes it on the ``alert`` topic. It never reaches the engine's
+    # state, so it cannot add risk; it is not an operator command of the CLI.
+    ALERT = "alert"
+
+
+# Commands the engine republishes without applying (no state, no control event).
+INFORMATIONAL: frozenset[str] = frozenset({Command.ALERT})

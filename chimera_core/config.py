@@ -321,6 +321,58 @@ class ExecutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     slicing: SlicingConfig = msgspec.field(default_factory=SlicingConfig)
 
 
+# The alerts ``chimera notify`` raises, by stable name (docs/RUNBOOK.md lists what to do).
+AlertName = Literal[
+    "engine_started",
+    "engine_stopped",
+    "engine_unreachable",
+    "feed_dark",
+    "feed_recovered",
+    "trading_state",
+    "daily_loss_near",
+    "daily_loss_tripped",
+    "drawdown_near",
+    "drawdown_tripped",
+    "position_unprotected",
+    "position_protected",
+    "journal_write_failed",
+    "disk_low",
+    "broker_reject",
+    "recon_mismatch",
+    "approval_waiting",
+    "fill",
+]
+Severity = Literal["info", "warning", "critical"]
+# "HH:MM-HH:MM" in notify.timezone; an end before the start wraps past midnight.
+_HHMM = r"([01]\d|2[0-3]):[0-5]\d"
+QuietHours = Annotated[str, msgspec.Meta(pattern=f"^(|{_HHMM}-{_HHMM})$")]
+
+
+class NotifyChannelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What one channel gets. Its URL comes from the environment / .env, never from here
+    (CHIMERA_NOTIFY_URL_<NAME>, or CHIMERA_NOTIFY_URLS for the channel named default)."""
+
+    events: list[AlertName | Literal["*"]] = msgspec.field(default_factory=lambda: ["*"])
+    min_severity: Severity = "info"
+    quiet_hours: QuietHours = ""  # e.g. "22:00-07:00": only critical alerts pass
+
+
+class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # Per channel filters by name; a channel with a URL but no table gets every alert.
+    channels: dict[str, NotifyChannelConfig] = msgspec.field(default_factory=dict)
+    dark_feed_s: ShortSeconds = 10.0  # the feed stale this long → feed_dark
+    limit_fraction: PositiveFraction = 0.8  # daily loss / drawdown at this share → *_near
+    fills: bool = False  # one alert per fill (opt-in)
+    rate_limit: Count = 5  # alerts of one name per rate_window_s; the rest are summarised
+    rate_window_s: ShortSeconds = 60.0
+    retry_initial_s: ShortSeconds = 1.0  # delivery retries back off from here ...
+    retry_max_s: ShortSeconds = 60.0  # ... doubling up to here, never giving up
+    late_after_s: ShortSeconds = 30.0  # delivered later than this is marked late
+    engine_silent_s: ShortSeconds = 10.0  # no health this long → engine_unreachable
+    approvals_poll_s: ShortSeconds = 1.0
+    timezone: str = "Asia/Kolkata"  # for quiet hours
+
+
 class ResearchHistory(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One series the nightly research refreshes (`chimera history fetch`) before its
     studies run: the last ``days`` IST days up to yesterday, written to ``out``."""
@@ -387,6 +439,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     markets: dict[str, MarketConfig] = msgspec.field(default_factory=dict)
     # The instrument master and instruments by name (chimera_core/instruments.py).
     instruments: InstrumentsConfig = msgspec.field(default_factory=InstrumentsConfig)
+    # `chimera notify`: alert filters, quiet hours, rate limits (channel URLs: .env only).
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     # Nightly research (chimera-research.timer): history, studies, candidates.
     research: ResearchConfig = msgspec.field(default_factory=ResearchConfig)
 
@@ -568,6 +622,30 @@ def _check_data_dir(cfg: Config, source: str) -> None:
         )
 
 
+def _check_notify(notify: NotifyConfig, source: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(notify.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{source}: 'notify.timezone' = {notify.timezone!r} is not an IANA time zone "
+            "(e.g. 'Asia/Kolkata', 'UTC')"
+        ) from None
+    for name in notify.channels:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            raise ConfigError(
+                f"{source}: '[notify.channels.{name}]': a channel name is 1-32 lower-case "
+                "letters, digits or _ starting with a letter (its URL is in "
+                f"CHIMERA_NOTIFY_URL_{name.upper()})"
+            )
+    if notify.retry_max_s < notify.retry_initial_s:
+        raise ConfigError(
+            f"{source}: 'notify.retry_max_s' ({notify.retry_max_s}) is below "
+            f"'notify.retry_initial_s' ({notify.retry_initial_s})"
+        )
+
+
 def feed_symbols(cfg: Config) -> list[tuple[int, str]]:
     """(exchange type, token) for every ``feed.tokens`` entry: "NSE_FO:35001" names its
     segment, a bare token is on ``feed.exchange_type``."""
@@ -610,6 +688,7 @@ def _check(cfg: Config, source: str) -> None:
     _check_url(source, "execution.angelone.order_ws_url", cfg.execution.angelone.order_ws_url,
                ("wss", "ws"))  # fmt: skip
     _check_data_dir(cfg, source)
+    _check_notify(cfg.notify, source)
     _check_url(source, "bot.api_url", cfg.bot.api_url, ("https", "http"))
     if cfg.bot.api_url.startswith("http://") and not is_loopback_url(cfg.bot.api_url):
         raise ConfigError(

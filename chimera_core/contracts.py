@@ -581,6 +581,24 @@ class GovernanceState(msgspec.Struct, frozen=True):
     schema: int = SCHEMA_VERSION
 
 
+class AlertRecord(msgspec.Struct, gc=False):
+    """An alert ``chimera notify`` sent or dropped (topic ``alert``), so the black box shows
+    what the trader was told. The engine only republishes it (the informational ``alert``
+    command); nothing in it is an engine input, and replay skips it."""
+
+    alert_id: str  # stable per alert and channel: the outbox row
+    name: str  # stable alert name (feed_dark, trading_state, ...)
+    severity: str  # info | warning | critical
+    text: str
+    channel: str  # the channel's name, never its URL
+    outcome: str  # sent | dropped
+    reason: str = ""  # why dropped (quiet_hours, filtered, rate_limited), or the failure
+    late: bool = False  # delivered after a delay (channel down, notify restarted)
+    raised_ns: int = 0  # wall clock when notify raised it
+    at_ns: int = 0  # wall clock when it was sent or dropped
+    schema: int = SCHEMA_VERSION
+
+
 class SessionInfo(msgspec.Struct):
     """Published once at start (topic ``session``): what produced this session."""
 

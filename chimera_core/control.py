@@ -73,7 +73,7 @@ GENERATE_HINT = (
 # Control messages are tiny; anything bigger is garbage or an attack, and zmq drops it.
 MAX_MESSAGE_BYTES = 64 * 1024
 # Read-only queries are logged at debug: the cortex polls status every second.
-_QUIET = frozenset({"status"})
+_QUIET = frozenset({"status", "alert"})  # alert: chimera notify republishing what it sent
 # Refused and malformed requests: this many log lines per interval, then one summary.
 LOG_BURST = 10
 LOG_INTERVAL_S = 60.0

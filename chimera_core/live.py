@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 
 from chimera_core.commands import Command
 from chimera_core.config import Config, Credentials, feed_symbols
 from chimera_core.contracts import (
+    AlertRecord,
     FeedEvent,
     GovernanceState,
     Health,
@@ -34,6 +36,7 @@ from chimera_core.logging import redactor
 from chimera_core.node import MakeNode
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import (
+    TOPIC_ALERT,
     TOPIC_FEED,
     TOPIC_HEALTH,
     TOPIC_RECON,
@@ -124,7 +127,9 @@ async def run_live(
         # SmartAPI subscribes per exchange type: one list per segment, one connection.
         await feed.subscribe(int(Mode[cfg.feed.mode]), exchange_type, tokens)
     control = (
-        ControlServer(cfg.control.endpoint, control_token, on_control) if control_token else None
+        ControlServer(cfg.control.endpoint, control_token, _with_alerts(on_control, telemetry))
+        if control_token
+        else None
     )
     # Start-up objects go to the permanent generation: full collections stay short.
     gc.freeze()
@@ -315,6 +320,33 @@ def _publish_governance_state(governance: Governance | None, telemetry: Telemetr
         return
     telemetry.publish(TOPIC_STATE, GovernanceState(files))
     log.info("governance_state_recorded", files=sorted(files), bytes=size)
+
+
+_decode_alert = msgspec.json.Decoder(AlertRecord).decode
+MAX_ALERT_TEXT = 4000
+
+
+def _with_alerts(
+    on_control: Callable[[str, str], tuple[bool, dict[str, Any]]],
+    telemetry: TelemetryPublisher,
+) -> Callable[[str, str], tuple[bool, dict[str, Any]]]:
+    """The control handler, with ``alert`` answered here: the alert (JSON AlertRecord in
+    ``arg``) is republished on the ``alert`` topic and never reaches the engine, its state
+    or the control topic, so it adds no risk and replay has nothing to apply."""
+
+    def handle(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+        if command != Command.ALERT:
+            return on_control(command, arg)
+        try:
+            alert = _decode_alert(arg)
+        except msgspec.DecodeError as exc:
+            return False, {"error": f"alert: expected a JSON AlertRecord in arg ({exc})"}
+        if len(alert.text) > MAX_ALERT_TEXT:
+            alert.text = alert.text[:MAX_ALERT_TEXT]
+        telemetry.publish(TOPIC_ALERT, alert)
+        return True, {"published": alert.alert_id}
+
+    return handle
 
 
 def _by_segment(symbols: list[tuple[int, str]]) -> dict[int, list[str]]:

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "doctor": "tools.doctor",
     "mcp": "tools.mcp_server",
     "metrics": "tools.metrics",
+    "notify": "tools.notify.cli",
     "optimize": "tools.optimize.cli",
     "report": "tools.report",
     "research": "tools.research",
@@ -127,6 +128,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "backtest": ("benchmarks.backtest_bench", "fast mode against vectorbt and backtesting.py"),
     "backtest-event": ("benchmarks.backtest_event", "event-mode prints/s beside the engine alone"),
     "optimize": ("benchmarks.optimize_bench", "trials/s: one process, a local pool, local Ray"),
+    "notify": ("benchmarks.notify_latency", "chimera notify: event → webhook delivery latency"),
 }  # fmt: skip
 
 
@@ -142,7 +144,7 @@ def cmd_bench(argv: list[str]) -> int:
     module = importlib.import_module(BENCHMARKS[name][0])
     # The older suites parse their own name as the first argument; backtest's and
     # optimize's do not.
-    own = name.startswith("backtest") or name == "optimize"
+    own = name.startswith("backtest") or name in ("optimize", "notify")
     return int(module.main(argv[1:] if own else argv))
 
 
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "cortex", help="the Streamlit dashboard on 127.0.0.1 (--port 8501)", add_help=False
     )
+    sub.add_parser("notify", help="alerts to any channel (apprise URLs from .env)", add_help=False)
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
     sub.add_parser(

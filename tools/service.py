@@ -24,6 +24,7 @@ UNITS: tuple[str, ...] = (
     "chimera-record.service",
     "chimera-live.service",
     "chimera-cortex.service",
+    "chimera-notify.service",
     "chimera-research.service",
     "chimera-research.timer",
     "chimera.target",

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar, overload
 import msgspec
 
 from chimera_core.contracts import (
+    AlertRecord,
     ControlEvent,
     Decision,
     ExecutionReport,
@@ -44,6 +45,7 @@ TOPIC_SESSION = b"session"
 TOPIC_EXEC = b"exec"
 TOPIC_RECON = b"recon"
 TOPIC_STATE = b"state"  # governance's stores at the session's start (replay starts there)
+TOPIC_ALERT = b"alert"  # what chimera notify told the trader (never an engine input)
 
 # Payload type per topic kind (``tick.*`` topics are all of kind TOPIC_TICK).
 PAYLOAD_TYPES: dict[bytes, type[Any]] = {
@@ -56,6 +58,7 @@ PAYLOAD_TYPES: dict[bytes, type[Any]] = {
     TOPIC_EXEC: ExecutionReport,
     TOPIC_RECON: Reconciliation,
     TOPIC_STATE: GovernanceState,
+    TOPIC_ALERT: AlertRecord,
 }
 
 T = TypeVar("T")

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chimera_core.contracts import (
+    AlertRecord,
     ControlEvent,
     Decision,
     ExecutionReport,
@@ -31,6 +32,7 @@ from chimera_core.contracts import (
 from chimera_core.errors import ProtocolError
 from chimera_core.telemetry import (
     MAGIC,
+    TOPIC_ALERT,
     TOPIC_CONTROL,
     TOPIC_EXEC,
     TOPIC_FEED,
@@ -82,6 +84,7 @@ _topic_and_payload = st.one_of(
     st.tuples(st.just(TOPIC_SESSION), st.from_type(SessionInfo)),
     st.tuples(st.just(TOPIC_EXEC), st.from_type(ExecutionReport)),
     st.tuples(st.just(TOPIC_RECON), st.from_type(Reconciliation)),
+    st.tuples(st.just(TOPIC_ALERT), st.from_type(AlertRecord)),
 )
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

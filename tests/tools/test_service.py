@@ -134,6 +134,9 @@ def test_rendered_units_carry_hardening_and_wiring(layout: dict[str, Path]) -> N
     cortex = _directives(units["chimera-cortex.service"])
     assert f"ExecStart={layout['venv']}/bin/chimera cortex --config {layout['config']}" in cortex
     assert "MemoryMax=1G" in cortex
+    notify = _directives(units["chimera-notify.service"])
+    assert f"ExecStart={layout['venv']}/bin/chimera notify --config {layout['config']}" in notify
+    assert "After=network-online.target" in notify and "MemoryMax=512M" in notify
     target = _directives(units["chimera.target"])
     assert "WantedBy=multi-user.target" in target
     wants = next(ln for ln in target if ln.startswith("Wants="))
