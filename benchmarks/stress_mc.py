@@ -162,9 +162,9 @@ def _plot(result: dict[str, object], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = ["returns+trades\n(best)", "plain loop\n(estimated)", "prices → fast mode\n(best)"]
     values = [
-        result["vectorised_best_s"],
-        result["loop_estimate_s_for_all_paths"],
-        result["fast_reprice_best_s"],
+        float(result["vectorised_best_s"]),
+        float(result["loop_estimate_s_for_all_paths"]),
+        float(result["fast_reprice_best_s"]),
     ]
     ax.bar(names, values, color=["tab:blue", "tab:grey", "tab:green"])
     ax.axhline(5.0, color="tab:red", linestyle="--", label="goal 5 s")
