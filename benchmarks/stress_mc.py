@@ -25,6 +25,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _plot(result: dict[str, object], path: Path) -> None:
+def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
