@@ -165,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="local SmartAPI v2 exchange simulator", add_help=False)
     sub.add_parser("bench", help="benchmarks (chimera bench --help lists them)", add_help=False)
     sub.add_parser("backtest", help="a strategy over history: event mode or --fast", add_help=False)
-    sub.add_parser(
-        "stress", help="Monte Carlo and scenario tests of a backtest", add_help=False
-    )
+    sub.add_parser("stress", help="Monte Carlo and scenario tests of a backtest", add_help=False)
     sub.add_parser("history", help="Angel One candle history: fetch | ls", add_help=False)
     sub.add_parser(
         "optimize", help="walk-forward parameter search: run | show | rerun", add_help=False
