@@ -319,7 +319,8 @@ class ApprovalQueue(_ApprovalReads):
 # Proposals that are not orders (an assistant's genome change): kept beside the intent
 # queue in the same store (SCHEMA's version 2), for a human to read; nothing acts on them
 # by itself.
-PROPOSAL_KINDS = ("genome_change",)
+PROPOSAL_KINDS = ("genome_change", "promotion")
+PROMOTION_PREFIX = "prm-"  # a promotion's id; `chimera approve prm-...` decides it
 _PROPOSAL_COLUMNS = "proposal_id, kind, payload, reason, status, created_ms, proposed_by"
 
 
@@ -359,3 +360,64 @@ def proposals(db_path: str | Path) -> list[dict[str, object]]:
     return [
         {**dict(zip(names, r, strict=True)), "payload": msgspec.json.decode(r[2])} for r in rows
     ]
+
+
+def queue_promotion(
+    db_path: str | Path,
+    candidate: str,
+    family: str,
+    params: dict[str, float],
+    reason: str,
+    now_ms: int,
+    by: str = "shadow",
+) -> tuple[str, bool]:
+    """Queue a shadow candidate's genome for promotion (PENDING) once: the id follows from
+    (candidate, family, params), so a candidate that keeps passing its gates is queued one
+    time. Returns (proposal id, whether it was queued now)."""
+    if not candidate or not family or not params:
+        raise ApprovalError("a promotion needs a candidate name, a family and its params")
+    payload = {"candidate": candidate, "family": family, "params": dict(sorted(params.items()))}
+    body = msgspec.json.encode(payload).decode()
+    proposal_id = PROMOTION_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:20]
+    try:
+        store = open_store(Path(db_path), SCHEMA, synchronous="FULL", busy_timeout_s=5.0)
+        with store, store.transaction() as db:
+            cur = db.execute(
+                f"INSERT OR IGNORE INTO proposal ({_PROPOSAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (proposal_id, "promotion", body, reason, PENDING, now_ms, by),
+            )
+            queued = cur.rowcount > 0
+    except (StoreError, sqlite3.Error) as exc:
+        raise ApprovalError(f"approvals: {exc}") from None
+    if queued:
+        log.info("approval.promotion_queued", proposal_id=proposal_id, candidate=candidate)
+    return proposal_id, queued
+
+
+def decide_proposal(
+    db: sqlite3.Connection, proposal_id: str, status: str, by: str
+) -> dict[str, object]:
+    """APPROVED or REJECTED for a PENDING proposal (atomic: of two deciders one wins);
+    returns its payload. Unknown or decided ids raise typed errors."""
+    if status not in _ACTION:
+        raise ApprovalError(f"a proposal is decided APPROVED or REJECTED, not {status!r}")
+    if not by:
+        raise ApprovalError(f"{_ACTION[status]} needs who decided (by=...), got an empty name")
+    cur = db.execute(
+        "UPDATE proposal SET status = ? WHERE proposal_id = ? AND status = ?",
+        (status, proposal_id, PENDING),
+    )
+    row = db.execute(
+        "SELECT payload, status FROM proposal WHERE proposal_id = ?", (proposal_id,)
+    ).fetchone()
+    if row is None:
+        raise UnknownApproval(
+            f"no proposal with id {proposal_id!r}; `chimera shadow status` lists the queued "
+            "promotions"
+        )
+    if cur.rowcount == 0:
+        raise ApprovalNotPending(proposal_id, str(row[1]), _ACTION[status])
+    log.info("approval.proposal_decided", proposal_id=proposal_id, status=status, by=by)
+    payload: dict[str, object] = msgspec.json.decode(row[0])
+    return payload

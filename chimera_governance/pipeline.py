@@ -28,7 +28,14 @@ from chimera_core.errors import ChimeraError
 from chimera_core.governance import GateVerdict
 from chimera_core.markets import calendar_for
 from chimera_core.sqlite_files import private_dir
-from chimera_governance.approvals import APPROVED, NOT_REQUIRED, ApprovalQueue
+from chimera_governance.approvals import (
+    APPROVED,
+    NOT_REQUIRED,
+    PROMOTION_PREFIX,
+    REJECTED,
+    ApprovalQueue,
+    decide_proposal,
+)
 from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
@@ -50,6 +57,7 @@ class GovernancePipeline:
         # The account's equity as last seen (cash + marks): what the capital brain sizes
         # against. The configured figure only stands in until the first observation.
         self.equity = g.equity
+        self.last_ts_ms = 0  # the latest bar close seen (exchange time): stamps a promotion
         self.lot_size = g.lot_size
         # Lot sizes by token (the instrument master's, for F&O); the configured one else.
         self.lots = {**cfg.feed.lots, **(lots or {})}
@@ -223,6 +231,7 @@ class GovernancePipeline:
         max_drawdown)."""
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
+        self.last_ts_ms = max(self.last_ts_ms, exchange_ts_ms)
         self.meta_risk.observe(equity, exchange_ts_ms)
         return self.meta_risk.kill_switch
 
@@ -253,6 +262,8 @@ class GovernancePipeline:
             return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
         if command not in ("approve", "reject"):
             return None
+        if arg.startswith(PROMOTION_PREFIX):
+            return self._decide_promotion(command, arg)
         try:
             if command == "approve":
                 rec = self.approvals.approve(arg, by="operator")
@@ -262,6 +273,26 @@ class GovernancePipeline:
             return False, {"error": str(exc)}
         log.warning("approval_decided", approval_id=arg, status=rec.status)
         return True, {"approval_id": arg, "status": rec.status}
+
+    def _decide_promotion(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+        """A shadow candidate's promotion: approving puts its genome in force as a new
+        version, which the engine takes at each symbol's next bar close."""
+        status = APPROVED if command == "approve" else REJECTED
+        try:
+            payload = decide_proposal(self.approvals._db, arg, status, by="operator")
+            out: dict[str, Any] = {"proposal_id": arg, "status": status}
+            if status == APPROVED:
+                family = str(payload["family"])
+                params = {str(k): float(v) for k, v in dict(payload["params"]).items()}  # type: ignore[call-overload]
+                version = self.genomes.new_version(
+                    family, params, f"promotion:{payload.get('candidate', '')}", self.last_ts_ms
+                )
+                self.reload_genomes()
+                out |= {"family": family, "version": version.version, "params": params}
+        except ChimeraError as exc:
+            return False, {"error": str(exc)}
+        log.warning("promotion_decided", **out)
+        return True, out
 
     def pending_approvals(self) -> list[dict[str, Any]]:
         return [

@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "metrics": "tools.metrics",
     "optimize": "tools.optimize.cli",
     "service": "tools.service",
+    "shadow": "tools.shadow.cli",
     "watch": "tools.console",
 }
 CONTROL_COMMANDS = tuple(CLI_COMMANDS)  # the CLI names of chimera_core.control.Command
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("metrics", help="Prometheus /metrics from telemetry (127.0.0.1)", add_help=False)
     sub.add_parser("service", help="systemd units: install | uninstall | status", add_help=False)
+    sub.add_parser(
+        "shadow", help="candidate genomes on the live ticks: run | status", add_help=False
+    )
     sub.add_parser("genome", help="strategy genome: show | history | rollback", add_help=False)
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)
