@@ -21,6 +21,7 @@ import pytest
 from chimera_core.telemetry import TOPIC_TICK, TelemetrySubscriber, decoder_for
 from chimera_execution.journal_view import JournalReader
 from tests.loopback import chimera, free_port, wait_port
+from tools.replay import replay_session
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -160,6 +161,10 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
     last = calm["last_divergence"]
     assert calm["divergences"] > 0 and last["reason"], calm
     assert set(last["fields"]) <= {"signal", "intent", "state", "transitions"}
-    # Its session is in its own black box.
+    # Its session is in its own black box, and replays like the primary's: every recorded
+    # decision of the candidate is reproduced from its session alone.
     sessions = list((tmp_path / "data" / "shadow" / "calm" / "blackbox").iterdir())
-    assert sessions and (sessions[0] / "manifest.json").is_file()
+    assert len(sessions) == 1 and (sessions[0] / "manifest.json").is_file()
+    replayed = replay_session(sessions[0], verify=True)
+    assert replayed.verified, replayed.divergence
+    assert replayed.compared == calm["ticks"]
