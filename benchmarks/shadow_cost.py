@@ -153,7 +153,7 @@ def _plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     for name, r in runs.items():
         us = np.maximum(r["_lat"] / 1000.0, 0.1)
         bins = np.logspace(np.log10(us.min()), np.log10(us.max()), 120)
-        ax.hist(us, bins=bins, histtype="step", density=True,
+        ax.hist(us, bins=bins.tolist(), histtype="step", density=True,
                 label=f"{name}: p50 {r['p50_us']} µs, p99 {r['p99_us']} µs")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("recv → decision enqueued (µs, log scale)")
