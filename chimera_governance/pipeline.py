@@ -274,6 +274,14 @@ class GovernancePipeline:
         log.warning("approval_decided", approval_id=arg, status=rec.status)
         return True, {"approval_id": arg, "status": rec.status}
 
+    def activate_genome(self, family: str, params: dict[str, float], reason: str) -> int:
+        """Put ``params`` in force for ``family`` as a new version, stamped with the latest
+        bar close; the engine takes it at each symbol's next bar close. A promotion's
+        approval does this, and replay does it again where the session recorded it."""
+        version = self.genomes.new_version(family, params, reason, self.last_ts_ms)
+        self.reload_genomes()
+        return version.version
+
     def _decide_promotion(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
         """A shadow candidate's promotion: approving puts its genome in force as a new
         version, which the engine takes at each symbol's next bar close."""
@@ -284,11 +292,10 @@ class GovernancePipeline:
             if status == APPROVED:
                 family = str(payload["family"])
                 params = {str(k): float(v) for k, v in dict(payload["params"]).items()}  # type: ignore[call-overload]
-                version = self.genomes.new_version(
-                    family, params, f"promotion:{payload.get('candidate', '')}", self.last_ts_ms
+                version = self.activate_genome(
+                    family, params, f"promotion:{payload.get('candidate', '')}"
                 )
-                self.reload_genomes()
-                out |= {"family": family, "version": version.version, "params": params}
+                out |= {"family": family, "version": version, "params": params}
         except ChimeraError as exc:
             return False, {"error": str(exc)}
         log.warning("promotion_decided", **out)

@@ -75,6 +75,7 @@ from chimera_core.telemetry import (
     read_manifest,
     read_session,
 )
+from chimera_governance.approvals import PROMOTION_PREFIX
 from chimera_governance.pipeline import GovernancePipeline
 
 # Commands that change what the engine decides (flatten and flatten_token act only at the
@@ -354,7 +355,12 @@ def replay_session(
             except ProtocolError:
                 result.undecodable += 1
                 continue
-            if cev.ok and cev.command in REPLAYED_COMMANDS:
+            if cev.ok and cev.arg.startswith(PROMOTION_PREFIX):
+                # An approved promotion: its genes from the recorded result, not from an
+                # approval queue this replay does not have.
+                if _replay_promotion(governance, cev):
+                    result.control_applied += 1
+            elif cev.ok and cev.command in REPLAYED_COMMANDS:
                 engine.control(cev.command, cev.arg)
                 result.control_applied += 1
             engine.actions.clear()  # what the router did about it is in the exec records
@@ -393,6 +399,21 @@ def replay_session(
         governance.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
+
+
+def _replay_promotion(governance: GovernancePipeline | None, cev: ControlEvent) -> bool:
+    """Put a recorded promotion's genome in force again (chimera shadow's approvals)."""
+    if governance is None or cev.command != Command.APPROVE:
+        return False
+    try:
+        result = msgspec.json.decode(cev.result)
+    except msgspec.DecodeError:
+        return False
+    if not isinstance(result, dict) or not isinstance(result.get("params"), dict):
+        return False
+    params = {str(k): float(v) for k, v in result["params"].items()}
+    governance.activate_genome(str(result.get("family", "default")), params, "replay:" + cev.arg)
+    return True
 
 
 # ---- diffs --------------------------------------------------------------------------

@@ -168,3 +168,8 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
     replayed = replay_session(sessions[0], verify=True)
     assert replayed.verified, replayed.divergence
     assert replayed.compared == calm["ticks"]
+    # The primary's session and the active's, promotion included, replay exactly too.
+    for where in ("data/blackbox", "data/shadow/active/blackbox"):
+        (session,) = (tmp_path / where).iterdir()
+        replayed = replay_session(session, verify=True)
+        assert replayed.verified, (where, replayed.divergence)

@@ -263,11 +263,9 @@ class CandidateNode:
         if not isinstance(params, dict):
             return
         family = str(result.get("family", "default"))
-        governance.genomes.new_version(
-            family, {k: float(v) for k, v in params.items()}, f"promotion:{ev.arg}",
-            governance.last_ts_ms,
-        )  # fmt: skip
-        governance.reload_genomes()
+        governance.activate_genome(
+            family, {k: float(v) for k, v in params.items()}, f"promotion:{ev.arg}"
+        )
         self.candidate = Candidate(self.name, family, dict(params), self.candidate.source)
         self.publish(
             TOPIC_CONTROL, ControlEvent(ev.command, ev.arg, True, ev.result, self.clock.ns())
