@@ -93,6 +93,36 @@ class ShadowError(ChimeraError):
     """The shadow cannot run as asked."""
 
 
+class Track(msgspec.Struct, kw_only=True):
+    """What the gates judge a candidate on, kept across the primary's sessions and the
+    shadow's restarts (``data/shadow/<candidate>/track.json``): its equity at each bar
+    close, the trading days it saw, its closed trades before this session."""
+
+    bar_ts: list[int] = msgspec.field(default_factory=list)
+    equity: list[float] = msgspec.field(default_factory=list)
+    days: list[str] = msgspec.field(default_factory=list)
+    trades: int = 0
+    pnl: float = 0.0
+    violations: int = 0
+    promotion: str = ""
+
+
+TRACK_FILE = "track.json"
+
+
+def load_track(path: Path) -> Track:
+    """The saved track, or a new one when there is none; a damaged file is an error that
+    names it (figures are never silently reset)."""
+    if not path.is_file():
+        return Track()
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Track)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ShadowError(
+            f"{path} is unreadable ({exc}); move it aside to start this candidate's figures anew"
+        ) from None
+
+
 class CandidateNode:
     """One candidate: its node on a simulated clock, its black box and its figures."""
 
@@ -102,6 +132,7 @@ class CandidateNode:
         cfg: Config,
         out: Callable[[bytes, bytes], None],
         now: Callable[[], float] = time.monotonic,
+        track: Track | None = None,
     ) -> None:
         self.candidate = candidate
         self.name = candidate.name
@@ -126,15 +157,17 @@ class CandidateNode:
         self.divergences = 0
         self.last_divergence: Divergence | None = None
         self.fills = 0
-        self.equity: list[float] = []
-        self.bar_ts: list[int] = []
-        self.days: set[object] = set()
-        self.violations = 0
+        track = track if track is not None else load_track(self.dir / TRACK_FILE)
+        self.equity: list[float] = list(track.equity)
+        self.bar_ts: list[int] = list(track.bar_ts)
+        self.days: set[str] = set(track.days)
+        self.prior_trades, self.prior_pnl = track.trades, track.pnl
+        self.violations = track.violations
         self._kill_switch = ""
         self.joined_late = False
         self.started_equity = cfg.execution.paper.starting_cash
         self.verdict: GateVerdict | None = None
-        self.promotion: str = ""
+        self.promotion: str = track.promotion
         self.session_id = ""
 
     # ---- publishing: black box + shadow XPUB ------------------------------------------
@@ -232,7 +265,8 @@ class CandidateNode:
             self.bar_ts.append(d.bar_start_ms)
             self.equity.append(self.node.engine.account_snapshot().equity)
             zone = calendar_for(self.cfg.markets, d.exchange_type).timezone
-            self.days.add(datetime.fromtimestamp(d.exchange_ts_ms / 1000, ZoneInfo(zone)).date())
+            day = datetime.fromtimestamp(d.exchange_ts_ms / 1000, ZoneInfo(zone)).date()
+            self.days.add(day.isoformat())
         ks = d.meta_risk.kill_switch if d.meta_risk is not None else ""
         if ks and ks != self._kill_switch:
             self.violations += 1
@@ -272,6 +306,21 @@ class CandidateNode:
         )
         log.warning("shadow_active_promoted", proposal_id=ev.arg, family=family, params=params)
 
+    @property
+    def trades(self) -> int:
+        return self.prior_trades + len(self.trips.trades)
+
+    @property
+    def pnl(self) -> float:
+        return self.prior_pnl + sum(t.pnl for t in self.trips.trades)
+
+    def track(self) -> Track:
+        return Track(
+            bar_ts=list(self.bar_ts), equity=list(self.equity), days=sorted(self.days),
+            trades=self.trades, pnl=self.pnl, violations=self.violations,
+            promotion=self.promotion,
+        )  # fmt: skip
+
     def status(self) -> dict[str, Any]:
         v = self.verdict
         engine = self.node.engine if self.node is not None else None
@@ -286,8 +335,8 @@ class CandidateNode:
             "divergences": self.divergences,
             "last_divergence": msgspec.to_builtins(self.last_divergence),
             "fills": self.fills,
-            "trades": len(self.trips.trades),
-            "pnl": round(sum(t.pnl for t in self.trips.trades), 2),
+            "trades": self.trades,
+            "pnl": round(self.pnl, 2),
             "equity": engine.account_snapshot().equity if engine is not None else None,
             "days": len(self.days),
             "violations": self.violations,
@@ -362,6 +411,7 @@ class Shadow:
         message for late subscribers: the same session goes on."""
         if self.session is not None and info.session_id == self.session.session_id:
             return
+        tracks = {n.name: n.track() for n in self.nodes}  # the figures go on
         await self.close("primary_restarted")
         try:
             primary = msgspec.json.decode(info.config_json, type=Config)
@@ -375,7 +425,10 @@ class Shadow:
         ]
         self.nodes = []
         for c in self.candidates:
-            node = CandidateNode(c, candidate_config(primary, c, self.dir), self._out_for(c.name))
+            node = CandidateNode(
+                c, candidate_config(primary, c, self.dir), self._out_for(c.name),
+                track=tracks.get(c.name),
+            )  # fmt: skip
             await node.start(info)
             self.nodes.append(node)
         log.info(
@@ -389,10 +442,10 @@ class Shadow:
         for n in self.nodes:
             n.recorder.on_timer(now)
             if active is not None and n is not active:
+                mine, theirs = paired(n, active)
                 n.verdict = judge(
-                    gates, n.equity, active.equity, n.started_equity,
-                    len(n.trips.trades), len(n.days), n.violations,
-                )  # fmt: skip
+                    gates, mine, theirs, n.started_equity, n.trades, len(n.days), n.violations
+                )
                 if n.verdict.passed and not n.promotion:
                     n.promotion, queued = queue_promotion(
                         self._approvals, n.name, n.candidate.family, n.candidate.params,
@@ -405,12 +458,21 @@ class Shadow:
                         )  # fmt: skip
             status = n.status()
             write_json_atomic(n.dir / STATUS_FILE, status)
+            write_json_atomic(n.dir / TRACK_FILE, msgspec.to_builtins(n.track()))
             if self.publisher is not None:
                 self.publisher.publish(self._prefixes[n.name] + TOPIC_STATUS, status)
 
     async def close(self, reason: str = "stopped") -> None:
         for n in self.nodes:
             await n.close(reason)
+
+
+def paired(n: CandidateNode, active: CandidateNode) -> tuple[list[float], list[float]]:
+    """The two equity curves at the bar closes both saw (a candidate added later, or one
+    whose history was moved aside, is judged on what they share)."""
+    theirs = dict(zip(active.bar_ts, active.equity, strict=True))
+    pairs = [(e, theirs[t]) for t, e in zip(n.bar_ts, n.equity, strict=True) if t in theirs]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 async def run(
