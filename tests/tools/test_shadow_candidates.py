@@ -176,5 +176,6 @@ def test_a_veto_a_size_and_a_state_machine_move_are_each_a_divergence():
     moved = _decision(transitions=(Transition("FILLED", "EXECUTE", "COOLDOWN", True),))
     d = compare("c", _decision(), moved)
     assert d is not None and d.fields == ("transitions",)
+    assert d.reason == "state-machine moves [] vs [FILLED EXECUTE->COOLDOWN]"
     d = compare("c", _decision(), None)
     assert d is not None and d.fields == ("decision",) and "candidate dropped" in d.reason

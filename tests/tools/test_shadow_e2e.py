@@ -131,7 +131,7 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
         status = chimera("shadow", "status", cwd=tmp_path)
         assert status.wait(timeout=60) == 0, status.output()
         text = status.output()[0].decode()
-        assert "active" in text and "calm" in text and proposal in text, text
+        assert "active" in text and "calm" in text and f"{proposal} PENDING" in text, text
 
         # A human approves: the primary runs the candidate's genes from a bar close on.
         sub = TelemetrySubscriber(f"tcp://127.0.0.1:{tel_port}", topics=(TOPIC_TICK,))

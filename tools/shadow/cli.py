@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
     if args.action == "status":
-        return _status(Path(cfg.data_dir) / "shadow", args.json)
+        return _status(
+            Path(cfg.data_dir) / "shadow", Path(cfg.data_dir) / cfg.mode / "approvals.db", args.json
+        )
     return _run(cfg, list(cfg.shadow.candidates) + list(args.candidates or ()))
 
 
@@ -83,11 +85,16 @@ def _run(cfg: Any, specs: list[str]) -> int:
     return 0
 
 
-def _status(shadow_dir: Path, as_json: bool) -> int:
+def _status(shadow_dir: Path, approvals_db: Path, as_json: bool) -> int:
+    from chimera_governance.approvals import proposals
+
+    decided = {str(p["proposal_id"]): str(p["status"]) for p in proposals(approvals_db)}
     rows = []
     for path in sorted(shadow_dir.glob("*/status.json")):
         try:
-            rows.append(json.loads(path.read_text()))
+            row = json.loads(path.read_text())
+            row["promotion_status"] = decided.get(row.get("promotion") or "", "")
+            rows.append(row)
         except (OSError, ValueError) as exc:
             raise ChimeraError(
                 f"{path} is unreadable ({exc}); is `chimera shadow` writing it?"
@@ -105,7 +112,11 @@ def _status(shadow_dir: Path, as_json: bool) -> int:
             f"{r['candidate']:16} ticks {r['ticks']:>8} divergences {r['divergences']:>6} "
             f"trades {r['trades']:>4} pnl {r['pnl']:>10.2f} equity {r['equity'] or 0:>12.2f} "
             f"days {r['days']:>3} gates {verdict}"
-            + (f" promotion {r['promotion']}" if r.get("promotion") else "")
+            + (
+                f" promotion {r['promotion']} {r['promotion_status']}".rstrip()
+                if r.get("promotion")
+                else ""
+            )
         )
         for check in gates.get("checks") or ():
             print(f"    {check['name']:12} {'ok  ' if check['ok'] else 'FAIL'} {check['detail']}")

@@ -103,4 +103,18 @@ def _why(p: Decision, c: Decision) -> str:
         parts.append(f"intent {_intent(p) or 'none'} vs {_intent(c) or 'none'}")
     if p.state != c.state and not parts:
         parts.append(f"state {p.state} vs {c.state} (position or cooldown differs)")
+    if _moves(p) != _moves(c) and not parts:
+        parts.append(f"state-machine moves {_moves_text(p)} vs {_moves_text(c)}")
     return "; ".join(parts) or "state-machine moves differ"
+
+
+def _moves_text(d: Decision) -> str:
+    return (
+        "["
+        + ", ".join(
+            f"{t.event} {t.from_state}->{t.to_state}{'' if t.accepted else ' refused'}"
+            + (f" ({t.reason})" if t.reason else "")
+            for t in d.transitions
+        )
+        + "]"
+    )
