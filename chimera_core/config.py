@@ -419,6 +419,31 @@ class ResearchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     studies: list[ResearchStudy] = msgspec.field(default_factory=list)
 
 
+class ShadowGatesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a shadow candidate must show before it is queued for promotion (tools/shadow)."""
+
+    min_days: Annotated[int, msgspec.Meta(ge=0, le=3_650)] = 10  # distinct trading days seen
+    min_trades: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 30  # closed round trips
+    # Out of sample, against the active genome on the same ticks: Sharpe at least this much
+    # above the active's, drawdown at most this much above it (fractions of equity).
+    min_sharpe_edge: Annotated[float, msgspec.Meta(ge=-100, le=100)] = 0.0
+    max_drawdown_excess: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    # One-sided paired test of the candidate's per-bar returns over the active's: p below.
+    significance: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
+    max_violations: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0  # governance
+
+
+class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``chimera shadow``: candidate genomes on the live tick telemetry, on paper."""
+
+    # Each: "FAMILY@VERSION" (a version in the genome store), "vN" (family "default"), or
+    # a TOML file of gene values (``[genome]`` table); more may be named on the command line.
+    candidates: list[str] = msgspec.field(default_factory=list)
+    endpoint: str = "tcp://127.0.0.1:7003"  # the candidates' own telemetry (XPUB)
+    gates: ShadowGatesConfig = msgspec.field(default_factory=ShadowGatesConfig)
+    check_interval_s: ShortSeconds = 5.0  # how often the gates are judged
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     mode: Literal["paper", "live"] = "paper"
     data_dir: str = "data"
@@ -443,6 +468,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     # Nightly research (chimera-research.timer): history, studies, candidates.
     research: ResearchConfig = msgspec.field(default_factory=ResearchConfig)
+    shadow: ShadowConfig = msgspec.field(default_factory=ShadowConfig)
 
 
 class Credentials(msgspec.Struct, frozen=True):
@@ -711,6 +737,7 @@ def _check(cfg: Config, source: str) -> None:
     for key, endpoint in (
         ("telemetry.endpoint", cfg.telemetry.endpoint),
         ("control.endpoint", cfg.control.endpoint),
+        ("shadow.endpoint", cfg.shadow.endpoint),
     ):
         m = re.fullmatch(r"tcp://([^:]+):(\d+)", endpoint)
         if m and not 1 <= int(m.group(2)) <= 65535:

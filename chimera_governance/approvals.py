@@ -338,11 +338,14 @@ class ApprovalQueue(_ApprovalReads):
 
 # Proposals that are not orders: kept beside the intent queue in the same store (SCHEMA's
 # version 2; decided since version 3). Nothing acts on one by itself: a human approves or
-# rejects it (`chimera approve prp-…`), and the engine's governance carries it out.
+# rejects it (`chimera approve prp-…` / `prm-…`), and the engine's governance carries it out.
 # - genome_change {family, params}: an assistant's parameter change (a new version);
-# - genome_promote {family, version}: a candidate from `chimera genome propose`.
-PROPOSAL_KINDS = ("genome_change", "genome_promote")
+# - genome_promote {family, version}: a candidate from `chimera genome propose`;
+# - promotion {candidate, family, params}: a shadow candidate that passed its gates.
+PROPOSAL_KINDS = ("genome_change", "genome_promote", "promotion")
 PROPOSAL_PREFIX = "prp-"
+PROMOTION_PREFIX = "prm-"  # a shadow promotion's id (deterministic: queued once)
+DECIDED_BY_HUMAN = (PROPOSAL_PREFIX, PROMOTION_PREFIX)
 _PROPOSAL_COLUMNS = "proposal_id, kind, payload, reason, status, created_ms, proposed_by"
 
 
@@ -438,3 +441,36 @@ def proposals(db_path: str | Path) -> list[dict[str, object]]:
     return [
         {**dict(zip(names, r, strict=True)), "payload": msgspec.json.decode(r[2])} for r in rows
     ]
+
+
+def queue_promotion(
+    db_path: str | Path,
+    candidate: str,
+    family: str,
+    params: dict[str, float],
+    reason: str,
+    now_ms: int,
+    by: str = "shadow",
+) -> tuple[str, bool]:
+    """Queue a shadow candidate's genome for promotion (PENDING) once: the id follows from
+    (candidate, family, params), so a candidate that keeps passing its gates is queued one
+    time. Returns (proposal id, whether it was queued now)."""
+    if not candidate or not family or not params:
+        raise ApprovalError("a promotion needs a candidate name, a family and its params")
+    payload = {"candidate": candidate, "family": family, "params": dict(sorted(params.items()))}
+    body = msgspec.json.encode(payload).decode()
+    proposal_id = PROMOTION_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:20]
+    try:
+        store = open_store(Path(db_path), SCHEMA, synchronous="FULL", busy_timeout_s=5.0)
+        with store, store.transaction() as db:
+            cur = db.execute(
+                f"INSERT OR IGNORE INTO proposal ({_PROPOSAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (proposal_id, "promotion", body, reason, PENDING, now_ms, by),
+            )
+            queued = cur.rowcount > 0
+    except (StoreError, sqlite3.Error) as exc:
+        raise ApprovalError(f"approvals: {exc}") from None
+    if queued:
+        log.info("approval.promotion_queued", proposal_id=proposal_id, candidate=candidate)
+    return proposal_id, queued

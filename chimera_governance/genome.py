@@ -537,14 +537,20 @@ class GenomeStore(_GenomeReads):
             return self._insert(cur, target.params, reason, metrics, exchange_ts_ms, target.version)
 
     def new_version(
-        self, family: str, params: Mapping[str, float], reason: str, exchange_ts_ms: int
+        self,
+        family: str,
+        params: Mapping[str, float],
+        reason: str,
+        exchange_ts_ms: int,
+        version: int | None = None,
     ) -> GenomeVersion:
         """Put ``params`` in force for ``family`` as a new version (a promotion, an operator's
-        change). Every gene must be present and inside its bounds."""
+        change). Every gene must be present and inside its bounds. ``version`` numbers it
+        (a recorded promotion followed by replay); it must be above every number stored."""
         self._check_params(family, params)
         with self._write():
             cur = self._ensure(family, exchange_ts_ms)
-            return self._insert(cur, params, reason, {}, exchange_ts_ms, None)
+            return self._insert(cur, params, reason, {}, exchange_ts_ms, None, number=version)
 
     def propose(
         self,
@@ -690,14 +696,20 @@ class GenomeStore(_GenomeReads):
         restored_from: int | None,
         status: str = ACTIVE,
         source: Mapping[str, Any] | None = None,
+        number: int | None = None,
     ) -> GenomeVersion:
         # Numbers run over every row (candidates too), so a version number names one row.
         (top,) = self._db.execute(
             "SELECT MAX(version) FROM genome_version WHERE family = ?", (cur.family,)
         ).fetchone()
+        nxt = max(int(top or 0), cur.version) + 1
+        if number is not None and number < nxt:
+            raise GenomeError(
+                f"{cur.family!r} v{number} cannot be written: versions up to {nxt - 1} exist"
+            )
         new = GenomeVersion(
             family=cur.family,
-            version=max(int(top or 0), cur.version) + 1,
+            version=nxt if number is None else number,
             parent_version=cur.version,
             restored_from=restored_from,
             params=dict(params),

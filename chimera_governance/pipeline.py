@@ -33,8 +33,8 @@ from chimera_core.store import image_of
 from chimera_governance import genome as gen
 from chimera_governance.approvals import (
     APPROVED,
+    DECIDED_BY_HUMAN,
     NOT_REQUIRED,
-    PROPOSAL_PREFIX,
     REJECTED,
     ApprovalQueue,
 )
@@ -63,6 +63,7 @@ class GovernancePipeline:
         # The account's equity as last seen (cash + marks): what the capital brain sizes
         # against. The configured figure only stands in until the first observation.
         self.equity = g.equity
+        self.last_ts_ms = 0  # the latest bar close seen (exchange time): stamps a promotion
         self.lot_size = g.lot_size
         # Lot sizes by token (the instrument master's, for F&O); the configured one else.
         self.lots = {**cfg.feed.lots, **(lots or {})}
@@ -130,7 +131,6 @@ class GovernancePipeline:
         self.rollback_session_loss = g.portfolio.rollback_session_loss
         self._rollback_pending = False
         drift_warm_up()
-        self._last_ts = 0  # the newest exchange time seen (closed bars): when a human decided
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     def reload_genomes(self) -> None:
@@ -141,7 +141,7 @@ class GovernancePipeline:
 
     # ---- per bar ---------------------------------------------------------------------
     def on_bar(self, token: str, bar: Bar, physics: PhysicsState, equity: float) -> None:
-        self._last_ts = max(self._last_ts, bar.end_ms)
+        self.last_ts_ms = max(self.last_ts_ms, bar.end_ms)
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
         if self._rollback_pending:
@@ -289,6 +289,7 @@ class GovernancePipeline:
         max_drawdown)."""
         if math.isfinite(equity) and equity > 0:
             self.equity = equity
+        self.last_ts_ms = max(self.last_ts_ms, exchange_ts_ms)
         self.meta_risk.observe(equity, exchange_ts_ms)
         if self.rollback_session_loss > 0 and self.meta_risk.rollback_due(
             self.rollback_session_loss, exchange_ts_ms
@@ -323,7 +324,7 @@ class GovernancePipeline:
             return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
         if command not in ("approve", "reject"):
             return None
-        if arg.startswith(PROPOSAL_PREFIX):
+        if arg.startswith(DECIDED_BY_HUMAN):
             return self._decide_proposal(arg, approve=command == "approve")
         try:
             if command == "approve":
@@ -340,7 +341,7 @@ class GovernancePipeline:
         promotion or a parameter change becomes the version in force, taken by each
         symbol of its family at its next bar. The genome is written before the proposal
         is marked, so a crash between them leaves a proposal that can be decided again."""
-        ts = self._last_ts
+        ts = self.last_ts_ms
         try:
             prop = self.approvals.proposal(proposal_id)
             family = str(prop.payload.get("family", ""))
@@ -357,10 +358,12 @@ class GovernancePipeline:
                 elif cand.status != (gen.PROMOTED if approve else gen.REJECTED):
                     # decided before (a crash between the two writes) or gone: say which
                     return False, {"error": f"{family!r} v{version} is {cand.status}"}
-            elif prop.kind == "genome_change" and approve:
+            elif prop.kind in ("genome_change", "promotion") and approve:
+                # An assistant's change or a shadow candidate's genes (genes left out stay).
                 params = {k: float(v) for k, v in dict(prop.payload["params"]).items()}
-                full = {**self.genomes.current(family).params, **params}  # the rest stay
-                new = self.genomes.new_version(family, full, f"proposal:{proposal_id}", ts)
+                full = {**self.genomes.current(family).params, **params}
+                why = f"{prop.kind}:{prop.payload.get('candidate') or proposal_id}"
+                new = self.genomes.new_version(family, full, why, ts)
                 done |= {"family": family, "version": new.version, "params": new.params}
             status = APPROVED if approve else REJECTED
             self.approvals.decide_proposal(proposal_id, status, "operator", ts)
@@ -369,6 +372,18 @@ class GovernancePipeline:
         self.reload_genomes()
         log.warning("proposal_decided", status=status, **done)
         return True, {**done, "status": status}
+
+    def activate_genome(
+        self, family: str, params: dict[str, float], reason: str, version: int | None = None
+    ) -> int:
+        """Put ``params`` in force for ``family`` as a new version (numbered ``version``
+        when given: replay and a shadow's ``active`` follow a recorded promotion with the
+        number the engine gave it), stamped with the latest bar close; the engine takes it
+        at each symbol's next bar."""
+        full = {**self.genomes.current(family).params, **params}
+        made = self.genomes.new_version(family, full, reason, self.last_ts_ms, version=version)
+        self.reload_genomes()
+        return made.version
 
     def pending_approvals(self) -> list[dict[str, Any]]:
         intents: list[dict[str, Any]] = [

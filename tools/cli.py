@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "research": "tools.research",
     "service": "tools.service",
     "stress": "tools.stress.cli",
+    "shadow": "tools.shadow.cli",
     "watch": "tools.console",
 }
 CONTROL_COMMANDS = tuple(CLI_COMMANDS)  # the CLI names of chimera_core.control.Command
@@ -129,6 +130,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "backtest-event": ("benchmarks.backtest_event", "event-mode prints/s beside the engine alone"),
     "optimize": ("benchmarks.optimize_bench", "trials/s: one process, a local pool, local Ray"),
     "notify": ("benchmarks.notify_latency", "chimera notify: event → webhook delivery latency"),
+    "shadow-cost": ("benchmarks.shadow_cost", "hot-path p50/p99 with 0 and 4 shadow candidates"),
 }  # fmt: skip
 
 
@@ -144,7 +146,7 @@ def cmd_bench(argv: list[str]) -> int:
     module = importlib.import_module(BENCHMARKS[name][0])
     # The older suites parse their own name as the first argument; backtest's and
     # optimize's do not.
-    own = name.startswith("backtest") or name in ("optimize", "notify")
+    own = name.startswith("backtest") or name in ("optimize", "notify", "shadow-cost")
     return int(module.main(argv[1:] if own else argv))
 
 
@@ -184,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "research", help="nightly research: history, studies, candidates", add_help=False
+    )
+    sub.add_parser(
+        "shadow", help="candidate genomes on the live ticks: run | status", add_help=False
     )
     sub.add_parser("record", help="black-box recorder (telemetry → data/blackbox)", add_help=False)
     sub.add_parser("replay", help="replay / verify / export a recorded session", add_help=False)

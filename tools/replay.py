@@ -77,6 +77,8 @@ from chimera_core.telemetry import (
     read_manifest,
     read_session,
 )
+from chimera_governance.approvals import DECIDED_BY_HUMAN
+from chimera_governance.pipeline import GovernancePipeline
 from tools.node import build_node, build_parts
 
 # Commands that change what the engine decides (flatten and flatten_token act only at the
@@ -380,7 +382,13 @@ def replay_session(
             except ProtocolError:
                 result.undecodable += 1
                 continue
-            if cev.ok and cev.command in REPLAYED_COMMANDS:
+            if cev.ok and cev.arg.startswith(DECIDED_BY_HUMAN):
+                # A proposal a human decided: an approval's genome from the recorded result
+                # (with the version number the engine gave it), not from an approval queue
+                # this replay may not hold; a rejection changes no decision.
+                if _replay_promotion(parts.governance, cev):
+                    result.control_applied += 1
+            elif cev.ok and cev.command in REPLAYED_COMMANDS:
                 node.on_control(cev.command, cev.arg)
                 result.control_applied += 1
         elif topic == TOPIC_EXEC:
@@ -416,6 +424,25 @@ def replay_session(
     parts.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
+
+
+def _replay_promotion(governance: GovernancePipeline | None, cev: ControlEvent) -> bool:
+    """Put a recorded promotion's genome in force again (chimera shadow's approvals)."""
+    if governance is None or cev.command != Command.APPROVE:
+        return False
+    try:
+        result = msgspec.json.decode(cev.result)
+    except msgspec.DecodeError:
+        return False
+    if not isinstance(result, dict) or not isinstance(result.get("params"), dict):
+        return False
+    params = {str(k): float(v) for k, v in result["params"].items()}
+    version = result.get("version")
+    governance.activate_genome(
+        str(result.get("family", "default")), params, "replay:" + cev.arg,
+        version=int(version) if isinstance(version, int) else None,
+    )  # fmt: skip
+    return True
 
 
 # ---- diffs --------------------------------------------------------------------------

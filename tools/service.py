@@ -22,6 +22,7 @@ from pathlib import Path
 TEMPLATE_DIR = Path(__file__).resolve().parent / "systemd"
 UNITS: tuple[str, ...] = (
     "chimera-record.service",
+    "chimera-shadow.service",
     "chimera-live.service",
     "chimera-cortex.service",
     "chimera-notify.service",

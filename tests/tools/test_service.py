@@ -131,6 +131,10 @@ def test_rendered_units_carry_hardening_and_wiring(layout: dict[str, Path]) -> N
     assert f"ExecStart={layout['venv']}/bin/chimera record --config {layout['config']}" in record
     assert "Before=chimera-live.service" in record
     assert "MemoryMax=1G" in record
+    shadow = _directives(units["chimera-shadow.service"])
+    cmd = f"ExecStart={layout['venv']}/bin/chimera shadow run --config {layout['config']}"
+    assert cmd in shadow
+    assert "Before=chimera-live.service" in shadow  # candidates see the session's first tick
     cortex = _directives(units["chimera-cortex.service"])
     assert f"ExecStart={layout['venv']}/bin/chimera cortex --config {layout['config']}" in cortex
     assert "MemoryMax=1G" in cortex
