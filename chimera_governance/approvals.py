@@ -373,7 +373,10 @@ def pending_proposal(db: sqlite3.Connection, proposal_id: str) -> Proposal:
         (proposal_id,),
     ).fetchall()
     if not rows:
-        raise UnknownApproval(f"unknown proposal {proposal_id!r}")
+        raise UnknownApproval(
+            f"unknown proposal {proposal_id!r}: `chimera status` lists the pending ones "
+            "(`chimera shadow status` a shadow's promotions)"
+        )
     prop = _proposal(rows[0])
     if prop.status != PENDING:
         raise ApprovalNotPending(proposal_id, prop.status, "decide")

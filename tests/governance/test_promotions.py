@@ -65,7 +65,7 @@ def test_approving_a_promotion_activates_its_genome_and_a_second_decision_is_ref
         ok, again = gov.control("reject", pid)
         assert not ok and "expected status PENDING, found APPROVED" in again["error"]
         ok, unknown = gov.control("approve", "prm-00000000000000000000")
-        assert not ok and "no proposal with id" in unknown["error"]
+        assert not ok and "unknown proposal" in unknown["error"]
     finally:
         gov.close()
     with GenomeView(tmp_path / "genome.db") as view:
