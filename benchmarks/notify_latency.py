@@ -130,7 +130,7 @@ def run(n: int, gap_s: float) -> dict[str, Any]:
         f'data_dir = "{tmp / "data"}"\n'
         f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\n'
         f'[control]\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n'
-        "[notify]\nrate_limit = 1000000\n"
+        "[notify]\nrate_limit = 1000000\ndaily_report_after_min = -1\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "CHIMERA_NOTIFY_URLS": f"json://127.0.0.1:{port}/hook"}  # fmt: skip

@@ -371,6 +371,9 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     engine_silent_s: ShortSeconds = 10.0  # no health this long → engine_unreachable
     approvals_poll_s: ShortSeconds = 1.0
     timezone: str = "Asia/Kolkata"  # for quiet hours
+    # The day's report (chimera report) as an alert once the session has closed, this many
+    # minutes after the market calendar's close; a negative number turns it off.
+    daily_report_after_min: Annotated[int, msgspec.Meta(ge=-1, le=720)] = 15
 
 
 class ResearchHistory(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

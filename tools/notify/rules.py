@@ -27,6 +27,9 @@ disk_low               ``health.disk_free_mb`` below the config's ``min_free_dis
 broker_reject          ``exec`` REJECTED (a burst is summarised by the rate limit)
 recon_mismatch         ``recon`` with ok false
 approval_waiting       the approvals store (ApprovalsView) has a new PENDING intent
+proposal_waiting       a PENDING genome proposal (a candidate, an assistant's change)
+shadow_candidate_passed a PENDING shadow promotion (prm-): its gates passed
+daily_report           the session's close (market calendar) + daily_report_after_min
 fill                   ``exec`` carrying a fill (only with ``notify.fills``)
 =====================  ===========================================================
 """
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -112,6 +116,7 @@ class Memory(msgspec.Struct):
     drawdown_tripped: bool = False
     near: dict[str, float] = msgspec.field(default_factory=dict)
     approvals_seen: list[str] = msgspec.field(default_factory=list)
+    reported_days: list[int] = msgspec.field(default_factory=list)  # YYYYMMDD reported
 
 
 class Pending(msgspec.Struct, frozen=True):
@@ -138,6 +143,7 @@ class AlertRules:
         self.notify: NotifyConfig = cfg.notify
         self.tz = tz
         self._limits_from(cfg)
+        self.reported_days: list[int] = []
         self.session_id = ""
         self._limits_session = ""
         self.last_health_ns = 0
@@ -161,7 +167,7 @@ class AlertRules:
         return Memory(
             self.session_id, self.state, self.dark, self.stopped, sorted(self.unprotected),
             self.journal_error, self.low_disk, self.daily_tripped, self.drawdown_tripped,
-            dict(self.near), sorted(self.approvals_seen),
+            dict(self.near), sorted(self.approvals_seen), list(self.reported_days),
         )  # fmt: skip
 
     def restore(self, m: Memory) -> None:
@@ -175,6 +181,7 @@ class AlertRules:
         )
         self.daily_tripped, self.drawdown_tripped = m.daily_tripped, m.drawdown_tripped
         self.near, self.approvals_seen = dict(m.near), set(m.approvals_seen)
+        self.reported_days = list(m.reported_days)
 
     def _limits_from(self, cfg: Config) -> None:
         g = cfg.governance
@@ -467,6 +474,37 @@ class AlertRules:
                 )
             )
         return out
+
+    def on_proposals(self, pending: Iterable[dict[str, Any]], now_ns: int) -> list[Alert]:
+        """Proposals waiting for a human: a shadow candidate that passed its gates
+        (``promotion``), a genome candidate or an assistant's change."""
+        out: list[Alert] = []
+        for p in pending:
+            pid = str(p["proposal_id"])
+            if pid in self.approvals_seen:
+                continue
+            self.approvals_seen.add(pid)
+            payload = p.get("payload") or {}
+            what = ", ".join(f"{k}={v}" for k, v in payload.items() if k != "params")
+            name = "shadow_candidate_passed" if p["kind"] == "promotion" else "proposal_waiting"
+            out.append(
+                self._alert(
+                    name,
+                    "warning",
+                    f"{p['kind']} waiting {pid} ({what}; by {p['proposed_by']}): {p['reason']}"
+                    f" — `chimera approve {pid}` or `chimera reject {pid}`",
+                    now_ns,
+                )
+            )
+        return out
+
+    def on_report(self, day: int, text: str, html: str, now_ns: int) -> list[Alert]:
+        """The day's report, once per trading day."""
+        if day in self.reported_days:
+            return []
+        self.reported_days.append(day)
+        del self.reported_days[:-30]
+        return [self._alert("daily_report", "info", f"{text}\nfull report: {html}", now_ns)]
 
     def on_clock(self, now_ns: int) -> list[Alert]:
         """What only the passing of time shows: an engine that stopped talking."""

@@ -82,6 +82,13 @@ class Notifier:
         self._publish_wake = asyncio.Event()
         self._next_poll_ns = 0
         self._next_prune_ns = 0
+        self._next_report_check_ns = 0
+        from chimera_core.contracts import ExchangeType
+        from chimera_core.markets import calendar_for
+
+        self._calendar = calendar_for(
+            cfg.markets, int(ExchangeType[cfg.feed.exchange_type]), cfg.execution.square_off_at
+        )
         self._decode: dict[
             bytes, tuple[Callable[[bytes], Any], Callable[[Any, int], list[Alert]]]
         ] = {
@@ -131,12 +138,53 @@ class Notifier:
         if self.rules.approvals_dirty or now >= self._next_poll_ns:
             self._next_poll_ns = now + int(self.n.approvals_poll_s * 1e9)
             self.raise_alerts(self.rules.on_approvals(self._pending(), now))
+            self.raise_alerts(self.rules.on_proposals(self._proposals(), now))
+        self._daily_report(now)
         self.remember()
         if now >= self._next_prune_ns:
             self._next_prune_ns = now + int(3600e9)
             pruned = self.outbox.prune(now - int(KEEP_DAYS * 86400e9))
             if pruned:
                 log.info("notify_outbox_pruned", alerts=pruned, older_than_days=KEEP_DAYS)
+
+    def _proposals(self) -> list[dict[str, Any]]:
+        """PENDING proposals (genome candidates, shadow promotions, an assistant's change)."""
+        if self.approvals_db is None or not self.approvals_db.is_file():
+            return []
+        from chimera_governance.approvals import PENDING as WAITING
+        from chimera_governance.approvals import proposals
+
+        try:
+            return [p for p in proposals(self.approvals_db) if p["status"] == WAITING]
+        except ChimeraError as exc:
+            log.warning("notify_proposals_unreadable", path=str(self.approvals_db), error=str(exc))
+            return []
+
+    def _daily_report(self, now_ns: int) -> None:
+        """Once a trading day, ``daily_report_after_min`` after the market calendar's close
+        (wall clock: a real session), the day's `chimera report` as an alert."""
+        after = self.n.daily_report_after_min
+        if after < 0 or now_ns < self._next_report_check_ns:
+            return
+        self._next_report_check_ns = now_ns + int(30e9)
+        now_ms = now_ns // 1_000_000
+        session = self._calendar.session(now_ms - after * 60_000)
+        if session is None or now_ms < session.close_ms + after * 60_000:
+            return  # no session today yet, or not closed long enough
+        if session.day in self.rules.reported_days:
+            return
+        from tools.report import build_report, write_report
+
+        day = dt.date(session.day // 10_000, session.day // 100 % 100, session.day % 100)
+        try:
+            report = build_report(self.cfg.data_dir, self.cfg.mode, day)
+            paths = write_report(report, self.cfg.data_dir)
+        except (ChimeraError, OSError) as exc:
+            log.warning("notify_daily_report_failed", day=session.day, error=str(exc))
+            return
+        self.raise_alerts(
+            self.rules.on_report(session.day, report.short_text(), str(paths["html"]), now_ns)
+        )
 
     def _pending(self) -> list[Pending]:
         """PENDING approvals through the store's read-only view; [] while it cannot be read

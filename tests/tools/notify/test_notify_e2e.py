@@ -93,6 +93,8 @@ def test_a_scripted_session_alerts_once_and_a_down_channel_catches_up_in_order(t
         f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
         "[notify]\nfills = true\ndark_feed_s = 1.0\nrate_limit = 10000\n"
         "retry_initial_s = 0.2\nretry_max_s = 1.0\n"
+        # The day's report follows the wall clock: off here (its own test drives a clock).
+        "daily_report_after_min = -1\n"
     )
     (tmp_path / ".env").write_text(
         f"CHIMERA_NOTIFY_URL_MAIL=mailto://127.0.0.1:{smtp_port}?to=ops@example.com"
