@@ -26,6 +26,7 @@ UNITS: tuple[str, ...] = (
     "chimera-live.service",
     "chimera-cortex.service",
     "chimera-notify.service",
+    "chimera-bot.service",
     "chimera-research.service",
     "chimera-research.timer",
     "chimera.target",
@@ -217,6 +218,7 @@ def _install(args: argparse.Namespace) -> int:
             "nightly research ([research] in the config): "
             "systemctl enable --now chimera-research.timer"
         )
+        print("the Telegram bot ([bot] in the config): systemctl enable --now chimera-bot.service")
     return 0
 
 

@@ -15,7 +15,8 @@ from tools.service import UNITS, ServiceError, main, render_units
 # The trading target's long-running services; the nightly research is a oneshot its timer
 # starts, checked on its own below.
 RESEARCH = ("chimera-research.service", "chimera-research.timer")
-SERVICES = [u for u in UNITS if u.endswith(".service") and u not in RESEARCH]
+OPTIONAL = (*RESEARCH, "chimera-bot.service")  # enabled on their own, never by the target
+SERVICES = [u for u in UNITS if u.endswith(".service") and u not in OPTIONAL]
 HARDENING = [
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
@@ -146,7 +147,12 @@ def test_rendered_units_carry_hardening_and_wiring(layout: dict[str, Path]) -> N
     wants = next(ln for ln in target if ln.startswith("Wants="))
     for name in SERVICES:
         assert name in wants
-    assert not any(u in wants for u in RESEARCH)  # research is never part of trading
+    assert not any(u in wants for u in OPTIONAL)  # research and the bot: enabled apart
+    bot = _directives(units["chimera-bot.service"])
+    for directive in HARDENING:
+        assert directive in bot, directive
+    assert f"ExecStart={layout['venv']}/bin/chimera bot --config {layout['config']}" in bot
+    assert "WantedBy=multi-user.target" in bot
     research = _directives(units["chimera-research.service"])
     for directive in HARDENING:
         if not directive.startswith("Restart"):  # a oneshot: the timer runs it again
