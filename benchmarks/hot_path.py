@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,39 @@ async def _stream(
             telemetry.drain_subscriptions()
             await asyncio.sleep(0.01)
     probe = _Probe(_engine(cfg), capacity, keep, telemetry)
+
+    def stop_the_subscriber() -> None:
+        if sub_proc is not None and subscriber == "stopped":
+            os.kill(sub_proc.pid, signal.SIGSTOP)
+
+    rate = await probe_feed(cfg, probe, warmup_s, seconds, stop_the_subscriber)
+    if sub_proc is not None:
+        sub_proc.kill()
+        sub_proc.wait(5)
+    if telemetry is not None:
+        telemetry.close()
+    return probe, rate
+
+
+async def probe_feed(
+    cfg: Config,
+    probe: _Probe,
+    warmup_s: float,
+    seconds: float,
+    after_warmup: Callable[[], None] | None = None,
+) -> float:
+    """The simulator's feed into ``probe`` through the real FeedClient: warm up, then
+    record for ``seconds``; decisions per second while recording (``probe.dropped``: the
+    telemetry messages dropped meanwhile). Every hot-path benchmark measures this way."""
     client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
                         "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
     await client.subscribe(2, 1, list(cfg.feed.tokens))
     stop = asyncio.Event()
     task = asyncio.ensure_future(client.run(stop))
     await asyncio.sleep(warmup_s)
-    if sub_proc is not None and subscriber == "stopped":
-        os.kill(sub_proc.pid, signal.SIGSTOP)
+    if after_warmup is not None:
+        after_warmup()
+    telemetry = probe.telemetry
     probe.recording = True
     start_decided, t0 = probe.decided, time.perf_counter()
     dropped0 = telemetry.dropped if telemetry else 0
@@ -192,12 +218,7 @@ async def _stream(
     probe.dropped = (telemetry.dropped - dropped0) if telemetry else 0
     stop.set()
     await task
-    if sub_proc is not None:
-        sub_proc.kill()
-        sub_proc.wait(5)
-    if telemetry is not None:
-        telemetry.close()
-    return probe, rate
+    return rate
 
 
 def _engine_only(frames: list[bytes], port: int) -> dict[str, Any]:

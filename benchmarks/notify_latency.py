@@ -191,9 +191,9 @@ async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Pa
         _percentiles,
         _Probe,
         _subscriber,
+        probe_feed,
     )  # fmt: skip
     from chimera_core.config import parse_config
-    from chimera_core.feed.client import FeedClient
 
     cfg = parse_config(BENCH_CONFIG.format(port=port))
     telemetry = TelemetryPublisher("tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm)
@@ -214,17 +214,7 @@ async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Pa
         await asyncio.sleep(0.01)
     capacity = 2_000_000
     probe = _Probe(_engine(cfg), capacity, 0, telemetry)
-    client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
-                        "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
-    await client.subscribe(2, 1, list(cfg.feed.tokens))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(client.run(stop))
-    await asyncio.sleep(warmup_s)
-    probe.recording = True
-    await asyncio.sleep(seconds)
-    probe.recording = False
-    stop.set()
-    await task
+    await probe_feed(cfg, probe, warmup_s, seconds)
     for proc in procs:
         proc.terminate()
         proc.wait(30)

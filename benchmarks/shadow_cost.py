@@ -30,15 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.hot_path import BENCH_CONFIG, _free_port, _percentiles, _Probe, _start_sim
+from benchmarks.hot_path import (
+    BENCH_CONFIG,
+    _engine,
+    _free_port,
+    _percentiles,
+    _Probe,
+    _start_sim,
+    probe_feed,
+)
 from benchmarks.hot_path import _subscriber as _plain_subscriber
 from chimera_core.config import parse_config
-from chimera_core.event_loop import Engine, session_info
-from chimera_core.feed.client import FeedClient
+from chimera_core.event_loop import session_info
 from chimera_core.logging import configure_logging
 from chimera_core.physics import warm_up_kernels
 from chimera_core.telemetry import TOPIC_SESSION, TelemetryPublisher
-from chimera_governance.pipeline import GovernancePipeline
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.3)  # the 4 candidates' energy thresholds
 
@@ -99,22 +105,9 @@ async def _stream(
         await asyncio.sleep(0.01)
     telemetry.publish(TOPIC_SESSION, session_info(cfg))  # the shadow starts its candidates
     await asyncio.sleep(3.0 if shadow else 0.0)
-    gov = GovernancePipeline(cfg, Path(tempfile.mkdtemp(prefix="chimera-bench-gov-")))
-    probe = _Probe(Engine(cfg, governance=gov), capacity, 0, telemetry)
-    client = FeedClient(cfg.feed.url, {"Authorization": "Bearer b", "x-api-key": "b",
-                        "x-client-code": "BENCH", "x-feed-token": "b"}, probe)  # fmt: skip
-    await client.subscribe(2, 1, list(cfg.feed.tokens))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(client.run(stop))
-    await asyncio.sleep(warmup_s)
-    probe.recording = True
-    decided0, dropped0, t0 = probe.decided, telemetry.dropped, time.perf_counter()
-    await asyncio.sleep(seconds)
-    probe.recording = False
-    rate = (probe.decided - decided0) / (time.perf_counter() - t0)
-    dropped = telemetry.dropped - dropped0
-    stop.set()
-    await task
+    probe = _Probe(_engine(cfg), capacity, 0, telemetry)  # as chimera live builds it
+    rate = await probe_feed(cfg, probe, warmup_s, seconds)
+    dropped = probe.dropped
     for p in procs:
         p.terminate()
         try:
@@ -131,7 +124,6 @@ async def _stream(
     else:
         shadow_figures = {}
     telemetry.close()
-    gov.close()
     lat = probe.lat[: probe.n].copy()
     return {
         "candidates": shadow,
