@@ -56,6 +56,14 @@ def _run_parser() -> argparse.ArgumentParser:
         default=32,
         help="trials asked before any is told (default 32; part of the study)",
     )
+    p.add_argument(
+        "--lag",
+        type=int,
+        default=1,
+        choices=[0, 1],
+        help="generations in flight while the next is asked (default 1: the sampler works "
+        "while the workers evaluate; 0: studies stored before this option); part of the study",
+    )
     p.add_argument("--population", type=int, default=32, help="NSGA-II population size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -245,6 +253,7 @@ def cmd_run(argv: list[str]) -> int:
         pick=args.pick,
         n_trials=args.trials,
         generation=args.generation,
+        lag=args.lag,
         seed=args.seed,
         population=args.population,
         long_only=args.long_only,

@@ -45,6 +45,13 @@ class Executor(Protocol):
 
     def start(self, workload: Workload) -> None: ...
     def run(self, tasks: Sequence[Task]) -> list[Outcome]: ...
+    def submit(self, tasks: Sequence[Task]) -> Any:
+        """Start evaluating ``tasks`` (a pool or Ray works on them meanwhile); the handle
+        goes to ``collect``."""
+
+    def collect(self, handle: Any) -> list[Outcome]:
+        """The outcomes of a ``submit``, in task order (waits for them)."""
+
     def close(self) -> None: ...
 
 
@@ -74,6 +81,12 @@ class SerialExecutor:
     def run(self, tasks: Sequence[Task]) -> list[Outcome]:
         assert self._workload is not None, "start() first"
         return evaluate_batch(self._workload, tasks)
+
+    def submit(self, tasks: Sequence[Task]) -> Any:
+        return list(tasks)  # one process: evaluated when collected
+
+    def collect(self, handle: Any) -> list[Outcome]:
+        return self.run(handle)
 
     def close(self) -> None:
         self._workload = None
@@ -126,10 +139,17 @@ class PoolExecutor:
         log.info("optimize_pool_started", workers=self.workers)
 
     def run(self, tasks: Sequence[Task]) -> list[Outcome]:
+        return self.collect(self.submit(tasks))
+
+    def submit(self, tasks: Sequence[Task]) -> Any:
         assert self._pool is not None, "start() first"
+        pool = self._pool
+        return [pool.submit(_pool_batch, p) for p in batches(tasks, self.workers, self.min_batch)]
+
+    def collect(self, handle: Any) -> list[Outcome]:
         out: list[Outcome] = []
-        for part in self._pool.map(_pool_batch, batches(tasks, self.workers, self.min_batch)):
-            out.extend(part)
+        for future in handle:
+            out.extend(future.result())
         return out
 
     def close(self) -> None:
@@ -252,12 +272,17 @@ class RayExecutor:
         log.info("optimize_ray_started", actors=n, address=self.address)
 
     def run(self, tasks: Sequence[Task]) -> list[Outcome]:
+        return self.collect(self.submit(tasks))
+
+    def submit(self, tasks: Sequence[Task]) -> Any:
+        parts = batches(tasks, self.workers, self.min_batch)
+        return [self._actors[i % len(self._actors)].run.remote(p) for i, p in enumerate(parts)]
+
+    def collect(self, handle: Any) -> list[Outcome]:
         import ray
 
-        parts = batches(tasks, self.workers, self.min_batch)
-        refs = [self._actors[i % len(self._actors)].run.remote(p) for i, p in enumerate(parts)]
         out: list[Outcome] = []
-        for part in ray.get(refs):
+        for part in ray.get(handle):
             out.extend(part)
         return out
 

@@ -26,6 +26,7 @@ import hashlib
 import sqlite3
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,10 @@ class StudySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pick: str = "sharpe"
     n_trials: int = 100  # per fold
     generation: int = 32  # trials asked before any of them is told
+    # Generations in flight while the next is asked: 1 lets the sampler work while the
+    # workers evaluate (the sampler then sees results one generation later); 0 asks each
+    # generation only after the one before is told (studies stored before lag existed).
+    lag: int = 1
     seed: int = 0
     population: int = 32  # NSGA-II's population size
     long_only: bool = False
@@ -109,6 +114,8 @@ class StudySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise StudyError(f"--trials must be >= 1 per fold, got {self.n_trials}")
         if self.generation < 1:
             raise StudyError(f"--generation must be >= 1, got {self.generation}")
+        if self.lag not in (0, 1):
+            raise StudyError(f"--lag must be 0 or 1, got {self.lag}")
         if self.sampler == "nsga2" and self.population < 2:
             raise StudyError(f"--population must be >= 2 for NSGA-II, got {self.population}")
         g = self.guards
@@ -255,6 +262,7 @@ def _load_or_create(storage: Any, spec: StudySpec, data_meta: Mapping[str, Any])
         log.info("optimize_study_created", study=spec.name)
         return parent
     stored = dict(parent.user_attrs.get("spec") or {})
+    stored.setdefault("lag", 0)  # a study stored before the schedule had a lag (--lag 0)
     diffs = [d for d in _differences(stored, given) if not d.startswith("n_trials:")]
     if diffs:
         raise StudyError(
@@ -380,60 +388,78 @@ def search_fold(
     if progress is not None and stored:
         progress.advance(0, None)
     writer = TrialWriter(storage, stored_id, stored_study.study_name, len(stored))
+
+    def ask(first: int, upto: int) -> tuple[list[Any], Any]:
+        """Ask trials ``first..upto-1`` and start evaluating those never stored."""
+        asked = []
+        for k in range(first, upto):
+            memory.sampler = make_sampler(spec, trial_seed(spec.seed, fold, k))
+            asked.append(memory.ask(dict(dists)))
+        fresh: list[Task] = []
+        for t in asked:
+            if t.number < len(stored):
+                if stored[t.number].params != t.params:
+                    raise StudyError(
+                        f"study {stored_study.study_name}, trial {t.number}: stored parameters "
+                        f"{stored[t.number].params} but the sampler now draws {t.params} "
+                        "(another Optuna version or sampler code?); use a new --study name"
+                    )
+            else:
+                fresh.append(Task((fold, t.number), {**t.params, **spec.space.fixed}, fold))
+        return asked, executor.submit(fresh)
+
+    def tell(asked: list[Any], handle: Any) -> None:
+        """Tell a generation's results in trial order (stored ones from the file)."""
+        nonlocal best
+        outcomes = {o.key[1]: o for o in executor.collect(handle)}
+        for t in asked:
+            params = {**t.params, **spec.space.fixed}
+            if t.number < len(stored):
+                old = stored[t.number]
+                for key, value in old.user_attrs.items():
+                    t.set_user_attr(key, value)
+                record = dict(old.user_attrs.get("run", {}))
+                values = list(old.values) if old.state == TrialState.COMPLETE else None
+                returns, bar_sharpe = None, 0.0
+            else:
+                o = outcomes[t.number]
+                record, values = _record(spec, fold, o, stamp)
+                t.set_user_attr("run", record)
+                returns, bar_sharpe = o.returns, o.bar_sharpe
+            if values is None:
+                memory.tell(t, state=TrialState.FAIL)
+                result.failed += 1
+            else:
+                memory.tell(t, values)
+                result.complete[t.number] = params
+                result.metrics[t.number] = dict(record.get("train", {}))
+                result.values[t.number] = values
+                if returns is not None:
+                    result.returns[t.number] = returns
+                    result.sharpe[t.number] = bar_sharpe
+                v = values[0] if len(values) == 1 else objective_value(
+                    result.metrics[t.number], spec.pick
+                )  # fmt: skip
+                if best is None or sign * v > sign * best:
+                    best = v
+            if t.number >= len(stored):
+                writer.put(memory.get_trials(deepcopy=False)[t.number])
+        if progress is not None:
+            progress.advance(len(asked), best)
+
+    # The schedule decides what the sampler has seen at each ask, so it is part of the
+    # study (``lag``), never of the executor: with lag 1 generation k+1 is asked (the
+    # sampler working in this process) while the workers evaluate generation k, and is
+    # told after it; the same seed gives the same trials in one process, a pool or Ray.
+    in_flight: deque[tuple[list[Any], Any]] = deque()
     try:
-        while number < target:
-            upto = min(target, number + spec.generation)
-            asked = []
-            for k in range(number, upto):
-                memory.sampler = make_sampler(spec, trial_seed(spec.seed, fold, k))
-                asked.append(memory.ask(dict(dists)))
-            fresh: list[Task] = []
-            for t in asked:
-                if t.number < len(stored):
-                    if stored[t.number].params != t.params:
-                        raise StudyError(
-                            f"study {stored_study.study_name}, trial {t.number}: stored parameters "
-                            f"{stored[t.number].params} but the sampler now draws {t.params} "
-                            "(another Optuna version or sampler code?); use a new --study name"
-                        )
-                else:
-                    fresh.append(Task((fold, t.number), {**t.params, **spec.space.fixed}, fold))
-            outcomes = {o.key[1]: o for o in executor.run(fresh)}
-            for t in asked:
-                params = {**t.params, **spec.space.fixed}
-                if t.number < len(stored):
-                    old = stored[t.number]
-                    for key, value in old.user_attrs.items():
-                        t.set_user_attr(key, value)
-                    record = dict(old.user_attrs.get("run", {}))
-                    values = list(old.values) if old.state == TrialState.COMPLETE else None
-                    returns, bar_sharpe = None, 0.0
-                else:
-                    o = outcomes[t.number]
-                    record, values = _record(spec, fold, o, stamp)
-                    t.set_user_attr("run", record)
-                    returns, bar_sharpe = o.returns, o.bar_sharpe
-                if values is None:
-                    memory.tell(t, state=TrialState.FAIL)
-                    result.failed += 1
-                else:
-                    memory.tell(t, values)
-                    result.complete[t.number] = params
-                    result.metrics[t.number] = dict(record.get("train", {}))
-                    result.values[t.number] = values
-                    if returns is not None:
-                        result.returns[t.number] = returns
-                        result.sharpe[t.number] = bar_sharpe
-                    v = values[0] if len(values) == 1 else objective_value(
-                        result.metrics[t.number], spec.pick
-                    )  # fmt: skip
-                    if best is None or sign * v > sign * best:
-                        best = v
-                if t.number >= len(stored):
-                    writer.put(memory.get_trials(deepcopy=False)[t.number])
-            if progress is not None:
-                progress.advance(len(asked), best)
-            number = upto
+        while number < target or in_flight:
+            if number < target:
+                upto = min(target, number + spec.generation)
+                in_flight.append(ask(number, upto))
+                number = upto
+            if len(in_flight) > spec.lag or number >= target:
+                tell(*in_flight.popleft())
     finally:
         writer.close()  # every told trial in the file (or the writer's error raised)
     missing = [n for n in result.complete if n not in result.returns]
