@@ -63,7 +63,7 @@ import numpy.typing as npt
 from chimera_core import physics
 from chimera_core.config import Config
 from tools.backtest import fast
-from tools.backtest.fast import FastResult, FastSettings, bracket_levels, fill_charges
+from tools.backtest.fast import GUARD, FastResult, FastSettings, bracket_levels, fill_charges
 from tools.backtest.metrics import (
     EXIT_ENERGY_DECAY,
     EXIT_MAX_HOLD,
@@ -72,7 +72,12 @@ from tools.backtest.metrics import (
     EXIT_STOP_LOSS,
     EXIT_TAKE_PROFIT,
 )
-from tools.backtest.rolling import BacktestInputError, checked_lookback
+from tools.backtest.rolling import (
+    BacktestInputError,
+    checked_lookback,
+    moments_state,
+    moments_step,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -126,6 +131,42 @@ PrintsResult = tuple[
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _feed_round(price: float, divisor: float) -> float:
     return np.rint(price * divisor) / divisor if divisor > 0.0 else price
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _vacuum(
+    buf: FloatArray, end: int, n: int, price: float, var: float, anchor: float, shift: float
+) -> bool:
+    """|z| >= 1 (VACUUM) for the live ``price`` at ``end``, from the rolling moments of the
+    n closed bars before it (``rolling.moments_step``), compared on squares; within GUARD
+    of the edge ``physics.zscore_at`` decides. A flat window (variance exactly 0) has
+    z = 0: TRAPPED."""
+    if var == 0.0:
+        return False
+    d = (price - anchor) - shift
+    d2 = d * d
+    if abs(d2 - var) <= GUARD * max(d2, var):
+        return abs(physics.zscore_at(buf, end, n)) >= 1.0
+    return d2 >= var
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _energy_window(close: FloatArray, end: int, n: int) -> tuple[float, float, float]:
+    """(origin, A, B) of the energy window ending at ``end`` with its last close left out
+    (the live price goes there): origin = its first close, A = sum of (j - x_mean) x
+    (close - origin), B = sum of (close - origin) over the n - 1 closed values. The slope
+    of the window with the live price x is (A + (n - 1 - x_mean)(x - origin)) / sxx (the
+    sum of j - x_mean is 0), its mean origin + (B + x - origin) / n."""
+    start = end - n + 1
+    origin: float = close[start]
+    x_mean = (n - 1) / 2.0
+    a = 0.0
+    b = 0.0
+    for j in range(n - 1):
+        d = close[start + j] - origin
+        a += (j - x_mean) * d
+        b += d
+    return origin, a, b
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -225,6 +266,20 @@ def default_prints_kernel(
     t_avg = 0.0
     t_exit_value = 0.0
     t_exit_qty = 0
+
+    evaluated = math.nan  # the price the physics below were evaluated at (this bar)
+    energy = math.nan
+    code = 0
+    code_known = False
+    z_state = moments_state()
+    z_var = 0.0
+    z_anchor = 0.0
+    z_shift = 0.0
+    e_origin = 0.0
+    e_a = 0.0
+    e_b = 0.0
+    e_xm = (energy_n - 1) / 2.0
+    e_sxx = energy_n * (energy_n * energy_n - 1) / 12.0
 
     leg_ts = np.empty(8, dtype=np.int64)
     leg_px = np.empty(8)
@@ -395,32 +450,47 @@ def default_prints_kernel(
                 if forming != i:
                     if forming >= 0:
                         buf[forming] = close[forming]
-                        count_closed = forming + 1
-                        if count_closed >= atr_n + 1:
+                        if forming + 1 >= atr_n + 1:
                             atr = physics.atr_at(high, low, close, forming, atr_n)
                     forming = i
-                buf[i] = price
-                closed_n = i  # closed bars (every bar before this one)
-                energy = math.nan
-                z = math.nan
-                code = -2  # warming up
-                if closed_n + 1 >= energy_n:
-                    energy = physics.energy_at(buf, i, energy_n)
-                if closed_n >= z_n:
-                    z = physics.zscore_at(buf, i, z_n)
-                if closed_n + 1 >= band_n:
-                    _, _, code = physics.band_at(buf, i, band_n, k_band)
-                # 4. the strategy
+                    evaluated = math.nan  # nothing evaluated on this bar yet
+                    if i >= z_n:  # the z window (closed bars only) slides once a bar
+                        z_var, z_anchor, z_shift, z_state = moments_step(close, i - 1, z_n, z_state)
+                    if i + 1 >= energy_n:
+                        e_origin, e_a, e_b = _energy_window(close, i, energy_n)
+                if price != evaluated:  # a repeat of the last price has the same physics
+                    evaluated = price
+                    buf[i] = price
+                    energy = math.nan
+                    if i + 1 >= energy_n:  # closed bars (i) plus the live price
+                        # O(1) from the closed part's sums; within GUARD of a threshold
+                        # energy_at's own value decides (as fast.default_signals).
+                        d = price - e_origin
+                        energy = (
+                            ((e_a + (energy_n - 1 - e_xm) * d) / e_sxx)
+                            / (e_origin + (e_b + d) / energy_n)
+                            * 100.0
+                        )
+                        scale = GUARD * max(1.0, abs(energy))
+                        if abs(abs(energy) - threshold) <= scale or (
+                            exit_energy > 0.0 and abs(abs(energy) - exit_energy) <= scale
+                        ):
+                            energy = physics.energy_at(buf, i, energy_n)
+                    code_known = False
+                # 4. the strategy: WARMUP (z or the band not warm), energy below the
+                # threshold, TRAPPED (|z| < 1), or the band contradicting the direction
+                # gives no signal. The band is only computed when it can decide.
                 direction = 0
-                # WARMUP (z or the band not warm), energy below the threshold, TRAPPED
-                # (|z| < 1), or the band contradicting the direction: no signal.
                 if (
-                    z == z
-                    and code != -2
+                    i >= z_n
+                    and i + 1 >= band_n
                     and math.isfinite(energy)
                     and abs(energy) > threshold
-                    and abs(z) >= 1.0
+                    and _vacuum(buf, i, z_n, price, z_var, z_anchor, z_shift)
                 ):
+                    if not code_known:
+                        _, _, code = physics.band_at(buf, i, band_n, k_band)
+                        code_known = True
                     direction = 1 if energy > 0 else -1
                     if (direction > 0 and code == -1) or (direction < 0 and code == 1):
                         direction = 0
