@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from chimera_core.config import Config, parse_config
 from chimera_core.contracts import ExchangeType
+from chimera_core.markets import calendar_for
 from chimera_core.strategy import ma_cross_factory
 from tools.backtest import fast, prints, strategies
 from tools.backtest.data import load_bars
@@ -291,6 +292,7 @@ def test_random_series_reach_every_rule():
 # Fast mode's exit reasons as the journal's purposes (every strategy exit is an EXIT).
 REASON_PURPOSE = {
     "open": "END",
+    "square_off": "SQUARE_OFF",
     "signal_reversal": "EXIT",
     "energy_decay": "EXIT",
     "max_hold": "EXIT",
@@ -299,8 +301,9 @@ REASON_PURPOSE = {
 }
 
 
-def run_default_both(cfg: Config, bars) -> tuple[EventResult, FastResult]:
-    """The default strategy in event mode and in fast mode's per-print loop."""
+def run_default_both(cfg: Config, bars, calendar: bool = False) -> tuple[EventResult, FastResult]:
+    """The default strategy in event mode and in fast mode's per-print loop (reading the
+    market calendar event mode runs with when ``calendar``)."""
     with tempfile.TemporaryDirectory(prefix="chimera-parity-") as tmp:
         event = asyncio.run(run_event(cfg, bars, TOKEN, SEGMENT, work_dir=Path(tmp)))
     s = cfg.strategy
@@ -319,6 +322,7 @@ def run_default_both(cfg: Config, bars) -> tuple[EventResult, FastResult]:
         band_lookback=s.band_lookback,
         band_k=s.band_k,
         energy_threshold=s.energy_threshold,
+        calendar=calendar_for(cfg.markets, SEGMENT) if calendar else None,
     )
     return event, result
 
@@ -398,6 +402,20 @@ def test_the_sample_gives_the_same_default_trades_in_both_modes(
         assert seen["energy_decay"], seen
     if "max_hold_s" in strategy:
         assert seen["max_hold"], seen
+
+
+def test_the_sample_on_the_nse_calendar_gives_the_same_default_trades(sample):
+    """The market's own hours (IST: entries until the cut-off, a square-off before the
+    close), read by the node at each print and by fast mode at each print's time."""
+    cfg = parse_config(
+        '[governance]\nenabled = false\n[logging]\ndecisions = "none"\nlevel = "WARNING"\n'
+        "[strategy]\nenergy_threshold = 0.03\norder_qty = 2\nmax_hold_s = 3600.0\n"
+    )
+    event, result = run_default_both(cfg, sample, calendar=True)
+    assert len(event.trades) >= 20, "the sample must trade for parity to mean something"
+    assert_same_default_trades(event, result)
+    seen = default_paths(result, 2)
+    assert seen["square_off"] and seen["max_hold"], seen
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

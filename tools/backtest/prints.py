@@ -45,10 +45,15 @@ position (adds move its average price and add to its quantity) to the fill that 
 it; ``exit_reason`` is the bracket leg, or the strategy's rule for an EXIT. Equity is cash
 plus the position at each bar's last price.
 
+The market calendar (``calendar``: a ``MarketCalendar``) is read at each print's time: no
+ARM or FIRE outside entry hours, and past the square-off a held position exits
+(SQUARE_OFF) before its bracket is looked at.
+
 What it leaves out (event mode has them): VWAP slicing (an intent of at least
-``[execution.slicing] min_qty`` units), depth, the calendar (entry cut-off, square-off:
-run it on a market open around the clock), the price filter's jump hold (a print more
-than ``[sanity] max_jump_pct`` from the last), and governance.
+``[execution.slicing] min_qty`` units), depth, the price filter's jump hold (a print more
+than ``[sanity] max_jump_pct`` from the last), governance (the exposure caps included:
+run it with ``[governance] enabled = false`` to compare), and the journal's refusal of an
+intent id fired twice (a bar's ids are numbered per bar, so it does not arise here).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from tools.backtest.metrics import (
     EXIT_MAX_HOLD,
     EXIT_OPEN,
     EXIT_SIGNAL_REVERSAL,
+    EXIT_SQUARE_OFF,
     EXIT_STOP_LOSS,
     EXIT_TAKE_PROFIT,
 )
@@ -178,6 +184,8 @@ def default_prints_kernel(
     up: BoolArray,
     raw: FloatArray,
     ts_ms: IntArray,
+    entries_ok: BoolArray,
+    square_off: BoolArray,
     energy_n: int,
     z_n: int,
     band_n: int,
@@ -283,6 +291,8 @@ def default_prints_kernel(
 
     leg_ts = np.empty(8, dtype=np.int64)
     leg_px = np.empty(8)
+    leg_slot = np.empty(8, dtype=np.int64)
+    always_open = entries_ok.shape[1] == 0
     path = np.empty(4)
     raw_path = np.empty(4)
 
@@ -325,14 +335,20 @@ def default_prints_kernel(
                         for r in range(2):
                             leg_ts[m] = base + r * gap
                             leg_px[m] = _feed_round(lv, divisor)
+                            leg_slot[m] = 2 * (kk - 1) + 1
                             m += 1
             for r in range(_REPEATS[kk]):
                 leg_ts[m] = t0 + kk * step + r * gap
                 leg_px[m] = path[kk]
+                leg_slot[m] = 2 * kk
                 m += 1
             for pi in range(m):
                 ts = leg_ts[pi]
                 price = leg_px[pi]
+                slot = leg_slot[pi]
+                # the market calendar at this print (entry hours, past the square-off)
+                entries_open = always_open or entries_ok[slot, i]
+                squaring = not always_open and square_off[slot, i]
                 # 1. the feed clock, then staleness
                 if clock_now < 0 or ts <= clock_now + max_ahead:
                     if ts > clock_now:
@@ -513,12 +529,12 @@ def default_prints_kernel(
                 # 5. the trading step
                 fired = False
                 if state == _IDLE:
-                    if direction != 0 and not stale:
+                    if direction != 0 and not stale and entries_open:
                         armed = direction
                         state = _READY
                         entered = ts
                 elif state == _READY:
-                    if direction == armed and not stale:
+                    if direction == armed and not stale and entries_open:
                         fired = True
                         state = _EXECUTE
                         entered = ts
@@ -547,9 +563,11 @@ def default_prints_kernel(
                     e_eligible = ts + latency
                     e_seq = seq
                     e_atr = atr
-                if pos != 0 and not x_live and has_br:
+                if pos != 0 and not x_live and (has_br or squaring):
                     hit = 0
-                    if pos > 0:
+                    if squaring:
+                        hit = EXIT_SQUARE_OFF
+                    elif pos > 0:
                         if price <= stop:
                             hit = EXIT_STOP_LOSS
                         elif price >= target:
@@ -698,10 +716,18 @@ def default_prints(
     band_lookback: int = 140,
     band_k: float = 2.0,
     energy_threshold: float = 0.2,
+    calendar: object = None,
 ) -> FastResult:
     """The default strategy decided on every print event mode replays (module docstring).
-    ``ts_ms`` are the bars' open times (UTC ms, on the ``interval_ms`` grid)."""
+    ``ts_ms`` are the bars' open times (UTC ms, on the ``interval_ms`` grid); ``calendar``
+    a ``MarketCalendar`` (``calendar_for``) read at each print (None: open around the
+    clock)."""
     s = settings or FastSettings()
+    if s.fill != "next_open" or s.long_only:
+        raise BacktestInputError(
+            "per print, fills and sides are the node's: an order fills at the next print and "
+            'the default strategy trades both ways (fill = "next_open", long_only = false)'
+        )
     t = timing or PrintTiming()
     en = checked_lookback("energy_lookback", energy_lookback)
     zn = checked_lookback("z_lookback", z_lookback)
@@ -727,7 +753,19 @@ def default_prints(
         (open_, high, low, close, volume), s, ts, None, None, None
     )
     q = prints_params(s, t, int(interval_ms), k, thr)
+    entries = np.empty((8, 0), dtype=np.bool_)
+    square = np.empty((8, 0), dtype=np.bool_)
+    if calendar is not None:
+        # Each print's time class: 2k a quarter's prints, 2k + 1 the levels inside leg k + 1.
+        step = int(interval_ms) // 4
+        offsets = np.array([(j // 2) * step + (step // 2 if j % 2 else 0) for j in range(8)])
+        at = ts[None, :] + offsets[:, None]
+        allowed, past = fast.session_masks(at.ravel(), calendar)
+        entries = allowed.reshape(8, -1)
+        square = past.reshape(8, -1)
     given = np.vstack([fast._float_bars(name, x) for name, x in (
         ("open", open_), ("high", high), ("low", low), ("close", close))])  # fmt: skip
-    out = default_prints_kernel(o, h, lo, c, up, given, ts, en, zn, bn, versions, table, q)
+    out = default_prints_kernel(
+        o, h, lo, c, up, given, ts, entries, square, en, zn, bn, versions, table, q
+    )
     return fast._result(out, s)
