@@ -33,6 +33,7 @@ from tools.backtest.data import load_bars
 from tools.backtest.event import ALWAYS_OPEN_MARKET, EventResult, run_event
 from tools.backtest.fast import FastResult
 from tools.backtest.metrics import EXIT_REASONS
+from tools.backtest.rolling import BacktestInputError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "sim_2885_5m.csv"
 TOKEN = "2885"
@@ -495,3 +496,23 @@ def test_random_series_reach_every_default_rule():
     del seen["square_off"]  # the market is open around the clock
     del seen["open"]
     assert all(seen.values()), seen
+
+
+def test_per_print_refuses_what_the_node_does_not_do(sample):
+    """Per print, fills, sizing and sides are the node's; bar times must be on the grid:
+    anything else is refused with a message naming it."""
+    o, h, lo, c = sample.open, sample.high, sample.low, sample.close
+    ts = np.asarray(sample.ts_ms, dtype=np.int64)
+    cases = [
+        ({"settings": fast.FastSettings(sizing="equity_fraction")}, "sizing"),
+        ({"settings": fast.FastSettings(fill="close")}, "next_open"),
+        ({"settings": fast.FastSettings(long_only=True)}, "long_only"),
+        ({"ts_ms": ts + 1}, "grid"),
+        ({"ts_ms": ts[:-1]}, "ts_ms"),
+        ({"energy_threshold": 0.0}, "energy_threshold"),
+        ({"interval_ms": 300}, "too short"),
+    ]
+    for kwargs, match in cases:
+        args = {"ts_ms": ts, "interval_ms": sample.interval_ms, **kwargs}
+        with pytest.raises(BacktestInputError, match=match):
+            prints.default_prints(o, h, lo, c, **args)
