@@ -20,7 +20,10 @@ after a JIT warm-up; backtesting.py, a per-bar Python loop, runs once):
    floats, so they differ by at most half a paisa per fill; the same run without charges
    must agree to float rounding (1e-6).
 2. ``default``: the default econophysics strategy (rolling kernels, the dated NSE cash
-   charge schedule, ATR brackets).
+   charge schedule, ATR brackets), decided once per bar close.
+   ``default_per_print``: the same strategy decided on every print event mode replays
+   (``tools.backtest.prints``, the one that makes event mode's trades), timed beside the
+   per-close run on the same settings (1 unit per entry), with the ratio.
 3. ``kernels``: energy + z + band over the series, ``chimera_core.physics``' per-bar
    recompute (today's live kernels) against the O(1) rolling ones.
 
@@ -324,6 +327,53 @@ def bench_default(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
     }
 
 
+def bench_default_prints(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
+    """The default strategy decided on every print (``tools.backtest.prints``, event mode's
+    prints and the node's rules), against the per-close decision on the same bars and
+    settings, in this run: the ratio is the price of parity with event mode."""
+    from tools.backtest import prints
+
+    n = b["close"].size
+    interval = 300_000
+    ts = 1_735_689_600_000 + np.arange(n, dtype=np.int64) * interval
+    s = FastSettings(initial_equity=INITIAL)
+
+    def per_close() -> fast.FastResult:
+        return fast.default_strategy(
+            b["open"], b["high"], b["low"], b["close"], b["volume"], settings=s, ts_ms=ts,
+            **DEFAULT_PARAMS,
+        )  # fmt: skip
+
+    def per_print() -> fast.FastResult:
+        return prints.default_prints(
+            b["open"], b["high"], b["low"], b["close"], b["volume"], ts_ms=ts,
+            interval_ms=interval, settings=s, **DEFAULT_PARAMS,
+        )  # fmt: skip
+
+    per_close()
+    per_print()
+    close_times, close_result = timed(per_close, repeat)
+    print_times, print_result = timed(per_print, repeat)
+    reasons = np.bincount(print_result.trades.exit_reason, minlength=len(fast.EXIT_REASONS))
+    close_rate, print_rate = rate(n, close_times), rate(n, print_times)
+    return {
+        "settings": "five-minute bars, schedule charges (NSE cash intraday), 1 bps slippage, "
+        "ATR brackets 2x/3x, 1 unit per entry, no caps; per print: latency 50 ms, "
+        "cooldown 60 s",
+        "params": DEFAULT_PARAMS,
+        "times_s": print_times,
+        "bars_per_s": print_rate,
+        "per_close_times_s": close_times,
+        "per_close_bars_per_s": close_rate,
+        "per_close_over_per_print": close_rate / print_rate,
+        "meets_bars_per_s_target": print_rate >= TARGET_BARS_PER_S,
+        "trades": len(print_result.trades),
+        "per_close_trades": len(close_result.trades),
+        "exit_reasons": dict(zip(fast.EXIT_REASONS, reasons.tolist(), strict=True)),
+        "final_equity": print_result.final_equity,
+    }
+
+
 def bench_kernels(b: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
     close = b["close"]
     n = close.size
@@ -385,6 +435,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         if "skipped" not in ref:
             rows.append((label, ref["bars_per_s"], "#7f7f7f"))
     rows.append(("fast default", result["default"]["bars_per_s"], "#2ca02c"))
+    rows.append(("fast default per print", result["default_per_print"]["bars_per_s"], "#98df8a"))
     k = result["kernels"]
     rows.append(("kernels: per-bar recompute", k["per_bar_recompute_bars_per_s"], "#d62728"))
     rows.append(("kernels: rolling O(1)", k["rolling_bars_per_s"], "#ff7f0e"))
@@ -411,6 +462,7 @@ def run(n: int, seed: int, repeat: int) -> dict[str, Any]:
     vbt = bench_vectorbt(b, repeat)
     bt = bench_backtesting(b)
     default = bench_default(b, repeat)
+    default_prints = bench_default_prints(b, repeat)
     kernels = bench_kernels(b, repeat)
     ratio = ours["bars_per_s"] / vbt["bars_per_s"] if "skipped" not in vbt else None
     checks = {
@@ -448,6 +500,7 @@ def run(n: int, seed: int, repeat: int) -> dict[str, Any]:
             "agreement_backtesting": agreement(ours, bt),
         },
         "default": default,
+        "default_per_print": default_prints,
         "kernels": kernels,
         "targets": {"bars_per_s": TARGET_BARS_PER_S, "vs_vectorbt": TARGET_VS_VECTORBT},
         "checks": checks,
@@ -487,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fast default    {result['default']['bars_per_s'] / 1e6:8.2f}M bars/s, "
         f"{result['default']['trades']} trades"
+    )
+    dp = result["default_per_print"]
+    print(
+        f"default / print {dp['bars_per_s'] / 1e6:8.2f}M bars/s, {dp['trades']} trades "
+        f"(per close {dp['per_close_bars_per_s'] / 1e6:.2f}M: "
+        f"{dp['per_close_over_per_print']:.1f}x faster)"
     )
     k = result["kernels"]
     print(

@@ -1,4 +1,5 @@
-"""Event mode and fast mode make the same ma_cross trades (issue 14's parity test).
+"""Event mode and fast mode make the same trades (issue 14's parity test): ma_cross, and
+the default strategy decided on every print (``tools.backtest.prints``).
 
 Event mode (``tools.backtest.event.run_event``) is the live node — engine, router, paper
 broker, journal — replaying the bars as feed prints; fast mode (``tools.backtest.fast``)
@@ -7,8 +8,8 @@ is the Numba bar loop. On the shipped sample and on random OHLC series, with
 same closed trades (entry and exit bar, side, quantity, why it closed), the same position
 open at the end, the same fill prices and charges, and the same equity at every bar.
 
-Where they cannot agree (the default strategy's per-print exits, a cooldown longer than
-half a bar) is measured in docs/BACKTEST_METRICS.md, "Where the modes differ".
+Where they cannot agree (ma_cross with a cooldown longer than half a bar, governance,
+depth) is measured in docs/BACKTEST_METRICS.md, "Where the modes differ".
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from hypothesis import strategies as st
 
 from chimera_core.config import Config, parse_config
 from chimera_core.contracts import ExchangeType
+from chimera_core.markets import calendar_for
 from chimera_core.strategy import ma_cross_factory
-from tools.backtest import fast, strategies
+from tools.backtest import fast, prints, strategies
 from tools.backtest.data import load_bars
 from tools.backtest.event import ALWAYS_OPEN_MARKET, EventResult, run_event
 from tools.backtest.fast import FastResult
 from tools.backtest.metrics import EXIT_REASONS
+from tools.backtest.rolling import BacktestInputError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "sim_2885_5m.csv"
 TOKEN = "2885"
@@ -281,3 +284,235 @@ def test_random_series_reach_every_rule():
         for key, value in paths_taken(bars, result, delays, 1e-4).items():
             seen[key] = seen.get(key, 0) + value
     assert all(seen.values()), seen
+
+
+# ---------------------------------------------------------------------------------------
+# The default strategy, per print
+# ---------------------------------------------------------------------------------------
+
+# Fast mode's exit reasons as the journal's purposes (every strategy exit is an EXIT).
+REASON_PURPOSE = {
+    "open": "END",
+    "square_off": "SQUARE_OFF",
+    "signal_reversal": "EXIT",
+    "energy_decay": "EXIT",
+    "max_hold": "EXIT",
+    "stop_loss": "STOP_LOSS",
+    "take_profit": "TAKE_PROFIT",
+}
+
+
+def run_default_both(cfg: Config, bars, calendar: bool = False) -> tuple[EventResult, FastResult]:
+    """The default strategy in event mode and in fast mode's per-print loop (reading the
+    market calendar event mode runs with when ``calendar``)."""
+    with tempfile.TemporaryDirectory(prefix="chimera-parity-") as tmp:
+        event = asyncio.run(run_event(cfg, bars, TOKEN, SEGMENT, work_dir=Path(tmp)))
+    s = cfg.strategy
+    result = prints.default_prints(
+        bars.open,
+        bars.high,
+        bars.low,
+        bars.close,
+        bars.volume,
+        ts_ms=np.asarray(bars.ts_ms, dtype=np.int64),
+        interval_ms=bars.interval_ms,
+        settings=fast.settings_from_config(cfg, TOKEN, bar_interval_s=bars.interval_ms / 1000),
+        timing=prints.timing_from_config(cfg, bars.interval_ms),
+        energy_lookback=s.energy_lookback,
+        z_lookback=s.z_lookback,
+        band_lookback=s.band_lookback,
+        band_k=s.band_k,
+        energy_threshold=s.energy_threshold,
+        calendar=calendar_for(cfg.markets, SEGMENT) if calendar else None,
+    )
+    return event, result
+
+
+def assert_same_default_trades(event: EventResult, result: FastResult) -> None:
+    """The same round trips (entry and exit bar, side, quantity — adds included —, the
+    journal's purpose of the closing fill), fill prices to 1e-9, charges, equity per bar."""
+    got = result.trades
+    closed = [t for t in event.trades if t.exit_purpose != "END"]
+    still_open = [t for t in event.trades if t.exit_purpose == "END"]
+    fast_closed = np.flatnonzero(got.exit_bar >= 0)
+    fast_open = np.flatnonzero(got.exit_bar < 0)
+
+    def row(i: int) -> tuple:
+        return (
+            int(got.entry_bar[i]),
+            int(got.exit_bar[i]),
+            "LONG" if got.side[i] > 0 else "SHORT",
+            int(got.qty[i]),
+            REASON_PURPOSE[EXIT_REASONS[int(got.exit_reason[i])]],
+        )
+
+    want = [(t.entry_bar, t.exit_bar, t.side, t.qty, t.exit_purpose) for t in closed]
+    assert [row(i) for i in fast_closed] == want
+    for t, i in zip(closed, fast_closed, strict=True):
+        assert got.entry_price[i] == pytest.approx(t.entry_price, rel=1e-9, abs=0), t
+        assert got.exit_price[i] == pytest.approx(t.exit_price, rel=1e-9, abs=0), t
+        assert got.charges[i] == pytest.approx(t.charges, abs=1e-6), t
+    assert [(t.entry_bar, t.side, t.qty) for t in still_open] == [
+        row(i)[0:1] + row(i)[2:4] for i in fast_open
+    ]
+    for t, i in zip(still_open, fast_open, strict=True):
+        assert got.entry_price[i] == pytest.approx(t.entry_price, rel=1e-9, abs=0), t
+    tolerance = 1e-9 * event.starting_equity + 0.005 * len(event.fills)
+    np.testing.assert_allclose(result.equity, event.equity, rtol=0, atol=tolerance)
+
+
+def default_config(threshold: float, order_qty: int = 1, extra: str = "", **strategy) -> Config:
+    lines = "".join(f"{k} = {v}\n" for k, v in strategy.items())
+    return parse_config(
+        BASE
+        + f"[strategy]\nenergy_threshold = {threshold}\norder_qty = {order_qty}\n{lines}"
+        + extra
+    )
+
+
+def default_paths(result: FastResult, order_qty: int) -> dict[str, int]:
+    """How many trades went through each per-print rule: each exit reason, a round trip
+    inside one bar, a position added to (entered more than once)."""
+    t = result.trades
+    closed = t.exit_bar >= 0
+    seen = {name: int((closed & (t.exit_reason == i)).sum()) for i, name in enumerate(EXIT_REASONS)}
+    seen["inside_one_bar"] = int((closed & (t.exit_bar == t.entry_bar)).sum())
+    seen["added_to"] = int((t.qty > order_qty).sum())
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("threshold", "order_qty", "strategy"),
+    [
+        (0.05, 1, {}),
+        (0.03, 7, {"max_hold_s": 1800.0, "z_lookback": 30}),
+        (0.08, 2, {"cooldown_s": 400.0, "exit_on_reversal": "false", "band_k": 1.0}),
+        (0.05, 3, {"exit_energy_ratio": 0.0, "cooldown_s": 0.001}),
+    ],
+)
+def test_the_sample_gives_the_same_default_trades_in_both_modes(
+    sample, threshold, order_qty, strategy
+):
+    cfg = default_config(threshold, order_qty, **strategy)
+    event, result = run_default_both(cfg, sample)
+    assert len(event.trades) >= 20, "the sample must trade for parity to mean something"
+    assert_same_default_trades(event, result)
+    seen = default_paths(result, order_qty)
+    assert seen["stop_loss"] and seen["take_profit"] and seen["added_to"], seen
+    if strategy.get("exit_energy_ratio", 0.25) > 0:
+        assert seen["energy_decay"], seen
+    if "max_hold_s" in strategy:
+        assert seen["max_hold"], seen
+
+
+def test_the_sample_on_the_nse_calendar_gives_the_same_default_trades(sample):
+    """The market's own hours (IST: entries until the cut-off, a square-off before the
+    close), read by the node at each print and by fast mode at each print's time."""
+    cfg = parse_config(
+        '[governance]\nenabled = false\n[logging]\ndecisions = "none"\nlevel = "WARNING"\n'
+        "[strategy]\nenergy_threshold = 0.03\norder_qty = 2\nmax_hold_s = 3600.0\n"
+    )
+    event, result = run_default_both(cfg, sample, calendar=True)
+    assert len(event.trades) >= 20, "the sample must trade for parity to mean something"
+    assert_same_default_trades(event, result)
+    seen = default_paths(result, 2)
+    assert seen["square_off"] and seen["max_hold"], seen
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 100_000),
+    n=st.integers(150, 500),
+    vol=st.sampled_from([2e-5, 5e-4, 2e-3, 6e-3]),
+    on_grid=st.booleans(),
+    gaps=st.booleans(),
+    # Energy is a slope in percent per bar: thresholds on the series' own scale trade.
+    threshold_x=st.sampled_from([0.02, 0.06, 0.2]),
+    lookbacks=st.sampled_from([(5, 10, 20), (20, 60, 140), (3, 2, 2), (10, 25, 40)]),
+    order_qty=st.integers(1, 60),
+    slippage_bps=st.sampled_from([0.0, 1.0, 5.0]),
+    tick=st.sampled_from([None, 0.01, 0.1]),
+    cooldown_s=st.sampled_from([0.001, 60.0, 200.0, 900.0]),
+    max_hold_s=st.sampled_from([0.0, 600.0]),
+)
+def test_random_series_give_the_same_default_trades_in_both_modes(
+    seed,
+    n,
+    vol,
+    on_grid,
+    gaps,
+    threshold_x,
+    lookbacks,
+    order_qty,
+    slippage_bps,
+    tick,
+    cooldown_s,
+    max_hold_s,
+):
+    threshold = round(vol * 100 * threshold_x, 9)
+    extra = f'[feed]\ntick_sizes = {{"{TOKEN}" = {tick}}}\n' if tick else ""
+    extra += f"[execution.paper]\nslippage_bps = {slippage_bps}\n"
+    en, zn, bn = lookbacks
+    cfg = default_config(
+        threshold,
+        order_qty,
+        extra,
+        energy_lookback=en,
+        z_lookback=zn,
+        band_lookback=bn,
+        cooldown_s=cooldown_s,
+        max_hold_s=max_hold_s,
+    )
+    bars = random_bars(seed, n, vol, on_grid, gaps)
+    event, result = run_default_both(cfg, bars)
+    assert_same_default_trades(event, result)
+
+
+def test_random_series_reach_every_default_rule():
+    """The property test above is only as good as the paths its series take: these fixed
+    ones (the same generator) reach every exit the node makes for the default strategy,
+    adds to a held position and round trips inside one bar (on series with gaps) — and
+    still agree."""
+    seen: dict[str, int] = {}
+    cases = [
+        (1, 6e-3, False, True, {}),
+        (2, 5e-4, True, True, {"max_hold_s": 900.0, "cooldown_s": 0.001}),
+        (4, 2e-3, False, True, {"exit_energy_ratio": 0.0, "cooldown_s": 0.001}),
+    ]
+    for seed, vol, on_grid, gaps, strategy in cases:
+        bars = random_bars(seed, 500, vol, on_grid, gaps)
+        cfg = default_config(
+            round(vol * 100 * 0.06, 9),
+            5,
+            energy_lookback=5,
+            z_lookback=10,
+            band_lookback=20,
+            **strategy,
+        )
+        event, result = run_default_both(cfg, bars)
+        assert_same_default_trades(event, result)
+        for key, value in default_paths(result, 5).items():
+            seen[key] = seen.get(key, 0) + value
+    del seen["square_off"]  # the market is open around the clock
+    del seen["open"]
+    assert all(seen.values()), seen
+
+
+def test_per_print_refuses_what_the_node_does_not_do(sample):
+    """Per print, fills, sizing and sides are the node's; bar times must be on the grid:
+    anything else is refused with a message naming it."""
+    o, h, lo, c = sample.open, sample.high, sample.low, sample.close
+    ts = np.asarray(sample.ts_ms, dtype=np.int64)
+    cases = [
+        ({"settings": fast.FastSettings(sizing="equity_fraction")}, "sizing"),
+        ({"settings": fast.FastSettings(fill="close")}, "next_open"),
+        ({"settings": fast.FastSettings(long_only=True)}, "long_only"),
+        ({"ts_ms": ts + 1}, "grid"),
+        ({"ts_ms": ts[:-1]}, "ts_ms"),
+        ({"energy_threshold": 0.0}, "energy_threshold"),
+        ({"interval_ms": 300}, "too short"),
+    ]
+    for kwargs, match in cases:
+        args = {"ts_ms": ts, "interval_ms": sample.interval_ms, **kwargs}
+        with pytest.raises(BacktestInputError, match=match):
+            prints.default_prints(o, h, lo, c, **args)

@@ -77,8 +77,9 @@ two equal bar by bar).
 Every fill moves the price against the trade by ``slippage_bps`` (``price x (1 ± bps /
 1e4)``, as the paper broker) and pays its charges, each fill an order of its own.
 
-What fast mode leaves out (event mode has them): the per-print evaluation of the default
-strategy (its entries and exits on the forming bar), order latency beyond the next print,
+What this loop leaves out (event mode has them): the per-print evaluation of the default
+strategy (its entries, adds and exits on the forming bar: ``tools.backtest.prints`` walks
+the prints and makes event mode's trades), order latency beyond the next print,
 partial fills against depth, a cooldown that ends inside a bar, the regime /
 capital / meta-risk layers (daily loss, drawdown halt, trades per day, min confidence)
 and approvals.

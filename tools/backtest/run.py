@@ -156,12 +156,26 @@ def run_backtest(
         settings, entries, square_off, open_delay = fast_inputs(
             bt, bars, token, exchange_type, long_only, fast_settings
         )
-        out = spec.run_fast(
+        ohlcv = (
             np.asarray(bars.open, dtype=np.float64), np.asarray(bars.high, dtype=np.float64),
             np.asarray(bars.low, dtype=np.float64), close,
-            np.asarray(bars.volume, dtype=np.float64), settings=settings, params=checked,
-            ts_ms=ts, entries_allowed=entries, square_off=square_off, open_delay=open_delay,
+            np.asarray(bars.volume, dtype=np.float64),
         )  # fmt: skip
+        if strategy == "default":
+            # Decided on every print event mode replays, as the node does (parity:
+            # tests/backtest/test_parity.py), on the calendar read at each print.
+            from tools.backtest import prints
+
+            out = prints.default_prints(
+                *ohlcv, ts_ms=ts, interval_ms=int(bars.interval_ms), settings=settings,
+                timing=prints.timing_from_config(bt, int(bars.interval_ms)),
+                calendar=calendar_for(bt.markets, exchange_type), **checked,
+            )  # fmt: skip
+        else:
+            out = spec.run_fast(
+                *ohlcv, settings=settings, params=checked, ts_ms=ts, entries_allowed=entries,
+                square_off=square_off, open_delay=open_delay,
+            )  # fmt: skip
         trades = out.trades
         records = trades.as_records()
         result.update(
@@ -171,17 +185,16 @@ def run_backtest(
         equity, position = out.equity, out.position
         panel = None
         differs = []
-        if strategy == "default":
-            differs.append(
-                "fast mode decides the default strategy at bar closes; event mode (the live "
-                "engine) evaluates it on every print of the forming bar, so their trades "
-                "differ (docs/BACKTEST_METRICS.md, 'Where the modes differ')"
-            )
         if bt.governance.enabled:
             differs.append(
                 "governance is on: event mode sizes entries by the capital brain and applies "
-                "drift, meta-risk and approvals; fast mode trades the fixed quantity under "
-                "the exposure caps only. Compare modes with [governance] enabled = false"
+                "drift, meta-risk and approvals; fast mode trades the fixed quantity "
+                + (
+                    "with no cap (the default strategy per print)"
+                    if strategy == "default"
+                    else "under the exposure caps only"
+                )
+                + ". Compare modes with [governance] enabled = false"
             )
         if differs:
             result["differs_from_event_mode"] = differs
