@@ -35,7 +35,11 @@ def test_a_train_window_is_the_backtest_of_that_windows_bars(cfg, loaded, fold):
     assert got.error is None and got.metrics is not None
     assert got.metrics["trades"] > 0  # the comparison below is about something
     window = _window(bars, f.train_start, f.test_start)
-    result, series = run_backtest(cfg, window, "default", PARAMS, fast=True, token=ref.token)
+    # The per-close kernel the optimizer sweeps with (chimera backtest --fast decides per
+    # print by default; docs/OPTIMIZE.md, "What a trial runs").
+    result, series = run_backtest(
+        cfg, window, "default", PARAMS, fast=True, token=ref.token, decide="close"
+    )
     # Same trades, same equity; metrics differ only in annualisation source (bars/yr).
     want = result["metrics"]
     for key in ("final_equity", "total_return", "max_drawdown", "trades", "charges",
@@ -64,7 +68,7 @@ def test_the_test_window_continues_the_train_run_and_reads_no_later_bar(cfg, loa
     # The reference: one backtest over train + test, its equity rebased at the last train bar.
     _result, series = run_backtest(
         cfg, _window(bars, f.train_start, f.test_end), "default", PARAMS, fast=True,
-        token=ref.token,
+        token=ref.token, decide="close",
     )  # fmt: skip
     eq = np.asarray(series["equity"])
     k = f.test_start - f.train_start

@@ -118,9 +118,17 @@ def run_backtest(
     quiet: bool = True,
     long_only: bool = False,
     fast_settings: Mapping[str, Any] | None = None,
+    decide: str = "print",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(result, series): ``result`` goes to result.json as it is; ``series`` feeds the
-    report's plots (``ts_ms``, ``close``, ``equity``, ``panel``, ``band_k``)."""
+    report's plots (``ts_ms``, ``close``, ``equity``, ``panel``, ``band_k``).
+
+    ``decide`` (fast mode, default strategy): "print" decides on every print event mode
+    replays, as the live node does (the same trades as event mode); "close" decides once
+    per bar close, the per-close kernel `chimera optimize` sweeps with (faster, and its
+    trades differ from event mode's: the result says so)."""
+    if decide not in ("print", "close"):
+        raise ChimeraError(f"decide must be 'print' or 'close', got {decide!r}")
     from tools.backtest import metrics
     from tools.backtest.strategies import get
 
@@ -161,7 +169,7 @@ def run_backtest(
             np.asarray(bars.low, dtype=np.float64), close,
             np.asarray(bars.volume, dtype=np.float64),
         )  # fmt: skip
-        if strategy == "default":
+        if strategy == "default" and decide == "print":
             # Decided on every print event mode replays, as the node does (parity:
             # tests/backtest/test_parity.py), on the calendar read at each print.
             from tools.backtest import prints
@@ -195,6 +203,11 @@ def run_backtest(
                     else "under the exposure caps only"
                 )
                 + ". Compare modes with [governance] enabled = false"
+            )
+        if strategy == "default" and decide == "close":
+            differs.append(
+                "decided once per bar close (the per-close kernel chimera optimize sweeps "
+                "with); event mode and the live node decide on every print of the forming bar"
             )
         if differs:
             result["differs_from_event_mode"] = differs

@@ -451,15 +451,19 @@ def search_fold(
     # study (``lag``), never of the executor: with lag 1 generation k+1 is asked (the
     # sampler working in this process) while the workers evaluate generation k, and is
     # told after it; the same seed gives the same trials in one process, a pool or Ray.
+    # The first generation is told before the second is asked, so the sampler has seen
+    # one generation before it overlaps (a small study would otherwise sample blind).
     in_flight: deque[tuple[list[Any], Any]] = deque()
+    told = 0
     try:
         while number < target or in_flight:
             if number < target:
                 upto = min(target, number + spec.generation)
                 in_flight.append(ask(number, upto))
                 number = upto
-            if len(in_flight) > spec.lag or number >= target:
+            if len(in_flight) > (spec.lag if told else 0) or number >= target:
                 tell(*in_flight.popleft())
+                told += 1
     finally:
         writer.close()  # every told trial in the file (or the writer's error raised)
     missing = [n for n in result.complete if n not in result.returns]
