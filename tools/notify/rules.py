@@ -30,6 +30,7 @@ approval_waiting       the approvals store (ApprovalsView) has a new PENDING int
 proposal_waiting       a PENDING genome proposal (a candidate, an assistant's change)
 shadow_candidate_passed a PENDING shadow promotion (prm-): its gates passed
 daily_report           the session's close (market calendar) + daily_report_after_min
+bot_refused            a new line in data_dir/bot/refusals.jsonl (chimera bot refused a stranger)
 fill                   ``exec`` carrying a fill (only with ``notify.fills``)
 =====================  ===========================================================
 """
@@ -117,6 +118,7 @@ class Memory(msgspec.Struct):
     near: dict[str, float] = msgspec.field(default_factory=dict)
     approvals_seen: list[str] = msgspec.field(default_factory=list)
     reported_days: list[int] = msgspec.field(default_factory=list)  # YYYYMMDD reported
+    refusals_read: int = 0  # bytes of the bot's refusals file already told
 
 
 class Pending(msgspec.Struct, frozen=True):
@@ -144,6 +146,7 @@ class AlertRules:
         self.tz = tz
         self._limits_from(cfg)
         self.reported_days: list[int] = []
+        self.refusals_read = 0
         self.session_id = ""
         self._limits_session = ""
         self.last_health_ns = 0
@@ -168,6 +171,7 @@ class AlertRules:
             self.session_id, self.state, self.dark, self.stopped, sorted(self.unprotected),
             self.journal_error, self.low_disk, self.daily_tripped, self.drawdown_tripped,
             dict(self.near), sorted(self.approvals_seen), list(self.reported_days),
+            self.refusals_read,
         )  # fmt: skip
 
     def restore(self, m: Memory) -> None:
@@ -182,6 +186,7 @@ class AlertRules:
         self.daily_tripped, self.drawdown_tripped = m.daily_tripped, m.drawdown_tripped
         self.near, self.approvals_seen = dict(m.near), set(m.approvals_seen)
         self.reported_days = list(m.reported_days)
+        self.refusals_read = m.refusals_read
 
     def _limits_from(self, cfg: Config) -> None:
         g = cfg.governance
@@ -497,6 +502,21 @@ class AlertRules:
                 )
             )
         return out
+
+    def on_refusal(self, record: dict[str, Any], now_ns: int) -> list[Alert]:
+        """Someone not on the bot's allow-list wrote to it (``chimera bot``)."""
+        who = f"user {record.get('user_id')}"
+        if record.get("username"):
+            who += f" (@{record['username']})"
+        return [
+            self._alert(
+                "bot_refused",
+                "critical",
+                f"the Telegram bot refused {who} in chat {record.get('chat_id')}: "
+                f"{record.get('text', '')!r} — not on [bot] allowed_users",
+                now_ns,
+            )
+        ]
 
     def on_report(self, day: int, text: str, html: str, now_ns: int) -> list[Alert]:
         """The day's report, once per trading day."""

@@ -140,6 +140,7 @@ class Notifier:
             self.raise_alerts(self.rules.on_approvals(self._pending(), now))
             self.raise_alerts(self.rules.on_proposals(self._proposals(), now))
         self._daily_report(now)
+        self._bot_refusals(now)
         self.remember()
         if now >= self._next_prune_ns:
             self._next_prune_ns = now + int(3600e9)
@@ -159,6 +160,36 @@ class Notifier:
         except ChimeraError as exc:
             log.warning("notify_proposals_unreadable", path=str(self.approvals_db), error=str(exc))
             return []
+
+    def _bot_refusals(self, now_ns: int) -> None:
+        """New lines of the bot's refusals file (``data_dir/bot/refusals.jsonl``): each
+        refused stranger is an alert, once (the offset read is in the rules' memory)."""
+        path = Path(self.cfg.data_dir) / "bot" / "refusals.jsonl"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        rules = self.rules
+        if size < rules.refusals_read:
+            rules.refusals_read = 0  # replaced by a new file: read it from the start
+        if size == rules.refusals_read:
+            return
+        with path.open("rb") as f:
+            f.seek(rules.refusals_read)
+            data = f.read(size - rules.refusals_read)
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
+        alerts: list[Alert] = []
+        for line in complete.splitlines():
+            try:
+                record = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                log.warning("notify_refusal_unreadable", path=str(path))
+                continue
+            if isinstance(record, dict):
+                alerts += rules.on_refusal(record, now_ns)
+        rules.refusals_read += len(complete)
+        self.raise_alerts(alerts)
+        self.remember()
 
     def _daily_report(self, now_ns: int) -> None:
         """Once a trading day, ``daily_report_after_min`` after the market calendar's close

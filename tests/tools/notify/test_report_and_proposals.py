@@ -1,11 +1,13 @@
 """Notify: a proposal waiting for a human (a shadow candidate that passed its gates, a
 genome candidate) is told once; the day's report is told once per trading day, after the
-market calendar's close, from the real journal through `chimera report`'s builder."""
+market calendar's close, from the real journal through `chimera report`'s builder; a
+stranger the Telegram bot refused is a critical alert, once."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -92,3 +94,34 @@ def test_proposals_waiting_are_told_once_by_kind(tmp_path: Path) -> None:
     assert [n for n, _ in told] == ["shadow_candidate_passed", "proposal_waiting"]
     assert f"chimera approve {pid}" in told[0][1] and other in told[1][1]
     outbox.close()
+
+
+def test_each_stranger_the_bot_refused_is_one_critical_alert(tmp_path: Path) -> None:
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    refusals = tmp_path / "data" / "bot" / "refusals.jsonl"
+    refusals.parent.mkdir(parents=True)
+    lines = [
+        {"event": "bot_refused", "user_id": 666, "username": "mallory", "chat_id": 1,
+         "text": "/halt"},
+        {"event": "bot_refused", "user_id": 667, "username": "", "chat_id": 2, "text": "/resume"},
+    ]  # fmt: skip
+    refusals.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:20])  # mid-write
+    now = [_ns(2026, 12, 2, 10, 0)]
+    notifier, outbox = _notifier(tmp_path, now)
+    notifier.on_clock()
+    refusals.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1]) + "\n")
+    notifier.on_clock()
+    notifier.on_clock()
+    rows = outbox._db.execute(
+        "SELECT severity, text FROM alert WHERE name = 'bot_refused' ORDER BY seq"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["critical", "critical"]
+    assert "user 666 (@mallory)" in rows[0][1] and "'/halt'" in rows[0][1]
+    assert "user 667 in chat 2" in rows[1][1]
+    outbox.close()
+    again, outbox2 = _notifier(tmp_path, now)  # a restart tells neither again
+    again.on_clock()
+    assert outbox2._db.execute(
+        "SELECT COUNT(*) FROM alert WHERE name = 'bot_refused'"
+    ).fetchone() == (2,)
+    outbox2.close()
