@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -16,3 +17,12 @@ def _logging_does_not_outlive_its_test() -> Iterator[None]:
     file"). Each test starts from structlog's defaults instead."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _garbage_is_collected_in_the_test_that_made_it() -> Iterator[None]:
+    """An object a test drops with resources still open (an event loop, a socket) warns
+    when it is collected; collecting after each test pins that on the test that made it,
+    not on whichever later test happens to trigger a collection."""
+    yield
+    gc.collect()
