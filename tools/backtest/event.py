@@ -420,6 +420,12 @@ class SimNode:
             self.parts.close()
 
 
+def stale_after_s_for(stale_after_s: float, interval_s: float) -> float:
+    """The feed's ``stale_after_s`` a backtest runs with: at least four bar intervals (a
+    bar's prints are spread over its interval), at most a week."""
+    return min(604_800.0, max(stale_after_s, 4.0 * interval_s))
+
+
 def backtest_config(
     cfg: Config, bars: BarSeries, token: str, exchange_type: int, work_dir: Path
 ) -> Config:
@@ -445,7 +451,7 @@ def backtest_config(
         cfg.feed,
         tokens=[entry],
         mode="QUOTE",
-        stale_after_s=min(604_800.0, max(cfg.feed.stale_after_s, 4.0 * interval_s)),
+        stale_after_s=stale_after_s_for(cfg.feed.stale_after_s, interval_s),
     )
     strategy = msgspec.structs.replace(cfg.strategy, bar_interval_s=interval_s)
     execution = msgspec.structs.replace(

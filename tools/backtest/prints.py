@@ -646,11 +646,13 @@ def timing_from_config(cfg: Config, interval_ms: int) -> PrintTiming:
     """The clocks event mode runs the node with on bars of ``interval_ms``
     (``event.backtest_config``: ``stale_after_s`` raised to four bars, at most a week; the
     feed clock allows ``max_clock_ahead_s`` or two bars, whichever is longer)."""
+    from tools.backtest.event import stale_after_s_for
+
     interval_s = interval_ms / 1000
     s = cfg.strategy
     return PrintTiming(
         latency_ms=int(cfg.execution.paper.latency_ms),
-        stale_after_s=min(604_800.0, max(cfg.feed.stale_after_s, 4.0 * interval_s)),
+        stale_after_s=stale_after_s_for(cfg.feed.stale_after_s, interval_s),
         max_ahead_s=max(cfg.sanity.max_clock_ahead_s, 2 * (interval_ms // 1000)),
         cooldown_s=float(s.cooldown_s),
         max_hold_s=float(s.max_hold_s),
