@@ -42,7 +42,12 @@ from chimera_governance.capital_brain import CapitalBrain
 from chimera_governance.drift_detector import DriftDetector
 from chimera_governance.drift_detector import warm_up_kernels as drift_warm_up
 from chimera_governance.exposure import ExposureLimits, fit
-from chimera_governance.genome import GenomeError, GenomeStore, genes_from_strategy
+from chimera_governance.genome import (
+    GenomeError,
+    GenomeStore,
+    GenomeVersion,
+    genes_from_strategy,
+)
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
 from chimera_governance.portfolio import ORDER_RATE, PortfolioRisk, cost_bound, horizon_bars
 
@@ -361,9 +366,8 @@ class GovernancePipeline:
             elif prop.kind in ("genome_change", "promotion") and approve:
                 # An assistant's change or a shadow candidate's genes (genes left out stay).
                 params = {k: float(v) for k, v in dict(prop.payload["params"]).items()}
-                full = {**self.genomes.current(family).params, **params}
                 why = f"{prop.kind}:{prop.payload.get('candidate') or proposal_id}"
-                new = self.genomes.new_version(family, full, why, ts)
+                new = self.activate_genome(family, params, why)
                 done |= {"family": family, "version": new.version, "params": new.params}
             status = APPROVED if approve else REJECTED
             self.approvals.decide_proposal(proposal_id, status, "operator", ts)
@@ -375,15 +379,15 @@ class GovernancePipeline:
 
     def activate_genome(
         self, family: str, params: dict[str, float], reason: str, version: int | None = None
-    ) -> int:
-        """Put ``params`` in force for ``family`` as a new version (numbered ``version``
-        when given: replay and a shadow's ``active`` follow a recorded promotion with the
-        number the engine gave it), stamped with the latest bar close; the engine takes it
-        at each symbol's next bar."""
+    ) -> GenomeVersion:
+        """Put ``params`` in force for ``family`` as a new version (genes left out keep
+        their values; numbered ``version`` when given: replay and a shadow's ``active``
+        follow a recorded promotion with the number the engine gave it), stamped with the
+        latest bar close; the engine takes it at each symbol's next bar."""
         full = {**self.genomes.current(family).params, **params}
         made = self.genomes.new_version(family, full, reason, self.last_ts_ms, version=version)
         self.reload_genomes()
-        return made.version
+        return made
 
     def pending_approvals(self) -> list[dict[str, Any]]:
         intents: list[dict[str, Any]] = [
