@@ -545,6 +545,7 @@ class ControlEvent(msgspec.Struct, gc=False):
     at_ns: int
     transitions: tuple[Transition, ...] = ()
     schema: int = SCHEMA_VERSION
+    by: str = ""  # who asked (control channel's ``by``); "" for the engine's own events
 
 
 class Health(msgspec.Struct, gc=False):

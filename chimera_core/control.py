@@ -4,8 +4,10 @@ The server awaits one request at a time, calls the engine's handler synchronousl
 loop thread (so the handler needs no locks) and replies at once. It yields to the loop
 after every request, so a flood of commands cannot starve tick processing.
 
-Wire format (JSON): request ``{"v": 2, "command", "arg", "id", "nonce", "ts_ms", "mac"}``;
-reply ``{"ok", "command", "id", "result"}`` or ``{"ok": false, "error", ...}``.
+Wire format (JSON): request ``{"v": 2, "command", "arg", "id", "nonce", "ts_ms", "mac"}``
+and optionally ``"by"``, who asked (``cli:<user>``, ``telegram:<user id>``, ``cortex``), signed
+with the rest and recorded with the command and on a decided approval; reply
+``{"ok", "command", "id", "result"}`` or ``{"ok": false, "error", ...}``.
 
 The token itself never travels: ``mac`` is HMAC-SHA256 with the token as key over the
 request's fields (``request_mac``), so a captured request cannot be altered, and it
@@ -78,8 +80,10 @@ _QUIET = frozenset({"status", "alert"})  # alert: chimera notify republishing wh
 LOG_BURST = 10
 LOG_INTERVAL_S = 60.0
 
-Handler = Callable[[str, str], tuple[bool, dict[str, Any]]]
-_FIELDS = '{"v", "command", "arg", "id", "nonce", "ts_ms", "mac"}'
+# handler(command, arg, by): by is who asked ("" when the client did not say).
+Handler = Callable[[str, str, str], tuple[bool, dict[str, Any]]]
+MAX_BY_CHARS = 128
+_FIELDS = '{"v", "command", "arg", "id", "nonce", "ts_ms", "mac"} and optionally "by"'
 _SIGN_HINT = (
     "requests no longer carry the token: sign them with it "
     "(chimera_core.control.encode_request or ControlClient)"
@@ -121,6 +125,8 @@ def request_mac(token: str, request: Mapping[str, Any]) -> str:
             request.get("id"),
             request.get("nonce"),
             request.get("ts_ms"),
+            # Only when present, so a request without it signs as it always did.
+            *([request["by"]] if "by" in request else []),
         ]
     )
     return hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()
@@ -134,8 +140,10 @@ def encode_request(
     rid: str,
     ts_ms: int,
     nonce: str | None = None,
+    by: str = "",
 ) -> bytes:
-    """One signed request payload, as ``ControlClient`` sends it (for any other client)."""
+    """One signed request payload, as ``ControlClient`` sends it (for any other client).
+    ``by`` says who asked; it is signed with the rest."""
     request: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "command": command,
@@ -144,6 +152,8 @@ def encode_request(
         "nonce": secrets.token_hex(16) if nonce is None else nonce,
         "ts_ms": ts_ms,
     }
+    if by:
+        request["by"] = by
     request["mac"] = request_mac(token, request)
     return orjson.dumps(request)
 
@@ -259,8 +269,13 @@ class ControlServer:
         arg = request.get("arg", "")
         nonce = request.get("nonce")
         ts_ms = request.get("ts_ms")
+        by = request.get("by", "")
         if not isinstance(command, str) or not isinstance(arg, str):
             return self._malformed("'command' and 'arg' must be strings", rid)
+        if not isinstance(by, str) or len(by) > MAX_BY_CHARS or not by.isprintable():
+            return self._malformed(
+                f"'by' must be a printable string of at most {MAX_BY_CHARS} characters", rid
+            )
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
             return self._malformed("'nonce' must be a string of 16 to 128 characters", rid)
         if not isinstance(ts_ms, int) or isinstance(ts_ms, bool):
@@ -287,11 +302,11 @@ class ControlServer:
             )
         self.served += 1
         try:
-            ok, result = self._handler(command, arg)
+            ok, result = self._handler(command, arg, by)
             reply = orjson.dumps({"ok": bool(ok), "command": command, "id": rid, "result": result})
         except Exception as exc:
             # The engine must survive a bad command; the operator sees why it failed.
-            log.exception("control_handler_failed", command=command, arg=arg, id=rid)
+            log.exception("control_handler_failed", command=command, arg=arg, by=by, id=rid)
             return orjson.dumps(
                 {
                     "ok": False,
@@ -301,7 +316,7 @@ class ControlServer:
                 }
             )
         emit = log.debug if command in _QUIET else log.info
-        emit("control_served", command=command, arg=arg, id=rid, ok=bool(ok))
+        emit("control_served", command=command, arg=arg, by=by, id=rid, ok=bool(ok))
         return reply
 
     def _refuse(
@@ -344,8 +359,9 @@ class ControlServer:
 class ControlClient:
     """Synchronous client for the CLI and the cortex. Thread-safe; one DEALER socket."""
 
-    def __init__(self, endpoint: str, token: str, timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoint: str, token: str, timeout_s: float = 2.0, *, by: str = "") -> None:
         self.endpoint = endpoint
+        self.by = by  # who this client's requests are from, unless a request says
         self.timeout_s = timeout_s
         self._token = check_token(token, "this client's configuration")
         # The process-wide context: a client dropped without close() (an exception on the
@@ -358,15 +374,18 @@ class ControlClient:
         self._prefix = secrets.token_hex(4)
         self._seq = itertools.count(1)
 
-    def request(self, command: str, arg: str = "") -> dict[str, Any]:
-        """Send one command and return the engine's reply dict.
+    def request(self, command: str, arg: str = "", *, by: str = "") -> dict[str, Any]:
+        """Send one command (from ``by``, else the client's ``by``) and return the
+        engine's reply dict.
 
         Raises ControlError when no reply arrives in time, the token is refused, or the
         reply is not JSON. A not-ok reply for any other reason is returned, not raised.
         """
         rid = f"{self._prefix}-{next(self._seq)}"
         # Wall time: the engine checks it against its own clock (a side process may use it).
-        payload = encode_request(self._token, command, arg, rid=rid, ts_ms=int(time.time() * 1000))
+        payload = encode_request(
+            self._token, command, arg, rid=rid, ts_ms=int(time.time() * 1000), by=by or self.by
+        )
         with self._lock:
             sock = self._socket()
             deadline = time.monotonic() + self.timeout_s

@@ -607,8 +607,9 @@ class Engine:
         log.warning("engine_resumed", reason=reason, symbols=len(out))
         return out
 
-    def control(self, command: str, arg: str = "") -> tuple[bool, dict[str, Any]]:
-        """Apply an operator command; the reply says what happened (and what did not)."""
+    def control(self, command: str, arg: str = "", by: str = "") -> tuple[bool, dict[str, Any]]:
+        """Apply an operator command (``by``: who asked); the reply says what happened (and
+        what did not)."""
         if command == "status":
             return True, self.status()
         if command == "halt":
@@ -660,7 +661,7 @@ class Engine:
             self.actions.append(Flatten(arg or "operator_flatten"))
             return True, {"flattening": open_}
         if self.governance is not None:
-            handled = self.governance.control(command, arg)
+            handled = self.governance.control(command, arg, by)
             if handled is not None:
                 return handled
         if command in ("approve", "reject"):

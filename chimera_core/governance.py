@@ -79,5 +79,8 @@ class Governance(Protocol):
         """Images of governance's stores now (file name → SQLite image), recorded at a
         session's start so replay starts from the same state."""
 
-    def control(self, command: str, arg: str) -> tuple[bool, dict[str, object]] | None:
-        """Handle approve/reject (and other governance commands); None if not ours."""
+    def control(
+        self, command: str, arg: str, by: str = ""
+    ) -> tuple[bool, dict[str, object]] | None:
+        """Handle approve/reject (and other governance commands; ``by`` is who asked and is
+        recorded on a decision); None if not ours."""

@@ -327,16 +327,16 @@ MAX_ALERT_TEXT = 4000
 
 
 def _with_alerts(
-    on_control: Callable[[str, str], tuple[bool, dict[str, Any]]],
+    on_control: Callable[[str, str, str], tuple[bool, dict[str, Any]]],
     telemetry: TelemetryPublisher,
-) -> Callable[[str, str], tuple[bool, dict[str, Any]]]:
+) -> Callable[[str, str, str], tuple[bool, dict[str, Any]]]:
     """The control handler, with ``alert`` answered here: the alert (JSON AlertRecord in
     ``arg``) is republished on the ``alert`` topic and never reaches the engine, its state
     or the control topic, so it adds no risk and replay has nothing to apply."""
 
-    def handle(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def handle(command: str, arg: str, by: str) -> tuple[bool, dict[str, Any]]:
         if command != Command.ALERT:
-            return on_control(command, arg)
+            return on_control(command, arg, by)
         try:
             alert = _decode_alert(arg)
         except msgspec.DecodeError as exc:

@@ -147,16 +147,19 @@ class Node:
         self.publish(TOPIC_EXEC, report)
         self._hand_over_actions()
 
-    def on_control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def on_control(self, command: str, arg: str, by: str = "") -> tuple[bool, dict[str, Any]]:
+        """Apply a command (from ``by``: who asked, "" for the engine's own) and record it."""
         engine = self.engine
-        ok, result = engine.control(command, arg)
+        ok, result = engine.control(command, arg, by)
         self._hand_over_actions()  # kill switch: the cancels leave now
         if command != "status":
             self.publish(
                 TOPIC_CONTROL,
-                ControlEvent(command, arg, ok, orjson.dumps(result).decode(), engine.clock()),
+                ControlEvent(
+                    command, arg, ok, orjson.dumps(result).decode(), engine.clock(), by=by
+                ),
             )
-            log.warning("control_applied", command=command, arg=arg, ok=ok)
+            log.warning("control_applied", command=command, arg=arg, by=by, ok=ok)
         return ok, result
 
     def _hand_over_actions(self) -> None:

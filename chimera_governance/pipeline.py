@@ -320,7 +320,8 @@ class GovernancePipeline:
                 self._genome_out[t] = genome
 
     # ---- operator commands -----------------------------------------------------------
-    def control(self, command: str, arg: str) -> tuple[bool, dict[str, Any]] | None:
+    def control(self, command: str, arg: str, by: str = "") -> tuple[bool, dict[str, Any]] | None:
+        by = by or "operator"  # a client that did not say who asked
         if command == "reset_halt":
             try:
                 was = self.meta_risk.reset_halt(arg)
@@ -330,18 +331,20 @@ class GovernancePipeline:
         if command not in ("approve", "reject"):
             return None
         if arg.startswith(DECIDED_BY_HUMAN):
-            return self._decide_proposal(arg, approve=command == "approve")
+            return self._decide_proposal(arg, approve=command == "approve", by=by)
         try:
             if command == "approve":
-                rec = self.approvals.approve(arg, by="operator")
+                rec = self.approvals.approve(arg, by=by)
             else:
-                rec = self.approvals.reject(arg, by="operator")
+                rec = self.approvals.reject(arg, by=by)
         except ChimeraError as exc:
             return False, {"error": str(exc)}
-        log.warning("approval_decided", approval_id=arg, status=rec.status)
+        log.warning("approval_decided", approval_id=arg, status=rec.status, by=by)
         return True, {"approval_id": arg, "status": rec.status}
 
-    def _decide_proposal(self, proposal_id: str, approve: bool) -> tuple[bool, dict[str, Any]]:
+    def _decide_proposal(
+        self, proposal_id: str, approve: bool, by: str
+    ) -> tuple[bool, dict[str, Any]]:
         """Carry out (or turn down) a proposal a human decided: a genome candidate's
         promotion or a parameter change becomes the version in force, taken by each
         symbol of its family at its next bar. The genome is written before the proposal
@@ -356,7 +359,7 @@ class GovernancePipeline:
                 cand = self.genomes.version(family, version)
                 ts = max(ts, cand.created_exchange_ts_ms)
                 if approve and cand.status == gen.CANDIDATE:
-                    new = self.genomes.promote(family, version, "operator", ts)
+                    new = self.genomes.promote(family, version, by, ts)
                     done |= {"family": family, "version": new.version, "params": new.params}
                 elif not approve and cand.status == gen.CANDIDATE:
                     self.genomes.reject(family, version)
@@ -370,11 +373,11 @@ class GovernancePipeline:
                 new = self.activate_genome(family, params, why)
                 done |= {"family": family, "version": new.version, "params": new.params}
             status = APPROVED if approve else REJECTED
-            self.approvals.decide_proposal(proposal_id, status, "operator", ts)
+            self.approvals.decide_proposal(proposal_id, status, by, ts)
         except (ChimeraError, KeyError, TypeError, ValueError) as exc:
             return False, {"error": f"proposal {proposal_id}: {exc}"}
         self.reload_genomes()
-        log.warning("proposal_decided", status=status, **done)
+        log.warning("proposal_decided", status=status, by=by, **done)
         return True, {**done, "status": status}
 
     def activate_genome(

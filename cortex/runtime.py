@@ -89,7 +89,7 @@ def build_runtime(environ: dict[str, str] | None = None) -> Runtime:
     reason = ""
     try:
         token = read_token(merged, Path(cfg.data_dir))
-        control = ControlClient(cfg.control.endpoint, token, cfg.control.timeout_s)
+        control = ControlClient(cfg.control.endpoint, token, cfg.control.timeout_s, by="cortex")
     except ChimeraError as exc:
         reason = str(exc)
         log.warning("cortex_read_only", reason=reason)

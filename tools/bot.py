@@ -151,8 +151,8 @@ class ControlSender:
 
         self._client = ControlClient(endpoint, token, timeout_s)
 
-    async def send(self, command: Command, arg: str = "") -> dict[str, Any]:
-        return await asyncio.to_thread(self._client.request, command.value, arg)
+    async def send(self, command: Command, arg: str = "", by: str = "") -> dict[str, Any]:
+        return await asyncio.to_thread(self._client.request, command.value, arg, by=by)
 
     def close(self) -> None:
         self._client.close()
@@ -283,7 +283,8 @@ class OperatorBot:
             await self._say(chat_id, f"unknown command /{name}\n" + HELP.format(otp=""))
 
     async def _send(self, command: Command, arg: str, user_id: int) -> dict[str, Any]:
-        reply = await self.control.send(command, arg)
+        # The engine records who asked with the command and on a decided approval.
+        reply = await self.control.send(command, arg, by=f"telegram:{user_id}")
         emit = log.info if command is Command.STATUS else log.warning
         emit("bot_command", command=command.value, arg=arg, user_id=user_id,
              ok=bool(reply.get("ok")), error=reply.get("error"))  # fmt: skip

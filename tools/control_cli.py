@@ -69,6 +69,16 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _who() -> str:
+    """``cli:<login name>``: the engine records who sent a command and who decided."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "cli"
+
+
 def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
     from chimera_core.config import load_config, load_env
     from chimera_core.control import ControlClient, check_token, read_token
@@ -85,7 +95,7 @@ def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
         check_token(token, f"--token-file {args.token_file}")
     else:
         token = read_token(load_env(args.env_file), Path(cfg.data_dir))
-    with ControlClient(endpoint, token, timeout_s) as client:
+    with ControlClient(endpoint, token, timeout_s, by=_who()) as client:
         arg = getattr(args, "id", "") or getattr(args, "reason", "") or ""
         return client.request(CLI_COMMANDS[command][0], arg)
 

@@ -51,7 +51,7 @@ class Engine:
         from chimera_core.control import ControlClient
 
         ctl = self.cfg.control
-        with ControlClient(ctl.endpoint, self.token(), ctl.timeout_s) as client:
+        with ControlClient(ctl.endpoint, self.token(), ctl.timeout_s, by=BY) as client:
             return client.request(command, arg)
 
     def journal(self) -> Any:

@@ -389,7 +389,7 @@ def replay_session(
                 if _replay_promotion(parts.governance, cev):
                     result.control_applied += 1
             elif cev.ok and cev.command in REPLAYED_COMMANDS:
-                node.on_control(cev.command, cev.arg)
+                node.on_control(cev.command, cev.arg, cev.by)
                 result.control_applied += 1
         elif topic == TOPIC_EXEC:
             try:

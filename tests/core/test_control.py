@@ -9,6 +9,7 @@ import stat
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,10 @@ class FakeEngine:
         self.applied_ns: list[int] = []
         self.ticks_seen: list[int] = []
         self.ticks = 0
+        self.by: list[str] = []
 
-    def handle(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def handle(self, command: str, arg: str, by: str = "") -> tuple[bool, dict[str, Any]]:
+        self.by.append(by)
         self.applied_ns.append(time.perf_counter_ns())
         self.ticks_seen.append(self.ticks)
         if command == "status":
@@ -189,6 +192,9 @@ def _raw_request(endpoint: str, payload: bytes) -> dict[str, Any]:
         (_signed(nonce="short"), "'nonce' must be a string"),
         (_signed(ts_ms="1700000000000"), "'ts_ms' must be an integer"),
         (_signed(ts_ms=True), "'ts_ms' must be an integer"),
+        (_signed(by=7), "'by' must be a printable string"),
+        (_signed(by="x" * 129), "'by' must be a printable string"),
+        (_signed(by="cli:me\nforged log line"), "'by' must be a printable string"),
     ],
 )
 async def test_malformed_requests_get_an_error_reply(payload: bytes, why: str) -> None:
@@ -223,10 +229,10 @@ async def test_late_reply_to_a_timed_out_request_is_not_mistaken() -> None:
     engine = FakeEngine()
     release = threading.Event()
 
-    def slow(command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def slow(command: str, arg: str, by: str) -> tuple[bool, dict[str, Any]]:
         if arg == "slow":
             release.wait(1.0)
-        return engine.handle(command, arg)
+        return engine.handle(command, arg, by)
 
     server = ControlServer("tcp://127.0.0.1:0", TOKEN, slow)
     stop = asyncio.Event()
@@ -560,6 +566,34 @@ async def test_a_captured_request_resent_on_a_raw_socket_is_refused() -> None:
         # Normal commands still work afterwards.
         with ControlClient(server.endpoint, TOKEN) as client:
             assert (await _in_thread(client.request, "halt"))["result"] == {"state": "HALTED"}
+    finally:
+        sniffer.close()
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+async def test_who_asked_is_signed_and_reaches_the_handler() -> None:
+    engine = FakeEngine()
+    server, stop, task = await _serving(engine)
+    sniffer = Sniffer(server.endpoint)
+    sniffer.start()
+    try:
+        with ControlClient(sniffer.endpoint, TOKEN, by="cli:alice") as client:
+            assert (await _in_thread(client.request, "pause"))["ok"] is True
+            resume = partial(client.request, "resume", by="telegram:42")
+            assert (await _in_thread(resume))["ok"] is True
+        with ControlClient(server.endpoint, TOKEN) as anonymous:  # says nothing: ""
+            assert (await _in_thread(anonymous.request, "status"))["ok"] is True
+        assert engine.by == ["cli:alice", "telegram:42", ""]
+        # Who asked cannot be changed on the way: it is under the MAC.
+        forged = orjson.loads(sniffer.captured[0])
+        forged["by"], forged["nonce"] = "telegram:1", os.urandom(16).hex()
+        altered = await _in_thread(_raw_request, server.endpoint, orjson.dumps(forged))
+        assert altered["ok"] is False and altered["error"] == "refused: bad token"
+        # Nor dropped: a request signed with it no longer verifies without it.
+        del forged["by"]
+        dropped = await _in_thread(_raw_request, server.endpoint, orjson.dumps(forged))
+        assert dropped["error"] == "refused: bad token" and len(engine.by) == 3
     finally:
         sniffer.close()
         stop.set()

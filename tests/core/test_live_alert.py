@@ -35,14 +35,15 @@ def test_an_alert_is_republished_and_never_applied() -> None:
     before = engine.status()
     alert = AlertRecord("hook-7", "trading_state", "critical", "HALT the engine", "hook", "sent",
                         raised_ns=1, at_ns=2)  # fmt: skip
-    ok, result = handle(Command.ALERT, msgspec.json.encode(alert).decode())
+    ok, result = handle(Command.ALERT, msgspec.json.encode(alert).decode(), "notify")
     assert ok and result == {"published": "hook-7"}
-    bad_ok, bad = handle(Command.ALERT, '{"name": "x"}')
+    bad_ok, bad = handle(Command.ALERT, '{"name": "x"}', "notify")
     assert not bad_ok and "expected a JSON AlertRecord" in bad["error"]
-    assert handle(Command.PAUSE, "operator")[0]  # everything else reaches the engine
+    assert handle(Command.PAUSE, "", "cli:alice")[0]  # everything else reaches the engine
     got = list(sub.messages(timeout_ms=500))
     assert [t for t, _, _ in got] == [TOPIC_ALERT, b"control"]
     assert got[0][2] == alert
+    assert (got[1][2].command, got[1][2].by) == ("pause", "cli:alice")  # who asked, recorded
     after = engine.status()
     assert {**before, "paused": True, "trading_state": "PAUSED"} == after
     pub.close()

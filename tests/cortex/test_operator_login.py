@@ -168,7 +168,7 @@ class Engine:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def handle(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def handle(self, command: str, arg: str, by: str = "") -> tuple[bool, dict[str, Any]]:
         self.calls.append((command, arg))
         return True, {"state": "HALTED" if command == "halt" else "ACTIVE"}
 

@@ -161,7 +161,8 @@ def test_the_approve_button_approves_a_real_pending_request(session: Session) ->
     assert buttons(edited) == [] and f"by {OPERATOR}" in edited["text"]
     with ApprovalsView(db) as view:
         record = view.record(approval_id)
-    assert record.status == "APPROVED"
+    # The engine recorded who decided: the Telegram user, not a generic "operator".
+    assert (record.status, record.decided_by) == ("APPROVED", f"telegram:{OPERATOR}")
     # The command went over the control channel logged with the Telegram user who sent it.
     assert any(
         e["command"] == "approve" and e["arg"] == approval_id and e["user_id"] == OPERATOR
@@ -312,7 +313,7 @@ def test_a_proposal_is_announced_and_its_reject_button_decides_it(session: Sessi
     api.wait_for(OPERATOR, lambda m: m["message_id"] == prompt["message_id"]
                  and "REJECTED" in m["text"])  # fmt: skip
     (decided,) = [p for p in proposals(db) if p["proposal_id"] == proposal_id]
-    assert decided["status"] == "REJECTED"
+    assert (decided["status"], decided["decided_by"]) == ("REJECTED", f"telegram:{OPERATOR}")
 
 
 def test_flatten_cancelled_or_with_wrong_codes_never_reaches_the_engine(session: Session) -> None:

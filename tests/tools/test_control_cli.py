@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +28,11 @@ class FakeEngine:
     def __init__(self) -> None:
         self.state = "ACTIVE"
         self.calls: list[tuple[str, str]] = []
+        self.by: list[str] = []
 
-    def handle(self, command: str, arg: str) -> tuple[bool, dict[str, Any]]:
+    def handle(self, command: str, arg: str, by: str = "") -> tuple[bool, dict[str, Any]]:
         self.calls.append((command, arg))
+        self.by.append(by)
         if command == "halt":
             self.state = "HALTED"
         elif command == "resume" and self.state == "HALTED":
@@ -119,6 +122,8 @@ def test_kill_sends_halt_and_approve_passes_the_id(
         ("halt", ""),
         ("halt", "shutdown_systemd"),
     ]
+    # Every command says who sent it: this login, signed with the rest of the request.
+    assert live.engine.by == [f"cli:{getpass.getuser()}"] * 6
     capsys.readouterr()
     # The engine answers not-ok: exit 1, reply still printed, reason on stderr.
     assert _cli("resume", endpoint=live.endpoint) == 1

@@ -174,7 +174,7 @@ async def _run(cfg: Config, session_id: str, messages: Iterable[Message], work_d
                 except ProtocolError:
                     continue
                 if ev.ok and ev.command in REPLAYED_COMMANDS:  # as replay re-applies them
-                    sim.node.on_control(ev.command, ev.arg)
+                    sim.node.on_control(ev.command, ev.arg, ev.by)
                     await sim.settle()
                     run.control_applied += 1
             elif topic == TOPIC_EXEC:

@@ -414,7 +414,7 @@ def control_sender(
     def send(command: str, arg: str) -> dict[str, Any]:
         if not client:
             try:
-                client.append(ControlClient(endpoint, token(), timeout_s))
+                client.append(ControlClient(endpoint, token(), timeout_s, by="notify"))
             except ChimeraError as exc:
                 return {"ok": False, "error": f"no control token yet: {exc}"}
         return client[0].request(command, arg)

@@ -283,7 +283,7 @@ class CandidateNode:
         if ev.arg.startswith(DECIDED_BY_HUMAN):
             self._follow_promotion(ev)
             return
-        self.node.on_control(ev.command, ev.arg)
+        self.node.on_control(ev.command, ev.arg, ev.by)
 
     def _follow_promotion(self, ev: ControlEvent) -> None:
         """The primary approved a promotion: the active genome is now the promoted one, so
@@ -302,7 +302,8 @@ class CandidateNode:
         )
         self.candidate = Candidate(self.name, family, dict(params), self.candidate.source)
         self.publish(
-            TOPIC_CONTROL, ControlEvent(ev.command, ev.arg, True, ev.result, self.clock.ns())
+            TOPIC_CONTROL,
+            ControlEvent(ev.command, ev.arg, True, ev.result, self.clock.ns(), by=ev.by),
         )
         log.warning("shadow_active_promoted", proposal_id=ev.arg, family=family, params=params)
 
