@@ -131,6 +131,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "optimize": ("benchmarks.optimize_bench", "trials/s: one process, a local pool, local Ray"),
     "notify": ("benchmarks.notify_latency", "chimera notify: event → webhook delivery latency"),
     "shadow-cost": ("benchmarks.shadow_cost", "hot-path p50/p99 with 0 and 4 shadow candidates"),
+    "bot-halt": ("benchmarks.bot_halt", "an operator's Telegram /halt to the engine halted"),
 }  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def cmd_bench(argv: list[str]) -> int:
     module = importlib.import_module(BENCHMARKS[name][0])
     # The older suites parse their own name as the first argument; backtest's and
     # optimize's do not.
-    own = name.startswith("backtest") or name in ("optimize", "notify", "shadow-cost")
+    own = name.startswith("backtest") or name in ("optimize", "notify", "shadow-cost", "bot-halt")
     return int(module.main(argv[1:] if own else argv))
 
 

@@ -19,7 +19,7 @@ import pyotp
 import pytest
 
 from tests.loopback import chimera, free_port, wait_port
-from tests.tools.telegram_standin import TelegramStandIn, buttons
+from tools.sim.telegram import TelegramStandIn, buttons
 
 pytestmark = pytest.mark.timeout(180)
 
