@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import apprise
@@ -96,10 +97,15 @@ class Channel:
         # What logs may show: apprise's privacy form (secrets elided), scrubbed again.
         self.display = ", ".join(str(s.url(privacy=True)) for s in self._apprise)  # type: ignore[no-untyped-call]
 
-    async def send(self, title: str, body: str, severity: str = "info") -> bool:
-        """True when every URL of the channel took it."""
+    async def send(self, title: str, body: str, severity: str = "info", attach: str = "") -> bool:
+        """True when every URL of the channel took it. ``attach``: a file sent with it
+        where the service takes attachments (email, Telegram, Slack, Discord, ...); the
+        others get the text alone (which names the file), as does a file that is gone."""
         kind = _NOTIFY_TYPE.get(severity, apprise.NotifyType.INFO)
-        return bool(await self._apprise.async_notify(body=body, title=title, notify_type=kind))
+        files = apprise.AppriseAttachment(attach) if attach and Path(attach).is_file() else None
+        return bool(
+            await self._apprise.async_notify(body=body, title=title, notify_type=kind, attach=files)
+        )
 
 
 def load_channels(env: Mapping[str, str]) -> dict[str, Channel]:

@@ -42,6 +42,8 @@ CREATE TABLE memory (
     value BLOB NOT NULL                 -- msgspec JSON (the rules' Memory)
 );
 """,
+        # v2: a file sent with the alert where the channel takes attachments (the report).
+        "ALTER TABLE alert ADD COLUMN attach TEXT NOT NULL DEFAULT '';",
     ),
 )
 
@@ -62,6 +64,7 @@ class OutboxRow(msgspec.Struct, frozen=True):
     done_ns: int | None
     late: bool
     published: bool
+    attach: str = ""
 
     @property
     def alert_id(self) -> str:
@@ -70,7 +73,7 @@ class OutboxRow(msgspec.Struct, frozen=True):
 
 _COLUMNS = (
     "seq, channel, name, severity, text, raised_ns, status, reason, attempts, next_try_ns, "
-    "done_ns, late, published"
+    "done_ns, late, published, attach"
 )
 
 
@@ -93,7 +96,7 @@ class Outbox:
         """Queue ``alert`` for ``channel`` (or record it dropped, with why); its seq."""
         cur = self._db.execute(
             "INSERT INTO alert (channel, name, severity, text, raised_ns, status, reason,"
-            " done_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " done_ns, attach) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 channel,
                 alert.name,
@@ -103,6 +106,7 @@ class Outbox:
                 status,
                 reason,
                 None if status == PENDING else now_ns,
+                alert.attach,
             ),
         )
         return int(cur.lastrowid or 0)

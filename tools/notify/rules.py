@@ -71,6 +71,7 @@ class Alert(msgspec.Struct, frozen=True):
     severity: str
     text: str
     raised_ns: int
+    attach: str = ""  # a file sent with it where the channel takes attachments (the report)
 
 
 class MetaRiskView(msgspec.Struct, gc=False):
@@ -524,7 +525,8 @@ class AlertRules:
             return []
         self.reported_days.append(day)
         del self.reported_days[:-30]
-        return [self._alert("daily_report", "info", f"{text}\nfull report: {html}", now_ns)]
+        alert = self._alert("daily_report", "info", f"{text}\nfull report: {html}", now_ns)
+        return [msgspec.structs.replace(alert, attach=html)]
 
     def on_clock(self, now_ns: int) -> list[Alert]:
         """What only the passing of time shows: an engine that stopped talking."""

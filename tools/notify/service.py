@@ -289,7 +289,9 @@ class Notifier:
             title, body = self._render(row, late, now)
             error = ""
             try:
-                ok = await asyncio.wait_for(channel.send(title, body, row.severity), SEND_TIMEOUT_S)
+                ok = await asyncio.wait_for(
+                    channel.send(title, body, row.severity, row.attach), SEND_TIMEOUT_S
+                )
             except Exception as exc:  # any sender failure is a retry, never a crash
                 ok, error = False, type(exc).__name__
             if ok:

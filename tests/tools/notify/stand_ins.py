@@ -18,6 +18,8 @@ from aiosmtpd.controller import Controller
 class Received:
     title: str
     body: str
+    # (file name, bytes) of each attachment (mail only)
+    attachments: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -73,7 +75,11 @@ class _Mailbox:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         part = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
         assert part is not None
-        self.received.append(Received(str(msg["subject"]), str(part.get_content()).strip()))
+        files = [
+            (str(a.get_filename()), bytes(a.get_payload(decode=True) or b""))
+            for a in (msg.iter_attachments() if msg.is_multipart() else ())
+        ]
+        self.received.append(Received(str(msg["subject"]), str(part.get_content()).strip(), files))
         return "250 OK"
 
 

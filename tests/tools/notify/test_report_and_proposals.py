@@ -1,7 +1,8 @@
 """Notify: a proposal waiting for a human (a shadow candidate that passed its gates, a
 genome candidate) is told once; the day's report is told once per trading day, after the
 market calendar's close, from the real journal through `chimera report`'s builder; a
-stranger the Telegram bot refused is a critical alert, once."""
+stranger the Telegram bot refused is a critical alert, once. A channel that takes files
+(mail) gets the report's HTML attached."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from zoneinfo import ZoneInfo
 from chimera_core.config import parse_config
 from chimera_execution.journal import Journal
 from chimera_governance.approvals import propose, queue_promotion
+from tests.loopback import free_port
+from tests.tools.notify.stand_ins import SmtpServer
 from tools.notify.channels import Channel
 from tools.notify.outbox import Outbox
 from tools.notify.service import Notifier
@@ -64,6 +67,43 @@ def test_the_days_report_is_told_once_after_the_close(tmp_path: Path) -> None:
     again.on_clock()
     assert _names(outbox2).count("daily_report") == 1
     outbox2.close()
+
+
+def test_the_report_goes_by_mail_with_its_html_attached(tmp_path: Path) -> None:
+    Journal(tmp_path / "data", "paper", starting_cash=1e6).close()
+    smtp = SmtpServer(free_port())
+    smtp.start()
+    try:
+        now = [_ns(2026, 12, 2, 18, 0)]
+        cfg = parse_config(
+            f'data_dir = "{tmp_path / "data"}"\n[notify]\ndaily_report_after_min = 15\n'
+        )
+        url = f"mailto://127.0.0.1:{smtp.port}?to=ops@example.com&from=chimera@example.com&format=text"
+        mail = Channel("mail", [url], "test")
+
+        async def deliver() -> None:
+            outbox = Outbox(tmp_path / "outbox.db")
+            notifier = Notifier(cfg, {"mail": mail}, outbox, None, tmp_path / "a.db",
+                                clock=lambda: now[0])  # fmt: skip
+            notifier.on_clock()
+            stop = asyncio.Event()
+            task = asyncio.create_task(notifier.deliver(mail, stop))
+            for _ in range(200):
+                if smtp.received:
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            await task
+            outbox.close()
+
+        asyncio.run(deliver())
+    finally:
+        smtp.stop()
+    (got,) = smtp.received
+    assert "paper report 2026-12-02" in got.body
+    html = Path(got.body.rsplit("full report: ", 1)[1].split()[0])
+    ((name, data),) = got.attachments
+    assert name == html.name and data == html.read_bytes() and b"<html" in data.lower()
 
 
 def test_a_notify_started_at_the_weekend_tells_fridays_report(tmp_path: Path) -> None:
