@@ -23,6 +23,9 @@ class Command(enum.StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     RESET_HALT = "reset_halt"
+    # A genome family's earlier version back in force at each symbol's next bar
+    # (arg FAMILY or FAMILY:VERSION; default: the parent of the version in force).
+    ROLLBACK = "genome_rollback"
     # Informational: ``chimera notify`` hands the engine an alert it sent or dropped, and
     # the engine only republishes it on the ``alert`` topic. It never reaches the engine's
     # state, so it cannot add risk; it is not an operator command of the CLI.

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from chimera_core.commands import Command
 from chimera_core.config import Config, feed_symbols
 from chimera_core.contracts import (
     AccountSnapshot,
@@ -328,6 +329,8 @@ class GovernancePipeline:
             except ChimeraError as exc:
                 return False, {"error": str(exc)}
             return True, {"reset": arg, "was_halted": was, "then": "chimera resume"}
+        if command == Command.ROLLBACK:
+            return self._rollback(arg, by)
         if command not in ("approve", "reject"):
             return None
         if arg.startswith(DECIDED_BY_HUMAN):
@@ -379,6 +382,26 @@ class GovernancePipeline:
         self.reload_genomes()
         log.warning("proposal_decided", status=status, by=by, **done)
         return True, {**done, "status": status}
+
+    def _rollback(self, arg: str, by: str) -> tuple[bool, dict[str, Any]]:
+        """An operator's rollback: ``FAMILY`` (to the parent of the version in force) or
+        ``FAMILY:VERSION``, written as a new version and taken at each symbol's next bar;
+        the result (version and params) is what replay and the shadow's ``active`` follow."""
+        family, _, to = arg.partition(":")
+        family = family or gen.DEFAULT_FAMILY
+        try:
+            to_version = int(to) if to else None
+            v = self.genomes.rollback(
+                family, to_version, reason=f"operator_rollback:{by}",
+                exchange_ts_ms=self.last_ts_ms or None,
+            )  # fmt: skip
+        except (ChimeraError, ValueError) as exc:
+            return False, {"error": f"rollback {arg!r}: {exc} (arg: FAMILY or FAMILY:VERSION)"}
+        self.reload_genomes()
+        log.warning("genome.operator_rollback", family=family, version=v.version,
+                    restored_from=v.restored_from, by=by)  # fmt: skip
+        return True, {"family": family, "version": v.version, "restored_from": v.restored_from,
+                      "params": v.params}  # fmt: skip
 
     def activate_genome(
         self, family: str, params: dict[str, float], reason: str, version: int | None = None

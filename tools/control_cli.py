@@ -29,6 +29,12 @@ CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "flatten": (Command.FLATTEN, "close all open positions", False),
     "approve": (Command.APPROVE, "approve a pending intent", True),
     "reject": (Command.REJECT, "reject a pending intent", True),
+    "rollback": (
+        Command.ROLLBACK,
+        "put a genome family's previous version (or FAMILY:VERSION) back in force at the next "
+        "bar, recorded and replayable",
+        True,
+    ),
     "reset-halt": (
         Command.RESET_HALT,
         "clear meta-risk's max_drawdown halt (drawdown is measured from here); then resume",
@@ -46,7 +52,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "id",
             help="the approval ID (from `chimera status` or the cortex); for reset-halt, "
-            "the rule (max_drawdown)",
+            "the rule (max_drawdown); for rollback, FAMILY or FAMILY:VERSION",
         )
     else:
         parser.add_argument(

@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="every version, oldest first")
     common(history)
     history.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    rollback = sub.add_parser("rollback", help="restore an earlier version as a new one")
+    rollback = sub.add_parser(
+        "rollback",
+        help="restore an earlier version as a new one, offline; with the engine running use "
+        "`chimera rollback FAMILY[:VERSION]` (taken at its next bar, recorded, replayable)",
+    )
     common(rollback)
     rollback.add_argument("--to", type=int, help="version to restore (default: the parent)")
     rollback.add_argument("--reason", default="manual_rollback", help="recorded reason")
@@ -181,7 +185,14 @@ def _run(args: argparse.Namespace) -> str:
     if args.action == "rollback":  # the only action that writes
         with GenomeStore(db) as store:
             _known_family(store, args.family)
-            return _json(store.rollback(args.family, to_version=args.to, reason=args.reason))
+            done = store.rollback(args.family, to_version=args.to, reason=args.reason)
+        print(
+            "chimera genome rollback: written to the file; a running engine keeps the version "
+            "it loaded until it restarts: with one running, use `chimera rollback "
+            f"{args.family}` instead",
+            file=sys.stderr,
+        )
+        return _json(done)
     with GenomeView(db) as view:  # show and history only read
         _known_family(view, args.family)
         if args.action == "history":

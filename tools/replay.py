@@ -382,10 +382,11 @@ def replay_session(
             except ProtocolError:
                 result.undecodable += 1
                 continue
-            if cev.ok and cev.arg.startswith(DECIDED_BY_HUMAN):
-                # A proposal a human decided: an approval's genome from the recorded result
-                # (with the version number the engine gave it), not from an approval queue
-                # this replay may not hold; a rejection changes no decision.
+            if cev.ok and (cev.arg.startswith(DECIDED_BY_HUMAN) or cev.command == Command.ROLLBACK):
+                # A proposal a human decided, or an operator's rollback: the genome from the
+                # recorded result (with the version number the engine gave it), not from an
+                # approval queue or a history this replay may not hold; a rejection changes
+                # no decision.
                 if _replay_promotion(parts.governance, cev):
                     result.control_applied += 1
             elif cev.ok and cev.command in REPLAYED_COMMANDS:
@@ -427,8 +428,8 @@ def replay_session(
 
 
 def _replay_promotion(governance: GovernancePipeline | None, cev: ControlEvent) -> bool:
-    """Put a recorded promotion's genome in force again (chimera shadow's approvals)."""
-    if governance is None or cev.command != Command.APPROVE:
+    """Put a recorded promotion's (or an operator rollback's) genome in force again."""
+    if governance is None or cev.command not in (Command.APPROVE, Command.ROLLBACK):
         return False
     try:
         result = msgspec.json.decode(cev.result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from chimera_core.commands import Command
 from chimera_core.config import parse_config
 from chimera_governance.approvals import (
     APPROVED,
@@ -88,3 +89,37 @@ def test_rejecting_a_promotion_changes_no_genome(tmp_path):
             decide_proposal(gov.approvals._db, "prm-nope", APPROVED, "someone", 6)
     finally:
         gov.close()
+
+
+def test_an_operator_rollback_undoes_a_promotion_through_the_engines_governance(tmp_path):
+    cfg = parse_config(CFG)
+    gov = GovernancePipeline(cfg, tmp_path)
+    try:
+        before = gov.layers("2885")[2]
+        assert before is not None
+        pid, _ = queue_promotion(tmp_path / "approvals.db", "calm", "default", GENES, "ok", 5)
+        ok, promoted = gov.control("approve", pid, "telegram:42")
+        assert ok, promoted
+        assert proposals(tmp_path / "approvals.db")[0]["decided_by"] == "telegram:42"
+        # The promotion's parent (what ran before) is back in force, as a new version.
+        ok, out = gov.control(Command.ROLLBACK, "default", "cli:alice")
+        assert ok, out
+        # (v0 is the config's genes before the store has a row; the promotion wrote them
+        # as its parent)
+        assert out["restored_from"] == promoted["version"] - 1
+        assert out["version"] > promoted["version"]
+        after = gov.layers("2885")[2]
+        assert after is not None and after.version == out["version"]
+        assert after.params == before.params == out["params"]
+        # What cannot be rolled back says why and what the argument is.
+        ok, bad = gov.control(Command.ROLLBACK, "default:999", "cli:alice")
+        assert (
+            not ok and "rollback 'default:999'" in bad["error"] and "FAMILY:VERSION" in bad["error"]
+        )
+        ok, bad = gov.control(Command.ROLLBACK, "default:x", "cli:alice")
+        assert not ok and "FAMILY:VERSION" in bad["error"]
+        assert gov.layers("2885")[2] == after  # nothing changed by the refusals
+    finally:
+        gov.close()
+    with GenomeView(tmp_path / "genome.db") as view:
+        assert view.current_version("default").reason == "operator_rollback:cli:alice"

@@ -10,21 +10,26 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chimera_core.commands import Command
 from chimera_core.config import parse_config
-from chimera_core.contracts import FeedEvent, GovernanceState, Mode, TickRecord
+from chimera_core.contracts import ControlEvent, FeedEvent, GovernanceState, Mode, TickRecord
 from chimera_core.event_loop import Engine, session_info
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.store import image_of, restore_image
 from chimera_core.telemetry import (
+    TOPIC_CONTROL,
     TOPIC_FEED,
     TOPIC_SESSION,
     TOPIC_STATE,
+    TOPIC_TICK,
     SegmentWriter,
     encode_message,
+    read_session,
     tick_topic,
 )
 from chimera_governance.genome import DEFAULT_GENES, GenomeStore
@@ -44,8 +49,11 @@ decisions = "none"
 LEARNED = {g.name: float(g.default) for g in DEFAULT_GENES} | {"band_k": 3.0}
 
 
-def _record(session_dir: Path, state_dir: Path, with_state: bool, n: int = 6_000) -> None:
-    """A session as `chimera live` writes it: session, state, then the ticks."""
+def _record(
+    session_dir: Path, state_dir: Path, with_state: bool, n: int = 6_000, rollback_at: int = -1
+) -> None:
+    """A session as `chimera live` writes it: session, state, then the ticks (and, at tick
+    ``rollback_at``, an operator's genome rollback over the control path)."""
     cfg = parse_config(CFG)
     gov = GovernancePipeline(cfg, state_dir)
     engine = Engine(cfg, clock=time.monotonic_ns, governance=gov)
@@ -65,6 +73,12 @@ def _record(session_dir: Path, state_dir: Path, with_state: bool, n: int = 6_000
     market = Market(seed=5)
     for i in range(n):
         recv = 1_000_000_000 + i * 50_000
+        if i == rollback_at:
+            ok, result = engine.control(Command.ROLLBACK, "default", "cli:alice")
+            assert ok, result
+            text = orjson.dumps(result).decode()
+            ev = ControlEvent(Command.ROLLBACK, "default", ok, text, recv, by="cli:alice")
+            publish(TOPIC_CONTROL, ev)
         frame = encode(market.next_tick(Mode.QUOTE))
         d = engine.on_frame(frame, recv)
         engine.after_publish()
@@ -101,6 +115,29 @@ def test_a_session_that_began_with_a_learned_genome_replays_as_it_ran(tmp_path: 
     assert any(path.startswith("genome") for path, _, _ in result.divergence.fields), (
         result.divergence.fields
     )
+
+
+def test_an_operator_rollback_mid_session_replays_as_it_ran(tmp_path: Path) -> None:
+    state = _state_with_a_learned_genome(tmp_path)  # v2 band_k 3, v3 energy_lookback 30
+    session = tmp_path / "bb" / "20250101T000000Z-cccccc"
+    _record(session, state, with_state=True, rollback_at=3_000)
+    with GenomeStore(state / "genome.db") as store:
+        now = store.current_version("default")
+        assert (now.restored_from, now.reason) == (2, "operator_rollback:cli:alice")
+        assert store.current("default").params == LEARNED  # v2's genes again
+    # The decisions after the rollback ran on the restored genome; replay follows it from
+    # the recorded control event (as a promotion), at the same frame, with the same version.
+    genomes = [
+        (r.decision.genome.version, r.decision.genome.params.get("energy_lookback"))
+        for m in read_session(session)
+        if m.kind == TOPIC_TICK
+        and (r := m.decode()).decision is not None
+        and r.decision.genome is not None
+    ]
+    assert genomes[0] == (3, 30.0) and genomes[-1] == (now.version, LEARNED["energy_lookback"])
+    result = replay_session(session, verify=True)
+    assert result.control_applied == 1
+    assert result.decisions > 100 and result.mismatched == 0, result.divergence
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

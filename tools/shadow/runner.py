@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import structlog
 
+from chimera_core.commands import Command
 from chimera_core.config import Config
 from chimera_core.contracts import (
     ControlEvent,
@@ -280,7 +281,7 @@ class CandidateNode:
     def on_control(self, ev: ControlEvent) -> None:
         if not ev.ok or ev.command in _NOT_FOLLOWED:
             return
-        if ev.arg.startswith(DECIDED_BY_HUMAN):
+        if ev.arg.startswith(DECIDED_BY_HUMAN) or ev.command == Command.ROLLBACK:
             self._follow_promotion(ev)
             return
         self.node.on_control(ev.command, ev.arg, ev.by)
@@ -288,9 +289,12 @@ class CandidateNode:
     def _follow_promotion(self, ev: ControlEvent) -> None:
         """The primary approved a promotion: the active genome is now the promoted one, so
         the ``active`` candidate takes the same genes at the same point of the stream (its
-        next bar close, as the primary) and goes on matching the primary."""
+        next bar close, as the primary) and goes on matching the primary. An operator's
+        rollback in the primary is followed the same way; the other candidates keep theirs."""
         governance = self.node.governance
-        if self.name != ACTIVE or ev.command != "approve" or governance is None:
+        if self.name != ACTIVE or governance is None:
+            return
+        if ev.command not in (Command.APPROVE, Command.ROLLBACK):
             return
         result = msgspec.json.decode(ev.result)
         params = result.get("params") if isinstance(result, dict) else None
