@@ -495,7 +495,9 @@ class MetricsExporter(Collector):
             p + "feed_gaps", "Feed sequence gaps the engine saw", h.engine.get("gaps", 0)
         )
         yield GaugeMetricFamily(
-            p + "telemetry_dropped", "Messages the publisher dropped", h.telemetry_dropped
+            p + "telemetry_dropped",
+            "Messages the publisher's socket refused (a subscriber's overflow is its gap)",
+            h.telemetry_dropped,
         )
         yield GaugeMetricFamily(
             p + "telemetry_sent", "Messages the publisher sent", h.telemetry_sent

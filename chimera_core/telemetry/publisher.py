@@ -2,9 +2,13 @@
 and the SUB side for side processes.
 
 One XPUB socket bound to 127.0.0.1 (or ipc://). Each message is a single frame:
-``topic NUL seq(8, little-endian) msgpack-payload``. Sends are NOBLOCK against a bounded
-high-water mark with XPUB_NODROP, so a slow, stopped or dead subscriber makes a send fail
-at once with ``zmq.Again``: the message is dropped and counted, the tick loop goes on.
+``topic NUL seq(8, little-endian) msgpack-payload``. Sends are NOBLOCK and never wait.
+Each subscriber has its own bounded queue (the high-water mark): a slow, stopped or dead
+subscriber loses what overflows *its* queue, and only it does — every other subscriber
+(the black-box recorder above all) still gets every message. Each subscriber counts its
+own loss from the sequence numbers (``TelemetrySubscriber.gaps``/``missed``, the
+recorder's manifest gaps). (With XPUB_NODROP, as before, one full queue failed the send
+for every subscriber: a SIGSTOPped cortex took records from the black box.)
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ log = structlog.get_logger(__name__)
 
 
 class TelemetryPublisher:
-    """Non-blocking publisher; ``sent``/``dropped`` count every message."""
+    """Non-blocking publisher; ``sent`` counts every message handed to the socket,
+    ``dropped`` the ones it refused outright (none in normal running: a subscriber's own
+    overflow is that subscriber's gap, see the module docstring)."""
 
     def __init__(
         self,
@@ -49,10 +55,8 @@ class TelemetryPublisher:
         self._own_ctx = ctx is None
         self._ctx = ctx if ctx is not None else zmq.Context()
         sock = self._ctx.socket(zmq.XPUB)
+        # Per subscriber: a queue past the HWM drops for that subscriber alone (no NODROP).
         sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(
-            zmq.XPUB_NODROP, 1
-        )  # at the HWM raise Again (countable) instead of dropping silently
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.bind(endpoint)
