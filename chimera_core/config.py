@@ -115,8 +115,11 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
 class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     endpoint: str = "tcp://127.0.0.1:7001"
-    # Messages queued per subscriber before sends fail (and are counted as dropped).
+    # Messages queued per subscriber; past it that subscriber alone loses (its seq gaps).
     hwm: Annotated[int, msgspec.Meta(gt=0, le=10_000_000)] = 100_000
+    # Hand the messages of one event-loop wake-up to ZeroMQ together, after the ticks that
+    # made them have decided (order and numbering unchanged); false: one send per message.
+    batch: bool = True
     health_interval_s: ShortSeconds = 1.0
     # Hold the first message until the recorder (not just any subscriber) is attached, so
     # the black box files a session from its first message; it re-attaches within ~100 ms

@@ -97,7 +97,9 @@ async def run_live(
         except (NotImplementedError, RuntimeError):
             pass
     warm_up_kernels()  # compile/load the numba cache now, never on the first tick
-    telemetry = TelemetryPublisher(cfg.telemetry.endpoint, cfg.telemetry.hwm)
+    telemetry = TelemetryPublisher(
+        cfg.telemetry.endpoint, cfg.telemetry.hwm, batch=cfg.telemetry.batch
+    )
     session = session_info(cfg)
     # The node comes from the composition root (tools/node.py build_node), the one place a
     # node is assembled for live, replay, the backtester and shadow candidates.

@@ -9,6 +9,12 @@ subscriber loses what overflows *its* queue, and only it does — every other su
 own loss from the sequence numbers (``TelemetrySubscriber.gaps``/``missed``, the
 recorder's manifest gaps). (With XPUB_NODROP, as before, one full queue failed the send
 for every subscriber: a SIGSTOPped cortex took records from the black box.)
+
+``batch=True`` (``telemetry.batch``, what ``chimera live`` runs): a message is numbered and
+encoded when published, in order, and handed to the socket at the end of the event
+loop's current wake-up (``call_soon``), together with whatever else was published in it
+(at most ``MAX_BATCH`` at a time): the tick that decided does not wait for ZeroMQ, and one
+hand-over wakes the I/O thread once for the lot. Outside a running loop it sends at once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ RECORDER_SUBSCRIPTION = b"\x00recorder"
 RECORDER_RECONNECT_MS = 100
 # A clean close waits at most this long for queued messages to reach the subscribers.
 CLOSE_FLUSH_MS = 2_000
+# A batch is handed over once it holds this many messages, wake-up over or not.
+MAX_BATCH = 256
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +57,7 @@ class TelemetryPublisher:
         endpoint: str = "tcp://127.0.0.1:7001",
         hwm: int = 100_000,
         ctx: zmq.Context[Any] | None = None,
+        batch: bool = False,
     ) -> None:
         # An own context unless given one: close() terminates it, which is what makes the
         # last queued messages leave before the process exits (a clean stop loses nothing).
@@ -78,11 +87,27 @@ class TelemetryPublisher:
         self.dropped = 0
         self.subscriptions = 0  # distinct topic subscriptions (the recorder's marker not counted)
         self.recorders = 0  # recorders attached (their marker subscription)
+        self.batching = batch
+        self._pending: list[bytes] = []
+        self.batches = 0  # hand-overs of a batch (batch=True)
+        self.flush_ns = 0  # time spent handing batches to the socket, in all
 
     def publish(self, topic: bytes, obj: Any) -> bool:
-        """Encode and send; False (and counted) when it had to be dropped."""
+        """Encode and send (or queue for the end of this wake-up, ``batch=True``); False
+        (and counted) when the socket refused it."""
         self._seq += 1
         message = b"".join((topic, SEP, SEQ.pack(self._seq), self._encode(obj)))
+        if self.batching:
+            pending = self._pending
+            pending.append(message)
+            if len(pending) == 1:
+                try:
+                    asyncio.get_running_loop().call_soon(self.flush)
+                except RuntimeError:  # no loop (start-up, shutdown, a tool): send now
+                    self.flush()
+            elif len(pending) >= MAX_BATCH:
+                self.flush()
+            return True
         try:
             self._send(message, zmq.NOBLOCK)
         except zmq.Again:
@@ -90,6 +115,24 @@ class TelemetryPublisher:
             return False
         self.sent += 1
         return True
+
+    def flush(self) -> None:
+        """Hand every queued message to the socket, in order (``batch=True``)."""
+        pending = self._pending
+        if not pending or self._sock.closed:
+            return
+        self._pending = []
+        t0 = time.perf_counter_ns()
+        send, noblock = self._send, zmq.NOBLOCK
+        for message in pending:
+            try:
+                send(message, noblock)
+            except zmq.Again:
+                self.dropped += 1
+            else:
+                self.sent += 1
+        self.batches += 1
+        self.flush_ns += time.perf_counter_ns() - t0
 
     def tick(self, frame: bytes, recv_ns: int, decision: Decision | None) -> None:
         """The frame and its decision (or the dropped frame alone) as one message."""
@@ -151,6 +194,7 @@ class TelemetryPublisher:
         """Close; queued messages get up to ``flush_ms`` to reach the subscribers (0: drop)."""
         if self._sock.closed:
             return
+        self.flush()
         self._sock.close(linger=flush_ms)
         if self._own_ctx:
             self._ctx.term()  # returns once the queue is sent or the linger has passed

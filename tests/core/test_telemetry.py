@@ -27,6 +27,7 @@ from chimera_core.telemetry import (
     encode_message,
     split,
 )
+from chimera_core.telemetry.publisher import MAX_BATCH
 from tools.sim.market import Market
 from tools.sim.server import ExchangeSimulator
 
@@ -293,3 +294,40 @@ def test_a_clean_stop_delivers_every_message_already_published(tmp_path):
             proc.kill()
         sub.close()
     assert got == n and sub.gaps == 0 and sub.last_seq == n
+
+
+async def test_a_batching_publisher_hands_over_a_wake_ups_messages_together_in_order():
+    pub = TelemetryPublisher("tcp://127.0.0.1:0", batch=True)
+    sub = TelemetrySubscriber(pub.endpoint)
+    _wait_subscribed(pub)
+    n = MAX_BATCH + 10  # one wake-up's worth: one full batch handed over inline, then the rest
+
+    def one_wake_up() -> None:
+        for i in range(n):
+            pub.publish(TOPIC_FEED, FeedEvent(True, i, i))
+        # Numbered and queued, not yet sent past the first full batch.
+        assert (pub.sent, pub.batches, len(pub._pending)) == (MAX_BATCH, 1, 10)
+
+    asyncio.get_running_loop().call_soon(one_wake_up)
+    await asyncio.sleep(0)  # the wake-up
+    await asyncio.sleep(0)  # the hand-over scheduled at its end
+    assert (pub.sent, pub.batches, pub._pending) == (n, 2, [])
+    got = list(sub.messages(timeout_ms=500))
+    assert [s for _, s, _ in got] == list(range(1, n + 1))
+    assert [p.epoch for _, _, p in got] == list(range(n))
+    # Queued at close: sent, not lost.
+    pub.publish(TOPIC_FEED, FeedEvent(False, n, n))
+    pub.close()
+    assert [s for _, s, _ in sub.messages(timeout_ms=500)] == [n + 1]
+    sub.close()
+
+
+def test_a_batching_publisher_outside_a_loop_sends_at_once():
+    pub = TelemetryPublisher("tcp://127.0.0.1:0", batch=True)
+    sub = TelemetrySubscriber(pub.endpoint)
+    _wait_subscribed(pub)
+    pub.publish(TOPIC_FEED, FeedEvent(True, 1, 1))
+    assert pub.sent == 1 and not pub._pending
+    assert [s for _, s, _ in sub.messages(timeout_ms=500)] == [1]
+    pub.close()
+    sub.close()
