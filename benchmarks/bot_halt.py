@@ -98,16 +98,20 @@ def run(rounds: int, rate: float) -> dict[str, Any]:
     )
     (tmp / ".env").write_text(f"CHIMERA_TELEGRAM_BOT_TOKEN={BOT_TOKEN}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp, "env": env}
     cli = [sys.executable, "-m", "tools.cli"]
-    procs = [subprocess.Popen([*cli, "sim", "--port", str(sim_port), "--rate", str(rate)], **quiet)]
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=tmp, env=env)  # fmt: skip
+
+    procs = [start("sim", "--port", str(sim_port), "--rate", str(rate))]
     decode = decoder_for(TOPIC_CONTROL, ControlEvent)
     applied: list[float] = []
     answered: list[float] = []
     direct: list[float] = []
     try:
         _wait_port(sim_port)
-        procs.append(subprocess.Popen([*cli, "live"], **quiet))
+        procs.append(start("live"))
         _wait_port(ctl_port)
         token_file = tmp / "data" / "control.token"
         deadline = time.monotonic() + 60
@@ -115,7 +119,7 @@ def run(rounds: int, rate: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the engine never wrote its control token")
             time.sleep(0.1)
-        procs.append(subprocess.Popen([*cli, "bot"], **quiet))
+        procs.append(start("bot"))
         deadline = time.monotonic() + 60
         while "getUpdates" not in api.calls:
             if time.monotonic() > deadline or procs[-1].poll() is not None:
