@@ -3,21 +3,32 @@
 Sends one command to the running engine over the control channel and prints its reply
 as JSON. Exit codes: 0 the engine did it, 1 the engine answered not-ok, 2 the command
 could not be delivered (no engine, wrong token, bad config).
+
+A kill switch must start fast and must not depend on the rest of the config being valid:
+this reads only ``data_dir`` and ``[control]`` from the TOML (``tomllib``), the token from
+the environment, ``.env`` or ``data_dir/control.token``, and imports nothing of the engine
+but the control client (``chimera bench control`` measures the start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from chimera_core.commands import Command
 from chimera_core.errors import ChimeraError
 
+# The defaults of chimera_core.config's Config (a test holds the two together).
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7002"
 DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_DATA_DIR = "data"
+DEFAULT_CONFIG = "chimera.toml"
+TOKEN_ENV = "CHIMERA_CONTROL_TOKEN"
 
 # CLI name -> (wire command, help, takes an ID).
 # Every wire command is chimera_core.control.Command (a test holds the two together).
@@ -44,8 +55,6 @@ CLI_COMMANDS: dict[str, tuple[str, str, bool]] = {
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
-    from chimera_core.config import default_config_path  # main() imports config anyway
-
     _, what, takes_id = CLI_COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"chimera {command}", description=what)
     if takes_id:
@@ -63,7 +72,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
     parser.add_argument(
         "--config",
-        default=default_config_path(),
+        default=DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None,
         help="TOML config for [control] endpoint and data_dir (default: ./chimera.toml if present)",
     )
     parser.add_argument("--env-file", default=".env", help="file with CHIMERA_* variables")
@@ -85,14 +94,67 @@ def _who() -> str:
         return "cli"
 
 
-def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
-    from chimera_core.config import load_config, load_env
-    from chimera_core.control import ControlClient, check_token, read_token
+def control_settings(path: str | None) -> tuple[str, float, str]:
+    """``[control] endpoint``, ``[control] timeout_s`` and ``data_dir`` from the TOML at
+    ``path`` (the defaults when None), as ``load_config`` reads them; ChimeraError names
+    the file and the key. Nothing else in the file is read or checked."""
+    import tomllib
 
-    cfg = load_config(args.config)
-    control = getattr(cfg, "control", None)
-    endpoint = args.endpoint or getattr(control, "endpoint", DEFAULT_ENDPOINT)
-    timeout_s = args.timeout or getattr(control, "timeout_s", DEFAULT_TIMEOUT_S)
+    from chimera_core.errors import ConfigError
+
+    if path is None:
+        return DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, DEFAULT_DATA_DIR
+    try:
+        with open(path, "rb") as f:
+            doc: dict[str, Any] = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found (copy chimera.example.toml to {path} or pass --config)"
+        ) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+    control = doc.get("control", {})
+    if not isinstance(control, dict):
+        raise ConfigError(f"{path}: 'control' must be a table ([control])")
+    endpoint = control.get("endpoint", DEFAULT_ENDPOINT)
+    timeout_s = control.get("timeout_s", DEFAULT_TIMEOUT_S)
+    data_dir = doc.get("data_dir", DEFAULT_DATA_DIR)
+    if not isinstance(endpoint, str):
+        raise ConfigError(f"{path}: 'control.endpoint' must be a string, got {endpoint!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise ConfigError(f"{path}: 'control.timeout_s' must be a number, got {timeout_s!r}")
+    if not 0 < timeout_s <= 600:
+        raise ConfigError(f"{path}: 'control.timeout_s' = {timeout_s}: allowed 0 < x <= 600")
+    if not isinstance(data_dir, str) or not data_dir.strip():
+        raise ConfigError(f"{path}: 'data_dir' must be a non-empty string, got {data_dir!r}")
+    return endpoint, float(timeout_s), data_dir
+
+
+def _env(env_file: str | None) -> dict[str, str]:
+    """The environment, with ``env_file`` filling in the control token if it has one (the
+    .env parser is imported only then)."""
+    env = dict(os.environ)
+    if env.get(TOKEN_ENV) or env_file is None or not Path(env_file).is_file():
+        return env
+    try:
+        if TOKEN_ENV.encode() not in Path(env_file).read_bytes():
+            return env
+    except OSError:
+        return env
+    from chimera_core.config import load_env
+
+    return load_env(env_file)
+
+
+def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
+    from chimera_core.control import ControlClient, check_endpoint, check_token, read_token
+
+    endpoint, timeout_s, data_dir = control_settings(args.config)
+    try:
+        endpoint = check_endpoint(args.endpoint or endpoint)
+    except ValueError as exc:
+        raise ChimeraError(str(exc)) from None
+    timeout_s = args.timeout or timeout_s
     if args.token_file:
         try:
             token = Path(args.token_file).read_text(encoding="utf-8").strip()
@@ -100,7 +162,7 @@ def _send(command: str, args: argparse.Namespace) -> dict[str, object]:
             raise ChimeraError(f"cannot read --token-file {args.token_file}: {exc}") from exc
         check_token(token, f"--token-file {args.token_file}")
     else:
-        token = read_token(load_env(args.env_file), Path(cfg.data_dir))
+        token = read_token(_env(args.env_file), Path(data_dir))
     with ControlClient(endpoint, token, timeout_s, by=_who()) as client:
         arg = getattr(args, "id", "") or getattr(args, "reason", "") or ""
         return client.request(CLI_COMMANDS[command][0], arg)

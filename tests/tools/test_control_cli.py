@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from chimera_core.commands import INFORMATIONAL, Command
@@ -251,3 +253,95 @@ def test_the_server_serves_exactly_the_commands_named_once() -> None:
     # Every operator command has its CLI name; the informational ones (chimera notify's
     # alert, republished and never applied) are no operator's to type.
     assert {wire for wire, _, _ in CLI_COMMANDS.values()} == set(Command) - INFORMATIONAL
+
+
+KILL_IMPORTS = """
+import sys
+from tools.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in (
+    "structlog", "msgspec", "numpy", "numba", "dotenv", "websockets")
+    or m in ("chimera_core.config", "chimera_core.event_loop", "chimera_core.markets"))
+print("IMPORTED", heavy, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_kill_reads_only_what_it_needs_and_imports_no_engine(
+    live: LiveServer, workdir: Path
+) -> None:
+    """A kill switch that a bad key elsewhere in the config cannot stop, and that starts
+    without importing the engine, its config schema or a logging library."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    (workdir / "chimera.toml").write_text(
+        f'data_dir = "{workdir / "data"}"\n[strategy]\nnot_a_key = 1\n'
+        f'[control]\nendpoint = "{live.endpoint}"\ntimeout_s = 5\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_IMPORTS, "kill", "--reason", "operator_test"],
+        cwd=workdir, capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert live.engine.calls == [("halt", "operator_test")]
+    assert "IMPORTED []" in done.stderr, done.stderr
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    port=st.one_of(st.none(), st.integers(1024, 65535)),
+    timeout_s=st.one_of(st.none(), st.floats(0.001, 600), st.integers(1, 600)),
+    data_dir=st.one_of(st.none(), st.sampled_from(["data", "var/chimera", "/srv/chimera data"])),
+)
+def test_control_settings_read_what_load_config_reads(
+    tmp_path: Path, port: int | None, timeout_s: float | None, data_dir: str | None
+) -> None:
+    from chimera_core.config import load_config
+    from tools.control_cli import control_settings
+
+    lines = [] if data_dir is None else [f'data_dir = "{data_dir}"']
+    control = [] if port is None else [f'endpoint = "tcp://127.0.0.1:{port}"']
+    control += [] if timeout_s is None else [f"timeout_s = {timeout_s!r}"]
+    text = "\n".join(lines + (["[control]", *control] if control else [])) + "\n"
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert control_settings(str(path)) == (
+        cfg.control.endpoint,
+        cfg.control.timeout_s,
+        cfg.data_dir,
+    )
+    defaults = load_config(None)
+    assert control_settings(None) == (
+        defaults.control.endpoint,
+        defaults.control.timeout_s,
+        defaults.data_dir,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[control\n", "cannot read the config"),
+        ('control = "x"\n', "'control' must be a table"),
+        ("[control]\nendpoint = 7002\n", "'control.endpoint' must be a string"),
+        ("[control]\ntimeout_s = 0\n", "allowed 0 < x <= 600"),
+        ('[control]\ntimeout_s = "2"\n', "'control.timeout_s' must be a number"),
+        ('data_dir = ""\n', "'data_dir' must be a non-empty string"),
+    ],
+)
+def test_a_bad_control_setting_is_named(tmp_path: Path, text: str, why: str) -> None:
+    from chimera_core.errors import ConfigError
+    from tools.control_cli import control_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why) as info:
+        control_settings(str(path))
+    assert str(path) in str(info.value)
