@@ -57,6 +57,7 @@ def test_record_verify_replay_and_export_a_faulty_session(tmp_path):
         procs.append(recorder)
         live = chimera("live", cwd=tmp_path)
         procs.append(live)
+        wait_port(ctl_port, timeout=60)  # up: a loaded machine may take longer than 5 s
         time.sleep(5.0)
         kill = _run("kill", cwd=tmp_path)
         assert kill.returncode == 0, kill.stderr.decode()
