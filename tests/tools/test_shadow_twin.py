@@ -23,6 +23,7 @@ from chimera_core.contracts import (
     Purpose,
     Side,
 )
+from chimera_core.errors import ChimeraError
 from chimera_execution.journal import Journal
 from tools.shadow.twin import (
     OrderSide,
@@ -245,3 +246,31 @@ def test_journals_and_live_streams_give_the_same_rows_partial_fills_included(tmp
         tmp_path / "live" / "paper" / "chimera.db", tmp_path / "twin" / "paper" / "chimera.db",
         65_000, 80_000,
     ) == [exit_]  # fmt: skip
+
+
+def test_the_report_has_a_paper_vs_live_section_only_where_a_twin_ran(tmp_path):
+    import datetime as dt
+
+    import orjson
+
+    from tools.report import build_report
+
+    coid = "CH-1-2885-60000-1"
+    intent = OrderIntent(coid, "2885", 1, Side.BUY, 10, 100.0, 60_000, 1, 61_000)
+    filled = [_report(coid, ExecKind.FILLED, 10, 100.2, _fill(coid, 1, 10, 100.2, 61_050))]
+    twin = [_report(coid, ExecKind.FILLED, 10, 100.1, _fill(coid, 1, 10, 100.1, 61_010))]
+    _write(tmp_path, filled, intent)  # the primary's journal: data_dir/paper
+    _write(tmp_path / "shadow" / "active", twin, intent)
+    day = dt.date(1970, 1, 1)
+    assert build_report(tmp_path, "paper", day).paper_vs_live is None  # no twin.json: none ran
+    marker = tmp_path / "shadow" / "active" / "twin.json"
+    marker.write_bytes(orjson.dumps({"twin": True, "mode": "live", "broker": "angelone"}))
+    assert build_report(tmp_path, "paper", day).paper_vs_live is None  # it ran against live
+    marker.write_bytes(orjson.dumps({"twin": True, "mode": "paper", "broker": "angelone"}))
+    section = build_report(tmp_path, "paper", day).paper_vs_live
+    assert section is not None and section["paired"] == 1 and section["broker"] == "angelone"
+    assert section["price_diff_bps"]["p50"] == pytest.approx((100.2 - 100.1) / 100.1 * 1e4)
+    assert build_report(tmp_path, "paper", dt.date(1970, 1, 2)).paper_vs_live is None
+    marker.write_text("{not json")
+    with pytest.raises(ChimeraError, match=r"twin\.json is unreadable"):
+        build_report(tmp_path, "paper", day)
