@@ -22,6 +22,11 @@ primary (a promotion's approval excepted), so a candidate equal to the active ge
 decides exactly what the primary decided. The gates are judged every ``check_interval_s``
 against the ``active`` candidate; one that passes is queued for promotion in the primary's
 approval queue (``chimera approve prm-...`` activates it at the primary's next bar).
+
+When the primary trades through a real broker, the ``active`` candidate is its paper twin:
+the primary's execution reports and the twin's are paired order by order
+(``tools/shadow/twin.py``) into ``data/shadow/active/twin.json`` and
+``shadow.active.twin``, the data to calibrate the paper broker with.
 """
 
 from __future__ import annotations
