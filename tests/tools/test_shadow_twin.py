@@ -274,3 +274,27 @@ def test_the_report_has_a_paper_vs_live_section_only_where_a_twin_ran(tmp_path):
     marker.write_text("{not json")
     with pytest.raises(ChimeraError, match=r"twin\.json is unreadable"):
         build_report(tmp_path, "paper", day)
+
+
+def test_seeding_from_the_journals_skips_twin_orders_older_than_the_real_journal(tmp_path):
+    old = OrderIntent("CH-1-2885-0-1", "2885", 1, Side.BUY, 10, 99.0, 0, 1, 1_000)
+    new = OrderIntent("CH-1-2885-60000-1", "2885", 1, Side.BUY, 10, 100.0, 60_000, 1, 61_000)
+    coid = new.client_order_id
+    # The twin fills first (paper latency is shorter than the real broker's).
+    _write(tmp_path / "twin", [_report(coid, ExecKind.FILLED, 10, 100.1,
+                                       _fill(coid, 1, 10, 100.1, 61_010))], new)  # fmt: skip
+    _write(tmp_path / "twin", [], old)  # from when the primary was on the paper broker
+    _write(tmp_path / "live", [_report(coid, ExecKind.FILLED, 10, 100.2,
+                                       _fill(coid, 1, 10, 100.2, 68_000))], new)  # fmt: skip
+    book = TwinBook()
+    book.seed(
+        tmp_path / "live" / "paper" / "chimera.db", tmp_path / "twin" / "paper" / "chimera.db"
+    )
+    rows = book.rows()
+    assert {r.client_order_id for r in rows} == {coid, f"{coid}-X0"}
+    assert [r.matched_by for r in rows] == ["id", "id"]
+    assert rows[0].price_diff_bps == pytest.approx((100.2 - 100.1) / 100.1 * 1e4)
+    # Nothing real yet: nothing of the twin's is seeded either.
+    empty = TwinBook()
+    empty.seed(tmp_path / "nowhere.db", tmp_path / "twin" / "paper" / "chimera.db")
+    assert empty.rows() == []

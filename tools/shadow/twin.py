@@ -224,16 +224,31 @@ class TwinBook:
     def seed(self, live_db: Path, paper_db: Path) -> None:
         """What the two journals already hold (orders before this shadow started, or
         before the primary restarted): the figures go on across restarts."""
-        for db, book in ((live_db, self.live), (paper_db, self.paper)):
-            if db.is_file():
-                sides, refs = journal_orders(db)
-                for o in sides:
-                    book.setdefault(o.client_order_id, o)
-                for intent_id, ref in refs.items():
-                    self.refs.setdefault(intent_id, ref)
+        live, live_refs = journal_orders(live_db) if live_db.is_file() else ([], {})
+        paper, paper_refs = journal_orders(paper_db) if paper_db.is_file() else ([], {})
+        refs = {**paper_refs, **live_refs}
+        # The twin's journal may be older than the real one (the shadow ran while the
+        # primary was on the paper broker): those orders had no real counterpart to miss.
+        known = [t for o in live if (t := _when(o, refs)) is not None]
+        since = min(known) if known else None
+        for o in live:
+            self.live.setdefault(o.client_order_id, o)
+        for o in paper:
+            t = _when(o, refs)
+            if since is not None and t is not None and t >= since:
+                self.paper.setdefault(o.client_order_id, o)
+        for intent_id, ref in refs.items():
+            self.refs.setdefault(intent_id, ref)
 
     def rows(self) -> list[TwinOrder]:
         return compare(list(self.live.values()), list(self.paper.values()), self.refs)
+
+
+def _when(o: OrderSide, refs: References) -> int | None:
+    """When the order was decided: its intent's decision (the same on both sides; an exit
+    is dated by the entry it closes), else its first fill."""
+    ref = refs.get(o.intent_id)
+    return ref[1] if ref is not None else o.first_fill_ms
 
 
 def _apply(book: dict[str, OrderSide], r: ExecutionReport) -> None:
