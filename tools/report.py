@@ -8,6 +8,11 @@ factor, Sharpe and drawdown of a one-minute equity curve, exposure, and the peri
 and halts from the black box. Every metric comes from ``tools.backtest.metrics`` (the
 backtester's one definition), so a live day and a backtest day read the same.
 
+Where the shadow's paper twin ran against this journal (the primary trading through a real
+broker), a "Paper vs live" section: the twin's orders paired with the real ones and their
+fill rates, price differences, slippage and latency, recomputed from the two journals
+(``tools.shadow.twin``), so the section is reproducible; no twin, no section.
+
 Printed with rich and written as JSON + HTML (plotly, self-contained) under
 ``data_dir/reports/``. ``build_report(data_dir, mode, day)`` is the entry point for the
 notify side (the daily report at session close).
@@ -96,6 +101,8 @@ class Report:
     equity: list[float] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Paper vs live: the shadow's paper twin against the real fills (None: no twin ran)
+    paper_vs_live: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -118,6 +125,13 @@ class Report:
             f"{self.gross_exposure:,.0f} (max {self.max_gross_exposure:,.0f})",
             f"vetoes {self.vetoed_decisions} · halts {len(self.halts)}",
         ]
+        t = self.paper_vs_live
+        if t is not None:
+            d = t["price_diff_bps"]
+            lines.append(
+                f"paper vs live: {t['paired']} of {t['orders']} orders paired, live-paper "
+                + ("-" if d["p50"] is None else f"p50 {d['p50']:.1f} bps")
+            )
         return "\n".join(lines)
 
 
@@ -443,6 +457,7 @@ def build_report(
         vetoes, vetoed, halts, sessions, notes = _blackbox(data, mode, start_ms, end_ms)
     else:
         vetoes, vetoed, halts, sessions, notes = {}, 0, [], [], ["black box not read"]
+    twin = paper_vs_live(data, mode, start_ms, end_ms)
     if any(b.qty for b in books.values()):
         notes.append(
             "open positions are marked at their last fill price (no quotes in the journal)"
@@ -474,7 +489,36 @@ def build_report(
         equity=[float(e) for e in equity],
         sessions=sessions,
         notes=notes,
+        paper_vs_live=twin,
     )
+
+
+def paper_vs_live(data: Path, mode: str, start_ms: int, end_ms: int) -> dict[str, Any] | None:
+    """The paper twin's orders against the real ones in [start_ms, end_ms), recomputed from
+    the two journals (the primary's and ``shadow/active/paper``'s); None when no twin ran
+    against this mode's journal (no ``twin.json``: the shadow writes it only when the primary
+    trades through a real broker) or when neither side had an order in the period."""
+    from tools.shadow.twin import TWIN_FILE, aggregate, compare_journals
+
+    active = data / "shadow" / "active"
+    marker, twin_db = active / TWIN_FILE, journal_path(active, "paper")
+    if not marker.is_file() or not twin_db.is_file():
+        return None
+    try:
+        ran = orjson.loads(marker.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ReportError(f"{marker} is unreadable ({exc}); move it aside to report without "
+                          "the paper twin") from None  # fmt: skip
+    if not isinstance(ran, dict) or ran.get("mode") != mode:
+        return None
+    rows = compare_journals(journal_path(data, mode), twin_db, start_ms, end_ms)
+    if not rows:
+        return None
+    return {
+        "broker": ran.get("broker", ""),
+        **aggregate(rows),
+        "rows": [msgspec.to_builtins(r) for r in rows],
+    }
 
 
 def _trade_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -500,9 +544,11 @@ def _write_html(report: Report, path: Path) -> None:
     from plotly.subplots import make_subplots
 
     when = [dt.datetime.fromtimestamp(t / 1000, IST) for t in report.equity_ts_ms]
+    twin_row = report.paper_vs_live is not None
     fig = make_subplots(
-        rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.08,
-        specs=[[{"type": "xy"}], [{"type": "table"}]],
+        rows=3 if twin_row else 2, cols=1,
+        row_heights=[0.5, 0.3, 0.2] if twin_row else [0.6, 0.4], vertical_spacing=0.06,
+        specs=[[{"type": "xy"}], [{"type": "table"}]] + ([[{"type": "table"}]] if twin_row else []),
     )  # fmt: skip
     fig.add_trace(go.Scatter(x=when, y=report.equity, name="equity (1-minute)"), row=1, col=1)
     m = report.metrics
@@ -532,7 +578,19 @@ def _write_html(report: Report, path: Path) -> None:
         row=2,
         col=1,
     )
-    fig.update_layout(height=900, title=f"Chimera {report.mode} report {report.period}")
+    if report.paper_vs_live is not None:
+        twin = _twin_figures(report.paper_vs_live)
+        fig.add_trace(
+            go.Table(
+                header={"values": ["Paper vs live", "value"]},
+                cells={"values": [[k for k, _ in twin], [_fmt(v) for _, v in twin]]},
+            ),
+            row=3,
+            col=1,
+        )
+    fig.update_layout(
+        height=1200 if twin_row else 900, title=f"Chimera {report.mode} report {report.period}"
+    )
     # Self-contained: the report opens offline and as a chat/email attachment.
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
@@ -576,10 +634,44 @@ def print_report(report: Report, paths: dict[str, Path] | None = None) -> None:
         table.add_row(f"  {h['kind']}", str(h.get("reason") or h.get("rule") or ""))
     console = Console()
     console.print(table)
+    if report.paper_vs_live is not None:
+        console.print(_twin_table(report.paper_vs_live))
     for note in report.notes:
         console.print(f"note: {note}")
     for kind, p in (paths or {}).items():
         console.print(f"{kind}: {p}")
+
+
+def _twin_figures(t: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("orders (paired / live only / paper only)",
+         f"{t['paired']} / {t['live_only']} / {t['paper_only']}"),
+        ("paired by sequence (ids differed)", t["paired_by_sequence"]),
+        ("fill rate live / paper", f"{_fmt(t['live_fill_rate'])} / {_fmt(t['paper_fill_rate'])}"),
+    ]  # fmt: skip
+    for name, label in (
+        ("price_diff_bps", "live vs paper fill price, bps (live worse > 0)"),
+        ("live_slippage_bps", "live slippage vs decision price, bps"),
+        ("paper_slippage_bps", "paper slippage vs decision price, bps"),
+        ("live_latency_ms", "live decision to first fill, ms"),
+        ("paper_latency_ms", "paper decision to first fill, ms"),
+    ):
+        d = t[name]
+        rows.append((label, "-" if not d["n"] else
+                     f"p50 {d['p50']:.2f} · p90 {d['p90']:.2f} · p99 {d['p99']:.2f} · "
+                     f"mean {d['mean']:.2f} (n {d['n']})"))  # fmt: skip
+    return rows
+
+
+def _twin_table(t: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"Paper vs live ({t.get('broker') or 'real broker'})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in _twin_figures(t):
+        table.add_row(name, _fmt(value))
+    return table
 
 
 def main(argv: Iterable[str] | None = None) -> int:

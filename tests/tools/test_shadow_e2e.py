@@ -132,6 +132,9 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
         assert status.wait(timeout=60) == 0, status.output()
         text = status.output()[0].decode()
         assert "active" in text and "calm" in text and f"{proposal} PENDING" in text, text
+        # The primary trades on the paper broker: the active candidate is no twin of it.
+        assert "paper twin: off (the primary trades on the paper broker itself" in text, text
+        assert not (tmp_path / "data" / "shadow" / "active" / "twin.json").exists()
 
         # A human approves: the primary runs the candidate's genes from a bar close on.
         sub = TelemetrySubscriber(f"tcp://127.0.0.1:{tel_port}", topics=(TOPIC_TICK,))

@@ -3,7 +3,9 @@
 ``run`` (the default) subscribes to the engine's telemetry (``[telemetry] endpoint``) and
 runs the active genome and every candidate named here or in ``[shadow] candidates`` on
 paper until SIGINT/SIGTERM. ``status`` prints each candidate's figures, gates and
-promotion from ``data/shadow/<candidate>/status.json`` (what the running shadow wrote).
+promotion from ``data/shadow/<candidate>/status.json`` (what the running shadow wrote),
+and, when the primary trades through a real broker, the paper twin's comparison with the
+real fills from ``data/shadow/active/twin.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def _status(shadow_dir: Path, approvals_db: Path, as_json: bool) -> int:
         try:
             row = json.loads(path.read_text())
             row["promotion_status"] = decided.get(row.get("promotion") or "", "")
+            if row.get("twin"):
+                row["twin_summary"] = _twin_summary(path.with_name("twin.json"))
             rows.append(row)
         except (OSError, ValueError) as exc:
             raise ChimeraError(
@@ -123,4 +127,48 @@ def _status(shadow_dir: Path, approvals_db: Path, as_json: bool) -> int:
         last = r.get("last_divergence")
         if last:
             print(f"    last divergence seq {last['seq']}: {last['reason']}")
+        if r.get("twin_off"):
+            print(f"    paper twin: off ({r['twin_off']})")
+        elif r.get("twin_summary"):
+            for line in _twin_lines(r["twin_summary"]):
+                print(f"    {line}")
     return 0
+
+
+def _twin_summary(path: Path) -> dict[str, Any]:
+    """twin.json without its per-order rows."""
+    try:
+        twin = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ChimeraError(
+            f"{path} is unreadable ({exc}); is `chimera shadow` writing it?"
+        ) from None
+    twin.pop("rows", None)
+    return dict(twin)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _twin_lines(t: dict[str, Any]) -> list[str]:
+    def dist(name: str, unit: str) -> str:
+        d = t.get(name) or {}
+        if not d.get("n"):
+            return f"{name} -"
+        return (f"{name} p50 {d['p50']:.2f} p90 {d['p90']:.2f} p99 {d['p99']:.2f} "
+                f"mean {d['mean']:.2f} {unit} (n {d['n']})")  # fmt: skip
+
+    return [
+        f"paper twin vs {t.get('broker', '?')} ({t.get('mode', '?')}): orders {t['orders']} "
+        f"paired {t['paired']} (by sequence {t['paired_by_sequence']}) live only "
+        f"{t['live_only']} paper only {t['paper_only']}; fill rate live "
+        f"{_rate(t['live_fill_rate'])} paper {_rate(t['paper_fill_rate'])}",
+        dist("price_diff_bps", "bps (live worse > 0)"),
+        dist("live_slippage_bps", "bps"),
+        dist("paper_slippage_bps", "bps"),
+        dist("live_latency_ms", "ms"),
+        dist("paper_latency_ms", "ms"),
+    ]

@@ -22,6 +22,11 @@ primary (a promotion's approval excepted), so a candidate equal to the active ge
 decides exactly what the primary decided. The gates are judged every ``check_interval_s``
 against the ``active`` candidate; one that passes is queued for promotion in the primary's
 approval queue (``chimera approve prm-...`` activates it at the primary's next bar).
+
+When the primary trades through a real broker, the ``active`` candidate is its paper twin:
+the primary's execution reports and the twin's are paired order by order
+(``tools/shadow/twin.py``) into ``data/shadow/active/twin.json`` and
+``shadow.active.twin``, the data to calibrate the paper broker with.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from chimera_core.telemetry import (
     decoder_for,
     split,
 )
+from chimera_execution.journal_view import journal_path
 from chimera_governance.approvals import DECIDED_BY_HUMAN, queue_promotion
 from tools.backtest.event import SimClock, _RoundTrips
 from tools.node import Parts, build_node, build_parts
@@ -73,6 +79,7 @@ from tools.record import Recorder, write_json_atomic
 from tools.shadow.candidates import ACTIVE, Candidate, candidate_config, resolve
 from tools.shadow.divergence import Divergence, compare
 from tools.shadow.gates import GateVerdict, judge
+from tools.shadow.twin import TOPIC_TWIN, TWIN_FILE, TwinBook, summary
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +94,7 @@ _decode_tick = decoder_for(TOPIC_TICK, TickRecord)
 _decode_feed = decoder_for(TOPIC_FEED, FeedEvent)
 _decode_control = decoder_for(TOPIC_CONTROL, ControlEvent)
 _decode_session = decoder_for(TOPIC_SESSION, SessionInfo)
+_decode_exec = decoder_for(TOPIC_EXEC, ExecutionReport)
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -170,6 +178,7 @@ class CandidateNode:
         self.verdict: GateVerdict | None = None
         self.promotion: str = track.promotion
         self.session_id = ""
+        self.on_exec: Callable[[ExecutionReport], None] | None = None  # the paper twin's
 
     # ---- publishing: black box + shadow XPUB ------------------------------------------
     def publish(self, topic: bytes, obj: Any) -> None:
@@ -185,6 +194,8 @@ class CandidateNode:
         self.publish(topic, TickRecord(recv_ns, frame, decision))
 
     def _on_report(self, report: ExecutionReport) -> None:
+        if self.on_exec is not None:
+            self.on_exec(report)
         fill = report.fill
         if fill is None:
             return
@@ -372,6 +383,10 @@ class Shadow:
         self._prefixes = {c.name: b"shadow." + c.name.encode() + b"." for c in candidates}
         self._approvals = Path(primary.data_dir) / primary.mode / "approvals.db"
         self._last_ts_ms = 0
+        # The paper twin: only when the primary trades through a real broker (on the paper
+        # broker the active candidate IS the primary, and there is nothing to compare).
+        self.twin: TwinBook | None = None
+        self.twin_off = ""
 
     def _out_for(self, name: str) -> Callable[[bytes, bytes], None]:
         prefix = self._prefixes[name]
@@ -396,8 +411,13 @@ class Shadow:
                 rec = _decode_tick(payload)
                 if rec.decision is not None:
                     self._last_ts_ms = max(self._last_ts_ms, rec.decision.exchange_ts_ms)
+                    if self.twin is not None:
+                        self.twin.on_decision(rec.decision)
                 for n in self.nodes:
                     await n.on_tick(rec)
+            elif topic == TOPIC_EXEC:
+                if self.twin is not None:
+                    self.twin.on_live(_decode_exec(payload))
             elif topic == TOPIC_FEED:
                 ev = _decode_feed(payload)
                 for n in self.nodes:
@@ -436,9 +456,41 @@ class Shadow:
             )  # fmt: skip
             await node.start(info)
             self.nodes.append(node)
+        self._start_twin(primary)
         log.info(
             "shadow_session", primary=info.session_id, candidates=[c.name for c in self.candidates]
         )
+
+    def _start_twin(self, primary: Config) -> None:
+        active = next((n for n in self.nodes if n.name == ACTIVE), None)
+        ex = primary.execution
+        if active is None:
+            self.twin, self.twin_off = None, "no active candidate in the shadow"
+        elif not ex.enabled or ex.broker == "paper":
+            self.twin = None
+            self.twin_off = (
+                "the primary trades on the paper broker itself: the active candidate is the "
+                "primary, there is no real fill to compare"
+                if ex.enabled else "the primary's execution is off"
+            )  # fmt: skip
+        else:
+            if self.twin is None:
+                self.twin = TwinBook()
+            self.twin.seed(journal_path(primary.data_dir, primary.mode),
+                           journal_path(active.cfg.data_dir, active.cfg.mode))  # fmt: skip
+            active.on_exec = self.twin.on_paper
+            self.twin_off = ""
+            log.info("shadow_twin_started", broker=ex.broker, mode=primary.mode)
+
+    def _write_twin(self, active: CandidateNode) -> None:
+        if self.twin is None:
+            return
+        ex = self.primary.execution
+        twin = summary(self.twin.rows(), mode=self.primary.mode, broker=ex.broker,
+                       session=self.session.session_id if self.session else "")  # fmt: skip
+        write_json_atomic(active.dir / TWIN_FILE, twin)
+        if self.publisher is not None:
+            self.publisher.publish(self._prefixes[active.name] + TOPIC_TWIN, twin)
 
     def check(self, now: float) -> None:
         """Judge the gates, write each candidate's status, queue the ones that pass."""
@@ -462,6 +514,10 @@ class Shadow:
                             hint=f"chimera approve {n.promotion}",
                         )  # fmt: skip
             status = n.status()
+            if n is active:
+                status["twin"] = self.twin is not None
+                status["twin_off"] = self.twin_off
+                self._write_twin(n)
             write_json_atomic(n.dir / STATUS_FILE, status)
             write_json_atomic(n.dir / TRACK_FILE, msgspec.to_builtins(n.track()))
             if self.publisher is not None:
