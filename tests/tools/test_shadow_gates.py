@@ -8,12 +8,12 @@ import math
 import statistics
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as t_dist
 
 from chimera_core.config import ShadowGatesConfig
-from tools.shadow.gates import judge
+from tools.shadow.gates import MIN_RETURN_SD, judge
 
 START = 1_000_000.0
 LAX = ShadowGatesConfig(
@@ -30,7 +30,7 @@ def _sharpe(r: list[float]) -> float:
     if len(r) < 2:
         return 0.0
     sd = statistics.stdev(r)
-    return statistics.fmean(r) / sd if sd > 0 else 0.0
+    return statistics.fmean(r) / sd if sd > MIN_RETURN_SD else 0.0
 
 
 def _max_dd(equity: list[float]) -> float:
@@ -55,8 +55,12 @@ curves = st.lists(st.floats(-0.02, 0.02), min_size=0, max_size=60).map(
 )
 
 
+CONSTANT = [START * 1.01 ** (i + 1) for i in range(30)]  # returns equal up to rounding
+
+
 @settings(max_examples=150, deadline=None)
 @given(curves, curves)
+@example(CONSTANT, CONSTANT)
 def test_figures_match_the_references(mine, theirs):
     n = min(len(mine), len(theirs))
     mine, theirs = mine[:n], theirs[:n]

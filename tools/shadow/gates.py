@@ -47,11 +47,16 @@ class GateVerdict(msgspec.Struct, frozen=True, kw_only=True):
         return "; ".join(f"{c.name} {'ok' if c.ok else 'FAIL'} ({c.detail})" for c in self.checks)
 
 
+# Per-bar returns that spread less than this are constant up to rounding: their Sharpe is
+# undefined (0 here), not the 1e14 a division by rounding noise gives.
+MIN_RETURN_SD = 1e-12
+
+
 def sharpe(returns: np.ndarray) -> float:
     if returns.size < 2:
         return 0.0
     sd = float(np.std(returns, ddof=1))
-    return float(np.mean(returns)) / sd if sd > 0 else 0.0
+    return float(np.mean(returns)) / sd if sd > MIN_RETURN_SD else 0.0
 
 
 def _returns(equity: np.ndarray, start: float) -> np.ndarray:
