@@ -437,6 +437,10 @@ class ShadowGatesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     # One-sided paired test of the candidate's per-bar returns over the active's: p below.
     significance: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
     max_violations: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0  # governance
+    # Where a paper twin runs (the engine trades through a real broker): the median live vs
+    # paper fill price difference (bps, either way) at most this; paper results are only
+    # worth promoting on while paper fills like live. 0 = not judged.
+    max_paper_live_bps: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 25.0
 
 
 class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

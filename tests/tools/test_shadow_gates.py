@@ -98,3 +98,26 @@ def test_each_gate_fails_on_its_own_and_says_why():
     dip = [*up[:10], up[9] * 0.8, *up[11:]]
     deep = judge(strict, dip, up, START, trades=10, days=5, violations=0)
     assert "drawdown" in {c.name for c in deep.checks if not c.ok}
+
+
+def _twin(p50: float | None, n: int) -> dict:
+    return {"price_diff_bps": {"n": n, "p50": p50, "mean": p50, "p90": p50, "p99": p50}}
+
+
+def test_paper_must_fill_like_live_where_a_twin_runs():
+    up = [START * (1 + 0.001 * i + 0.0005 * (i % 3)) for i in range(1, 40)]
+    flat = [START] * 39
+    gates = ShadowGatesConfig(min_days=0, min_trades=0, significance=0.05, max_paper_live_bps=10)
+
+    def check(twin: dict | None, cfg: ShadowGatesConfig = gates):
+        v = judge(cfg, up, flat, START, trades=10, days=5, violations=0, twin=twin)
+        (c,) = [c for c in v.checks if c.name == "paper_live"]
+        return v.passed, c.ok, c.detail
+
+    assert check(None) == (True, True, "no paper twin: the engine trades on paper")
+    assert check(_twin(-9.5, 4))[:2] == (True, True)
+    passed, ok, detail = check(_twin(12.0, 4))
+    assert (passed, ok) == (False, False) and "+12.00 bps over 4 orders" in detail
+    assert check(_twin(None, 0)) == (False, False, "no order filled on both sides yet")
+    off = ShadowGatesConfig(min_days=0, min_trades=0, significance=0.05, max_paper_live_bps=0)
+    assert check(_twin(500.0, 4), off)[:2] == (True, True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -64,6 +65,22 @@ def _returns(equity: np.ndarray, start: float) -> np.ndarray:
     return np.asarray(equity / prev - 1.0, dtype=np.float64)
 
 
+def _paper_live(bound: float, twin: dict[str, Any] | None) -> GateCheck:
+    if twin is None:
+        return GateCheck("paper_live", True, "no paper twin: the engine trades on paper")
+    if bound <= 0:
+        return GateCheck("paper_live", True, "not judged (max_paper_live_bps = 0)")
+    diff = twin.get("price_diff_bps") or {}
+    p50, n = diff.get("p50"), int(diff.get("n") or 0)
+    if p50 is None:
+        return GateCheck("paper_live", False, "no order filled on both sides yet")
+    return GateCheck(
+        "paper_live",
+        abs(float(p50)) <= bound,
+        f"median live-paper fill {float(p50):+.2f} bps over {n} orders, allowed ±{bound:g}",
+    )
+
+
 def judge(
     gates: ShadowGatesConfig,
     equity: Sequence[float],
@@ -72,9 +89,12 @@ def judge(
     trades: int,
     days: int,
     violations: int,
+    twin: dict[str, Any] | None = None,
 ) -> GateVerdict:
     """The verdict on one candidate; ``equity`` and ``active_equity`` are sampled at the
-    same bar closes, ``start`` is the equity both started with."""
+    same bar closes, ``start`` is the equity both started with. ``twin``: the paper twin's
+    figures (``tools.shadow.twin.aggregate``) where one runs, else None (the engine is on
+    the paper broker: paper is what it trades, nothing to compare)."""
     n = min(len(equity), len(active_equity))
     mine = np.asarray(equity[:n], dtype=np.float64)
     theirs = np.asarray(active_equity[:n], dtype=np.float64)
@@ -111,6 +131,7 @@ def judge(
             violations <= gates.max_violations,
             f"{violations} violation(s), allowed {gates.max_violations}",
         ),
+        _paper_live(gates.max_paper_live_bps, twin),
     )
     return GateVerdict(
         passed=all(c.ok for c in checks),

@@ -482,12 +482,16 @@ class Shadow:
             self.twin_off = ""
             log.info("shadow_twin_started", broker=ex.broker, mode=primary.mode)
 
-    def _write_twin(self, active: CandidateNode) -> None:
+    def _twin_summary(self) -> dict[str, Any] | None:
         if self.twin is None:
-            return
+            return None
         ex = self.primary.execution
-        twin = summary(self.twin.rows(), mode=self.primary.mode, broker=ex.broker,
+        return summary(self.twin.rows(), mode=self.primary.mode, broker=ex.broker,
                        session=self.session.session_id if self.session else "")  # fmt: skip
+
+    def _write_twin(self, active: CandidateNode, twin: dict[str, Any] | None) -> None:
+        if twin is None:
+            return
         write_json_atomic(active.dir / TWIN_FILE, twin)
         if self.publisher is not None:
             self.publisher.publish(self._prefixes[active.name] + TOPIC_TWIN, twin)
@@ -496,13 +500,15 @@ class Shadow:
         """Judge the gates, write each candidate's status, queue the ones that pass."""
         active = next((n for n in self.nodes if n.name == ACTIVE), None)
         gates = self.primary.shadow.gates
+        twin = self._twin_summary()
         for n in self.nodes:
             n.recorder.on_timer(now)
             if active is not None and n is not active:
                 mine, theirs = paired(n, active)
                 n.verdict = judge(
-                    gates, mine, theirs, n.started_equity, n.trades, len(n.days), n.violations
-                )
+                    gates, mine, theirs, n.started_equity, n.trades, len(n.days), n.violations,
+                    twin,
+                )  # fmt: skip
                 if n.verdict.passed and not n.promotion:
                     n.promotion, queued = queue_promotion(
                         self._approvals, n.name, n.candidate.family, n.candidate.params,
@@ -517,7 +523,7 @@ class Shadow:
             if n is active:
                 status["twin"] = self.twin is not None
                 status["twin_off"] = self.twin_off
-                self._write_twin(n)
+                self._write_twin(n, twin)
             write_json_atomic(n.dir / STATUS_FILE, status)
             write_json_atomic(n.dir / TRACK_FILE, msgspec.to_builtins(n.track()))
             if self.publisher is not None:
