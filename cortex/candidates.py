@@ -129,19 +129,25 @@ def candidate_row(c: CandidateFiles, promotions: dict[str, str]) -> dict[str, An
     promotion = s.get("promotion") or ""
     return {
         "candidate": c.name,
-        "source": s.get("source", ""),
         "genes": _genes(s.get("params")),
-        "ticks": s.get("ticks"),
-        "trades": s.get("trades"),
-        "P&L": s.get("pnl"),
-        "equity": s.get("equity"),
-        "days": s.get("days"),
-        "divergences": s.get("divergences"),
+        "ticks": _number(s.get("ticks"), ","),
+        "trades": _number(s.get("trades"), ","),
+        "P&L": _number(s.get("pnl"), ",.2f"),
+        "equity": _number(s.get("equity"), ",.2f"),
+        "days": _number(s.get("days"), ","),
+        "divergences": _number(s.get("divergences"), ","),
         "last divergence": f"#{last.get('seq')} {last.get('reason', '')}" if last else "",
         "gates": verdict(s) if c.status is not None else "unreadable",
-        "promotion": promotion,
-        "promotion status": promotions.get(promotion, "not in the queue") if promotion else "",
+        "promotion": f"{promotion} {promotions.get(promotion, 'not in the queue')}"
+        if promotion
+        else "",
     }
+
+
+def _number(x: Any, spec: str) -> str:
+    """A figure as the table shows it; "" when the file had none (every cell is text, so a
+    candidate with an unreadable status does not turn the others' counts into floats)."""
+    return format(x, spec) if isinstance(x, int | float) and not isinstance(x, bool) else ""
 
 
 def gate_rows(status: dict[str, Any]) -> list[dict[str, str]]:

@@ -83,13 +83,13 @@ def test_rows_gates_and_promotion_from_the_shadows_files(tmp_path: Path) -> None
 
     row = candidate_row(calm, {"prm-abc": "PENDING"})
     assert row["candidate"] == "calm" and row["genes"] == "energy_threshold=0.03"
-    assert (row["ticks"], row["trades"], row["P&L"], row["days"]) == (1200, 3, 12.5, 1)
-    assert row["divergences"] == 4
+    assert (row["ticks"], row["trades"], row["P&L"], row["days"]) == ("1,200", "3", "12.50", "1")
+    assert (row["divergences"], row["equity"]) == ("4", "1,000,020.00")
     assert row["last divergence"] == "#77 the strategy read energy 0.02 < 0.03"
-    assert (row["promotion"], row["promotion status"]) == ("prm-abc", "PENDING")
-    assert candidate_row(calm, {})["promotion status"] == "not in the queue"
+    assert row["promotion"] == "prm-abc PENDING"
+    assert candidate_row(calm, {})["promotion"] == "prm-abc not in the queue"
     assert candidate_row(active, {})["gates"] == "n/a"
-    assert candidate_row(active, {})["promotion status"] == ""
+    assert candidate_row(active, {})["promotion"] == ""
 
     # The checks as the gates judged them, in their order, ok or FAIL with their figures.
     assert calm.status is not None and wide.status is not None
@@ -124,6 +124,7 @@ def test_a_half_written_or_missing_file_is_named_and_the_rest_still_shows(
     assert str(status) in calm.problems[0] and "unreadable" in calm.problems[0]
     assert calm.equity == [START, START + 5]  # its track still draws
     assert candidate_row(calm, {})["gates"] == "unreadable"
+    assert candidate_row(calm, {})["ticks"] == ""  # no figure, not None or 0
 
     keen = found["keen"]
     assert keen.status is not None and keen.equity == []

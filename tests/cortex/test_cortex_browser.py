@@ -27,11 +27,12 @@ from pathlib import Path
 import pytest
 
 from chimera_core.control import ControlClient
-from chimera_governance.approvals import proposals, propose
+from chimera_governance.approvals import proposals, propose, queue_promotion
 from tests.cortex.browser import ARTIFACTS, CHROMIUM, NO_BROWSER
 from tests.cortex.browser import launch as _launch
 from tests.cortex.browser import settle as _settle
 from tests.cortex.browser import wait_text as _wait_text
+from tests.cortex.test_candidates import write_candidate
 from tests.loopback import REPO, chimera, free_port, wait_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -323,6 +324,18 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
 
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
+    # A shadow candidate whose promotion waits for a human, and one whose status.json is
+    # half written, as the shadow's files and queue hold them.
+    shadow_dir = tmp_path / "data" / "shadow"
+    pid, _ = queue_promotion(
+        tmp_path / "data" / "paper" / "approvals.db", "calm", "default",
+        {"energy_threshold": 0.03}, "gates passed", 1,
+    )  # fmt: skip
+    write_candidate(shadow_dir, "active", [1e6, 1e6], gates=False)
+    write_candidate(shadow_dir, "calm", [1e6, 1e6 + 5], promotion=pid)
+    write_candidate(shadow_dir, "keen", [1e6, 1e6 + 2])
+    damaged = shadow_dir / "keen" / "status.json"
+    damaged.write_bytes(damaged.read_bytes()[:30])
     cortex = chimera("cortex", "--config", "chimera.toml", "--port", str(web_port), cwd=tmp_path)
     try:
         wait_port(web_port, timeout=60)
@@ -344,6 +357,14 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             assert re.search(r"journal\s*\n\s*WRITE FAILED", text), text[:3000]
             assert re.search(r"disk free \(data_dir\)\s*\n\s*12 MB", text)
             page.screenshot(path=str(ARTIFACTS / "health-alerts.png"), full_page=True)
+            # Candidates: the pending promotion shows, with no control to decide it.
+            page.goto(f"http://127.0.0.1:{web_port}/candidates")
+            _wait_text(page, rf"promotion {pid} · PENDING")
+            text = _settle(page)
+            assert f"keen: {damaged} is unreadable" in text
+            assert "Read-only: log in as the operator (sidebar) to approve or reject." in text
+            _assert_no_controls(page)
+            page.screenshot(path=str(ARTIFACTS / "candidates-read-only.png"), full_page=True)
             browser.close()
     finally:
         stop.set()
@@ -422,7 +443,7 @@ def test_candidates_page_shows_the_shadow_and_promotes_a_candidate(tmp_path):
             # Before the shadow wrote anything: the empty state says where it looked.
             page.goto(base + "candidates")
             _wait_text(page, rf"No shadow candidates under {re.escape(str(shadow_dir))}")
-            assert "start `chimera shadow`" in _settle(page)
+            assert "start chimera shadow" in _settle(page)
 
             # The engine (the shadow has dialled it already; the engine waits for a
             # subscriber before its first message), then the recorder.
@@ -443,15 +464,16 @@ def test_candidates_page_shows_the_shadow_and_promotes_a_candidate(tmp_path):
             winner, proposal_id = m.group(1), m.group(2)
             assert winner in CANDIDATE_GENES
             text = _settle(page)
-            for name in ("active", *CANDIDATE_GENES):  # a cell of the summary table
-                assert re.search(rf"[\t\n]{name}\t", text), name
+            page.screenshot(path=str(ARTIFACTS / "candidates.png"), full_page=True)
+            cells = {c.strip() for c in re.split(r"[\t\n]", text)}  # of the tables, and more
+            for name in ("active", *CANDIDATE_GENES):
+                assert name in cells, name
             for check in ("days", "trades", "sharpe", "drawdown", "significance", "governance"):
-                assert re.search(rf"[\t\n]{check}\tok\t", text), check
+                assert re.search(rf"\s{check}\s+ok\s", text), check
             assert "edge needed -100" in text  # a gate check's detail, as the shadow judged
             assert "Read-only: log in as the operator (sidebar) to approve or reject." in text
             assert page.locator(".js-plotly-plot").count() >= 1  # equity vs the active's
             _assert_no_controls(page)
-            page.screenshot(path=str(ARTIFACTS / "candidates.png"), full_page=True)
             status = json.loads((shadow_dir / winner / "status.json").read_text())
             assert status["promotion"] == proposal_id and status["gates"]["passed"]
             genes = tomllib.loads((tmp_path / f"{winner}.toml").read_text())["genome"]
