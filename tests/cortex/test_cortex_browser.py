@@ -20,8 +20,6 @@ import tempfile
 import threading
 import time
 import tomllib
-import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -29,11 +27,12 @@ import pytest
 from chimera_core.control import ControlClient
 from chimera_governance.approvals import proposals, propose, queue_promotion
 from tests.cortex.browser import ARTIFACTS, CHROMIUM, NO_BROWSER
+from tests.cortex.browser import healthy as _healthy
 from tests.cortex.browser import launch as _launch
 from tests.cortex.browser import settle as _settle
 from tests.cortex.browser import wait_text as _wait_text
 from tests.cortex.test_candidates import write_candidate
-from tests.loopback import REPO, chimera, free_port, wait_port
+from tests.loopback import REPO, chimera, free_port, stop, wait_log, wait_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,28 +79,6 @@ def _set_password(cwd: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert setpw.returncode == 0, setpw.stderr
-
-
-def _healthy(web_port: int) -> str:
-    """The cortex's base URL once its server answers its health check."""
-    wait_port(web_port, timeout=60)
-    base = f"http://127.0.0.1:{web_port}/"
-    deadline = time.monotonic() + 30
-    while urllib.request.urlopen(base + "_stcore/health", timeout=5).status != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    return base
-
-
-def _stop(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGINT each in turn (as an operator's Ctrl-C), killed if it takes over 20 s."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def _approval_status(db: Path, approval_id: str) -> str | None:
@@ -287,7 +264,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             browser.close()
         client.close()
     finally:
-        _stop(reversed(procs))
+        stop(reversed(procs))
     cortex = procs[2]
     assert cortex.returncode in (0, -2), cortex.output()[1].decode()[-3000:]
 
@@ -316,10 +293,10 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
         journal_error="database or disk is full", disk_free_mb=12.0, unprotected=["2885"],
         trading_state="REDUCING",
     )  # fmt: skip
-    stop = threading.Event()
+    beating_done = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(0.3):
+        while not beating_done.wait(0.3):
             pub.publish(TOPIC_HEALTH, health)
 
     beater = threading.Thread(target=beat, daemon=True)
@@ -367,7 +344,7 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             page.screenshot(path=str(ARTIFACTS / "candidates-read-only.png"), full_page=True)
             browser.close()
     finally:
-        stop.set()
+        beating_done.set()
         beater.join(2)
         pub.close()
         cortex.send_signal(signal.SIGINT)
@@ -447,11 +424,7 @@ def test_candidates_page_shows_the_shadow_and_promotes_a_candidate(tmp_path):
 
             # The engine (the shadow has dialled it already; the engine waits for a
             # subscriber before its first message), then the recorder.
-            deadline = time.monotonic() + 60
-            while b"shadow_subscribed" not in b"".join(shadow.output()):
-                assert shadow.poll() is None, shadow.output()[1].decode()[-3000:]
-                assert time.monotonic() < deadline, "the shadow never subscribed"
-                time.sleep(0.1)
+            wait_log(shadow, b"shadow_subscribed")
             procs.append(chimera("live", cwd=tmp_path, env=env))
             wait_port(tel_port)
             procs.append(chimera("record", cwd=tmp_path))
@@ -503,6 +476,6 @@ def test_candidates_page_shows_the_shadow_and_promotes_a_candidate(tmp_path):
             assert time.monotonic() < deadline, (genes, in_force)
             time.sleep(0.5)
     finally:
-        _stop(procs[3:4])  # the engine first: the shadow and the recorder get its last words
-        _stop([procs[1], *procs[4:], procs[2], procs[0]])
+        stop(procs[3:4])  # the engine first: the shadow and the recorder get its last words
+        stop([procs[1], *procs[4:], procs[2], procs[0]])
     assert cortex.returncode in (0, -2), cortex.output()[1].decode()[-3000:]
