@@ -117,16 +117,21 @@ def _genes(params: Any) -> str:
 
 def verdict(status: dict[str, Any]) -> str:
     """PASS, fail, or n/a (the active genome, or not judged yet)."""
-    gates = status.get("gates") or {}
-    return "n/a" if not gates else ("PASS" if gates.get("passed") else "fail")
+    gates = status.get("gates")
+    return (
+        "n/a"
+        if not isinstance(gates, dict) or not gates
+        else ("PASS" if gates.get("passed") else "fail")
+    )
 
 
 def candidate_row(c: CandidateFiles, promotions: dict[str, str]) -> dict[str, Any]:
     """The summary table's row of one candidate; ``promotions`` maps proposal id → status
     (PENDING, APPROVED, REJECTED) from the primary's approval queue."""
     s = c.status or {}
-    last = s.get("last_divergence") or {}
-    promotion = s.get("promotion") or ""
+    last = s.get("last_divergence")
+    last = last if isinstance(last, dict) else {}
+    promotion = str(s.get("promotion") or "")
     return {
         "candidate": c.name,
         "genes": _genes(s.get("params")),
@@ -152,11 +157,12 @@ def _number(x: Any, spec: str) -> str:
 
 def gate_rows(status: dict[str, Any]) -> list[dict[str, str]]:
     """Each gate check: its name, ok or FAIL, and the figures behind it."""
-    checks = (status.get("gates") or {}).get("checks") or ()
+    gates = status.get("gates")
+    checks = gates.get("checks") if isinstance(gates, dict) else None
     return [
         {"check": str(c.get("name")), "result": "ok" if c.get("ok") else "FAIL",
          "detail": str(c.get("detail", ""))}
-        for c in checks
+        for c in checks or () if isinstance(c, dict)
     ]  # fmt: skip
 
 

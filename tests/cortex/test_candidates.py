@@ -137,6 +137,12 @@ def test_a_half_written_or_missing_file_is_named_and_the_rest_still_shows(
     assert all("not written yet" in p for p in quick.problems)
 
     assert not found[ACTIVE].problems
+
+    # JSON of the wrong shape (not what the shadow writes): blanks, never a crash.
+    odd = CandidateFiles("odd", {"gates": "x", "last_divergence": 3, "ticks": "many"})
+    row = candidate_row(odd, {})
+    assert (row["gates"], row["ticks"], row["last divergence"]) == ("n/a", "", "")
+    assert gate_rows({"gates": {"checks": [1, None]}}) == []
     assert set(aligned(list(found.values()))) == {ACTIVE, "calm"}  # nothing to draw for two
 
 
