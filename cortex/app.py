@@ -25,11 +25,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from chimera_core.commands import Command
-from chimera_core.errors import ChimeraError
-from cortex import charts, sources
+from cortex import candidates, charts, sources
 from cortex.names import label, recorded_names
 from cortex.runtime import Runtime, build_runtime
 from cortex.state import LAYERS, Snapshot, disk_free_text, health_alerts, percentiles_us
+from cortex.widgets import (
+    command,
+    last_proposal_reply,
+    logged_in,
+    login_id,
+    proposal_buttons,
+    store_rows,
+)
 
 IST = timezone(timedelta(hours=5, minutes=30))
 NOTABLE_ROWS = 50
@@ -61,20 +68,6 @@ def mode_label(snap: Snapshot, rt: Runtime) -> str:
 
 def min_free_disk_mb(rt: Runtime) -> float:
     return float(getattr(rt.cfg, "min_free_disk_mb", 0) or 0)
-
-
-def login_id() -> str | None:
-    """This browser session's operator login (checked by the runtime on every command)."""
-    value = st.session_state.get("operator_login")
-    return value if isinstance(value, str) else None
-
-
-def logged_in(rt: Runtime) -> bool:
-    return not rt.can_control() and rt.logins.valid(login_id())
-
-
-def command(rt: Runtime, name: str, arg: str = "") -> dict[str, Any]:
-    return rt.command(name, arg, login_id())
 
 
 def _waiting(rt: Runtime) -> None:
@@ -438,22 +431,12 @@ def page_execution() -> None:
             if rc.positions:
                 st.dataframe([msgspec.to_builtins(p) for p in rc.positions], hide_index=True)
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
-        journal_fills = _store_rows(lambda: sources.journal(mode_dir, "fills", 100))
+        journal_fills = store_rows(lambda: sources.journal(mode_dir, "fills", 100))
         if journal_fills:
             st.subheader(f"{mode} journal fills, newest first ({mode_dir / 'chimera.db'})")
             st.dataframe(journal_fills, hide_index=True)
 
     body()
-
-
-def _store_rows(read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """A store's rows, or an error on the page naming the file when it is damaged or has a
-    schema this code does not read (never an empty table that looks like "nothing yet")."""
-    try:
-        return read()
-    except ChimeraError as exc:
-        st.error(f"cannot read the store: {exc}")
-        return []
 
 
 def _report_row(r: Any, names: dict[str, str]) -> dict[str, Any]:
@@ -491,7 +474,7 @@ def page_governance() -> None:
         names = names_of(rt, snap)
         mode_dir = Path(rt.cfg.data_dir) / (snap.session.mode if snap.session else rt.cfg.mode)
         st.subheader("Approval queue")
-        queue = _store_rows(lambda: sources.approvals(mode_dir))
+        queue = store_rows(lambda: sources.approvals(mode_dir))
         pending = [r for r in queue if r["status"] == "PENDING"]
         known = {r["approval_id"] for r in queue}
         # Pending approvals the decisions reported but the db (not readable here) lacks.
@@ -544,7 +527,7 @@ def page_governance() -> None:
                 st.dataframe(decided, hide_index=True)
 
         st.subheader("Proposals")
-        props = _store_rows(lambda: sources.proposals(mode_dir))
+        props = store_rows(lambda: sources.proposals(mode_dir))
         waiting = [p for p in props if p["status"] == "PENDING"]
         if not waiting:
             st.caption("No genome proposal waits for a human.")
@@ -555,18 +538,9 @@ def page_governance() -> None:
                 f"**{pid}** · {p['kind']} · {_payload_text(p['payload'])} · {p['reason']} · "
                 f"by {p['proposed_by']} · queued {ts(p['created_ms'])}"
             )
-            if not operator:
-                continue
-            if c[1].button("Approve", key=f"approve-{pid}", type="primary"):
-                st.session_state.last_proposal = ("approve", pid, command(rt, Command.APPROVE, pid))
-            if c[2].button("Reject", key=f"reject-{pid}"):
-                st.session_state.last_proposal = ("reject", pid, command(rt, Command.REJECT, pid))
-        last = st.session_state.get("last_proposal")
-        if last is not None:
-            action, pid, reply = last
-            (st.success if reply.get("ok") else st.error)(
-                f"{action} {pid}: " + str(reply.get("result") or reply.get("error"))
-            )
+            if operator:
+                proposal_buttons(rt, pid, c[1], c[2])
+        last_proposal_reply()
         done = [p for p in props if p["status"] != "PENDING"][-30:]
         if done:
             with st.expander(f"Decided proposals ({len(done)})"):
@@ -608,7 +582,7 @@ def page_governance() -> None:
         else:
             st.caption("No vetoes this session.")
         st.subheader("Genome versions")
-        genomes = _store_rows(lambda: sources.genome_versions(mode_dir))
+        genomes = store_rows(lambda: sources.genome_versions(mode_dir))
         if genomes:
             st.dataframe(genomes, hide_index=True)
         else:
@@ -622,6 +596,11 @@ def page_governance() -> None:
             )
 
     body()
+
+
+# ---- Candidates (the shadow's) -----------------------------------------------------------
+def page_candidates() -> None:
+    candidates.page(runtime())
 
 
 # ---- Health / latency ------------------------------------------------------------------
@@ -763,6 +742,7 @@ PAGES = [
     st.Page(page_market, title="Market", url_path="market"),
     st.Page(page_execution, title="Execution", url_path="execution"),
     st.Page(page_governance, title="Governance", url_path="governance"),
+    st.Page(page_candidates, title="Candidates", url_path="candidates"),
     st.Page(page_health, title="Health", url_path="health"),
     st.Page(page_replay, title="Replay", url_path="replay"),
 ]

@@ -243,3 +243,25 @@ def price_line(points: list[tuple[int, float]], cursor_ms: int | None) -> go.Fig
         fig.add_vline(x=datetime.fromtimestamp(cursor_ms / 1000, IST), line_color="#dc2626")
     fig.update_layout(height=300, margin={"t": 20, "b": 10})
     return fig
+
+
+def equity_vs_active(curves: dict[str, tuple[list[int], list[float]]], active: str) -> go.Figure:
+    """Each shadow candidate's equity at its bar closes; the active genome's, the reference,
+    drawn thick and dashed."""
+    fig = go.Figure()
+    for name, (bar_ts, equity) in curves.items():
+        ref = name == active
+        fig.add_trace(
+            go.Scatter(
+                x=[datetime.fromtimestamp(t / 1000, IST) for t in bar_ts],
+                y=equity,
+                name=f"{name} (reference)" if ref else name,
+                mode="lines",
+                line={"width": 3, "dash": "dash", "color": "#111827"} if ref else {"width": 1.5},
+            )
+        )
+    fig.update_layout(
+        height=360, margin={"t": 30, "b": 10}, title="equity at each bar close vs the active genome"
+    )
+    fig.update_yaxes(title_text="equity")
+    return fig

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,27 @@ def chimera(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> 
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGINT each process in turn (an operator's Ctrl-C) and wait; killed after ``timeout``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_log(proc: ChimeraProcess, event: bytes, timeout: float = 60.0) -> None:
+    """Block until ``proc`` has logged ``event`` (a structlog event name); fails at once
+    with its stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while event not in b"".join(proc.output()):
+        assert proc.poll() is None, proc.output()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, f"no {event!r} in the process's log"
+        time.sleep(0.1)
 
 
 async def start_order_sim(**kwargs: Any) -> Any:

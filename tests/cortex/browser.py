@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.loopback import REPO
+from tests.loopback import REPO, wait_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "cortex"
@@ -20,6 +21,17 @@ NO_BROWSER = (
 
 def have_browser() -> bool:
     return Path(CHROMIUM).exists()
+
+
+def healthy(web_port: int) -> str:
+    """The cortex's base URL once its server on ``web_port`` answers its health check."""
+    wait_port(web_port, timeout=60)
+    base = f"http://127.0.0.1:{web_port}/"
+    deadline = time.monotonic() + 30
+    while urllib.request.urlopen(base + "_stcore/health", timeout=5).status != 200:
+        assert time.monotonic() < deadline, f"{base}_stcore/health never answered 200"
+        time.sleep(0.2)
+    return base
 
 
 def launch(pw: Any, profile: str) -> Any:

@@ -19,18 +19,20 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from chimera_core.control import ControlClient
-from chimera_governance.approvals import proposals, propose
+from chimera_governance.approvals import proposals, propose, queue_promotion
 from tests.cortex.browser import ARTIFACTS, CHROMIUM, NO_BROWSER
+from tests.cortex.browser import healthy as _healthy
 from tests.cortex.browser import launch as _launch
 from tests.cortex.browser import settle as _settle
 from tests.cortex.browser import wait_text as _wait_text
-from tests.loopback import REPO, chimera, free_port, wait_port
+from tests.cortex.test_candidates import write_candidate
+from tests.loopback import REPO, chimera, free_port, stop, wait_log, wait_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,6 +69,16 @@ def _assert_no_controls(page) -> None:
 def _log_in(page, password: str) -> None:
     page.get_by_label("Operator password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+def _set_password(cwd: Path) -> None:
+    """`chimera cortex --set-password` with PASSWORD, as the operator types it."""
+    setpw = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "cortex", "--config", "chimera.toml", "--set-password"],
+        cwd=cwd, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert setpw.returncode == 0, setpw.stderr
 
 
 def _approval_status(db: Path, approval_id: str) -> str | None:
@@ -106,12 +118,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
     env = {"CHIMERA_CONTROL_TOKEN": TOKEN}
     procs: list[subprocess.Popen[bytes]] = []
     data_dir = tmp_path / "data"
-    setpw = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "cortex", "--config", "chimera.toml", "--set-password"],
-        cwd=tmp_path, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert setpw.returncode == 0, setpw.stderr
+    _set_password(tmp_path)
     try:
         procs.append(chimera("sim", "--port", str(sim_port), "--rate", "1000", cwd=tmp_path))
         wait_port(sim_port)
@@ -130,12 +137,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             )
         )
         procs.append(chimera("live", "--config", "chimera.toml", cwd=tmp_path, env=env))
-        wait_port(web_port, timeout=60)
-        base = f"http://127.0.0.1:{web_port}/"
-        deadline = time.monotonic() + 30
-        while urllib.request.urlopen(base + "_stcore/health", timeout=5).status != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        base = _healthy(web_port)
         ns = _neural_state(data_dir)
         session_id = ns["session_id"]
         client = ControlClient(f"tcp://127.0.0.1:{ctl_port}", TOKEN, 5.0)
@@ -262,13 +264,7 @@ def test_cortex_pages_show_the_session_and_controls_reach_the_engine(tmp_path):
             browser.close()
         client.close()
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(reversed(procs))
     cortex = procs[2]
     assert cortex.returncode in (0, -2), cortex.output()[1].decode()[-3000:]
 
@@ -297,14 +293,26 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
         journal_error="database or disk is full", disk_free_mb=12.0, unprotected=["2885"],
         trading_state="REDUCING",
     )  # fmt: skip
-    stop = threading.Event()
+    beating_done = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(0.3):
+        while not beating_done.wait(0.3):
             pub.publish(TOPIC_HEALTH, health)
 
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
+    # A shadow candidate whose promotion waits for a human, and one whose status.json is
+    # half written, as the shadow's files and queue hold them.
+    shadow_dir = tmp_path / "data" / "shadow"
+    pid, _ = queue_promotion(
+        tmp_path / "data" / "paper" / "approvals.db", "calm", "default",
+        {"energy_threshold": 0.03}, "gates passed", 1,
+    )  # fmt: skip
+    write_candidate(shadow_dir, "active", [1e6, 1e6], gates=False)
+    write_candidate(shadow_dir, "calm", [1e6, 1e6 + 5], promotion=pid)
+    write_candidate(shadow_dir, "keen", [1e6, 1e6 + 2])
+    damaged = shadow_dir / "keen" / "status.json"
+    damaged.write_bytes(damaged.read_bytes()[:30])
     cortex = chimera("cortex", "--config", "chimera.toml", "--port", str(web_port), cwd=tmp_path)
     try:
         wait_port(web_port, timeout=60)
@@ -326,9 +334,17 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             assert re.search(r"journal\s*\n\s*WRITE FAILED", text), text[:3000]
             assert re.search(r"disk free \(data_dir\)\s*\n\s*12 MB", text)
             page.screenshot(path=str(ARTIFACTS / "health-alerts.png"), full_page=True)
+            # Candidates: the pending promotion shows, with no control to decide it.
+            page.goto(f"http://127.0.0.1:{web_port}/candidates")
+            _wait_text(page, rf"promotion {pid} · PENDING")
+            text = _settle(page)
+            assert f"keen: {damaged} is unreadable" in text
+            assert "Read-only: log in as the operator (sidebar) to approve or reject." in text
+            _assert_no_controls(page)
+            page.screenshot(path=str(ARTIFACTS / "candidates-read-only.png"), full_page=True)
             browser.close()
     finally:
-        stop.set()
+        beating_done.set()
         beater.join(2)
         pub.close()
         cortex.send_signal(signal.SIGINT)
@@ -336,3 +352,130 @@ def test_without_a_control_token_the_cortex_is_read_only(tmp_path, monkeypatch):
             cortex.wait(timeout=20)
         except subprocess.TimeoutExpired:
             cortex.kill()
+
+
+CANDIDATE_GENES = {  # three candidates beside the active genome (the primary runs 0.006)
+    "calm": "energy_threshold = 0.03\n",
+    "wide": "band_k = 3.0\n",
+    "keen": "energy_threshold = 0.02\nband_lookback = 100\n",
+}
+
+
+def _genes_in_force(tmp_path: Path) -> dict[str, float]:
+    """`chimera genome show` on the primary's genome store: its params ({} with no store)."""
+    db = tmp_path / "data" / "paper" / "genome.db"
+    if not db.exists():
+        return {}
+    show = chimera("genome", "show", "--db", str(db), cwd=tmp_path)
+    assert show.wait(timeout=60) == 0, show.output()
+    return dict(json.loads(show.output()[0])["params"])
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=NO_BROWSER)
+@pytest.mark.timeout(600)  # ~1-2 min alone; a loaded 2-core box takes several
+def test_candidates_page_shows_the_shadow_and_promotes_a_candidate(tmp_path):
+    """`chimera shadow` with four candidates (the active genome and three others, gates
+    deliberately small as in tests/tools/test_shadow_e2e.py) beside a paper session: the
+    Candidates page lists them, with their gates, read-only until the operator logs in;
+    approving a passing candidate's promotion there puts its genes in force in the
+    primary, as `chimera genome show` on the primary's genome store says."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sim_port, tel_port, ctl_port, shadow_port, web_port = (free_port() for _ in range(5))
+    (tmp_path / "chimera.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[feed]\nurl = "ws://127.0.0.1:{sim_port}/smart-stream"\nmode = "SNAP_QUOTE"\n'
+        "[strategy]\nbar_interval_s = 5\nenergy_threshold = 0.006\n"
+        '[logging]\ndecisions = "none"\n'
+        f'[telemetry]\nendpoint = "tcp://127.0.0.1:{tel_port}"\nhealth_interval_s = 0.5\n'
+        "wait_for_subscriber_s = 60\n"
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ctl_port}"\n'
+        "[governance]\napproval_size_limit = 1e9\napproval_min_confidence = 0.0\n"
+        "[execution.paper]\nlatency_ms = 8000\n"  # why: tests/tools/test_shadow_e2e.py
+        f'[shadow]\nendpoint = "tcp://127.0.0.1:{shadow_port}"\ncheck_interval_s = 0.5\n'
+        # Deliberately small gates: any candidate whose returns differ from the active's.
+        "[shadow.gates]\nmin_days = 0\nmin_trades = 0\nmin_sharpe_edge = -100.0\n"
+        "max_drawdown_excess = 1.0\nsignificance = 1.0\n"
+    )
+    for name, genes in CANDIDATE_GENES.items():
+        (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\n[genome]\n{genes}')
+    _set_password(tmp_path)
+    env = {"CHIMERA_CONTROL_TOKEN": TOKEN}
+    shadow_dir = tmp_path / "data" / "shadow"
+    procs = [chimera("sim", "--port", str(sim_port), "--rate", "500", cwd=tmp_path)]
+    try:
+        wait_port(sim_port)
+        shadow = chimera("shadow", "run", *(f"{n}.toml" for n in CANDIDATE_GENES), cwd=tmp_path)
+        procs.append(shadow)
+        cortex = chimera(
+            "cortex", "--port", str(web_port), "--refresh-s", "1", cwd=tmp_path, env=env
+        )
+        procs.append(cortex)
+        base = _healthy(web_port)
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            browser = _launch(pw, profile)
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.set_default_timeout(30_000)
+            # Before the shadow wrote anything: the empty state says where it looked.
+            page.goto(base + "candidates")
+            _wait_text(page, rf"No shadow candidates under {re.escape(str(shadow_dir))}")
+            assert "start chimera shadow" in _settle(page)
+
+            # The engine (the shadow has dialled it already; the engine waits for a
+            # subscriber before its first message), then the recorder.
+            wait_log(shadow, b"shadow_subscribed")
+            procs.append(chimera("live", cwd=tmp_path, env=env))
+            wait_port(tel_port)
+            procs.append(chimera("record", cwd=tmp_path))
+
+            # Every candidate shows, and one passes its gates with its promotion pending.
+            m = _wait_text(
+                page, r"(\w+) · gates PASS\s*\n[\s\S]*?promotion (prm-[0-9a-f]{20}) · PENDING",
+                timeout_s=180,
+            )  # fmt: skip
+            winner, proposal_id = m.group(1), m.group(2)
+            assert winner in CANDIDATE_GENES
+            text = _settle(page)
+            page.screenshot(path=str(ARTIFACTS / "candidates.png"), full_page=True)
+            cells = {c.strip() for c in re.split(r"[\t\n]", text)}  # of the tables, and more
+            for name in ("active", *CANDIDATE_GENES):
+                assert name in cells, name
+            for check in ("days", "trades", "sharpe", "drawdown", "significance", "governance"):
+                assert re.search(rf"\s{check}\s+ok\s", text), check
+            assert "edge needed -100" in text  # a gate check's detail, as the shadow judged
+            assert "Read-only: log in as the operator (sidebar) to approve or reject." in text
+            assert page.locator(".js-plotly-plot").count() >= 1  # equity vs the active's
+            _assert_no_controls(page)
+            status = json.loads((shadow_dir / winner / "status.json").read_text())
+            assert status["promotion"] == proposal_id and status["gates"]["passed"]
+            genes = tomllib.loads((tmp_path / f"{winner}.toml").read_text())["genome"]
+            before = _genes_in_force(tmp_path)
+            assert any(before.get(g) != pytest.approx(v) for g, v in genes.items()), before
+
+            # The operator approves it here: the engine decides it and activates the genes.
+            _log_in(page, PASSWORD)
+            page.locator(f".st-key-approve-{proposal_id} button").click()
+            _wait_text(page, f"approve {proposal_id}: ")
+            db = tmp_path / "data" / "paper" / "approvals.db"
+            deadline = time.monotonic() + 30
+            while next(p["status"] for p in proposals(db) if p["proposal_id"] == proposal_id) != (
+                "APPROVED"
+            ):
+                assert time.monotonic() < deadline, proposals(db)
+                time.sleep(0.2)
+            _wait_text(page, rf"promotion {proposal_id} · APPROVED")
+            page.screenshot(path=str(ARTIFACTS / "candidates-promoted.png"), full_page=True)
+            browser.close()
+        # In force in the primary from its next bar close: `chimera genome show` says so.
+        deadline = time.monotonic() + 60
+        while True:
+            in_force = _genes_in_force(tmp_path)
+            if all(in_force.get(g) == pytest.approx(v) for g, v in genes.items()):
+                break
+            assert time.monotonic() < deadline, (genes, in_force)
+            time.sleep(0.5)
+    finally:
+        stop(procs[3:4])  # the engine first: the shadow and the recorder get its last words
+        stop([procs[1], *procs[4:], procs[2], procs[0]])
+    assert cortex.returncode in (0, -2), cortex.output()[1].decode()[-3000:]

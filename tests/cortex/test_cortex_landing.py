@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -38,8 +37,8 @@ from chimera_core.contracts import Health, Mode
 from chimera_core.event_loop import Engine, session_info
 from chimera_core.feed.smartapi_v2 import encode
 from chimera_core.telemetry import TOPIC_HEALTH, TOPIC_SESSION, TelemetryPublisher
-from tests.cortex.browser import ARTIFACTS, NO_BROWSER, have_browser, launch, settle
-from tests.loopback import chimera, free_port, wait_port
+from tests.cortex.browser import ARTIFACTS, NO_BROWSER, have_browser, healthy, launch, settle
+from tests.loopback import chimera, free_port
 from tools.cli import with_instruments
 from tools.sim.market import Market
 from tools.sim.master import SAMPLE_MASTER
@@ -141,13 +140,7 @@ def _start_cortex(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         "cortex", "--config", "chimera.toml", "--port", str(web_port),
         "--refresh-s", str(REFRESH_S), cwd=tmp_path,
     )  # fmt: skip
-    wait_port(web_port, timeout=60)
-    base = f"http://127.0.0.1:{web_port}/"
-    deadline = time.monotonic() + 30
-    while urllib.request.urlopen(base + "_stcore/health", timeout=5).status != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    return cortex, base
+    return cortex, healthy(web_port)
 
 
 def _map_title(page) -> re.Match[str] | None:

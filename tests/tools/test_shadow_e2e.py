@@ -11,8 +11,6 @@ recorder and a real shadow process, all on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 from chimera_core.telemetry import TOPIC_TICK, TelemetrySubscriber, decoder_for
 from chimera_execution.journal_view import JournalReader
-from tests.loopback import chimera, free_port, wait_port
+from tests.loopback import chimera, free_port, stop, wait_log, wait_port
 from tools.replay import replay_session
 
 pytestmark = pytest.mark.timeout(240)
@@ -34,24 +32,6 @@ def _status(tmp: Path, name: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _wait_log(proc, event: bytes, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while event not in b"".join(proc.output()):
-        assert proc.poll() is None, proc.output()[1].decode()[-3000:]
-        assert time.monotonic() < deadline, f"no {event!r} in the shadow's log"
-        time.sleep(0.1)
 
 
 def _fills(db: Path) -> list[tuple]:
@@ -102,7 +82,7 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
         # shadow is attached too and sees the session from its first message.
         files = ["calm.toml", *(f"{n}.toml" for n in others)]
         procs.append(chimera("shadow", "run", *files, cwd=tmp_path))
-        _wait_log(procs[1], b"shadow_subscribed")
+        wait_log(procs[1], b"shadow_subscribed")
         procs.append(chimera("live", cwd=tmp_path))
         wait_port(tel_port)
         time.sleep(0.5)
@@ -156,8 +136,8 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
         assert promoted.version >= 1
         time.sleep(2.0)  # a few more bars on the promoted genome, followed by the shadow
     finally:
-        _stop(procs[2:3])  # the engine first: the shadow and the recorder get its last words
-        _stop([procs[1], *procs[3:], procs[0]])
+        stop(procs[2:3])  # the engine first: the shadow and the recorder get its last words
+        stop([procs[1], *procs[3:], procs[0]])
 
     active, calm = _status(tmp_path, "active"), _status(tmp_path, "calm")
     assert active is not None and calm is not None
