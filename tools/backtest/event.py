@@ -87,16 +87,25 @@ weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
 
 class BarSeries(Protocol):
-    """What event mode reads from a bar series (``tools.backtest.data.Bars``)."""
+    """What event mode reads from a bar series (``tools.backtest.data.Bars``; read only, so
+    a frozen dataclass is one too)."""
 
-    ts_ms: npt.NDArray[np.int64]  # bar open, UTC epoch ms
-    open: npt.NDArray[np.float64]
-    high: npt.NDArray[np.float64]
-    low: npt.NDArray[np.float64]
-    close: npt.NDArray[np.float64]
-    volume: npt.NDArray[np.float64]
-    interval_ms: int
-    tz: str
+    @property
+    def ts_ms(self) -> npt.NDArray[np.int64]: ...  # bar open, UTC epoch ms
+    @property
+    def open(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def high(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def low(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def close(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def volume(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def interval_ms(self) -> int: ...
+    @property
+    def tz(self) -> str: ...
 
 
 class BacktestError(ChimeraError):
