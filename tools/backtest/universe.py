@@ -62,7 +62,7 @@ class Universe:
 
 
 def _symbol_column(table: pa.Table, wanted: str | None, source: str) -> str | None:
-    names = table.column_names
+    names: list[str] = list(table.column_names)
     by_lower = {n.strip().lower(): n for n in names}
     if wanted is not None:
         hit = by_lower.get(wanted.strip().lower())
