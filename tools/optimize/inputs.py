@@ -29,24 +29,32 @@ def token_of(path: Path, symbol: str = "") -> str:
 def load_instruments(
     paths: Sequence[str | Path], segment: str, interval: str | None = None, tz: str | None = None
 ) -> list[tuple[DataRef, Any]]:
-    """(reference, bars) per data file, checked; the same token twice is refused."""
+    """(reference, bars) per instrument, checked; the same token twice is refused. A
+    long-format file (a symbol or token column: docs/BACKTEST_DATA.md) gives one per
+    symbol, in token order, each referring to the file."""
     from tools.backtest.data import load_bars
+    from tools.backtest.universe import load_universe, symbol_column_in
 
     if segment not in ExchangeType.__members__:
         raise ChimeraError(f"--segment {segment!r}: one of {', '.join(ExchangeType.__members__)}")
     out: list[tuple[DataRef, Any]] = []
     seen: set[str] = set()
-    for p in paths:
+    for p in dict.fromkeys(str(x) for x in paths):  # a long file's symbols name it each
         path = Path(p)
         if not path.exists():
             raise ChimeraError(f"--data {p}: no such file (an OHLCV .csv or .parquet)")
-        bars = load_bars(path, interval=interval, tz=tz)
-        token = token_of(path, getattr(bars, "symbol", ""))
-        if token in seen:
-            raise ChimeraError(f"--data {p}: instrument {token!r} given twice")
-        seen.add(token)
-        ref = DataRef(path=str(path.resolve()), sha256=bars.sha256, token=token, segment=segment)
-        out.append((ref, bars))
+        if symbol_column_in(path) is not None:
+            found = load_universe([path], interval=interval, tz=tz).pairs()
+        else:
+            bars = load_bars(path, interval=interval, tz=tz)
+            found = [(token_of(path, getattr(bars, "symbol", "")), bars)]
+        for token, bars in found:
+            if token in seen:
+                raise ChimeraError(f"--data {p}: instrument {token!r} given twice")
+            seen.add(token)
+            ref = DataRef(path=str(path.resolve()), sha256=bars.sha256, token=token,
+                          segment=segment)  # fmt: skip
+            out.append((ref, bars))
     if not out:
         raise ChimeraError("--data: give at least one OHLCV file")
     return out
