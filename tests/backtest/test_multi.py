@@ -110,6 +110,9 @@ def test_the_instruments_pnl_add_up_to_the_accounts(twenty, side):
     assert sorted(per) == list(u.tokens)
     traded = sum(v["trades"] for v in per.values())
     assert traded == len(r["trades"]) > 0
+    # The account's exposure: the fraction of bars it ends holding any instrument.
+    held = (series[side]["pnl"] != 0).any(axis=0).mean()  # a held position moves its P&L
+    assert 0 < r["metrics"]["exposure"] <= 1 and r["metrics"]["exposure"] <= held + 1e-12
     # The account's equity at each bar's end against the sum of the instruments' P&L
     # computed from the fills (charges included) and each instrument's last close.
     np.testing.assert_allclose(

@@ -38,6 +38,17 @@ from tools.backtest.run import (
 from tools.backtest.universe import Universe
 
 
+def configured(cfg: Config, strategy: str, params: Mapping[str, Any] | None) -> Config:
+    """``cfg`` as event mode runs ``strategy`` with ``params``: the default strategy's
+    genome is seeded from ``[strategy]``, so its params go there."""
+    from tools.backtest.strategies import get
+
+    if strategy != "default":
+        return cfg
+    checked = _checked(get(strategy), params)
+    return msgspec.structs.replace(cfg, strategy=msgspec.structs.replace(cfg.strategy, **checked))
+
+
 def rules_off(cfg: Config) -> Config:
     """``cfg`` with every ``[governance.portfolio]`` rule off (its defaults)."""
     gov = msgspec.structs.replace(cfg.governance, portfolio=PortfolioConfig())
@@ -110,12 +121,8 @@ def run_universe(
     ``portfolio_rules`` False the ``[governance.portfolio]`` rules are all off."""
     from tools.backtest.strategies import get
 
-    spec = get(strategy)
-    checked = _checked(spec, params)
-    if strategy == "default":
-        cfg = msgspec.structs.replace(
-            cfg, strategy=msgspec.structs.replace(cfg.strategy, **checked)
-        )
+    checked = _checked(get(strategy), params)
+    cfg = configured(cfg, strategy, params)
     if not portfolio_rules:
         cfg = rules_off(cfg)
     bt = backtest_config(cfg, u.bars[0], list(u.tokens), exchange_type, Path("."))
@@ -154,8 +161,9 @@ def run_universe(
         "gross_cap": bt.governance.max_gross_exposure,
     }
     result["metrics"] = msgspec.to_builtins(
+        # exposure: the fraction of bars the account ends holding anything
         metrics.compute(ev.equity, trades=trades_of(ev.trades), ts_ms=ev.ts_ms,
-                        initial_equity=start)
+                        initial_equity=start, position=(position != 0).any(axis=0).astype(np.int64))
     )  # fmt: skip
     per: dict[str, Any] = {}
     for i, token in enumerate(u.tokens):
