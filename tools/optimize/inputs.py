@@ -67,9 +67,15 @@ def build_workload(
     folds: FoldSpec,
     long_only: bool = False,
     fast_settings: Mapping[str, Any] | None = None,
+    account: str = "separate",
 ) -> tuple[Workload, str]:
     """(workload, settings hash): the hash covers every instrument's fast-mode settings and
-    session masks, so a rerun can tell whether the configuration changed."""
+    session masks (and with ``account="shared"``, one account in event mode, the
+    configuration event mode runs), so a rerun can tell whether it changed."""
+    if account not in ("separate", "shared"):
+        raise ChimeraError(f"--account {account!r}: separate or shared")
+    if account == "shared" and fast_settings:
+        raise ChimeraError("--set changes fast mode's settings: drop it with --account shared")
     from tools.backtest import metrics as bt_metrics
     from tools.backtest.event import backtest_config
     from tools.backtest.run import fast_inputs
@@ -99,6 +105,8 @@ def build_workload(
         h.update(msgspec.json.encode(settings))
         for a in (inst.entries_allowed, inst.square_off, inst.open_delay):
             h.update(a.tobytes())
+    if account == "shared":
+        h.update(b"shared\x00" + msgspec.json.encode(cfg))
     grid = np.unique(np.concatenate([i.ts_ms for i in instruments]))
     interval_s = min(bt_metrics.bar_interval_s(i.ts_ms) for i in instruments)
     periods = bt_metrics.periods_per_year(interval_s)
@@ -107,5 +115,8 @@ def build_workload(
         strategy=strategy, instruments=tuple(instruments), grid_ts_ms=grid,
         folds=tuple(fold_list), periods_per_year=float(periods),
         day_starts=day_starts(grid, folds.tz),
+        account=account, cfg=cfg if account == "shared" else None,
+        bars=tuple(b for _, b in loaded) if account == "shared" else (),
+        exchange_type=int(ExchangeType[loaded[0][0].segment]), long_only=long_only,
     )  # fmt: skip
     return w, h.hexdigest()
