@@ -6,6 +6,7 @@ under its cluster cap while the same run without them does not."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -120,3 +121,14 @@ def test_the_instruments_pnl_add_up_to_the_accounts(twenty, side):
         series[side]["pnl"].sum(axis=0),
         atol=1e-6 * r["starting_equity"],
     )
+
+
+def test_the_same_universe_gives_byte_identical_results(tmp_path):
+    configure_logging("ERROR")
+    path = write_universe(synth_universe(3, 200, seed=8), tmp_path / "u3.parquet")
+    runs = []
+    for _ in range(2):
+        result, _ = run_universe(parse_config(RULES), load_universe([path]), "ma_cross",
+                                 {"fast": 5, "slow": 20})  # fmt: skip
+        runs.append(result_json(result))
+    assert runs[0] == runs[1] and json.loads(runs[0])["trades"]  # it traded
