@@ -55,6 +55,17 @@ from chimera_core.markets import market_of_exchange_type, merged_market
 log = structlog.get_logger(__name__)
 
 ORDER_RATE = "order_rate"
+# Every rule's name, as on a veto (the table above).
+RULES = (
+    "stop_risk",
+    "order_value",
+    "vol_target",
+    "cluster_exposure",
+    "entries_per_session",
+    ORDER_RATE,
+    "var",
+    "cvar",
+)
 MINUTE_MS = 60_000
 LEVELS = (0.95, 0.99)
 

@@ -49,3 +49,7 @@ def test_bad_input_is_refused_with_a_message(tmp_path):
     assert r.returncode == 2 and "equity.csv" in r.stderr
     r = _stress("--backtest", str(tmp_path), "--scenario", "x.toml", cwd=tmp_path)
     assert r.returncode == 2 and "give --data" in r.stderr
+    multi = ROOT / "data" / "samples" / "synth_4x5m.csv"
+    r = _stress("--data", str(multi), "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "scenarios run one instrument" in r.stderr
+    assert "--backtest DIR/with_rules" in r.stderr

@@ -3,6 +3,8 @@ Numba loops that agree with it (``--fast``); prints the metrics and writes the r
 
     chimera backtest --data data/samples/FILE.csv --strategy default
     chimera backtest --data FILE.parquet --strategy ma_cross --fast --report out/
+    chimera backtest --data LONG.parquet --compare-portfolio     # N instruments, one account
+    chimera backtest synth --out data/universe.parquet --instruments 20 --seed 1
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from chimera_core.errors import ChimeraError
@@ -29,10 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         required=True,
+        action="append",
         help="OHLCV CSV or Parquet file, smartapi:EXCHANGE:TOKEN (Angel One candles, "
         "cached under data/history/), or a recorded black-box session directory (its "
-        "ticks through a fresh paper node, decisions compared with the recorded ones)",
+        "ticks through a fresh paper node, decisions compared with the recorded ones). "
+        "Several instruments on one account: a long-format file with a symbol (or token) "
+        "column, or --data once per instrument's file (event mode)",
     )
+    p.add_argument(
+        "--symbol-column", default=None,
+        help="the column naming each row's instrument (default: symbol, else token)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compare-portfolio", action="store_true",
+        help="several instruments: run with the [governance.portfolio] rules as configured "
+        "and with them off, and report both side by side",
+    )  # fmt: skip
     p.add_argument(
         "--strategy",
         default="default",
@@ -143,6 +158,9 @@ def load_data(spec: str, cfg: Any, args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["synth"]:
+        return synth_main(argv[1:])
     args = build_parser().parse_args(argv)
     from chimera_core.config import default_config_path, load_config
     from chimera_core.contracts import ExchangeType
@@ -157,15 +175,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         names = ", ".join(e.name for e in ExchangeType)
         raise ChimeraError(f"--segment {args.segment!r}: one of {names}") from None
-    if Path(args.data).is_dir():  # a recorded black-box session: its ticks, its config
-        return _session(Path(args.data), args)
-    if Path(args.data).suffix == ".chtick":  # a tick file: its frames on this config
-        return _tick_file(cfg, Path(args.data), args)
-    bars = load_data(args.data, cfg, args)
+    from tools.backtest.universe import symbol_column_in, token_of
+
+    datas: list[str] = args.data
+    several = len(datas) > 1 or args.compare_portfolio or args.symbol_column is not None
+    if len(datas) == 1 and not several and Path(datas[0]).is_file():
+        several = symbol_column_in(Path(datas[0])) is not None
+    bars = None
+    if several:
+        universe = _universe(datas, args)
+        if len(universe) > 1 or args.compare_portfolio:
+            return _portfolio(cfg, universe, args, exchange_type)
+        bars = universe.bars[0]  # one instrument: the one-instrument run
+    (data,) = datas
+    if bars is None and Path(data).is_dir():  # a recorded session: its ticks, its config
+        return _session(Path(data), args)
+    if bars is None and Path(data).suffix == ".chtick":  # a tick file: its frames here
+        return _tick_file(cfg, Path(data), args)
+    if bars is None:
+        bars = load_data(data, cfg, args)
     # The feed's token field is ASCII letters and digits: the file's name, cleaned, unless
     # --token says (event mode checks it through the real codec).
-    name = getattr(bars, "symbol", "") or Path(args.data).stem
-    token = args.token or "".join(c for c in name if c.isascii() and c.isalnum())[:20] or "BT"
+    name = getattr(bars, "symbol", "") or Path(data).stem
+    token = args.token or token_of(name) or "BT"
     params = _params(args.param)
     from tools.backtest.run import run_backtest
 
@@ -188,6 +220,119 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(result, paths)
     else:
         print(paths["json"])
+    return 0
+
+
+def _universe(datas: list[str], args: argparse.Namespace) -> Any:
+    from tools.backtest.universe import load_universe
+
+    for d in datas:
+        if d.startswith("smartapi:") or Path(d).is_dir() or Path(d).suffix == ".chtick":
+            raise ChimeraError(
+                f"--data {d}: several instruments come from CSV or Parquet bar files (fetch "
+                "candles with chimera history fetch --out FILE first)"
+            )
+        if not Path(d).exists():
+            raise ChimeraError(f"--data {d}: no such file (an OHLCV .csv or .parquet)")
+    if args.token:
+        raise ChimeraError("--token names one instrument; several take their symbols' tokens")
+    return load_universe(datas, symbol_column=args.symbol_column, interval=args.interval,
+                         tz=args.tz)  # fmt: skip
+
+
+def _portfolio(cfg: Any, universe: Any, args: argparse.Namespace, exchange_type: int) -> int:
+    """N instruments on one account (tools/backtest/multi.py), optionally side by side with
+    the portfolio rules off."""
+    from tools.backtest.multi import compare_portfolio, run_universe
+    from tools.backtest.report import write_portfolio_report
+
+    if args.fast:
+        raise ChimeraError("several instruments share one account in event mode only: drop --fast")
+    if args.settings:
+        raise ChimeraError("--set changes fast mode's settings: drop it (event mode)")
+    params = _params(args.param)
+    if args.compare_portfolio:
+        result, series = compare_portfolio(
+            cfg, universe, args.strategy, params, exchange_type, args.quiet, args.long_only
+        )
+    else:
+        one, s = run_universe(
+            cfg, universe, args.strategy, params, exchange_type, args.quiet, args.long_only
+        )
+        result, series = one, {"with_rules": s}
+    out = Path(args.report) if args.report else _default_dir(cfg, args.strategy, result)
+    paths = write_portfolio_report(out, result, series, html=not args.no_html)
+    if args.quiet:
+        print(paths["json"])
+        return 0
+    runs: dict[str, dict[str, Any]] = {
+        k: result[k] for k in ("with_rules", "without_rules") if k in result
+    } or {"portfolio rules on": result}
+    _print_portfolio(result, runs, paths)
+    return 0
+
+
+def _print_portfolio(
+    result: dict[str, Any], runs: dict[str, dict[str, Any]], paths: dict[str, Path]
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first = next(iter(runs.values()))
+    table = Table(
+        title=f"{first['strategy']} · event mode · {len(first['instruments'])} instruments, "
+        f"one account · {first['bars']} bars"
+    )
+    table.add_column("metric")
+    for name in runs:
+        table.add_column(name.replace("_", " "), justify="right")
+    for name in ("total_return", "sharpe", "max_drawdown", "profit_factor", "charges", "trades"):
+        table.add_row(name, *(_fmt(r["metrics"][name]) for r in runs.values()))
+    table.add_row("max gross / equity", *(_fmt(r["exposure"]["max_gross"]) for r in runs.values()))
+    rules = sorted({k for r in runs.values() for k in r["portfolio_vetoes"]})
+    for rule in rules:
+        table.add_row(f"veto {rule}", *(str(r["portfolio_vetoes"].get(rule, 0))
+                                        for r in runs.values()))  # fmt: skip
+    console = Console()
+    console.print(table)
+    for kind, path in paths.items():
+        console.print(f"{kind:7} {path}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.2f}"
+    return str(value)
+
+
+def synth_main(argv: list[str]) -> int:
+    """``chimera backtest synth``: a seeded random universe of correlated instruments."""
+    from tools.backtest.synth import synth_universe, write_universe
+
+    p = argparse.ArgumentParser(
+        prog="chimera backtest synth",
+        description="A seeded random universe of correlated instruments (one-factor GBM "
+        "bars of the NSE session), written as long-format Parquet or CSV: simulated data.",
+    )
+    p.add_argument("--out", required=True, help="FILE.parquet (or .csv)")
+    p.add_argument("--instruments", type=int, default=20)
+    p.add_argument("--bars", type=int, default=1500, help="bars per instrument")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rho", default="0.3:0.8", help="pairwise correlation range LO:HI")
+    p.add_argument("--interval", default="5m")
+    args = p.parse_args(argv)
+    lo, sep, hi = args.rho.partition(":")
+    try:
+        rho = (float(lo), float(hi if sep else lo))
+    except ValueError:
+        raise ChimeraError(f"--rho {args.rho!r}: expected LO:HI, e.g. 0.3:0.8") from None
+    u = synth_universe(args.instruments, args.bars, args.seed, rho, args.interval)
+    path = write_universe(u, args.out)
+    off = u.corr[~np.eye(len(u.symbols), dtype=bool)] if len(u.symbols) > 1 else np.zeros(1)
+    print(
+        f"{path}: {len(u.symbols)} instruments x {args.bars} bars, seed {args.seed}, "
+        f"model correlation {off.min():.3f}..{off.max():.3f}"
+    )
     return 0
 
 

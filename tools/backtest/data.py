@@ -821,10 +821,31 @@ def load_bars(
     cal = _calendar(calendar, source)
     interval_ms = None if interval is None else parse_interval(interval)
     table, meta = _read_table(path, source)
-    columns = _resolve_columns(table.column_names, source)
-    rows = np.arange(1, table.num_rows + 1)
-
     symbol_col = next((n for n in table.column_names if n.strip().lower() == "symbol"), None)
+    return table_bars(
+        table, meta, path, symbol, symbol_col, interval_ms, allow_gaps, tz, cal, source
+    )
+
+
+def table_bars(
+    table: pa.Table,
+    meta: dict[bytes, bytes],
+    path: Path,
+    symbol: str | None,
+    symbol_col: str | None,
+    interval_ms: int | None,
+    allow_gaps: bool,
+    tz: str | None,
+    cal: MarketCalendar | None,
+    source: str,
+) -> Bars:
+    """``load_bars`` on a table already read: the rows of ``symbol`` in ``symbol_col`` (a
+    file with several symbols needs one), validated into ``Bars``."""
+    columns = _resolve_columns(
+        [n for n in table.column_names if n != symbol_col] if symbol_col else table.column_names,
+        source,
+    )
+    rows = np.arange(1, table.num_rows + 1)
     if symbol_col is not None:
         symbols = pc.utf8_trim_whitespace(
             table.column(symbol_col).combine_chunks().cast(pa.string())

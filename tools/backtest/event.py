@@ -33,6 +33,7 @@ What is simulated, and how:
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import math
 import struct
@@ -86,16 +87,25 @@ weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
 
 class BarSeries(Protocol):
-    """What event mode reads from a bar series (``tools.backtest.data.Bars``)."""
+    """What event mode reads from a bar series (``tools.backtest.data.Bars``; read only, so
+    a frozen dataclass is one too)."""
 
-    ts_ms: npt.NDArray[np.int64]  # bar open, UTC epoch ms
-    open: npt.NDArray[np.float64]
-    high: npt.NDArray[np.float64]
-    low: npt.NDArray[np.float64]
-    close: npt.NDArray[np.float64]
-    volume: npt.NDArray[np.float64]
-    interval_ms: int
-    tz: str
+    @property
+    def ts_ms(self) -> npt.NDArray[np.int64]: ...  # bar open, UTC epoch ms
+    @property
+    def open(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def high(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def low(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def close(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def volume(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def interval_ms(self) -> int: ...
+    @property
+    def tz(self) -> str: ...
 
 
 class BacktestError(ChimeraError):
@@ -265,6 +275,8 @@ class EventResult:
     final_state: str
     stats: dict[str, int]
     transitions: dict[str, int] = field(default_factory=dict)
+    # Entry attempts meta-risk said no to, by rule (one decision can name several rules).
+    vetoes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -427,18 +439,25 @@ def stale_after_s_for(stale_after_s: float, interval_s: float) -> float:
 
 
 def backtest_config(
-    cfg: Config, bars: BarSeries, token: str, exchange_type: int, work_dir: Path
+    cfg: Config,
+    bars: BarSeries,
+    token: str | Sequence[str],
+    exchange_type: int,
+    work_dir: Path,
 ) -> Config:
-    """The trader's configuration made fit for a replay of ``bars``: one instrument, bars of
-    the data's interval, a throwaway journal, no telemetry wait; positional on daily bars."""
-    try:  # the token travels in every frame: the codec must take it
-        probe = Tick(token, exchange_type, int(Mode.QUOTE), 1, 0, 1.0)
-        decode(encode(probe), 0)
-    except (ProtocolError, ValueError, struct.error) as exc:
-        raise BacktestError(
-            f"token {token!r} cannot travel in a SmartAPI frame ({exc}): use ASCII letters "
-            "and digits, e.g. --token 2885"
-        ) from None
+    """The trader's configuration made fit for a replay of ``bars``: its instrument (or the
+    instruments ``token`` lists, on ``bars``' interval), bars of the data's interval, a
+    throwaway journal, no telemetry wait; positional on daily bars."""
+    tokens = [token] if isinstance(token, str) else list(token)
+    for one in tokens:
+        try:  # the token travels in every frame: the codec must take it
+            probe = Tick(one, exchange_type, int(Mode.QUOTE), 1, 0, 1.0)
+            decode(encode(probe), 0)
+        except (ProtocolError, ValueError, struct.error) as exc:
+            raise BacktestError(
+                f"token {one!r} cannot travel in a SmartAPI frame ({exc}): use ASCII "
+                "letters and digits, e.g. --token 2885"
+            ) from None
     interval_s = bars.interval_ms // 1000
     if interval_s <= 0 or interval_s > 86_400 or bars.interval_ms % 1000:
         raise BacktestError(
@@ -446,10 +465,10 @@ def backtest_config(
             "1 s to 1 day"
         )
     segment = ExchangeType(exchange_type).name
-    entry = f"{segment}:{token}" if segment != cfg.feed.exchange_type else token
+    entries = [f"{segment}:{t}" if segment != cfg.feed.exchange_type else t for t in tokens]
     feed = msgspec.structs.replace(
         cfg.feed,
-        tokens=[entry],
+        tokens=entries,
         mode="QUOTE",
         stale_after_s=stale_after_s_for(cfg.feed.stale_after_s, interval_s),
     )
@@ -496,17 +515,64 @@ async def run_event(
     module docstring). ``faults`` (``chimera stress``) is called with the started node (it
     may arm the paper broker's ``fault``) and returns a filter: a print it says False to
     never reaches the feed (an outage)."""
-    n = len(bars.ts_ms)
-    if n == 0:
-        raise BacktestError("no bars to replay")
+    return await run_instruments(
+        cfg, [(token, bars)], exchange_type, work_dir, progress, strategy, faults
+    )
+
+
+def calendar_of(instruments: Sequence[tuple[str, BarSeries]]) -> npt.NDArray[np.int64]:
+    """The one calendar N instruments run on: every bar open any of them has, in order."""
+    return np.unique(np.concatenate([np.asarray(b.ts_ms, dtype=np.int64) for _, b in instruments]))
+
+
+def merged_ticks(
+    streams: Sequence[Iterator[Tick]],
+) -> Iterator[Tick]:
+    """The prints of several instruments in exchange-time order; prints at the same
+    millisecond in the order of ``streams`` (event mode passes them sorted by token), so
+    the order never depends on anything but the data."""
+    return heapq.merge(*streams, key=lambda t: t.exchange_ts_ms)
+
+
+async def run_instruments(
+    cfg: Config,
+    instruments: Sequence[tuple[str, BarSeries]],
+    exchange_type: int = int(ExchangeType.NSE_CM),
+    work_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    strategy: StrategyFactory = default_factory,
+    faults: Callable[[SimNode], Callable[[Tick], bool]] | None = None,
+) -> EventResult:
+    """Replay N instruments ``(token, bars)`` on ONE node, one account: each instrument's
+    prints at its bars' times, all merged in time order (ties by token), through one
+    engine, governance (the portfolio rules see the whole book), router and paper broker.
+    The result is the account's: equity per bar of the joint calendar (``calendar_of``),
+    every instrument's round trips with bar indices into that calendar. The panel
+    (energy, z, band) is the first instrument's. One instrument is ``run_event``."""
+    if not instruments:
+        raise BacktestError("no instruments to replay")
+    tokens = [t for t, _ in instruments]
+    if len(set(tokens)) != len(tokens):
+        raise BacktestError(f"instruments with the same token: {sorted(tokens)}")
+    intervals = {int(b.interval_ms) for _, b in instruments}
+    if len(intervals) > 1:
+        raise BacktestError(
+            f"instruments with different bar intervals ({sorted(intervals)} ms): "
+            "resample them to one interval"
+        )
+    for t, b in instruments:
+        if len(b.ts_ms) == 0:
+            raise BacktestError(f"no bars to replay for {t}")
+    ordered = sorted(instruments, key=lambda tb: tb[0]) if len(instruments) > 1 else instruments
     tmp = None
     if work_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="chimera-backtest-")
         work_dir = Path(tmp.name)
     try:
         return await _run(
-            cfg, bars, token, exchange_type, Path(work_dir), progress, strategy, faults
-        )
+            cfg, ordered, exchange_type, Path(work_dir), progress, strategy, faults,
+            panel_token=instruments[0][0],
+        )  # fmt: skip
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -514,19 +580,22 @@ async def run_event(
 
 async def _run(
     cfg: Config,
-    bars: BarSeries,
-    token: str,
+    instruments: Sequence[tuple[str, BarSeries]],
     exchange_type: int,
     work_dir: Path,
     progress: Callable[[int], None] | None,
     strategy: StrategyFactory,
     faults: Callable[[SimNode], Callable[[Tick], bool]] | None = None,
+    panel_token: str = "",
 ) -> EventResult:
-    n = len(bars.ts_ms)
-    bt = backtest_config(cfg, bars, token, exchange_type, work_dir)
+    first = instruments[0][1]
+    calendar = calendar_of(instruments) if len(instruments) > 1 else first.ts_ms
+    n = len(calendar)
+    bt = backtest_config(cfg, first, [t for t, _ in instruments], exchange_type, work_dir)
     trips = _RoundTrips()
     fills: list[dict[str, Any]] = []
     moves: dict[str, int] = {}
+    vetoes: dict[str, int] = {}
 
     def published(topic: bytes, obj: Any) -> None:
         if topic != TOPIC_EXEC:
@@ -538,6 +607,7 @@ async def _run(
         fills.append(
             {
                 "ts_ms": fill.exchange_ts_ms,
+                "token": report.token,
                 "side": fill.side.value,
                 "qty": fill.qty,
                 "price": fill.price,
@@ -561,7 +631,7 @@ async def _run(
             moves[t.event] = moves.get(t.event, 0) + 1
 
     sim = SimNode(
-        bt, int(bars.ts_ms[0]) * 1_000_000, strategy, publish=published, on_transitions=moved
+        bt, int(calendar[0]) * 1_000_000, strategy, publish=published, on_transitions=moved
     )
     engine = sim.engine
     try:
@@ -584,34 +654,45 @@ async def _run(
         latency = bt.execution.paper.latency_ms
         zone = calendar_for(bt.markets, exchange_type).timezone
         router = sim.router
-        prints = bar_ticks(bars, token, exchange_type, latency, zone,
-                           levels=lambda: router.bracket_levels(token))  # fmt: skip
-        ends = np.asarray(bars.ts_ms, dtype=np.int64)
+        streams = [
+            bar_ticks(bars, token, exchange_type, latency, zone,
+                      levels=functools.partial(router.bracket_levels, token))
+            for token, bars in instruments
+        ]  # fmt: skip
+        prints = streams[0] if len(streams) == 1 else merged_ticks(streams)
+        ends = np.asarray(calendar, dtype=np.int64)
         next_start = int(ends[1]) if n > 1 else None
         decision = None
         for tick in prints:
             if next_start is not None and tick.exchange_ts_ms >= next_start:
                 close_bar(bar, decision)  # the previous bar's last print is done
-                bar += 1
+                bar = int(np.searchsorted(ends, tick.exchange_ts_ms, side="right")) - 1
                 next_start = int(ends[bar + 1]) if bar + 1 < n else None
             if deliver is not None and not deliver(tick):
                 continue
-            decision = await frame(encode(tick), tick.exchange_ts_ms)
+            made = await frame(encode(tick), tick.exchange_ts_ms)
             ticks += 1
-            if decision is not None:
-                for t in decision.transitions:
+            if tick.token == panel_token:
+                decision = made
+            if made is not None:
+                for t in made.transitions:
                     moves[t.event] = moves.get(t.event, 0) + 1
+                meta = made.meta_risk
+                if meta is not None and not meta.allowed:
+                    for v in meta.vetoes:
+                        vetoes[v.rule] = vetoes.get(v.rule, 0) + 1
         close_bar(bar, decision)
-        trips.close_open(token, float(bars.close[-1]), int(bars.ts_ms[-1]))
+        for token, bars in instruments:
+            trips.close_open(token, float(bars.close[-1]), int(bars.ts_ms[-1]))
     finally:
         await sim.close()
-    bar_of = _bar_index(bars)
+    bar_of = _bar_index(calendar)
     for trip in trips.trades:
         trip.entry_bar, trip.exit_bar = bar_of(trip.entry_ts_ms), bar_of(trip.exit_ts_ms)
     return EventResult(
         bars=n,
         ticks=ticks,
-        ts_ms=np.asarray(bars.ts_ms, dtype=np.int64),
+        ts_ms=np.asarray(calendar, dtype=np.int64),
         equity=equity,
         energy=panel[0],
         z=panel[1],
@@ -624,11 +705,12 @@ async def _run(
         final_state=engine.trading_state.value,
         stats=engine.stats.as_dict(),
         transitions=dict(sorted(moves.items())),
+        vetoes=dict(sorted(vetoes.items())),
     )
 
 
-def _bar_index(bars: BarSeries) -> Callable[[int], int]:
-    starts = np.asarray(bars.ts_ms, dtype=np.int64)
+def _bar_index(calendar: npt.NDArray[np.int64]) -> Callable[[int], int]:
+    starts = np.asarray(calendar, dtype=np.int64)
 
     def index(ts_ms: int) -> int:
         return int(np.searchsorted(starts, ts_ms, side="right")) - 1

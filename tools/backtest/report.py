@@ -156,3 +156,134 @@ def _html(
     fig.update_layout(height=300 * rows, title=title or "backtest", showlegend=True)
     # Self-contained: a report opens offline, on a machine with no route to a CDN.
     fig.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def _write_trades(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            fh.write("no trades\n")
+
+
+def _run_files(out_dir: Path, result: Mapping[str, Any], s: Mapping[str, Any]) -> dict[str, Path]:
+    """One N-instrument run's result.json, trades.csv and equity.csv, laid out as a
+    one-instrument report's (``chimera stress --backtest DIR`` reads them): equity.csv
+    holds ts_ms, the gross exposure / equity (where one instrument has its close), equity."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = (("json", "result.json"), ("trades", "trades.csv"), ("equity", "equity.csv"))
+    paths = {n: out_dir / f for n, f in names}
+    paths["json"].write_bytes(result_json(result) + b"\n")
+    _write_trades(paths["trades"], [clean(dict(t)) for t in result["trades"]])
+    with paths["equity"].open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ts_ms", "gross_exposure", "equity"])
+        for t, g, e in zip(s["ts_ms"].tolist(), s["gross"].tolist(), s["equity"].tolist(),
+                           strict=True):  # fmt: skip
+            w.writerow([t, clean(g), clean(e)])
+    return paths
+
+
+def write_portfolio_report(
+    out_dir: Path,
+    result: Mapping[str, Any],
+    series: Mapping[str, Mapping[str, Any]],
+    html: bool = True,
+) -> dict[str, Path]:
+    """An N-instrument run's files. ``series`` is keyed by run ("with_rules",
+    "without_rules"). One run: result.json, trades.csv (every round trip, with its token),
+    equity.csv (ts_ms, gross exposure / equity, equity) and report.html. Both runs
+    (``result`` holds them under the same keys): result.json with both, report.html with
+    them side by side (equity, gross exposure against the cluster cap, P&L per instrument,
+    the vetoes by rule, the metrics), and each run's own files in ``DIR/<run>/``."""
+    runs = {k: result[k] for k in series if k in result}
+    if runs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out_dir / "result.json"}
+        paths["json"].write_bytes(result_json(result) + b"\n")
+        for k, r in runs.items():
+            paths[k] = _run_files(out_dir / k, r, series[k])["json"].parent
+    else:
+        (k,) = series
+        runs = {k: result}
+        paths = _run_files(out_dir, result, series[k])
+    if html:
+        paths["html"] = out_dir / "report.html"
+        _portfolio_html(paths["html"], runs, series)
+    return paths
+
+
+_RUN_NAMES = {"with_rules": "portfolio rules on", "without_rules": "portfolio rules off"}
+_SHOWN = ("total_return", "sharpe", "max_drawdown", "profit_factor", "win_rate", "trades",
+          "charges", "exposure")  # fmt: skip
+
+
+def _cell(v: Any) -> str:
+    import html as html_
+
+    v = clean(v)
+    if isinstance(v, float):
+        return f"{v:,.4f}" if abs(v) < 1000 else f"{v:,.2f}"
+    return html_.escape("" if v is None else str(v))
+
+
+def _table(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{_cell(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _portfolio_html(
+    path: Path, runs: Mapping[str, Mapping[str, Any]], series: Mapping[str, Mapping[str, Any]]
+) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = [_RUN_NAMES.get(k, k) for k in runs]
+    fig = make_subplots(
+        rows=3, cols=1, vertical_spacing=0.08,
+        subplot_titles=["Account equity", "Gross exposure / equity", "P&L per instrument"],
+    )  # fmt: skip
+    for k, name in zip(runs, names, strict=True):
+        when = series[k]["ts_ms"].astype("datetime64[ms]")
+        fig.add_trace(go.Scatter(x=when, y=series[k]["equity"], name=f"equity, {name}"), 1, 1)
+        fig.add_trace(go.Scatter(x=when, y=series[k]["gross"], name=f"gross, {name}"), 2, 1)
+        per = runs[k]["instruments"]
+        fig.add_trace(go.Bar(x=list(per), y=[v["pnl"] for v in per.values()], name=name), 3, 1)
+    first = next(iter(runs.values()))
+    cap = first["exposure"]["cluster_cap"]
+    if cap is not None:
+        fig.add_hline(y=cap, line_dash="dot", annotation_text="cluster cap", row=2, col=1)
+    fig.update_layout(height=1000, barmode="group", title="portfolio backtest")
+    keys = list(runs)
+    metric_rows = [[m, *(runs[k]["metrics"].get(m) for k in keys)] for m in _SHOWN]
+    metric_rows += [[f"exposure {x}", *(runs[k]["exposure"][x] for k in keys)]
+                    for x in ("max_gross", "mean_gross")]  # fmt: skip
+    rules = sorted({r for k in keys for r in runs[k]["vetoes"]})
+    veto_rows = [[r, *(runs[k]["vetoes"].get(r, 0) for k in keys)] for r in rules]
+    inst_head = ["token", "symbol"] + [
+        f"{c}, {n}" for n in names for c in ("trades", "P&L", "sharpe", "max drawdown")
+    ]
+    inst_rows = []
+    for token, v in first["instruments"].items():
+        row: list[Any] = [token, v["symbol"]]
+        for k in keys:
+            x = runs[k]["instruments"][token]
+            row += [x["trades"], x["pnl"], x["metrics"]["sharpe"], x["metrics"]["max_drawdown"]]
+        inst_rows.append(row)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>portfolio backtest</title>"
+        "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;"
+        "margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "</style></head><body><h1>Portfolio backtest: "
+        + _cell(first["strategy"]) + f", {len(first['instruments'])} instruments, one account"
+        "</h1><h2>Account</h2>" + _table(["metric", *names], metric_rows)
+        + "<h2>Vetoes by rule (entry attempts)</h2>"
+        + "<p>Portfolio rules: " + _cell(", ".join(sorted(first["portfolio_vetoes"])) or "none")
+        + " (run with the rules on).</p>" + _table(["rule", *names], veto_rows)
+        + "<h2>Per instrument</h2>" + _table(inst_head, inst_rows)
+        + fig.to_html(include_plotlyjs=True, full_html=False) + "</body></html>"
+    )  # fmt: skip
+    path.write_text(page, encoding="utf-8")

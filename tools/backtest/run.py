@@ -4,7 +4,7 @@ input's hash, the code version, metrics, trades, and the series to plot."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from chimera_core.errors import ChimeraError
 from chimera_core.markets import calendar_for
 from chimera_core.strategy import StrategyFactory, default_factory, ma_cross_factory
 from tools.backtest.data import code_version
-from tools.backtest.event import BarSeries, EventResult, backtest_config, run_event
+from tools.backtest.event import BarSeries, EventResult, Trade, backtest_config, run_event
 
 RESULT_SCHEMA = 1
 
@@ -226,7 +226,7 @@ def run_backtest(
         finally:
             done()
         result.update(_event_result(ev))
-        trades = _trades_of(ev)
+        trades = trades_of(ev.trades)
         equity, position = ev.equity, None
         panel = {"energy": ev.energy, "z": ev.z, "band_mean": ev.band_mean,
                  "band_std": ev.band_std} if strategy == "default" else None  # fmt: skip
@@ -280,11 +280,10 @@ def fast_inputs(
 _EXIT_CODE = {"EXIT": 1, "STOP_LOSS": 4, "TAKE_PROFIT": 5, "SQUARE_OFF": 6, "END": 0}
 
 
-def _trades_of(ev: EventResult) -> Any:
+def trades_of(rows: Sequence[Trade]) -> Any:
     """Event mode's round trips as metrics.Trades (a trip open at the end: exit_bar -1)."""
     from tools.backtest.metrics import Trades
 
-    rows = ev.trades
     open_ = [t.exit_purpose == "END" for t in rows]
     return Trades(
         entry_bar=np.asarray([t.entry_bar for t in rows], dtype=np.int64),

@@ -114,6 +114,11 @@ def _run_parser() -> argparse.ArgumentParser:
         help="a fast-mode setting (as chimera backtest --set)",
     )
     p.add_argument("--long-only", action="store_true")
+    p.add_argument(
+        "--account", default="separate", choices=("separate", "shared"),
+        help="separate: each instrument its own account, close mode (fast); shared: all "
+        "on one account in event mode, the [governance.portfolio] rules at work (slow)",
+    )  # fmt: skip
     p.add_argument("--config", default=None, help="chimera.toml (default: ./chimera.toml)")
     p.add_argument("--research-dir", default=None, help="default: <data_dir>/research")
     p.add_argument(
@@ -241,6 +246,7 @@ def cmd_run(argv: list[str]) -> int:
         folds,
         args.long_only,
         fast_settings,
+        args.account,
     )
     spec = StudySpec(
         name=args.study or "pending",
@@ -257,6 +263,7 @@ def cmd_run(argv: list[str]) -> int:
         seed=args.seed,
         population=args.population,
         long_only=args.long_only,
+        account=args.account,
         fast_settings=fast_settings,
         config=str(Path(config_path).resolve()) if config_path else "",
         settings_sha256=settings_sha,
@@ -264,6 +271,8 @@ def cmd_run(argv: list[str]) -> int:
     )
     if args.study is None:  # named by what decides its trials: the same command resumes it
         key = msgspec.to_builtins(msgspec.structs.replace(spec, n_trials=0))
+        if key.get("account") == "separate":  # studies named before --account keep names
+            key.pop("account")
         safe = "".join(c if c.isalnum() else "_" for c in args.strategy)
         spec = msgspec.structs.replace(spec, name=f"{safe}-{args.sampler}-{spec_hash(key)[:10]}")
     spec.check()
@@ -471,7 +480,13 @@ def cmd_rerun(argv: list[str]) -> int:
                 f"stored {d.sha256[:12]}): the trial cannot be reproduced on other data"
             )
     workload, settings_sha = build_workload(
-        cfg, loaded, spec.strategy, spec.folds, spec.long_only, spec.fast_settings
+        cfg,
+        loaded,
+        spec.strategy,
+        spec.folds,
+        spec.long_only,
+        spec.fast_settings,
+        spec.account,
     )
     if settings_sha != spec.settings_sha256:
         raise StudyError(

@@ -18,6 +18,12 @@ Several instruments are one book: each runs in its own account (the fast-mode se
 initial equity) and the book's equity is their sum on the study's time grid (an
 instrument without a bar at a grid time holds its last equity); its trades are theirs.
 With one instrument the book is that instrument's run.
+
+``account = "shared"`` scores a trial on ONE account instead: the window's bars of every
+instrument through event mode's node (``tools.backtest.event.run_instruments``: one
+engine, governance with the ``[governance.portfolio]`` rules over the whole book, one
+paper broker), its equity the account's. Honest for the portfolio rules, and seconds per
+window where close mode takes milliseconds (docs/OPTIMIZE.md).
 """
 
 from __future__ import annotations
@@ -81,9 +87,65 @@ class Workload:
     folds: tuple[Fold, ...]
     periods_per_year: float
     day_starts: IntArray  # grid index of each trading day's first bar (the folds' zone)
+    # "separate": each instrument its own account (close mode); "shared": one account in
+    # event mode, which reads the configuration and the bars below.
+    account: str = "separate"
+    cfg: Any = None  # chimera_core.config.Config
+    bars: tuple[Any, ...] = ()  # each instrument's Bars, as ``instruments``
+    exchange_type: int = 1
+    long_only: bool = False
 
     def initial_equity(self) -> float:
+        if self.account == "shared":
+            return float(self.cfg.execution.paper.starting_cash)
         return float(sum(i.settings.initial_equity for i in self.instruments))
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Bars ``[lo, hi)`` of one instrument, as event mode reads a series."""
+
+    ts_ms: IntArray
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray
+    interval_ms: int
+    tz: str
+
+
+def _run_window_shared(
+    w: Workload, params: Mapping[str, Any], start: int, stop: int
+) -> tuple[FloatArray, Trades, npt.NDArray[np.int64]]:
+    """``_run_window`` on one account: the window through event mode's node."""
+    import asyncio
+
+    from tools.backtest.event import run_instruments
+    from tools.backtest.multi import configured
+    from tools.backtest.run import event_factory, trades_of
+
+    grid = w.grid_ts_ms[start:stop]
+    t0 = w.grid_ts_ms[start]
+    t1 = w.grid_ts_ms[stop] if stop < w.grid_ts_ms.size else np.iinfo(np.int64).max
+    pairs = []
+    for inst, b in zip(w.instruments, w.bars, strict=True):
+        lo, hi = (int(x) for x in np.searchsorted(b.ts_ms, [t0, t1]))
+        if hi > lo:
+            sl = slice(lo, hi)
+            cols = (b.ts_ms[sl], b.open[sl], b.high[sl], b.low[sl], b.close[sl], b.volume[sl])
+            pairs.append((inst.name, _Window(*cols, b.interval_ms, b.tz)))
+    cfg = configured(w.cfg, w.strategy, params)
+    factory = event_factory(w.strategy, params, w.long_only)
+    # Its calendar is grid[start:stop]: every grid time is some instrument's bar open.
+    ev = asyncio.run(run_instruments(cfg, pairs, w.exchange_type, strategy=factory))
+    moved = np.zeros((len(pairs), grid.size), dtype=np.int64)
+    index = {t: i for i, (t, _) in enumerate(pairs)}
+    for f in ev.fills:
+        k = int(np.searchsorted(grid, f["ts_ms"], side="right")) - 1
+        moved[index[f["token"]], k] += f["qty"] if f["side"] == "BUY" else -f["qty"]
+    held = (np.cumsum(moved, axis=1) != 0).any(axis=0).astype(np.int64)
+    return ev.equity, trades_of(ev.trades), held
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +186,9 @@ def _run_window(
 ) -> tuple[FloatArray, Trades, npt.NDArray[np.int64]]:
     """(book equity on grid[start:stop], book trades with grid-relative bars, held flag)."""
     from tools.backtest.strategies import get
+
+    if w.account == "shared":
+        return _run_window_shared(w, params, start, stop)
 
     spec = get(w.strategy)
     grid = w.grid_ts_ms[start:stop]

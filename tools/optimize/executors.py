@@ -102,6 +102,10 @@ def _pool_init(workload: Workload) -> None:
     from tools.backtest.fast import warm_up
 
     warm_up()  # the njit kernels from numba's on-disk cache, before the first batch
+    if workload.account == "shared":  # event mode's node logs as chimera backtest's does
+        from chimera_core.logging import configure_logging
+
+        configure_logging("ERROR")
     _WORKER_LOAD = workload
 
 

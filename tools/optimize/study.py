@@ -95,6 +95,9 @@ class StudySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
     population: int = 32  # NSGA-II's population size
     long_only: bool = False
+    # "separate": each instrument its own account (close mode); "shared": one account,
+    # trials in event mode (docs/OPTIMIZE.md).
+    account: str = "separate"
     fast_settings: dict[str, Any] = msgspec.field(default_factory=dict)
     config: str = ""
     settings_sha256: str = ""

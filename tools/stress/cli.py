@@ -116,9 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     token = "BT"
     if args.data:
         from tools.backtest.data import load_bars
+        from tools.backtest.universe import symbol_column_in
 
         if not Path(args.data).is_file():
             raise StressError(f"--data {args.data}: no such file (an OHLCV .csv or .parquet)")
+        if symbol_column_in(Path(args.data)) is not None:
+            raise StressError(
+                f"--data {args.data}: several instruments (a symbol column); scenarios run one "
+                "instrument. For the account of several: chimera backtest --data FILE "
+                "--compare-portfolio --report DIR, then chimera stress --backtest "
+                "DIR/with_rules (Monte Carlo)"
+            )
         bars = load_bars(Path(args.data))
         name = getattr(bars, "symbol", "") or Path(args.data).stem
         token = args.token or "".join(c for c in name if c.isascii() and c.isalnum())[:20] or "BT"
