@@ -28,20 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks.hot_path import _free_port
+from benchmarks.notify_latency import _stats
 
 GOAL_MS = 1000.0
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = 424242
 BOT_TOKEN = "700000001:AAH-standin-token-for-bench-only-x9Qz"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout_s: float = 60.0) -> None:
@@ -54,16 +47,6 @@ def _wait_port(port: int, timeout_s: float = 60.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {
-        "n": int(a.size),
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 2),
-    }
 
 
 def _halt_seen(sub: Any, decode: Any, deadline: float) -> float:
