@@ -50,7 +50,13 @@ from chimera_governance.genome import (
     genes_from_strategy,
 )
 from chimera_governance.meta_risk import MetaRisk, MetaRiskLimits, trading_day
-from chimera_governance.portfolio import ORDER_RATE, PortfolioRisk, cost_bound, horizon_bars
+from chimera_governance.portfolio import (
+    ORDER_RATE,
+    PortfolioRisk,
+    cost_bound,
+    horizon_bars,
+)
+from chimera_governance.portfolio import warm_up_kernels as portfolio_warm_up
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +143,7 @@ class GovernancePipeline:
         self.rollback_session_loss = g.portfolio.rollback_session_loss
         self._rollback_pending = False
         drift_warm_up()
+        portfolio_warm_up()
         self._fired: dict[tuple[str, object], int] = {}  # (token, IST day) → intents let through
 
     def reload_genomes(self) -> None:

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+import numba
 import numpy as np
 import structlog
 
@@ -80,8 +81,55 @@ def var_cvar_sorted(losses: np.ndarray, level: float) -> tuple[float, float]:
     n = losses.shape[0]
     if n == 0:
         return 0.0, 0.0
-    k = max(1, math.ceil(round(level * n, 9)))
+    k = var_order(level, n)
     return float(losses[k - 1]), float(losses[k - 1 :].sum()) / (n - k + 1)
+
+
+@numba.njit(cache=True)
+def _entry_var_cvar(
+    pnl: np.ndarray, column: np.ndarray, value: float, k: int
+) -> tuple[float, float]:
+    """Historical VaR and CVaR at order statistic ``k`` (1-based, ascending losses) of the
+    scenarios ``pnl + value * column`` (the book plus an entry of ``value`` rupees), in one
+    pass and without sorting them all: only the ``n - k + 1`` largest losses (the tail) are
+    kept, in ascending order; VaR is the smallest of them, CVaR their mean."""
+    n = pnl.shape[0]
+    m = n - k + 1
+    tail = np.empty(m)
+    filled = 0
+    for i in range(n):
+        v = -(pnl[i] + value * column[i])
+        if filled < m:
+            j = filled
+            filled += 1
+        elif v > tail[0]:
+            j = 0
+            while j + 1 < m and tail[j + 1] < v:  # drop the smallest, keep the order
+                tail[j] = tail[j + 1]
+                j += 1
+            tail[j] = v
+            continue
+        else:
+            continue
+        while j > 0 and tail[j - 1] > v:  # insertion while filling
+            tail[j] = tail[j - 1]
+            j -= 1
+        tail[j] = v
+    total = 0.0
+    for j in range(m):
+        total += tail[j]
+    return tail[0], total / m
+
+
+def warm_up_kernels() -> None:
+    """Compile (or load from cache) the per-intent kernel at start-up, never on an intent."""
+    x = np.array([0.001, -0.002, 0.0005])
+    _entry_var_cvar(x, x, 1.0, 2)
+
+
+def var_order(level: float, n: int) -> int:
+    """The 1-based order statistic of ``var_cvar_sorted`` at ``level`` over ``n`` scenarios."""
+    return max(1, math.ceil(round(level * n, 9)))
 
 
 def clusters(corr: np.ndarray, rho: float) -> list[int]:
@@ -146,7 +194,7 @@ class BookStats:
     """What the book rules read, recomputed per closed bar: the return matrix, covariance
     and correlation over the window, and the correlation clusters."""
 
-    __slots__ = ("cluster", "columns", "corr", "cov", "cov_h", "members", "returns")
+    __slots__ = ("cluster", "columns", "corr", "cov", "cov_h", "members", "returns", "var_h")
 
     def __init__(self, returns: np.ndarray, rho: float, horizon: int = 1) -> None:
         self.returns = returns  # T x N, rows oldest first
@@ -162,6 +210,7 @@ class BookStats:
             self.cov = np.zeros((n, n))
             self.corr = np.zeros((n, n))
         self.cov_h = self.cov * horizon  # the 1-day covariance
+        self.var_h: list[float] = np.diag(self.cov_h).tolist()  # per intent, as floats
         self.cluster = clusters(self.corr, rho) if rho > 0 else list(range(n))
         groups: dict[int, list[int]] = {}
         for j, c in enumerate(self.cluster):
@@ -173,7 +222,7 @@ class HeldBook:
     """The book held and working at one set of statistics: its value per column, its
     scenario P&L, its 1-day covariance product and variance, its clusters' gross values."""
 
-    __slots__ = ("_gross", "cw", "pnl", "positions", "stats", "w", "working", "wsw")
+    __slots__ = ("_gross", "cw", "cw_list", "pnl", "positions", "stats", "w", "working", "wsw")
 
     def __init__(self, stats: BookStats, account: AccountSnapshot, w: np.ndarray) -> None:
         self.stats = stats
@@ -182,6 +231,7 @@ class HeldBook:
         self.w = w
         self.pnl = stats.returns @ w
         self.cw = stats.cov_h @ w
+        self.cw_list: list[float] = self.cw.tolist()
         self.wsw = float(w @ self.cw)
         self._gross: dict[int, float] = {}
 
@@ -321,8 +371,9 @@ class PortfolioRisk:
             return 0, []
         if not (math.isfinite(equity) and equity > 0):
             return 0, [Veto("equity", equity, 0.0, "no positive account equity")]
-        # (rule, units of room, the veto's numbers: made only when it is the one returned)
-        rooms: list[tuple[str, float, Callable[[], Veto]]] = []
+        # (rule, units of room, the veto's value, limit and detail inputs): the Veto itself
+        # is made only for the rule that binds, and only when nothing fits (_room_veto).
+        rooms: list[tuple[str, float, float, float, object]] = []
         if cfg.risk_sizing:
             stop = atr * self.stop_atr_multiple if math.isfinite(atr) and atr > 0 else math.nan
             # Enter at price, leave at the stop: a long sells at price - stop, a short buys
@@ -334,58 +385,51 @@ class PortfolioRisk:
             budget = cfg.stop_risk * equity - self.fixed_cost
             room = budget / per_unit if per_unit > 0 else 0.0
             rooms.append(
-                (
-                    "stop_risk",
-                    room,
-                    lambda: Veto(
-                        "stop_risk",
-                        lot * per_unit + self.fixed_cost,
-                        cfg.stop_risk * equity,
-                        f"stop {stop:.4g}/unit at {self.stop_atr_multiple:g} ATR + charges",
-                    ),
-                )
+                ("stop_risk", room, lot * per_unit + self.fixed_cost, cfg.stop_risk * equity, stop)
             )
         if cfg.max_order_fraction > 0:
             cap = cfg.max_order_fraction * equity
-            rooms.append(
-                ("order_value", cap / price, lambda: Veto("order_value", lot * price, cap, ""))
-            )
+            rooms.append(("order_value", cap / price, lot * price, cap, None))
         j = self._index.get(token)
         if j is not None and (cfg.vol_target > 0 or cfg.cluster_rho > 0):
             hb = self.held(account)
-            st = hb.stats
-            sign = 1.0 if side is Side.BUY else -1.0
             if cfg.vol_target > 0:
-                rooms.append(self._vol_room(hb, j, sign, price, lot, equity))
+                rooms.append(self._vol_room(hb, j, 1.0 if side is Side.BUY else -1.0, price,
+                                            lot, equity))  # fmt: skip
             if cfg.cluster_rho > 0:
+                st = hb.stats
                 label = st.cluster[j]
                 members = st.members[label]
                 if len(members) > 1:
                     gross = hb.cluster_gross(label)
                     cluster_cap = cfg.cluster_max_exposure * equity
-                    rooms.append(
-                        (
-                            "cluster_exposure",
-                            (cluster_cap - gross) / price,
-                            lambda: Veto(
-                                "cluster_exposure",
-                                gross + lot * price,
-                                cluster_cap,
-                                f"rho>{cfg.cluster_rho:g}: " + self._names(members),
-                            ),
-                        )
-                    )
+                    rooms.append(("cluster_exposure", (cluster_cap - gross) / price,
+                                  gross + lot * price, cluster_cap, members))  # fmt: skip
         out = qty - qty % lot
-        for _, room, _ in rooms:
-            if math.isnan(room):
+        for room in rooms:
+            r = room[1]
+            if r != r:  # NaN: no room can be known (no ATR for the stop)
                 out = 0
-            elif room < math.inf:
-                fits = int(max(0.0, room))
+            elif r < math.inf:
+                fits = int(r) if r > 0.0 else 0
                 out = min(out, fits - fits % lot)
         if out > 0:
             return out, []
-        _, _, make = min(rooms, key=lambda r: -math.inf if math.isnan(r[1]) else r[1])
-        return 0, [make()]
+        binding = min(rooms, key=lambda r: -math.inf if math.isnan(r[1]) else r[1])
+        return 0, [self._room_veto(*binding)]
+
+    def _room_veto(
+        self, rule: str, _room: float, value: float, limit: float, extra: object
+    ) -> Veto:
+        if rule == "stop_risk":
+            detail = f"stop {extra:.4g}/unit at {self.stop_atr_multiple:g} ATR + charges"
+        elif rule == "cluster_exposure":
+            detail = f"rho>{self.cfg.cluster_rho:g}: " + self._names(extra)  # type: ignore[arg-type]
+        elif rule == "vol_target":
+            detail = f"1-day, {self.horizon} bars"
+        else:
+            detail = ""
+        return Veto(rule, value, limit, detail)
 
     def _names(self, columns: Iterable[int]) -> str:
         cols = set(columns)
@@ -399,13 +443,13 @@ class PortfolioRisk:
         price: float,
         lot: int,
         equity: float,
-    ) -> tuple[str, float, Callable[[], Veto]]:
+    ) -> tuple[str, float, float, float, object]:
         """Units of room under the volatility target: the largest q >= 0 with
         (w + q s e_j)' S (w + q s e_j) <= (vol_target x equity)^2, S the 1-day covariance."""
         bound = self.cfg.vol_target * equity
         s = sign * price
-        a = float(hb.stats.cov_h[j, j]) * s * s
-        b = 2.0 * s * float(hb.cw[j])
+        a = hb.stats.var_h[j] * s * s
+        b = 2.0 * s * hb.cw_list[j]
         c = hb.wsw - bound * bound
         if a <= 0.0:
             room = math.inf if c <= 0 or b < 0 else 0.0  # no variance of its own
@@ -414,11 +458,7 @@ class PortfolioRisk:
             room = (-b + math.sqrt(disc)) / (2.0 * a) if disc >= 0 else 0.0
         # Volatility with one more lot: sqrt(c + bound^2 + b lot + a lot^2).
         vol = math.sqrt(max(0.0, c + bound * bound + (b + a * lot) * lot))
-        return (
-            "vol_target",
-            room,
-            lambda: Veto("vol_target", vol, bound, f"1-day, {self.horizon} bars"),
-        )
+        return ("vol_target", room, vol, bound, None)
 
     def book_risk(
         self,
@@ -434,13 +474,17 @@ class PortfolioRisk:
         st = hb.stats
         j = self._index.get(token)
         pnl = hb.pnl
-        if j is not None and j < st.returns.shape[1]:
-            pnl = pnl + ((qty if side is Side.BUY else -qty) * price) * st.columns[j]
-        losses = np.sort(-pnl)
+        n = pnl.shape[0]
         scale = math.sqrt(self.horizon)
         out: dict[float, tuple[float, float]] = {}
+        if n == 0:
+            return dict.fromkeys(levels, (0.0, 0.0))
+        if j is not None and j < st.returns.shape[1]:
+            column, value = st.columns[j], float((qty if side is Side.BUY else -qty) * price)
+        else:
+            column, value = pnl, 0.0  # a symbol without returns yet adds no scenario P&L
         for level in levels:
-            var, cvar = var_cvar_sorted(losses, level)
+            var, cvar = _entry_var_cvar(pnl, column, value, var_order(level, n))
             out[level] = (var * scale, cvar * scale)
         return out
 
