@@ -406,8 +406,8 @@ class PortfolioRisk:
                     rooms.append(("cluster_exposure", (cluster_cap - gross) / price,
                                   gross + lot * price, cluster_cap, members))  # fmt: skip
         out = qty - qty % lot
-        for room in rooms:
-            r = room[1]
+        for entry in rooms:
+            r = entry[1]
             if r != r:  # NaN: no room can be known (no ATR for the stop)
                 out = 0
             elif r < math.inf:
