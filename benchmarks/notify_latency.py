@@ -196,7 +196,9 @@ async def _hot_stream(port: int, warmup_s: float, seconds: float, notify_dir: Pa
     from chimera_core.config import parse_config
 
     cfg = parse_config(BENCH_CONFIG.format(port=port))
-    telemetry = TelemetryPublisher("tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm)
+    telemetry = TelemetryPublisher(
+        "tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm, batch=cfg.telemetry.batch
+    )
     procs = [_subscriber(telemetry.endpoint)]
     if notify_dir is not None:
         (notify_dir / "chimera.toml").write_text(

@@ -89,7 +89,9 @@ async def _stream(
     port: int, warmup_s: float, seconds: float, capacity: int, shadow: int
 ) -> dict[str, Any]:
     cfg = parse_config(BENCH_CONFIG.format(port=port))
-    telemetry = TelemetryPublisher("tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm)
+    telemetry = TelemetryPublisher(
+        "tcp://127.0.0.1:0", hwm=cfg.telemetry.hwm, batch=cfg.telemetry.batch
+    )
     procs = [_plain_subscriber(telemetry.endpoint)]
     work = Path(tempfile.mkdtemp(prefix="chimera-bench-shadow-"))
     if shadow:
