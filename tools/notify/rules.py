@@ -32,6 +32,10 @@ shadow_candidate_passed a PENDING shadow promotion (prm-): its gates passed
 daily_report           the session's close (market calendar) + daily_report_after_min
 bot_refused            a new line in data_dir/bot/refusals.jsonl (chimera bot refused a stranger)
 fill                   ``exec`` carrying a fill (only with ``notify.fills``)
+genome_changed         ``tick.*`` decisions' ``genome``: a family's version in force moved
+                       (a promotion, an operator's ``chimera rollback``, the session-loss
+                       rollback, a learned version; the cause: the last ``control``
+                       approve/rollback, else the engine's own)
 =====================  ===========================================================
 """
 
@@ -89,12 +93,18 @@ class ApprovalView(msgspec.Struct, gc=False):
     approval_id: str = ""
 
 
+class GenomeView(msgspec.Struct, gc=False):
+    family: str
+    version: int
+
+
 class DecisionView(msgspec.Struct, gc=False):
     """A decision with only what notify reads (the rest is skipped while decoding)."""
 
     token: str
     meta_risk: MetaRiskView | None = None
     approval: ApprovalView | None = None
+    genome: GenomeView | None = None
 
 
 class TickDecisionView(msgspec.Struct, array_like=True, gc=False):
@@ -120,6 +130,7 @@ class Memory(msgspec.Struct):
     approvals_seen: list[str] = msgspec.field(default_factory=list)
     reported_days: list[int] = msgspec.field(default_factory=list)  # YYYYMMDD reported
     refusals_read: int = 0  # bytes of the bot's refusals file already told
+    genomes: dict[str, int] = msgspec.field(default_factory=dict)  # family -> version seen
 
 
 class Pending(msgspec.Struct, frozen=True):
@@ -166,13 +177,15 @@ class AlertRules:
         self.approvals_seen: set[str] = set()
         self.approvals_dirty = True  # a decision said an approval is pending: poll now
         self.risk: MetaRiskView | None = None
+        self.genomes: dict[str, int] = {}  # family -> version in force, as last seen
+        self.genome_cause = ""  # the last control event that changes a genome
 
     def memory(self) -> Memory:
         return Memory(
             self.session_id, self.state, self.dark, self.stopped, sorted(self.unprotected),
             self.journal_error, self.low_disk, self.daily_tripped, self.drawdown_tripped,
             dict(self.near), sorted(self.approvals_seen), list(self.reported_days),
-            self.refusals_read,
+            self.refusals_read, dict(self.genomes),
         )  # fmt: skip
 
     def restore(self, m: Memory) -> None:
@@ -188,6 +201,7 @@ class AlertRules:
         self.near, self.approvals_seen = dict(m.near), set(m.approvals_seen)
         self.reported_days = list(m.reported_days)
         self.refusals_read = m.refusals_read
+        self.genomes = dict(m.genomes)
 
     def _limits_from(self, cfg: Config) -> None:
         g = cfg.governance
@@ -323,6 +337,11 @@ class AlertRules:
 
     def on_control(self, ev: ControlEvent, now_ns: int) -> list[Alert]:
         out: list[Alert] = []
+        if ev.ok and (ev.command == "genome_rollback" or (
+            ev.command == "approve" and ev.arg.startswith(("prp-", "prm-"))
+        )):  # fmt: skip
+            who = f" by {ev.by}" if ev.by else ""
+            self.genome_cause = f"{ev.command} {ev.arg}{who}"
         if not ev.ok or ev.command not in _STATE_COMMANDS:
             return out
         self.last_reason = f"{ev.command} {ev.arg}".strip()
@@ -415,6 +434,22 @@ class AlertRules:
 
     def on_decision(self, d: DecisionView, now_ns: int) -> list[Alert]:
         out: list[Alert] = []
+        g = d.genome
+        if g is not None:
+            seen = self.genomes.get(g.family)
+            if seen != g.version:
+                self.genomes[g.family] = g.version
+                if seen is not None:  # the first sighting is what is in force, not a change
+                    cause = (
+                        self.genome_cause or "the engine's own (session-loss rollback or learning)"
+                    )
+                    self.genome_cause = ""
+                    out.append(self._alert(
+                        "genome_changed", "warning",
+                        f"genome {g.family} v{seen} -> v{g.version} in force ({cause}); "
+                        f"undo: chimera rollback {g.family}:{seen}",
+                        now_ns,
+                    ))  # fmt: skip
         a = d.approval
         if a is not None and a.status == "PENDING" and a.approval_id not in self.approvals_seen:
             self.approvals_dirty = True

@@ -18,7 +18,14 @@ from chimera_core.contracts import (
     SessionInfo,
     Side,
 )
-from tools.notify.rules import AlertRules, DecisionView, Memory, MetaRiskView, Pending
+from tools.notify.rules import (
+    AlertRules,
+    DecisionView,
+    GenomeView,
+    Memory,
+    MetaRiskView,
+    Pending,
+)
 
 S = 1_000_000_000
 CFG = parse_config(
@@ -170,3 +177,29 @@ def test_a_restarted_notify_says_nothing_the_first_one_said(seq, stale):
     assert second.on_approvals([p], S) == []
     if hs:
         assert [a for a in second.on_health(hs[-1], len(hs) * S) if a.name == "trading_state"] == []
+
+
+def test_a_genome_version_change_is_told_once_with_its_cause():
+    rules = AlertRules(CFG)
+    g = lambda fam, v: DecisionView("1", genome=GenomeView(fam, v))  # noqa: E731
+    # First sighting: what is in force, no alert; the same again: none.
+    assert (
+        rules.on_decision(g("default", 3), 0) == [] and rules.on_decision(g("default", 3), S) == []
+    )
+    # An operator's rollback recorded on the control topic, then the version moves.
+    rollback = ControlEvent("genome_rollback", "default", True, "{}", 1, by="telegram:42")
+    assert rules.on_control(rollback, 2 * S) == []
+    (a,) = rules.on_decision(g("default", 4), 3 * S)
+    assert (a.name, a.severity) == ("genome_changed", "warning")
+    assert "default v3 -> v4" in a.text and "genome_rollback default by telegram:42" in a.text
+    assert "chimera rollback default:3" in a.text
+    assert rules.on_decision(g("default", 4), 4 * S) == []
+    # A move with no control event before it: the engine's own (session-loss rollback).
+    (b,) = rules.on_decision(g("default", 5), 5 * S)
+    assert "the engine's own" in b.text
+    # Another family is its own; a restarted notify does not tell v5 again.
+    assert rules.on_decision(g("banks", 1), 6 * S) == []
+    again = AlertRules(CFG)
+    again.restore(msgspec.json.decode(msgspec.json.encode(rules.memory()), type=Memory))
+    assert again.on_decision(g("default", 5), 7 * S) == []
+    assert names(again.on_decision(g("banks", 2), 8 * S)) == ["genome_changed"]
