@@ -387,6 +387,8 @@ class Shadow:
         # broker the active candidate IS the primary, and there is nothing to compare).
         self.twin: TwinBook | None = None
         self.twin_off = ""
+        self._twin_cached: tuple[tuple[int, str], dict[str, Any]] | None = None
+        self._twin_written: dict[str, Any] | None = None
 
     def _out_for(self, name: str) -> Callable[[bytes, bytes], None]:
         prefix = self._prefixes[name]
@@ -483,15 +485,22 @@ class Shadow:
             log.info("shadow_twin_started", broker=ex.broker, mode=primary.mode)
 
     def _twin_summary(self) -> dict[str, Any] | None:
+        """The twin's figures, recomputed only when a report or an intent came in since."""
         if self.twin is None:
             return None
+        key = (self.twin.changes, self.session.session_id if self.session else "")
+        if self._twin_cached is not None and self._twin_cached[0] == key:
+            return self._twin_cached[1]
         ex = self.primary.execution
-        return summary(self.twin.rows(), mode=self.primary.mode, broker=ex.broker,
-                       session=self.session.session_id if self.session else "")  # fmt: skip
+        made = summary(self.twin.rows(), mode=self.primary.mode, broker=ex.broker,
+                       session=key[1])  # fmt: skip
+        self._twin_cached = (key, made)
+        return made
 
     def _write_twin(self, active: CandidateNode, twin: dict[str, Any] | None) -> None:
-        if twin is None:
-            return
+        if twin is None or twin is self._twin_written:
+            return  # nothing new since the last write
+        self._twin_written = twin
         write_json_atomic(active.dir / TWIN_FILE, twin)
         if self.publisher is not None:
             self.publisher.publish(self._prefixes[active.name] + TOPIC_TWIN, twin)

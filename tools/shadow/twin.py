@@ -209,17 +209,21 @@ class TwinBook:
         self.live: dict[str, OrderSide] = {}
         self.paper: dict[str, OrderSide] = {}
         self.refs: References = {}
+        self.changes = 0  # bumped by every input: the figures are recomputed only then
 
     def on_decision(self, d: Decision | None) -> None:
         if d is not None and d.intent is not None:
             i = d.intent
             self.refs[i.client_order_id] = (i.ref_price, i.exchange_ts_ms)
+            self.changes += 1
 
     def on_live(self, report: ExecutionReport) -> None:
         _apply(self.live, report)
+        self.changes += 1
 
     def on_paper(self, report: ExecutionReport) -> None:
         _apply(self.paper, report)
+        self.changes += 1
 
     def seed(self, live_db: Path, paper_db: Path) -> None:
         """What the two journals already hold (orders before this shadow started, or
@@ -227,21 +231,28 @@ class TwinBook:
         live, live_refs = journal_orders(live_db) if live_db.is_file() else ([], {})
         paper, paper_refs = journal_orders(paper_db) if paper_db.is_file() else ([], {})
         refs = {**paper_refs, **live_refs}
-        # The twin's journal may be older than the real one (the shadow ran while the
-        # primary was on the paper broker): those orders had no real counterpart to miss.
-        known = [t for o in live if (t := _when(o, refs)) is not None]
-        since = min(known) if known else None
         for o in live:
             self.live.setdefault(o.client_order_id, o)
-        for o in paper:
-            t = _when(o, refs)
-            if since is not None and t is not None and t >= since:
-                self.paper.setdefault(o.client_order_id, o)
+        for o in twin_orders(live, paper, refs):
+            self.paper.setdefault(o.client_order_id, o)
         for intent_id, ref in refs.items():
             self.refs.setdefault(intent_id, ref)
+        self.changes += 1
 
     def rows(self) -> list[TwinOrder]:
         return compare(list(self.live.values()), list(self.paper.values()), self.refs)
+
+
+def twin_orders(live: list[OrderSide], paper: list[OrderSide], refs: References) -> list[OrderSide]:
+    """The twin's journal orders that had a real counterpart to compare with: the twin's
+    journal may be older than the real one (the shadow ran while the primary was on the
+    paper broker), and those orders, decided before the real journal's first, are left
+    out (the shadow's figures and the report both use this)."""
+    known = [t for o in live if (t := _when(o, refs)) is not None]
+    if not known:
+        return []
+    since = min(known)
+    return [o for o in paper if (t := _when(o, refs)) is not None and t >= since]
 
 
 def _when(o: OrderSide, refs: References) -> int | None:
@@ -303,7 +314,8 @@ def compare_journals(
     [start_ms, end_ms) (exchange time of their first fill, or of their decision)."""
     live, live_refs = journal_orders(live_db)
     paper, paper_refs = journal_orders(paper_db)
-    rows = compare(live, paper, {**paper_refs, **live_refs})
+    refs = {**paper_refs, **live_refs}
+    rows = compare(live, twin_orders(live, paper, refs), refs)
     if start_ms is None or end_ms is None:
         return rows
     return [r for r in rows if r.ts_ms is not None and start_ms <= r.ts_ms < end_ms]
