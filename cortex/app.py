@@ -640,7 +640,7 @@ def page_health() -> None:
         k = snap.counters
         c = st.columns(5)
         c[0].metric("publisher sent", h.telemetry_sent if h else 0)
-        c[1].metric("publisher drops", h.telemetry_dropped if h else 0)
+        c[1].metric("publisher refused", h.telemetry_dropped if h else 0)
         c[2].metric("cortex missed (seq gaps)", f"{k['missed']} ({k['gaps']})")
         c[3].metric("cortex messages", k["messages"])
         c[4].metric("decode errors", k["decode_errors"])

@@ -3,7 +3,8 @@
 It drains the SUB socket in batches and folds each batch into ``CortexState`` under one
 lock acquisition, so page renders (which take the lock only to copy) never stall it for
 long. It never sends anything to the engine: a slow, paused or dead cortex costs the hot
-path nothing (its publisher drops and counts what a full socket cannot take).
+path nothing, and the black box nothing (what overflows the cortex's own queue at the
+publisher is dropped for the cortex alone, and shows here as sequence gaps).
 """
 
 from __future__ import annotations
