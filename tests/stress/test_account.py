@@ -158,15 +158,19 @@ def test_a_book_over_its_cluster_cap_is_a_fail(synth, tmp_path):
     """The same fills judged against a cap a tenth of the one they were sized for."""
     import asyncio
 
+    from chimera_execution.journal_view import journal_path
     from tools.backtest.event import run_instruments
+    from tools.stress.account import decisions
 
     cfg = _cfg(cluster_rho=0.5, cluster_max_exposure=0.5)
     run = asyncio.run(run_instruments(cfg, synth.pairs(), 1, tmp_path,
                                       strategy=event_factory("ma_cross")))  # fmt: skip
     port = cfg.governance.portfolio
-    ok = book_checks(run, synth.pairs(), port, 75, 1.0)["cluster_cap"]
+    decided = decisions(journal_path(tmp_path, "paper"))
+    assert decided, "the run must enter for the cap to be judged"
+    ok = book_checks(run, synth.pairs(), port, 75, 1.0, decided)["cluster_cap"]
     tight = msgspec.structs.replace(port, cluster_max_exposure=0.05)
-    bad = book_checks(run, synth.pairs(), tight, 75, 1.0)["cluster_cap"]
+    bad = book_checks(run, synth.pairs(), tight, 75, 1.0, decided)["cluster_cap"]
     assert ok["ok"] and not bad["ok"]
     assert bad["worst_share_of_cap"] == pytest.approx(10 * ok["worst_share_of_cap"], rel=1e-9)
 
@@ -195,7 +199,7 @@ def test_a_symbol_not_in_the_data_or_on_a_fault_is_refused(synth, tmp_path):
 
 
 def test_caps_are_judged_on_the_value_an_entry_was_decided_at(synth, tmp_path):
-    from tools.stress.account import decided_peaks
+    from tools.stress.account import Decision, decided_peaks
     from tools.stress.scenarios import JudgeLimits, position_peaks
 
     fine = JudgeLimits(0.02, 1_000_000, 200_000.0, 1.0, True)
@@ -218,4 +222,4 @@ def test_caps_are_judged_on_the_value_an_entry_was_decided_at(synth, tmp_path):
                                  ("SELL", 5, 11.0, "z"))
     ]  # fmt: skip
     assert decided_peaks(fills, {}) == {"A": position_peaks(fills)["A"][1]} == {"A": 60.0}
-    assert decided_peaks(fills, {"y": (11.0, 0)}) == {"A": 55.0}
+    assert decided_peaks(fills, {"y": Decision(11.0, 0, "A", 2)}) == {"A": 55.0}
