@@ -3,6 +3,7 @@
 
     chimera stress --backtest data/backtests/DIR              # Monte Carlo on a result
     chimera stress --data data/samples/sim_2885_5m.csv --strategy ma_cross   # + scenarios
+    chimera stress --data data/samples/synth_4x5m.csv --strategy ma_cross   # one account
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--backtest", help="a `chimera backtest --report DIR` directory")
-    src.add_argument("--data", help="OHLCV CSV/Parquet: run the backtest (event mode) first")
+    src.add_argument(
+        "--data",
+        action="append",
+        help="OHLCV CSV/Parquet: run the backtest (event mode) first; a long-format file "
+        "(a symbol column) or several --data run the instruments on one account",
+    )
+    p.add_argument("--symbol-column", default=None, help="with --data: the symbol column")
     p.add_argument("--strategy", default="default", help="with --data: the strategy")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--long-only", action="store_true")
@@ -113,22 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         raise StressError("scenarios run the strategy on history: give --data (and --strategy)")
     scenarios = [load_scenario(f) for f in scenario_files]  # all validated before any run
     bars: Any = None
+    universe: Any = None
     token = "BT"
     if args.data:
-        from tools.backtest.data import load_bars
-        from tools.backtest.universe import symbol_column_in
-
-        if not Path(args.data).is_file():
-            raise StressError(f"--data {args.data}: no such file (an OHLCV .csv or .parquet)")
-        if symbol_column_in(Path(args.data)) is not None:
+        universe = _universe(args)
+    if universe is not None:
+        if args.reprice:
             raise StressError(
-                f"--data {args.data}: several instruments (a symbol column); scenarios run one "
-                "instrument. For the account of several: chimera backtest --data FILE "
-                "--compare-portfolio --report DIR, then chimera stress --backtest "
-                "DIR/with_rules (Monte Carlo)"
+                "--reprice re-runs one instrument in fast mode; several instruments share "
+                "one account in event mode only: drop --reprice"
             )
-        bars = load_bars(Path(args.data))
-        name = getattr(bars, "symbol", "") or Path(args.data).stem
+        name = Path(args.data[0]).stem
+        default = Path(cfg.data_dir) / "stress" / f"{name}-{args.strategy}"
+        out = Path(args.out) if args.out else default
+        bt_dir = out / "backtest"
+        _account_backtest(cfg, universe, args, exchange_type, bt_dir)
+    elif args.data:
+        from tools.backtest.data import load_bars
+
+        (data,) = args.data
+        bars = load_bars(Path(data))
+        name = getattr(bars, "symbol", "") or Path(data).stem
         token = args.token or "".join(c for c in name if c.isascii() and c.isalnum())[:20] or "BT"
         default = Path(cfg.data_dir) / "stress" / f"{name}-{args.strategy}"
         out = Path(args.out) if args.out else default
@@ -152,6 +164,22 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, bars, args.strategy, _params(args.param), limits, args.paths, args.seed,
                 args.block, token, exchange_type, args.long_only, tz, _settings(args.settings),
             )  # fmt: skip
+        if scenarios and universe is not None:
+            from tools.backtest.multi import configured
+            from tools.backtest.run import event_factory
+            from tools.stress.account import run_account_scenarios
+
+            factory = event_factory(args.strategy, _params(args.param), args.long_only)
+            result["scenarios"] = run_account_scenarios(
+                configured(cfg, args.strategy, _params(args.param)),
+                universe,
+                scenarios,
+                factory,
+                out / "work",
+                exchange_type,
+                progress=progress,
+            )
+            result["instruments"] = list(universe.tokens)
         if scenarios and bars is not None:
             from tools.backtest.run import event_factory
             from tools.stress.scenarios import run_scenarios
@@ -192,6 +220,36 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
     return parse(pairs)
 
 
+def _universe(args: argparse.Namespace) -> Any:
+    """The instruments ``--data`` names when they are several (a symbol column, or more
+    than one file); None for one instrument (the one-instrument run, as before)."""
+    from tools.backtest.universe import load_universe, symbol_column_in
+
+    for d in args.data:
+        if not Path(d).is_file():
+            raise StressError(f"--data {d}: no such file (an OHLCV .csv or .parquet)")
+    several = len(args.data) > 1 or args.symbol_column is not None
+    several = several or symbol_column_in(Path(args.data[0])) is not None
+    if not several:
+        return None
+    if args.token:
+        raise StressError("--token names one instrument; several take their symbols' tokens")
+    return load_universe(args.data, symbol_column=args.symbol_column)
+
+
+def _account_backtest(
+    cfg: Any, universe: Any, args: argparse.Namespace, exchange_type: int, out: Path
+) -> None:
+    """The instruments on one account (event mode, the portfolio rules as configured):
+    the run Monte Carlo resamples."""
+    from tools.backtest.multi import run_universe
+    from tools.backtest.report import write_portfolio_report
+
+    result, series = run_universe(cfg, universe, args.strategy, _params(args.param),
+                                  exchange_type, args.quiet, args.long_only)  # fmt: skip
+    write_portfolio_report(out, result, {"with_rules": series}, html=False)
+
+
 def _backtest(
     cfg: Any,
     bars: Any,
@@ -215,6 +273,14 @@ def _backtest(
         long_only=args.long_only,
     )
     write_report(out, result, result["trades"], html=False, **series)
+
+
+def changed_instruments(row: dict[str, Any]) -> str:
+    """The instruments a scenario row's data transform changed: "all", their tokens, "-"."""
+    moved = [t for t, d in row["instruments"].items() if d["changed_bars"]]
+    if moved and len(moved) == len(row["instruments"]) > 1:
+        return "all"
+    return ", ".join(moved) or "-"
 
 
 def _progress(total: int, quiet: bool) -> tuple[Any, Any]:
@@ -280,16 +346,18 @@ def _print(result: dict[str, Any], paths: dict[str, Path]) -> None:
     console.print(table)
     if result["scenarios"]:
         st = Table(title="Scenarios")
-        for col in ("scenario", "verdict", "worst day", "trades", "problems"):
+        several = "instruments" in result
+        cols: tuple[str, ...] = ("scenario", "verdict", "worst day", "trades", "problems")
+        if several:
+            cols = ("scenario", "symbol", "verdict", "worst day", "trades", "changed", "problems")
+        for col in cols:
             st.add_column(col)
         for s in result["scenarios"]:
-            st.add_row(
-                s["name"],
-                s["verdict"],
-                f"{s['worst_day_loss_pct']:.3%}",
-                str(s["trades"]),
-                "; ".join(s["problems"]),
-            )
+            cells = [s["name"], s["verdict"], f"{s['worst_day_loss_pct']:.3%}", str(s["trades"])]
+            if several:
+                cells.insert(1, s["symbol"])
+                cells.append(changed_instruments(s))
+            st.add_row(*cells, "; ".join(s["problems"]))
         console.print(st)
     for kind, path in paths.items():
         console.print(f"{kind:5} {path}")

@@ -34,11 +34,15 @@ def _html(path: Path, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray
     from plotly.subplots import make_subplots
 
     scenarios: Sequence[Mapping[str, Any]] = result.get("scenarios") or []
+    account = bool(scenarios) and "instruments" in scenarios[0]  # several instruments
     specs: list[list[dict[str, str]]] = [[{"type": "xy"}], [{"type": "xy"}]]
     titles = ["Bootstrap equity paths (percentile bands)", "Max drawdown over the paths"]
     if scenarios:
         specs.append([{"type": "table"}])
-        titles.append("Scenarios")
+        titles.append("Scenarios (one account)" if account else "Scenarios")
+    if account:
+        specs.append([{"type": "table"}])
+        titles.append("Scenarios by instrument")
     fig = make_subplots(
         rows=len(specs), cols=1, specs=specs, subplot_titles=titles, vertical_spacing=0.08
     )
@@ -115,9 +119,33 @@ def _html(path: Path, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray
             [f"{s['worst_day_loss_pct']:.3%}" for s in scenarios],
             ["; ".join(s.get("problems", []))[:200] for s in scenarios],
         ]
+        if account:
+            cols[1:1] = ["symbol"]
+            cells[1:1] = [[s["symbol"] for s in scenarios]]
+            for k, label in (("cluster_cap_held", "cluster cap"), ("var_limit_held", "VaR")):
+                if any(k in s["checks"] for s in scenarios):
+                    cols.insert(-2, label)
+                    cells.insert(-2, [_mark(s["checks"].get(k)) for s in scenarios])
         fig.add_trace(go.Table(header={"values": cols}, cells={"values": cells}), row=3, col=1)
+    if account:
+        fig.add_trace(_instrument_table(go, scenarios), row=4, col=1)
     fig.update_layout(height=420 * len(specs), barmode="overlay", title="chimera stress")
     fig.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def _instrument_table(go: Any, scenarios: Sequence[Mapping[str, Any]]) -> Any:
+    """One row per scenario and instrument: what the transform changed, what it traded."""
+    cols = ["scenario", "instrument", "bars changed", "trades", "P&L", "max qty",
+            "max value", "exits", "caps"]  # fmt: skip
+    rows = [
+        (s["name"], t, str(d["changed_bars"]), str(d["trades"]), f"{d['pnl']:,.0f}",
+         str(d["max_position_qty"]), f"{d['max_position_value']:,.0f}",
+         _mark(d["exits_worked"]), _mark(d["caps_held"]))
+        for s in scenarios
+        for t, d in s["instruments"].items()
+    ]  # fmt: skip
+    cells = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in cols]
+    return go.Table(header={"values": cols}, cells={"values": cells})
 
 
 def _mark(ok: bool | None) -> str:

@@ -7,6 +7,8 @@ changed, or with a fault injected, each defined by a small TOML file::
     at = "position"     # "position": the first bar of that day or later with a position
                         # open in the unchanged run; "open": the day's first bar
     pct = -0.10
+    symbol = "SYN1"     # several instruments: the one a data transform changes
+                        # (default: all of them, e.g. a market-wide gap)
 
 Data transforms (applied to the bars before the run): ``gap`` (every price from the
 anchor bar on × (1 + pct)), ``volatility`` (the anchor's session's prices spread ×
@@ -16,7 +18,9 @@ volume is the depth it has), ``circuit_freeze`` (the price moves ``pct`` to the 
 limit at the anchor bar and stays there, no volume, for the rest of the session).
 Faults (injected into the running node): ``outage`` (no print reaches the feed for
 ``seconds`` from the first print with a bracket held), ``rejects`` (the paper broker
-refuses the next ``count`` orders from the anchor bar on).
+refuses the next ``count`` orders from the anchor bar on). On several instruments
+(``tools/stress/account.py``) a fault acts on the whole feed / broker: ``symbol`` is
+refused on one.
 
 Each run is judged: exits worked (nothing held at the end, nothing carried over a session
 on an intraday product), caps held (position quantity and value within [governance]),
@@ -60,6 +64,9 @@ class _Scenario(
     description: str = ""
     session: Session = 1
     at: Literal["position", "open"] = "position"
+    # Several instruments: the symbol (or token) a data transform changes and whose
+    # position the anchor looks for; "" = every instrument, anchored on any position.
+    symbol: str = ""
 
 
 class Gap(_Scenario, tag="gap", frozen=True):
@@ -95,7 +102,6 @@ def load_scenario(path: Path) -> Scenario:
     allowed)."""
     try:
         scenario: Scenario = msgspec.toml.decode(path.read_bytes(), type=Scenario)  # type: ignore[arg-type]
-        return scenario
     except FileNotFoundError:
         raise StressError(f"scenario {path}: no such file") from None
     except msgspec.ValidationError as exc:
@@ -105,6 +111,16 @@ def load_scenario(path: Path) -> Scenario:
         ) from None
     except msgspec.DecodeError as exc:
         raise StressError(f"scenario {path}: not valid TOML ({exc})") from None
+    if scenario.symbol and isinstance(scenario, (Outage, Rejects)):
+        raise StressError(
+            f"scenario {path}: symbol = {scenario.symbol!r} on a {kind_of(scenario)} "
+            "scenario; a fault acts on the whole feed / broker: drop symbol"
+        )
+    return scenario
+
+
+def kind_of(sc: Scenario) -> str:
+    return str(type(sc).__struct_config__.tag)
 
 
 def shipped_scenarios() -> list[Path]:
@@ -206,11 +222,14 @@ def transform(sc: Scenario, bars: BarSeries, anchor: int, sessions: np.ndarray) 
 
 
 def fault_hook(
-    sc: Scenario, token: str, anchor_ts_ms: int, sessions_start_ms: int
+    sc: Scenario, token: str | Sequence[str], anchor_ts_ms: int, sessions_start_ms: int
 ) -> Callable[[SimNode], Callable[[Tick], bool]] | None:
-    """The event-mode fault a fault scenario injects (None for data transforms)."""
+    """The event-mode fault a fault scenario injects (None for data transforms). With
+    several tokens the outage starts at the first print with any of their brackets held
+    and silences the whole feed."""
     if isinstance(sc, Outage):
         span_ms = int(sc.seconds * 1000)
+        tokens = [token] if isinstance(token, str) else list(token)
 
         def outage(sim: SimNode) -> Callable[[Tick], bool]:
             state = {"from": -1}
@@ -219,7 +238,7 @@ def fault_hook(
             def deliver(tick: Tick) -> bool:
                 t = tick.exchange_ts_ms
                 if state["from"] < 0:
-                    if t >= sessions_start_ms and router.bracket_levels(token):
+                    if t >= sessions_start_ms and any(map(router.bracket_levels, tokens)):
                         state["from"] = t
                         log.info("stress_outage_start", ts_ms=t, seconds=sc.seconds)
                     else:
@@ -301,14 +320,11 @@ def judge(
         problems.append(f"{len(held_at_end)} position(s) still open at the end")
     if overnight:
         problems.append(f"{len(overnight)} intraday trade(s) held over a session end")
-    # Caps: the running position after each fill, its quantity and value at the fill.
-    net: dict[str, int] = {}
-    worst_qty, worst_value = 0, 0.0
-    for f in run.fills:
-        key = "ALL"  # event mode runs one instrument
-        net[key] = net.get(key, 0) + (f["qty"] if f["side"] == "BUY" else -f["qty"])
-        worst_qty = max(worst_qty, abs(net[key]))
-        worst_value = max(worst_value, abs(net[key]) * f["price"])
+    # Caps: each instrument's running position after each fill, its quantity and value at
+    # the fill; the worst over the instruments.
+    worst = position_peaks(run.fills)
+    worst_qty = max((q for q, _ in worst.values()), default=0)
+    worst_value = max((v for _, v in worst.values()), default=0.0)
     # A fill may come in worse than the price the size was decided on by the slippage.
     value_cap = limits.max_position_value * (1.0 + 2.0 * limits.slippage_bps / 1e4) + 1e-6
     caps_ok = worst_qty <= limits.max_position_qty and worst_value <= value_cap
@@ -362,6 +378,18 @@ def judge(
         "final_state": run.final_state,
         "transitions": run.transitions,
     }
+
+
+def position_peaks(fills: Sequence[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """Per token: the largest position (units) after any fill, and its value at that fill."""
+    net: dict[str, int] = {}
+    peaks: dict[str, tuple[int, float]] = {}
+    for f in fills:
+        key = f["token"]
+        net[key] = net.get(key, 0) + (f["qty"] if f["side"] == "BUY" else -f["qty"])
+        q, v = peaks.get(key, (0, 0.0))
+        peaks[key] = (max(q, abs(net[key])), max(v, abs(net[key]) * f["price"]))
+    return peaks
 
 
 def _run(
@@ -422,6 +450,12 @@ def run_scenarios(
             progress(name)
         return run
 
+    for sc in scenarios:
+        if sc.symbol and sc.symbol not in (token, getattr(bars, "symbol", token)):
+            raise StressError(
+                f"scenario {sc.name}: symbol = {sc.symbol!r}, but the data is one instrument "
+                f"({token}); drop symbol or give the universe"
+            )
     base = one("baseline", "none", bars, None, None)
     held = np.zeros(len(bars.ts_ms), dtype=bool)
     for t in base.trades:  # a position is open at the start of bars entry+1 .. exit
@@ -432,5 +466,5 @@ def run_scenarios(
         start_ms = int(bars.ts_ms[int(np.flatnonzero(sessions >= sc.session)[0])])
         hook = fault_hook(sc, token, int(bars.ts_ms[anchor]), start_ms)
         changed = bars if hook is not None else transform(sc, bars, anchor, sessions)
-        one(sc.name, str(type(sc).__struct_config__.tag), changed, hook, anchor)
+        one(sc.name, kind_of(sc), changed, hook, anchor)
     return rows
