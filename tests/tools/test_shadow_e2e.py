@@ -121,20 +121,36 @@ def test_shadow_candidates_beside_a_live_paper_session(tmp_path):
         approve = chimera("approve", proposal, cwd=tmp_path)
         assert approve.wait(timeout=60) == 0, approve.output()
         decode = decoder_for(TOPIC_TICK)
-        promoted = None
-        end = time.monotonic() + 60
-        while promoted is None and time.monotonic() < end:
-            message = sub.recv(1000)
-            if message is None:
-                continue
-            rec = decode(message[message.index(b"\x00") + 9 :])
-            g = rec.decision.genome if rec.decision is not None else None
-            if g is not None and g.params.get("energy_threshold") == CANDIDATE_THRESHOLD:
-                promoted = g
-        sub.close()
+
+        def genome_in_force(ok) -> object:
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                message = sub.recv(1000)
+                if message is None:
+                    continue
+                rec = decode(message[message.index(b"\x00") + 9 :])
+                g = rec.decision.genome if rec.decision is not None else None
+                if g is not None and ok(g):
+                    return g
+            return None
+
+        promoted = genome_in_force(lambda g: g.params["energy_threshold"] == CANDIDATE_THRESHOLD)
         assert promoted is not None, "the promoted genome never took effect in the primary"
         assert promoted.version >= 1
         time.sleep(2.0)  # a few more bars on the promoted genome, followed by the shadow
+        # The operator rolls it back on the running engine: the genes before are in force
+        # again from a bar close on, and the shadow's active follows (no divergence below).
+        rollback = chimera("rollback", "default", cwd=tmp_path)
+        assert rollback.wait(timeout=60) == 0, rollback.output()
+        restored = genome_in_force(
+            lambda g: (
+                g.version > promoted.version and g.params["energy_threshold"] != CANDIDATE_THRESHOLD
+            )
+        )
+        sub.close()
+        assert restored is not None, "the rollback never took effect in the primary"
+        assert restored.version > promoted.version
+        time.sleep(2.0)
     finally:
         stop(procs[2:3])  # the engine first: the shadow and the recorder get its last words
         stop([procs[1], *procs[3:], procs[0]])
